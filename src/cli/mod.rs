@@ -1,0 +1,387 @@
+//! The command line: parses arguments, calls the `installer` API, prints
+//! results for people (aligned, short) or machines (`--json`), and maps
+//! errors to stable exit codes. It holds no behaviour of its own.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage, 3 verify found differences,
+//! 4 state dir locked by another process, 5 recovery could not decide.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::installer::{self, InstallRequest, Installer, OpenOptions};
+use crate::plan::{MapRule, Placement};
+use crate::txn::{PackageRecord, RecoveryDecision};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_MISMATCH: i32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stagehand",
+    version,
+    about = "Crash-safe installer for OCI artifacts",
+    long_about = "Installs OCI artifacts so that a crash at any instant leaves every destination with the complete old version or the complete new one. Every step is journaled before it runs; every command first finishes or undoes an interrupted install."
+)]
+pub struct Cli {
+    /// State directory (journal, lock). Default: $STAGEHAND_STATE_DIR, else $XDG_STATE_HOME/stagehand, else ~/.local/state/stagehand.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Seconds to wait for another stagehand process holding the state dir.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Install or upgrade a package from an OCI artifact, in one transaction.
+    #[command(
+        after_help = "Example:\n  stagehand install oci-layout:examples/demo:v1 --to /opt/demo/app \\\n      --map '*.so=/opt/demo/lib' --map '*.control=/opt/demo/share/extension' --map '*.sql=/opt/demo/share/extension'"
+    )]
+    Install {
+        /// oci-layout:PATH[:TAG|@sha256:DIGEST]
+        source: String,
+        /// Directory the package owns; swapped as one directory target.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// GLOB=DIR: layers whose title matches GLOB become files in DIR (repeatable).
+        #[arg(long = "map", value_name = "GLOB=DIR")]
+        maps: Vec<String>,
+        /// Package name (default: the layout directory's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Take over an existing destination no package owns.
+        #[arg(long)]
+        adopt: bool,
+    },
+    /// Remove an installed package, in one transaction.
+    #[command(after_help = "Example:\n  stagehand uninstall demo")]
+    Uninstall { name: String },
+    /// Finish or undo interrupted transactions and report what was done.
+    #[command(after_help = "Example:\n  stagehand repair --dry-run")]
+    Repair {
+        /// Say what recovery would do without doing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show unfinished transactions (after recovery) and counts.
+    #[command(after_help = "Example:\n  stagehand status --json")]
+    Status,
+    /// List installed packages.
+    #[command(after_help = "Example:\n  stagehand list --json")]
+    List,
+    /// Re-hash installed files against the registry (exit 3 on differences).
+    #[command(after_help = "Example:\n  stagehand verify demo")]
+    Verify { name: Option<String> },
+    /// Past transactions: when, what, old → new digest, outcome.
+    #[command(after_help = "Example:\n  stagehand history demo")]
+    History { name: Option<String> },
+    /// Dump the raw journal records, decoded, for debugging.
+    #[command(after_help = "Example:\n  stagehand journal --json")]
+    Journal,
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STAGEHAND_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("stagehand");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".local/state/stagehand")
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("stagehand={level},warn")));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
+}
+
+fn package_json(p: &PackageRecord) -> serde_json::Value {
+    json!({
+        "name": p.name,
+        "digest": p.manifest_digest,
+        "source": p.source,
+        "installed_at": p.installed_at,
+        "txn": p.txn,
+        "targets": p.targets.iter().map(|t| t.path.clone()).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing(cli.verbose, cli.quiet);
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if cli.json {
+                print_json(&json!({"error": e.to_string(), "exit_code": e.exit_code()}));
+            }
+            eprintln!("stagehand: error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<i32, installer::Error> {
+    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let dry_run = matches!(cli.command, Command::Repair { dry_run: true });
+    let opts = OpenOptions { lock_timeout: Duration::from_secs(cli.lock_timeout), recover: !dry_run };
+    // Usage errors in --map are caught before anything is opened.
+    let placement = match &cli.command {
+        Command::Install { to, maps, .. } => {
+            let maps = maps.iter().map(|m| MapRule::parse(m)).collect::<Result<Vec<_>, _>>()?;
+            if to.is_none() && maps.is_empty() {
+                eprintln!("stagehand: error: install needs --to DIR and/or --map GLOB=DIR to know where files go");
+                return Ok(EXIT_USAGE);
+            }
+            Some(Placement { to: to.clone(), maps })
+        }
+        _ => None,
+    };
+    let (mut inst, recovered) = Installer::open(&state_dir, &opts)?;
+    if !cli.json && !cli.quiet {
+        for r in &recovered {
+            eprintln!("stagehand: recovered transaction {} ({} of {}): {}", r.txn, r.op, r.package, r.outcome);
+        }
+    }
+    match &cli.command {
+        Command::Install { source, name, adopt, .. } => {
+            let req = InstallRequest {
+                source: source.clone(),
+                placement: placement.unwrap_or_default(),
+                name: name.clone(),
+                adopt: *adopt,
+            };
+            let rep = inst.install(&req)?;
+            if cli.json {
+                print_json(&json!({"result": rep, "recovered": recovered}));
+            } else if !cli.quiet {
+                let old = rep.old_digest.as_deref().map(short).unwrap_or("-");
+                let new = rep.new_digest.as_deref().map(short).unwrap_or("-");
+                println!(
+                    "{} {}: {} -> {} ({} targets, txn {})",
+                    rep.op,
+                    rep.name,
+                    old,
+                    new,
+                    rep.targets.len(),
+                    rep.txn
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Uninstall { name } => {
+            let rep = inst.uninstall(name)?;
+            if cli.json {
+                print_json(&json!({"result": rep, "recovered": recovered}));
+            } else if !cli.quiet {
+                println!("uninstalled {} ({} targets removed, txn {})", rep.name, rep.targets.len(), rep.txn);
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Repair { dry_run: true } => {
+            let preview = inst.preview_recovery()?;
+            let items: Vec<_> = preview
+                .iter()
+                .map(|(rec, d)| {
+                    let what = match d {
+                        RecoveryDecision::RollForward { .. } => "would roll forward".to_string(),
+                        RecoveryDecision::RollBack { .. } => "would roll back".to_string(),
+                        RecoveryDecision::Refuse { reason } => format!("cannot decide: {reason}"),
+                    };
+                    json!({"txn": rec.id, "package": rec.package, "step": rec.step.name(), "action": what})
+                })
+                .collect();
+            if cli.json {
+                print_json(&json!({"dry_run": true, "pending": items}));
+            } else if items.is_empty() {
+                println!("nothing pending");
+            } else {
+                for i in &items {
+                    println!(
+                        "txn {} ({}, at {}): {}",
+                        i["txn"],
+                        i["package"].as_str().unwrap_or(""),
+                        i["step"].as_str().unwrap_or(""),
+                        i["action"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Repair { dry_run: false } => {
+            if cli.json {
+                print_json(&json!({"recovered": recovered}));
+            } else if recovered.is_empty() {
+                println!("nothing pending");
+            } else {
+                for r in &recovered {
+                    println!("txn {} ({} of {}, found at {}): {}", r.txn, r.op, r.package, r.step_found, r.outcome);
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Status => {
+            let pending = inst.pending()?;
+            let packages = inst.list()?.len();
+            let history = inst.journal().history_len();
+            if cli.json {
+                let p: Vec<_> = pending
+                    .iter()
+                    .map(|r| json!({"id": r.id, "op": format!("{:?}", r.op).to_lowercase(), "name": r.package, "step": r.step.name()}))
+                    .collect();
+                print_json(&json!({
+                    "state_dir": inst.state_dir().display().to_string(),
+                    "pending": p,
+                    "recovered": recovered,
+                    "packages": packages,
+                    "history": history,
+                }));
+            } else if !cli.quiet {
+                println!("state dir:  {}", inst.state_dir().display());
+                println!("packages:   {packages}");
+                println!(
+                    "pending:    {}",
+                    if pending.is_empty() { "none".to_string() } else { pending.len().to_string() }
+                );
+                println!("history:    {history} transactions");
+            }
+            Ok(EXIT_OK)
+        }
+        Command::List => {
+            let pkgs = inst.list()?;
+            if cli.json {
+                print_json(&serde_json::Value::Array(pkgs.iter().map(package_json).collect()));
+            } else if !cli.quiet {
+                if pkgs.is_empty() {
+                    println!("no packages installed");
+                }
+                let w = pkgs.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
+                for p in &pkgs {
+                    println!("{:w$}  {}  {}", p.name, short(&p.manifest_digest), p.source);
+                    for t in &p.targets {
+                        println!("{:w$}    {}", "", t.path);
+                    }
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Verify { name } => {
+            let reports = inst.verify(name.as_deref())?;
+            let bad = reports.iter().any(|r| !r.mismatches.is_empty());
+            if cli.json {
+                print_json(&json!({"ok": !bad, "packages": reports}));
+            } else {
+                for r in &reports {
+                    if r.mismatches.is_empty() {
+                        if !cli.quiet {
+                            println!("{}: ok ({} files)", r.name, r.files_checked);
+                        }
+                    } else {
+                        println!("{}: {} differences", r.name, r.mismatches.len());
+                        for m in &r.mismatches {
+                            println!("  {:10} {}", m.problem, m.path);
+                        }
+                    }
+                }
+            }
+            Ok(if bad { EXIT_MISMATCH } else { EXIT_OK })
+        }
+        Command::History { name } => {
+            let mut h = inst.history()?;
+            if let Some(n) = name {
+                h.retain(|e| &e.package == n);
+            }
+            if cli.json {
+                let v: Vec<_> = h
+                    .iter()
+                    .map(|e| json!({"id": e.id, "op": format!("{:?}", e.op).to_lowercase(), "package": e.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": e.old_digest, "new_digest": e.new_digest, "outcome": e.outcome.name(), "error": e.error}))
+                    .collect();
+                print_json(&serde_json::Value::Array(v));
+            } else if !cli.quiet {
+                for e in &h {
+                    let old = e.old_digest.as_deref().map(short).unwrap_or("-");
+                    let new = e.new_digest.as_deref().map(short).unwrap_or("-");
+                    println!(
+                        "{:>6}  {:10}  {:9}  {} -> {}  {}",
+                        e.id,
+                        e.package,
+                        format!("{:?}", e.op).to_lowercase(),
+                        old,
+                        new,
+                        e.outcome.name()
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Journal => {
+            let raw = inst.journal().raw()?;
+            let decoded: Vec<_> =
+                raw.iter().map(|(k, v)| json!({"key": k, "bytes": v.len(), "record": decode_any(k, v)})).collect();
+            if cli.json {
+                print_json(&serde_json::Value::Array(decoded));
+            } else {
+                for d in &decoded {
+                    println!("{} ({} bytes): {}", d["key"].as_str().unwrap_or(""), d["bytes"], d["record"]);
+                }
+            }
+            let _ = &mut inst;
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn decode_any(key: &str, bytes: &[u8]) -> serde_json::Value {
+    use crate::journal::codec::{decode, RecordKind};
+    let r = if key.starts_with("txns/") {
+        decode::<crate::txn::TxnRecord>(RecordKind::Txn, bytes).map(|r| serde_json::to_value(r).unwrap_or_default())
+    } else if key.starts_with("history/") {
+        decode::<crate::txn::HistoryEntry>(RecordKind::History, bytes)
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+    } else {
+        decode::<PackageRecord>(RecordKind::Package, bytes).map(|r| serde_json::to_value(r).unwrap_or_default())
+    };
+    r.unwrap_or_else(|e| json!({"error": e.to_string()}))
+}
+
+fn short(d: &str) -> &str {
+    let end = d.len().min("sha256:".len() + 12);
+    &d[..end]
+}

@@ -1,0 +1,310 @@
+//! Every filesystem mutation stagehand performs, and every fsync.
+//!
+//! This module owns the primitive operations — durable file writes, fsync of
+//! files and of parent directories, rename, atomic exchange, removal — and
+//! the named kill points ([`killpoint`]) that tests use to crash or fail the
+//! process before each of them. Kill point names are `fsops.<op>.<role>`,
+//! where the role says which path of a transaction is touched (`staging`,
+//! `backup`, `swap`, …).
+//!
+//! It makes no decisions: what to rename where is decided by `txn` and
+//! ordered by `installer`. It never touches the journal.
+
+pub mod killpoint;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::txn::{EntryKind, Identity};
+
+fn point(op: &str, role: &str) -> io::Result<()> {
+    killpoint::hit(&format!("fsops.{op}.{role}"))
+}
+
+fn with_path(err: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{what} {}: {err}", path.display()))
+}
+
+/// What a completed file write produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenFile {
+    pub size: u64,
+    /// Lowercase hex sha256 of the bytes written.
+    pub sha256: String,
+}
+
+/// Creates `path` (which must not exist) with `mode`, copies `src` into it
+/// while hashing, and closes it. No fsync: call [`fsync_file`] (deferred,
+/// so many files can be written before any is synced, as dpkg does).
+pub fn write_file(path: &Path, src: &mut dyn Read, mode: u32, role: &str) -> io::Result<WrittenFile> {
+    point("write", role)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o7777)
+        .open(path)
+        .map_err(|e| with_path(e, "create", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = &buf[..n];
+        hasher.update(chunk);
+        file.write_all(chunk).map_err(|e| with_path(e, "write", path))?;
+        size += n as u64;
+    }
+    // The umask may have narrowed the mode given at create time.
+    file.set_permissions(fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))?;
+    Ok(WrittenFile { size, sha256: hex::encode(hasher.finalize()) })
+}
+
+/// Writes `bytes` to `path` durably: temp file, fsync, rename, fsync parent.
+/// Used for small bookkeeping files, never for transaction content.
+pub fn write_small_durable(path: &Path, bytes: &[u8], role: &str) -> io::Result<()> {
+    let parent = parent_of(path)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.stagehand-tmp"));
+    let _ = fs::remove_file(&tmp);
+    point("write", role)?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    point("rename", role)?;
+    fs::rename(&tmp, path)?;
+    fsync_dir(parent, role)
+}
+
+/// fsyncs a regular file's data and metadata.
+pub fn fsync_file(path: &Path, role: &str) -> io::Result<()> {
+    point("fsync", role)?;
+    let f = File::open(path).map_err(|e| with_path(e, "open for fsync", path))?;
+    f.sync_all().map_err(|e| with_path(e, "fsync", path))
+}
+
+/// fsyncs a directory, making the names in it (creates, renames, unlinks) durable.
+pub fn fsync_dir(path: &Path, role: &str) -> io::Result<()> {
+    point("fsync_dir", role)?;
+    let f = File::open(path).map_err(|e| with_path(e, "open dir for fsync", path))?;
+    f.sync_all().map_err(|e| with_path(e, "fsync dir", path))
+}
+
+/// Creates one directory with `mode` (the parent must exist).
+pub fn create_dir(path: &Path, mode: u32, role: &str) -> io::Result<()> {
+    point("mkdir", role)?;
+    fs::create_dir(path).map_err(|e| with_path(e, "mkdir", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))
+}
+
+/// Creates `path` and any missing ancestors, fsyncing each parent whose
+/// entries changed, so the new directories survive power loss.
+pub fn create_dir_all_durable(path: &Path, role: &str) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let parent = parent_of(path)?;
+    create_dir_all_durable(parent, role)?;
+    match create_dir(path, 0o755, role) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    fsync_dir(parent, role)
+}
+
+/// Sets a directory's permission bits (after its contents are written).
+pub fn set_mode(path: &Path, mode: u32, role: &str) -> io::Result<()> {
+    point("chmod", role)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))
+}
+
+/// Creates a symbolic link at `path` pointing to `target`.
+pub fn symlink(target: &Path, path: &Path, role: &str) -> io::Result<()> {
+    point("symlink", role)?;
+    std::os::unix::fs::symlink(target, path).map_err(|e| with_path(e, "symlink", path))
+}
+
+/// Creates a hard link `path` to the existing `original`.
+pub fn hard_link(original: &Path, path: &Path, role: &str) -> io::Result<()> {
+    point("link", role)?;
+    fs::hard_link(original, path).map_err(|e| with_path(e, "hard link", path))
+}
+
+/// Renames `from` to `to` (same directory or same filesystem) and fsyncs the
+/// parent directories of both.
+pub fn rename(from: &Path, to: &Path, role: &str) -> io::Result<()> {
+    point("rename", role)?;
+    fs::rename(from, to).map_err(|e| with_path(e, &format!("rename {} to", from.display()), to))?;
+    sync_parents(from, to, role)
+}
+
+/// Atomically exchanges two existing paths with `renameat2(RENAME_EXCHANGE)`
+/// and fsyncs their parents. Returns `Ok(false)`, having changed nothing, if
+/// the filesystem or kernel does not support exchange.
+pub fn exchange(a: &Path, b: &Path, role: &str) -> io::Result<bool> {
+    point("exchange", role)?;
+    let ca = CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let cb = CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the call.
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => Ok(false),
+            _ => Err(with_path(err, &format!("exchange {} with", a.display()), b)),
+        };
+    }
+    sync_parents(a, b, role)?;
+    Ok(true)
+}
+
+fn sync_parents(a: &Path, b: &Path, role: &str) -> io::Result<()> {
+    let pa = parent_of(a)?;
+    let pb = parent_of(b)?;
+    fsync_dir(pa, role)?;
+    if pa != pb {
+        fsync_dir(pb, role)?;
+    }
+    Ok(())
+}
+
+/// Removes a file, symlink or whole directory tree at `path` (absent is
+/// fine), then fsyncs its parent. The kill point `fsops.remove.<role>.partial`
+/// is passed after the first entry of a tree is gone, so tests can crash
+/// with a half-removed tree.
+pub fn remove_tree(path: &Path, role: &str) -> io::Result<()> {
+    point("remove", role)?;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(with_path(e, "stat", path)),
+    };
+    if meta.is_dir() {
+        let mut first = true;
+        for entry in fs::read_dir(path).map_err(|e| with_path(e, "read dir", path))? {
+            let entry = entry.map_err(|e| with_path(e, "read dir", path))?;
+            remove_quiet(&entry.path())?;
+            if first {
+                point("remove", &format!("{role}.partial"))?;
+                first = false;
+            }
+        }
+        fs::remove_dir(path).map_err(|e| with_path(e, "rmdir", path))?;
+    } else {
+        fs::remove_file(path).map_err(|e| with_path(e, "unlink", path))?;
+    }
+    fsync_dir(parent_of(path)?, role)
+}
+
+fn remove_quiet(path: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(|e| with_path(e, "stat", path))?;
+    if meta.is_dir() {
+        fs::remove_dir_all(path).map_err(|e| with_path(e, "remove", path))
+    } else {
+        fs::remove_file(path).map_err(|e| with_path(e, "unlink", path))
+    }
+}
+
+/// Removes an empty directory (used to undo directories a txn created).
+pub fn remove_empty_dir(path: &Path, role: &str) -> io::Result<()> {
+    point("rmdir", role)?;
+    match fs::remove_dir(path) {
+        Ok(()) => fsync_dir(parent_of(path)?, role),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(with_path(e, "rmdir", path)),
+    }
+}
+
+/// Observes what is at `path` without following a final symlink: its
+/// identity (device, inode, kind), or `None` if nothing is there. Read-only.
+pub fn identity(path: &Path) -> io::Result<Option<Identity>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(Identity { dev: m.dev(), ino: m.ino(), kind: kind_of(&m) })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(with_path(e, "stat", path)),
+    }
+}
+
+/// The kind of a directory entry, from its metadata.
+pub fn kind_of(m: &fs::Metadata) -> EntryKind {
+    let ft = m.file_type();
+    if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_file() {
+        EntryKind::File
+    } else {
+        EntryKind::Other
+    }
+}
+
+/// Hashes a regular file's bytes (lowercase hex sha256). Read-only.
+pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path).map_err(|e| with_path(e, "open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| with_path(e, "read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn parent_of(path: &Path) -> io::Result<&Path> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => Ok(p),
+        Some(_) => Ok(Path::new(".")),
+        None => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no parent", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_hash_and_exchange() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        let w = write_file(&a, &mut &b"hello"[..], 0o644, "test").expect("write a");
+        assert_eq!(w.size, 5);
+        assert_eq!(w.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        write_file(&b, &mut &b"world"[..], 0o600, "test").expect("write b");
+        let ia = identity(&a).expect("stat").expect("exists");
+        assert!(exchange(&a, &b, "test").expect("exchange"));
+        assert_eq!(fs::read(&a).expect("read"), b"world");
+        assert_eq!(identity(&b).expect("stat"), Some(ia));
+        assert!(write_file(&a, &mut &b"x"[..], 0o644, "test").is_err(), "create_new refuses");
+    }
+
+    #[test]
+    fn remove_tree_and_dirs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = dir.path().join("x/y/z");
+        create_dir_all_durable(&t, "test").expect("mkdirs");
+        write_file(&t.join("f"), &mut &b"1"[..], 0o644, "test").expect("write");
+        remove_tree(&dir.path().join("x"), "test").expect("remove");
+        assert!(identity(&dir.path().join("x")).expect("stat").is_none());
+        remove_tree(&dir.path().join("x"), "test").expect("absent is fine");
+    }
+}

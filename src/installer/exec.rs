@@ -1,0 +1,159 @@
+//! The executor: observes a transaction's paths, asks `txn::decide` what to
+//! do, and performs the decision through `fsops`, journaling each step
+//! before it runs. Used both by recovery and, after the commit point, by a
+//! live install — one code path finishes both.
+
+use std::path::Path;
+
+use super::Error;
+use crate::fsops;
+use crate::journal::Journal;
+use crate::txn::{decide, Action, Observed, Outcome, RecoveryDecision, Step, TargetProgress, TxnRecord};
+
+/// What happened to one transaction found unfinished.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecoveryReport {
+    pub txn: u64,
+    pub package: String,
+    pub op: String,
+    /// "rolled forward" or "rolled back".
+    pub outcome: String,
+    pub step_found: String,
+}
+
+/// Observes the three paths of every target (lstat only).
+pub fn observe(rec: &TxnRecord) -> Result<Vec<Observed>, Error> {
+    let id = |p: &str| {
+        fsops::identity(Path::new(p)).map_err(|source| Error::Io { context: format!("observing {p}"), source })
+    };
+    rec.targets
+        .iter()
+        .map(|t| Ok(Observed { target: id(&t.path)?, staging: id(&t.staging)?, backup: id(&t.backup)? }))
+        .collect()
+}
+
+fn run_action(a: &Action) -> std::io::Result<()> {
+    match a {
+        Action::Exchange { a, b, fallback_backup } => {
+            let (a, b, fb) = (Path::new(a), Path::new(b), Path::new(fallback_backup));
+            if !fsops::exchange(a, b, "swap")? {
+                fsops::rename(b, fb, "backup")?;
+                fsops::rename(a, b, "swap")?;
+            }
+            Ok(())
+        }
+        Action::Rename { from, to } => fsops::rename(Path::new(from), Path::new(to), "move"),
+        Action::Remove { path } => fsops::remove_tree(Path::new(path), "cleanup"),
+        Action::RemoveEmptyDir { path } => match fsops::remove_empty_dir(Path::new(path), "cleanup") {
+            // Something else put files there meanwhile: leave it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) || e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        },
+    }
+}
+
+fn act(a: &Action) -> Result<(), Error> {
+    run_action(a).map_err(|source| Error::Io { context: format!("{a:?}"), source })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Observes, decides and carries out the decision for `rec`. Returns the
+/// outcome recorded in the history. `by_recovery` marks who drove it;
+/// `error` is the reason for a rollback requested by a live install.
+pub fn drive(
+    journal: &Journal,
+    rec: &mut TxnRecord,
+    by_recovery: bool,
+    error: Option<String>,
+) -> Result<Outcome, Error> {
+    let observed = observe(rec)?;
+    let decision = decide(rec, &observed);
+    tracing::debug!(txn = rec.id, step = rec.step.name(), ?decision, "decided");
+    if by_recovery && !rec.recovered {
+        rec.recovered = true;
+    }
+    match decision {
+        RecoveryDecision::Refuse { reason } => {
+            Err(Error::RecoveryRefused { txn: rec.id, package: rec.package.clone(), reason })
+        }
+        RecoveryDecision::RollForward { swaps, cleanup } => {
+            for swap in &swaps {
+                for t in rec.targets.iter_mut() {
+                    if t.progress == TargetProgress::Swapping {
+                        t.progress = TargetProgress::Swapped;
+                    }
+                }
+                rec.targets[swap.index].progress = TargetProgress::Swapping;
+                journal.write_txn(rec, "swapping")?;
+                for a in &swap.actions {
+                    act(a)?;
+                }
+            }
+            for t in rec.targets.iter_mut() {
+                t.progress = TargetProgress::Swapped;
+            }
+            if rec.step != Step::Cleaning {
+                rec.step = Step::Cleaning;
+                journal.write_txn(rec, "cleaning")?;
+            }
+            for a in &cleanup {
+                act(a)?;
+            }
+            let outcome = if rec.recovered { Outcome::RolledForwardByRecovery } else { Outcome::Done };
+            journal.finish_txn(rec, outcome, None, now())?;
+            Ok(outcome)
+        }
+        RecoveryDecision::RollBack { after_commit, moves, cleanup } => {
+            let step = Step::RollingBack { after_commit };
+            if rec.step != step {
+                rec.step = step;
+                journal.write_txn(rec, "rolling_back")?;
+            }
+            for a in moves.iter().chain(&cleanup) {
+                act(a)?;
+            }
+            let outcome = if rec.recovered { Outcome::RolledBackByRecovery } else { Outcome::RolledBack };
+            let why = error.or_else(|| rec.recovered.then(|| "interrupted; rolled back by recovery".to_string()));
+            journal.finish_txn(rec, outcome, why, now())?;
+            Ok(outcome)
+        }
+    }
+}
+
+/// Recovers every unfinished transaction, oldest first.
+pub fn recover_all(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> {
+    let mut reports = Vec::new();
+    for mut rec in journal.pending()? {
+        let step_found = rec.step.name().to_string();
+        let outcome = drive(journal, &mut rec, true, None)?;
+        let outcome = match outcome {
+            Outcome::Done | Outcome::RolledForwardByRecovery => "rolled forward",
+            Outcome::RolledBack | Outcome::RolledBackByRecovery => "rolled back",
+        };
+        tracing::info!(txn = rec.id, package = %rec.package, outcome, "recovered");
+        reports.push(RecoveryReport {
+            txn: rec.id,
+            package: rec.package.clone(),
+            op: format!("{:?}", rec.op).to_lowercase(),
+            outcome: outcome.to_string(),
+            step_found,
+        });
+    }
+    Ok(reports)
+}
+
+/// What recovery would do, without doing it (for `repair --dry-run`).
+pub fn preview_all(journal: &Journal) -> Result<Vec<(TxnRecord, RecoveryDecision)>, Error> {
+    journal
+        .pending()?
+        .into_iter()
+        .map(|rec| {
+            let obs = observe(&rec)?;
+            let d = decide(&rec, &obs);
+            Ok((rec, d))
+        })
+        .collect()
+}

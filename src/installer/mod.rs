@@ -1,0 +1,482 @@
+//! The public library API: open a state dir (recovering first), install,
+//! uninstall, list, status, verify.
+//!
+//! This module owns the order of a transaction — plan, journal, stage,
+//! commit, swap, clean — and the checks that come before it (ownership,
+//! adoption, containment). It performs filesystem work only through `fsops`
+//! and journal work only through `journal`; every decision about recovery
+//! comes from `txn`.
+
+pub mod exec;
+pub mod lock;
+pub mod stage;
+pub mod verify;
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use crate::fsops;
+use crate::journal::{Journal, JournalError};
+use crate::plan::tar_guard::Refused;
+use crate::plan::{self, Placement, PlanError, PlannedContent};
+use crate::source::{self, SourceError, SourceRef};
+use crate::txn::{
+    self, EntryKind, InstalledTarget, NewContent, Op, Outcome, PackageRecord, Step, TargetPlan, TargetProgress, TxnId,
+    TxnRecord,
+};
+
+pub use exec::RecoveryReport;
+pub use verify::{Mismatch, VerifyReport};
+
+/// Everything that can go wrong, with the exit code the CLI uses for it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the state dir {path} is locked by another stagehand process{}; wait for it to finish, or pass --lock-timeout SECONDS to wait longer", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: String, pid: Option<u32> },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Unsafe(#[from] Refused),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
+    #[error("no package named {0:?} is installed; `stagehand list` shows what is")]
+    NotInstalled(String),
+    #[error("recovery cannot decide what to do with transaction {txn} (package {package:?}): {reason}. Nothing was changed; inspect the paths named, put the old or new content back by hand, then run `stagehand repair`")]
+    RecoveryRefused { txn: TxnId, package: String, reason: String },
+    #[error("{cause}\nThe transaction was rolled back: every destination still holds the old version.")]
+    RolledBack { cause: Box<Error> },
+    #[error("{cause}\nThe new version is committed but not finished; the next stagehand command (or `stagehand repair`) finishes it.")]
+    LeftForRecovery { cause: Box<Error> },
+}
+
+impl Error {
+    /// Process exit code: 1 general, 4 locked, 5 recovery refused.
+    /// (2 is usage, 3 is verify mismatch: set by the CLI.)
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Locked { .. } => 4,
+            Error::RecoveryRefused { .. } => 5,
+            Error::RolledBack { cause } | Error::LeftForRecovery { cause } => match cause.exit_code() {
+                5 => 5,
+                _ => 1,
+            },
+            _ => 1,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How to open a state dir.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// How long to wait for another process's lock.
+    pub lock_timeout: Duration,
+    /// Run recovery (always, except `repair --dry-run`).
+    pub recover: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { lock_timeout: Duration::ZERO, recover: true }
+    }
+}
+
+/// An install request.
+#[derive(Debug, Clone, Default)]
+pub struct InstallRequest {
+    /// `oci-layout:PATH[:TAG|@DIGEST]`.
+    pub source: String,
+    pub placement: Placement,
+    pub name: Option<String>,
+    /// Take over an existing, unowned destination as the "old version".
+    pub adopt: bool,
+}
+
+/// What a finished install or uninstall did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TxnReport {
+    pub txn: TxnId,
+    pub name: String,
+    pub op: String,
+    pub old_digest: Option<String>,
+    pub new_digest: Option<String>,
+    pub targets: Vec<String>,
+}
+
+/// An open state dir: the lock is held and recovery has run.
+pub struct Installer {
+    state_dir: PathBuf,
+    journal: Journal,
+    _lock: lock::StateLock,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+fn path_str(p: &Path) -> Result<String> {
+    p.to_str().map(str::to_string).ok_or_else(|| Error::Refused(format!("{} is not valid UTF-8", p.display())))
+}
+
+/// Makes a destination path absolute, resolving symlinks in its parent's
+/// existing ancestors but not in its final component (so a symlinked target
+/// is seen, and refused, rather than followed). Refuses `..` where it
+/// cannot be resolved.
+pub fn resolve_destination(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(io(format!("resolving {}", p.display())))?;
+    let (Some(name), Some(parent)) = (abs.file_name(), abs.parent()) else {
+        return Err(Error::Refused(format!("{} cannot be a destination", p.display())));
+    };
+    let mut existing = parent.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(n), Some(pp)) => {
+                rest.push(n.to_os_string());
+                existing = pp.to_path_buf();
+            }
+            _ => return Err(Error::Refused(format!("{} climbs out with `..`", p.display()))),
+        }
+    }
+    let mut out = existing.canonicalize().map_err(io(format!("resolving {}", existing.display())))?;
+    for n in rest.iter().rev() {
+        out.push(n);
+    }
+    out.push(name);
+    if out.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Error::Refused(format!("{} climbs out with `..`", p.display())));
+    }
+    Ok(out)
+}
+
+impl Installer {
+    /// Opens `state_dir` (creating it), takes the lock, opens the journal,
+    /// and recovers every unfinished transaction.
+    pub fn open(state_dir: &Path, opts: &OpenOptions) -> Result<(Installer, Vec<RecoveryReport>)> {
+        fsops::create_dir_all_durable(state_dir, "state")
+            .map_err(io(format!("creating the state dir {}", state_dir.display())))?;
+        let lock_path = state_dir.join("lock");
+        let lock = lock::acquire(&lock_path, opts.lock_timeout).map_err(|e| match e {
+            lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
+            lock::LockError::Io(e) => Error::Io { context: format!("locking {}", lock_path.display()), source: e },
+        })?;
+        let journal = Journal::open(&state_dir.join("journal"))?;
+        let inst = Installer { state_dir: state_dir.to_path_buf(), journal, _lock: lock };
+        let reports = if opts.recover { exec::recover_all(&inst.journal)? } else { Vec::new() };
+        Ok((inst, reports))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Unfinished transactions (empty after a successful open).
+    pub fn pending(&self) -> Result<Vec<TxnRecord>> {
+        Ok(self.journal.pending()?)
+    }
+
+    /// What recovery would do now, without doing it.
+    pub fn preview_recovery(&self) -> Result<Vec<(TxnRecord, txn::RecoveryDecision)>> {
+        exec::preview_all(&self.journal)
+    }
+
+    /// Installed packages.
+    pub fn list(&self) -> Result<Vec<PackageRecord>> {
+        Ok(self.journal.packages()?)
+    }
+
+    /// Finished transactions, oldest first.
+    pub fn history(&self) -> Result<Vec<txn::HistoryEntry>> {
+        Ok(self.journal.history()?)
+    }
+
+    /// The journal, for read-only inspection.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Re-hashes installed files against the registry.
+    pub fn verify(&self, name: Option<&str>) -> Result<Vec<VerifyReport>> {
+        let pkgs = match name {
+            Some(n) => vec![self.journal.package(n)?.ok_or_else(|| Error::NotInstalled(n.to_string()))?],
+            None => self.journal.packages()?,
+        };
+        pkgs.iter().map(verify::verify_package).collect()
+    }
+
+    /// Installs (or upgrades) a package in one transaction.
+    pub fn install(&mut self, req: &InstallRequest) -> Result<TxnReport> {
+        let source_ref = source::reference::parse(&req.source)?;
+        let (artifact, blobs): (source::ResolvedArtifact, Box<dyn source::BlobSource>) = match &source_ref {
+            SourceRef::Layout { path, selector } => {
+                let layout = source::OciLayout::open(path)?;
+                (layout.resolve(selector, &req.source)?, Box::new(layout))
+            }
+            #[allow(unreachable_patterns)]
+            _ => return Err(Error::Refused(format!("{}: this source kind is not supported yet", req.source))),
+        };
+        let name = req.name.clone().unwrap_or_else(|| source_ref.default_name());
+        if !plan::is_plain_file_name(&name) || name.starts_with('.') {
+            return Err(Error::Refused(format!(
+                "{name:?} is not a valid package name (use letters, digits, '.', '_', '-')"
+            )));
+        }
+        let mut placement = req.placement.clone();
+        if let Some(to) = &placement.to {
+            placement.to = Some(resolve_destination(to)?);
+        }
+        for m in placement.maps.iter_mut() {
+            m.dir = resolve_destination(&m.dir)?;
+        }
+        let planned = plan::place(&artifact.manifest, &placement)?;
+        let old_pkg = self.journal.package(&name)?;
+        let others: Vec<PackageRecord> = self.journal.packages()?.into_iter().filter(|p| p.name != name).collect();
+
+        let id = self.journal.new_txn_id()?;
+        let mut targets = Vec::new();
+        let mut created = BTreeSet::new();
+        let old_paths: BTreeSet<String> =
+            old_pkg.iter().flat_map(|p| p.targets.iter().map(|t| t.path.clone())).collect();
+        for pt in &planned {
+            let path = path_str(&pt.path)?;
+            check_unowned(&others, &path)?;
+            let kind = match pt.content {
+                PlannedContent::Dir(_) => EntryKind::Dir,
+                PlannedContent::File(_) => EntryKind::File,
+            };
+            let old = fsops::identity(&pt.path).map_err(io(format!("observing {path}")))?;
+            if let Some(o) = old {
+                if o.kind == EntryKind::Symlink {
+                    return Err(Error::Refused(format!(
+                        "{path} is a symlink; stagehand replaces real files and directories only"
+                    )));
+                }
+                if !old_paths.contains(&path) && !req.adopt && !is_empty_dir(&pt.path) {
+                    return Err(Error::Refused(format!(
+                        "{path} already exists and no package owns it; pass --adopt to replace it (its current contents become the old version that a failed install rolls back to)"
+                    )));
+                }
+                if o.kind != kind && !(req.adopt || old_paths.contains(&path)) {
+                    return Err(Error::Refused(format!("{path} exists but is not a {kind:?}")));
+                }
+            }
+            let parent = pt.path.parent().ok_or_else(|| Error::Refused(format!("{path} has no parent")))?;
+            let mut missing = Vec::new();
+            let mut p = parent;
+            while !p.exists() {
+                missing.push(path_str(p)?);
+                match p.parent() {
+                    Some(pp) => p = pp,
+                    None => break,
+                }
+            }
+            created.extend(missing);
+            targets.push(TargetPlan {
+                staging: path_str(
+                    &txn::staging_path(&pt.path, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?,
+                )?,
+                backup: path_str(
+                    &txn::backup_path(&pt.path, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?,
+                )?,
+                path,
+                old,
+                new: Some(NewContent { kind, identity: None }),
+                progress: TargetProgress::Pending,
+            });
+        }
+        // Targets of the old version that the new one no longer has are removed.
+        for old_t in old_pkg.iter().flat_map(|p| &p.targets) {
+            if targets.iter().any(|t| t.path == old_t.path) {
+                continue;
+            }
+            targets.push(removal_target(&old_t.path, id)?);
+        }
+        let mut created_dirs: Vec<String> = created.into_iter().collect();
+        created_dirs.sort_by_key(|d| d.len());
+        let mut rec = TxnRecord {
+            id,
+            op: Op::Install,
+            package: name.clone(),
+            step: Step::Planned,
+            started_at: now(),
+            recovered: false,
+            old_digest: old_pkg.as_ref().map(|p| p.manifest_digest.clone()),
+            new_package: None,
+            targets,
+            created_dirs,
+        };
+        self.journal.write_txn(&rec, "planned")?;
+
+        // Everything from here until the commit point rolls back on error.
+        let staged = self.stage_all(&mut rec, &planned, blobs.as_ref(), &artifact.manifest_digest, &req.source, &name);
+        if let Err(e) = staged {
+            return Err(self.roll_back(rec, e));
+        }
+        self.journal.write_txn(&rec, "staged").map_err(|e| self.roll_back(rec.clone(), e.into()))?;
+        rec.step = Step::Committed;
+        if let Err(e) = self.journal.write_txn(&rec, "commit") {
+            // The commit record may or may not be durable: leave it to recovery.
+            return Err(Error::LeftForRecovery { cause: Box::new(e.into()) });
+        }
+        self.finish_committed(rec)
+    }
+
+    fn stage_all(
+        &mut self,
+        rec: &mut TxnRecord,
+        planned: &[plan::PlannedTarget],
+        blobs: &dyn source::BlobSource,
+        digest: &str,
+        source: &str,
+        name: &str,
+    ) -> Result<()> {
+        for d in &rec.created_dirs {
+            fsops::create_dir_all_durable(Path::new(d), "parent").map_err(io(format!("creating {d}")))?;
+        }
+        let mut installed = Vec::new();
+        for (i, pt) in planned.iter().enumerate() {
+            let t = &mut rec.targets[i];
+            debug_assert_eq!(Path::new(&t.path), pt.path.as_path());
+            let staging = PathBuf::from(&t.staging);
+            let staged = match &pt.content {
+                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, blobs)?,
+                PlannedContent::File(desc) => stage::stage_file(&staging, desc, blobs)?,
+            };
+            let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
+            t.new = Some(NewContent { kind, identity: Some(staged.identity) });
+            installed.push(InstalledTarget { path: t.path.clone(), kind, entries: staged.entries });
+        }
+        rec.step = Step::Staged;
+        rec.new_package = Some(PackageRecord {
+            name: name.to_string(),
+            manifest_digest: digest.to_string(),
+            source: source.to_string(),
+            installed_at: now(),
+            txn: rec.id,
+            targets: installed,
+        });
+        Ok(())
+    }
+
+    /// Rolls back a live transaction that failed before its commit point.
+    fn roll_back(&self, mut rec: TxnRecord, cause: Error) -> Error {
+        debug_assert!(!rec.step.is_committed(), "live rollback only before the commit point");
+        let msg = cause.to_string();
+        match exec::drive(&self.journal, &mut rec, false, Some(msg)) {
+            Ok(_) => Error::RolledBack { cause: Box::new(cause) },
+            Err(e) => Error::Refused(format!(
+                "{cause}\nRolling back also failed ({e}); the next stagehand command (or `stagehand repair`) finishes the rollback."
+            )),
+        }
+    }
+
+    /// After the commit point: finish, retrying once through recovery.
+    fn finish_committed(&self, mut rec: TxnRecord) -> Result<TxnReport> {
+        let report = TxnReport {
+            txn: rec.id,
+            name: rec.package.clone(),
+            op: match rec.op {
+                Op::Install if rec.old_digest.is_some() => "upgrade".into(),
+                Op::Install => "install".into(),
+                Op::Uninstall => "uninstall".into(),
+            },
+            old_digest: rec.old_digest.clone(),
+            new_digest: rec.new_package.as_ref().map(|p| p.manifest_digest.clone()),
+            targets: rec.targets.iter().filter(|t| t.new.is_some()).map(|t| t.path.clone()).collect(),
+        };
+        let first = match exec::drive(&self.journal, &mut rec, false, None) {
+            Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => return Ok(report),
+            Ok(_) => {
+                return Err(Error::Refused(
+                    "the transaction was rolled back after its commit point because its new content was lost".into(),
+                ))
+            }
+            Err(e @ Error::RecoveryRefused { .. }) => return Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!(error = %first, "finishing the committed transaction failed; retrying once");
+        // Re-read the record: the journal has the truth of how far it got.
+        let again = self.journal.pending()?.into_iter().find(|r| r.id == rec.id);
+        match again {
+            None => Ok(report),
+            Some(mut r) => match exec::drive(&self.journal, &mut r, false, None) {
+                Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => Ok(report),
+                Ok(_) => Err(Error::Refused("the transaction was rolled back after its commit point".into())),
+                Err(_) => Err(Error::LeftForRecovery { cause: Box::new(first) }),
+            },
+        }
+    }
+
+    /// Removes a package's targets in one transaction.
+    pub fn uninstall(&mut self, name: &str) -> Result<TxnReport> {
+        let pkg = self.journal.package(name)?.ok_or_else(|| Error::NotInstalled(name.to_string()))?;
+        let id = self.journal.new_txn_id()?;
+        let targets = pkg.targets.iter().map(|t| removal_target(&t.path, id)).collect::<Result<Vec<_>>>()?;
+        let mut rec = TxnRecord {
+            id,
+            op: Op::Uninstall,
+            package: name.to_string(),
+            step: Step::Planned,
+            started_at: now(),
+            recovered: false,
+            old_digest: Some(pkg.manifest_digest.clone()),
+            new_package: None,
+            targets,
+            created_dirs: Vec::new(),
+        };
+        self.journal.write_txn(&rec, "planned")?;
+        rec.step = Step::Committed;
+        if let Err(e) = self.journal.write_txn(&rec, "commit") {
+            return Err(Error::LeftForRecovery { cause: Box::new(e.into()) });
+        }
+        let mut report = self.finish_committed(rec)?;
+        report.targets = pkg.targets.iter().map(|t| t.path.clone()).collect();
+        Ok(report)
+    }
+}
+
+fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
+    let p = Path::new(path);
+    let old = fsops::identity(p).map_err(io(format!("observing {path}")))?;
+    Ok(TargetPlan {
+        path: path.to_string(),
+        staging: path_str(&txn::staging_path(p, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?)?,
+        backup: path_str(&txn::backup_path(p, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?)?,
+        old,
+        new: None,
+        progress: TargetProgress::Pending,
+    })
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
+}
+
+fn check_unowned(others: &[PackageRecord], path: &str) -> Result<()> {
+    let p = Path::new(path);
+    for pkg in others {
+        for t in &pkg.targets {
+            let tp = Path::new(&t.path);
+            if p.starts_with(tp) || tp.starts_with(p) {
+                return Err(Error::Refused(format!(
+                    "{path} overlaps {} of package {:?}; uninstall it first or choose another destination",
+                    t.path, pkg.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! Staging: writes a target's new content under its staging path, verified
+//! and fsynced, and records what was written (for `verify`) and the staged
+//! object's identity (for recovery).
+//!
+//! Every tar entry passes the `plan::tar_guard` before it is created; every
+//! blob is read to its end so its digest is checked even when the tar reader
+//! stops early. Writes are deferred-sync: all files first, then one fsync
+//! pass over files, then directories deepest first, then the staging
+//! path's parent.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::Error;
+use crate::fsops;
+use crate::plan::tar_guard::{Admitted, TarGuard, TarKind};
+use crate::plan::{Compression, LayerUse};
+use crate::source::{verify, BlobSource, Descriptor};
+use crate::txn::{EntryKind, FileEntry, Identity};
+
+const ROLE: &str = "staging";
+
+/// What staging produced.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub identity: Identity,
+    pub entries: Vec<FileEntry>,
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { context, source }
+}
+
+fn tar_kind(t: tar::EntryType) -> TarKind {
+    use tar::EntryType as E;
+    match t {
+        E::Regular | E::Continuous => TarKind::File,
+        E::Directory => TarKind::Dir,
+        E::Symlink => TarKind::Symlink,
+        E::Link => TarKind::HardLink,
+        E::XGlobalHeader | E::XHeader | E::GNULongName | E::GNULongLink => TarKind::Metadata,
+        _ => TarKind::Special,
+    }
+}
+
+struct DirBuilder {
+    root: PathBuf,
+    guard: TarGuard,
+    files: Vec<PathBuf>,
+    dirs: Vec<(PathBuf, u32)>,
+    entries: Vec<FileEntry>,
+}
+
+impl DirBuilder {
+    fn mkdir(&mut self, rel: &str, mode: u32) -> Result<(), Error> {
+        let path = self.root.join(rel);
+        // Created writable; the archive's mode is applied after the contents.
+        fsops::create_dir(&path, 0o755, ROLE).map_err(io_err(format!("staging {}", path.display())))?;
+        self.dirs.push((path, mode));
+        self.entries.push(FileEntry {
+            rel: rel.to_string(),
+            kind: EntryKind::Dir,
+            mode,
+            size: 0,
+            sha256: String::new(),
+            link: String::new(),
+        });
+        Ok(())
+    }
+
+    fn file(&mut self, rel: &str, src: &mut dyn Read, mode: u32) -> Result<(), Error> {
+        let path = self.root.join(rel);
+        let w = fsops::write_file(&path, src, mode, ROLE).map_err(|source| {
+            // A digest mismatch surfaces here as InvalidData from the verifying reader.
+            Error::Io { context: format!("staging {rel}"), source }
+        })?;
+        self.files.push(path);
+        self.entries.push(FileEntry {
+            rel: rel.to_string(),
+            kind: EntryKind::File,
+            mode,
+            size: w.size,
+            sha256: w.sha256,
+            link: String::new(),
+        });
+        Ok(())
+    }
+
+    fn apply(&mut self, admitted: Admitted, entry: &mut dyn Read) -> Result<(), Error> {
+        let parents = match &admitted {
+            Admitted::Dir { implicit_parents, .. }
+            | Admitted::File { implicit_parents, .. }
+            | Admitted::Symlink { implicit_parents, .. }
+            | Admitted::HardLink { implicit_parents, .. } => implicit_parents.clone(),
+            Admitted::Skip => return Ok(()),
+        };
+        for p in parents {
+            self.mkdir(&p, 0o755)?;
+        }
+        match admitted {
+            Admitted::Dir { rel, mode, .. } => self.mkdir(&rel, mode),
+            Admitted::File { rel, mode, .. } => self.file(&rel, entry, mode & 0o777),
+            Admitted::Symlink { rel, target, .. } => {
+                let path = self.root.join(&rel);
+                fsops::symlink(Path::new(&target), &path, ROLE).map_err(io_err(format!("staging {rel}")))?;
+                self.entries.push(FileEntry {
+                    rel,
+                    kind: EntryKind::Symlink,
+                    mode: 0o777,
+                    size: 0,
+                    sha256: String::new(),
+                    link: target,
+                });
+                Ok(())
+            }
+            Admitted::HardLink { rel, original, .. } => {
+                let path = self.root.join(&rel);
+                fsops::hard_link(&self.root.join(&original), &path, ROLE).map_err(io_err(format!("staging {rel}")))?;
+                let orig = self.entries.iter().find(|e| e.rel == original).cloned();
+                if let Some(mut e) = orig {
+                    e.rel = rel;
+                    self.entries.push(e);
+                }
+                Ok(())
+            }
+            Admitted::Skip => Ok(()),
+        }
+    }
+
+    fn tar_layer(&mut self, desc: &Descriptor, c: Compression, blobs: &dyn BlobSource) -> Result<(), Error> {
+        let mut raw = blobs.open_blob(desc)?;
+        {
+            let decoded: Box<dyn Read> = match c {
+                Compression::None => Box::new(&mut raw),
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut raw)),
+                Compression::Zstd => {
+                    Box::new(zstd::Decoder::new(&mut raw).map_err(io_err(format!("layer {}: zstd", desc.digest)))?)
+                }
+            };
+            let mut archive = tar::Archive::new(decoded);
+            let bad = |e: std::io::Error| Error::Io {
+                context: format!("layer {}: reading the tar stream", desc.digest),
+                source: e,
+            };
+            for entry in archive.entries().map_err(bad)? {
+                let mut entry = entry.map_err(bad)?;
+                let kind = tar_kind(entry.header().entry_type());
+                let path = entry.path_bytes().into_owned();
+                let link = entry.link_name_bytes().map(|l| l.into_owned());
+                let mode = entry.header().mode().unwrap_or(0o644);
+                let admitted = self.guard.admit(&path, kind, link.as_deref(), mode)?;
+                self.apply(admitted, &mut entry)?;
+            }
+        }
+        verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;
+        Ok(())
+    }
+
+    fn title_layer(&mut self, desc: &Descriptor, name: &str, blobs: &dyn BlobSource) -> Result<(), Error> {
+        self.guard.admit_root_file(name)?;
+        let mut raw = blobs.open_blob(desc)?;
+        self.file(name, &mut raw, 0o644)?;
+        verify::drain(&mut raw).map_err(io_err(format!("layer {name}")))?;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), Error> {
+        for f in &self.files {
+            fsops::fsync_file(f, ROLE).map_err(io_err(format!("fsync {}", f.display())))?;
+        }
+        // Deepest first, so each directory's final mode is set after its children.
+        self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (d, mode) in &self.dirs {
+            if *mode != 0o755 {
+                fsops::set_mode(d, *mode, ROLE).map_err(io_err(format!("chmod {}", d.display())))?;
+            }
+            fsops::fsync_dir(d, ROLE).map_err(io_err(format!("fsync {}", d.display())))?;
+        }
+        fsops::fsync_dir(&self.root, ROLE).map_err(io_err(format!("fsync {}", self.root.display())))?;
+        Ok(())
+    }
+}
+
+fn parent(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("/"))
+}
+
+fn identity_of(p: &Path) -> Result<Identity, Error> {
+    fsops::identity(p).map_err(io_err(format!("stat {}", p.display())))?.ok_or_else(|| Error::Io {
+        context: format!("{} vanished after staging", p.display()),
+        source: std::io::ErrorKind::NotFound.into(),
+    })
+}
+
+/// Builds a directory target's content at `staging` from its layers.
+pub fn stage_dir(staging: &Path, layers: &[(Descriptor, LayerUse)], blobs: &dyn BlobSource) -> Result<Staged, Error> {
+    fsops::create_dir(staging, 0o755, ROLE).map_err(io_err(format!("staging {}", staging.display())))?;
+    let mut b = DirBuilder {
+        root: staging.to_path_buf(),
+        guard: TarGuard::new(),
+        files: vec![],
+        dirs: vec![],
+        entries: vec![],
+    };
+    for (desc, usage) in layers {
+        match usage {
+            LayerUse::Tar(c) => b.tar_layer(desc, *c, blobs)?,
+            LayerUse::File { name } => b.title_layer(desc, name, blobs)?,
+        }
+    }
+    b.sync()?;
+    fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
+    let identity = identity_of(staging)?;
+    b.entries.sort_by(|x, y| x.rel.cmp(&y.rel));
+    Ok(Staged { identity, entries: b.entries })
+}
+
+/// Writes a file target's content at `staging` from one layer.
+pub fn stage_file(staging: &Path, desc: &Descriptor, blobs: &dyn BlobSource) -> Result<Staged, Error> {
+    let mut raw = blobs.open_blob(desc)?;
+    let w = fsops::write_file(staging, &mut raw, 0o644, ROLE)
+        .map_err(io_err(format!("staging {}", desc.title().unwrap_or(&desc.digest))))?;
+    verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;
+    fsops::fsync_file(staging, ROLE).map_err(io_err(format!("fsync {}", staging.display())))?;
+    fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
+    let identity = identity_of(staging)?;
+    let entry = FileEntry {
+        rel: String::new(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        size: w.size,
+        sha256: w.sha256,
+        link: String::new(),
+    };
+    Ok(Staged { identity, entries: vec![entry] })
+}

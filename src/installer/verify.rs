@@ -1,0 +1,127 @@
+//! `verify`: re-hash installed files and compare them with the package
+//! registry. Read-only: it reports, it never repairs.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::{Error, Result};
+use crate::fsops;
+use crate::txn::{EntryKind, FileEntry, PackageRecord};
+
+/// One difference between the registry and the disk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Mismatch {
+    pub path: String,
+    /// `missing`, `modified`, `unexpected`, `kind`, `mode`.
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub name: String,
+    pub digest: String,
+    pub files_checked: usize,
+    pub mismatches: Vec<Mismatch>,
+}
+
+fn read_entry(path: &Path, rel: &str) -> Result<Option<FileEntry>> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(Error::Io { context: format!("stat {}", path.display()), source }),
+    };
+    let kind = fsops::kind_of(&meta);
+    let mut e = FileEntry {
+        rel: rel.to_string(),
+        kind,
+        mode: meta.permissions().mode() & 0o7777,
+        size: 0,
+        sha256: String::new(),
+        link: String::new(),
+    };
+    match kind {
+        EntryKind::File => {
+            let (size, sha) =
+                fsops::sha256_file(path).map_err(|source| Error::Io { context: "hashing".into(), source })?;
+            e.size = size;
+            e.sha256 = sha;
+        }
+        EntryKind::Symlink => {
+            let l = std::fs::read_link(path)
+                .map_err(|source| Error::Io { context: format!("readlink {}", path.display()), source })?;
+            e.link = l.to_string_lossy().into_owned();
+            e.mode = 0o777;
+        }
+        _ => {}
+    }
+    Ok(Some(e))
+}
+
+fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, ()>) -> Result<()> {
+    let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+    let rd = std::fs::read_dir(&dir)
+        .map_err(|source| Error::Io { context: format!("reading {}", dir.display()), source })?;
+    for entry in rd {
+        let entry = entry.map_err(|source| Error::Io { context: format!("reading {}", dir.display()), source })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        out.insert(r.clone(), ());
+        if is_dir {
+            walk(root, &r, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn compare(want: &FileEntry, got: Option<FileEntry>, shown: &str, out: &mut Vec<Mismatch>) {
+    let problem = match got {
+        None => Some("missing"),
+        Some(g) if g.kind != want.kind => Some("kind"),
+        Some(g) if g.kind == EntryKind::File && (g.sha256 != want.sha256 || g.size != want.size) => Some("modified"),
+        Some(g) if g.kind == EntryKind::Symlink && g.link != want.link => Some("modified"),
+        Some(g) if g.kind != EntryKind::Symlink && (g.mode & 0o777) != (want.mode & 0o777) => Some("mode"),
+        Some(_) => None,
+    };
+    if let Some(p) = problem {
+        out.push(Mismatch { path: shown.to_string(), problem: p.to_string() });
+    }
+}
+
+/// Verifies one package against the disk.
+pub fn verify_package(pkg: &PackageRecord) -> Result<VerifyReport> {
+    let mut mismatches = Vec::new();
+    let mut checked = 0;
+    for t in &pkg.targets {
+        let root = Path::new(&t.path);
+        match t.kind {
+            EntryKind::Dir => {
+                let top = read_entry(root, "")?;
+                if top.as_ref().map(|e| e.kind) != Some(EntryKind::Dir) {
+                    mismatches.push(Mismatch { path: t.path.clone(), problem: "missing".into() });
+                    continue;
+                }
+                let mut on_disk = BTreeMap::new();
+                walk(root, "", &mut on_disk)?;
+                for want in &t.entries {
+                    checked += 1;
+                    let p = root.join(&want.rel);
+                    compare(want, read_entry(&p, &want.rel)?, &p.display().to_string(), &mut mismatches);
+                    on_disk.remove(&want.rel);
+                }
+                for extra in on_disk.keys() {
+                    mismatches
+                        .push(Mismatch { path: root.join(extra).display().to_string(), problem: "unexpected".into() });
+                }
+            }
+            _ => {
+                for want in &t.entries {
+                    checked += 1;
+                    compare(want, read_entry(root, "")?, &t.path, &mut mismatches);
+                }
+            }
+        }
+    }
+    Ok(VerifyReport { name: pkg.name.clone(), digest: pkg.manifest_digest.clone(), files_checked: checked, mismatches })
+}

@@ -1,0 +1,178 @@
+//! Record encoding: the one place that knows how records become bytes.
+//!
+//! A record is `[format version: u8][record kind: u8][body][crc32: u32 LE]`.
+//! The body is bincode 2 (serde) with fixed-width little-endian integers, so
+//! `journal-format.md` can document it byte for byte. The CRC-32 (IEEE)
+//! covers the version, kind and body bytes. Decoding checks, in order: the
+//! length, the checksum, the version, the kind, then the body, which must be
+//! consumed exactly. Changing the codec means changing only this file.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Largest record accepted (a package with thousands of files fits easily).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Which type a record holds; checked on decode so a record in the wrong
+/// tree is caught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    Txn = 1,
+    Package = 2,
+    History = 3,
+}
+
+impl RecordKind {
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(RecordKind::Txn),
+            2 => Some(RecordKind::Package),
+            3 => Some(RecordKind::History),
+            _ => None,
+        }
+    }
+}
+
+/// Why bytes are not a valid record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record is {0} bytes, shorter than the 6-byte minimum")]
+    TooShort(usize),
+    #[error("record is {0} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
+    TooLong(usize),
+    #[error("checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("format version {0} is newer than this stagehand understands ({FORMAT_VERSION}); use a newer stagehand")]
+    NewerVersion(u8),
+    #[error("format version {0} is unknown (this stagehand reads version {FORMAT_VERSION})")]
+    UnknownVersion(u8),
+    #[error("record kind {found} where {expected:?} was expected")]
+    WrongKind { found: u8, expected: RecordKind },
+    #[error("body does not decode: {0}")]
+    Body(String),
+    #[error("body has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<MAX_RECORD_BYTES>()
+}
+
+/// Encodes `value` as a record of `kind`.
+pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Result<Vec<u8>, String> {
+    let mut out = vec![FORMAT_VERSION, kind as u8];
+    let body = bincode::serde::encode_to_vec(value, config()).map_err(|e| e.to_string())?;
+    out.extend_from_slice(&body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    if out.len() > MAX_RECORD_BYTES {
+        return Err(format!("record of {} bytes exceeds the {MAX_RECORD_BYTES}-byte limit", out.len()));
+    }
+    Ok(out)
+}
+
+/// Decodes a record of `kind`. Never panics, whatever the bytes.
+pub fn decode<T: DeserializeOwned>(kind: RecordKind, bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < 6 {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(DecodeError::TooLong(bytes.len()));
+    }
+    let (head, tail) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let computed = crc32fast::hash(head);
+    if stored != computed {
+        return Err(DecodeError::Checksum { stored, computed });
+    }
+    match head[0] {
+        FORMAT_VERSION => {}
+        v if v > FORMAT_VERSION => return Err(DecodeError::NewerVersion(v)),
+        v => return Err(DecodeError::UnknownVersion(v)),
+    }
+    match RecordKind::from_u8(head[1]) {
+        Some(k) if k == kind => {}
+        _ => return Err(DecodeError::WrongKind { found: head[1], expected: kind }),
+    }
+    let body = &head[2..];
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(body, config()).map_err(|e| DecodeError::Body(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::Trailing(body.len() - used));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txn::{EntryKind, FileEntry, InstalledTarget, PackageRecord};
+
+    fn sample() -> PackageRecord {
+        PackageRecord {
+            name: "demo".into(),
+            manifest_digest: format!("sha256:{}", "ab".repeat(32)),
+            source: "oci-layout:examples/demo:v1".into(),
+            installed_at: 1_700_000_000,
+            txn: 7,
+            targets: vec![InstalledTarget {
+                path: "/opt/demo".into(),
+                kind: EntryKind::Dir,
+                entries: vec![FileEntry {
+                    rel: "bin/demo".into(),
+                    kind: EntryKind::File,
+                    mode: 0o755,
+                    size: 3,
+                    sha256: "cd".repeat(32),
+                    link: String::new(),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(RecordKind::Package, &sample()).expect("encodes");
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(bytes[1], RecordKind::Package as u8);
+        let back: PackageRecord = decode(RecordKind::Package, &bytes).expect("decodes");
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn fixed_width_layout_is_as_documented() {
+        // name: u64 LE length + bytes, as journal-format.md says.
+        let bytes = encode(RecordKind::Package, &sample()).expect("encodes");
+        assert_eq!(&bytes[2..10], &4u64.to_le_bytes());
+        assert_eq!(&bytes[10..14], b"demo");
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let bytes = encode(RecordKind::Package, &sample()).expect("encodes");
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(decode::<PackageRecord>(RecordKind::Package, &b).is_err(), "flip of bit {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn newer_version_and_wrong_kind_are_named() {
+        let mut bytes = encode(RecordKind::Package, &sample()).expect("encodes");
+        bytes[0] = 9;
+        let n = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode::<PackageRecord>(RecordKind::Package, &bytes), Err(DecodeError::NewerVersion(9)));
+        let good = encode(RecordKind::Package, &sample()).expect("encodes");
+        assert!(matches!(
+            decode::<PackageRecord>(RecordKind::Txn, &good),
+            Err(DecodeError::WrongKind { found: 2, .. })
+        ));
+        assert_eq!(decode::<PackageRecord>(RecordKind::Package, &good[..3]), Err(DecodeError::TooShort(3)));
+    }
+}

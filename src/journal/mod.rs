@@ -1,0 +1,285 @@
+//! The write-ahead journal and the installed-package registry, in sled.
+//!
+//! This module owns the sled database under `STATE/journal` and is the only
+//! code that opens it. Trees: `meta` (format version), `txns` (transactions
+//! in flight, key = txn id as u64 big-endian), `history` (finished
+//! transactions, same keys) and `packages` (key = package name). Every value
+//! is a record encoded by [`codec`]. Every write is followed by `flush()`,
+//! which fsyncs, before the caller may run the step it announces; each write
+//! passes the kill points `journal.<what>` (before the insert) and
+//! `journal.<what>.flush` (before the flush).
+//!
+//! Callers must hold the state-dir lock before [`Journal::open`]: sled takes
+//! an exclusive lock of its own and a second opener would fail obscurely.
+
+pub mod codec;
+
+use std::path::{Path, PathBuf};
+
+use sled::Transactional;
+
+use crate::fsops::killpoint;
+use crate::txn::{HistoryEntry, Outcome, PackageRecord, TxnId, TxnRecord};
+use codec::{DecodeError, RecordKind, FORMAT_VERSION};
+
+pub use codec::MAX_RECORD_BYTES;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, move that directory aside: installed files are left as they are, but stagehand then forgets what it installed")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("journal record {key} is corrupt: {reason}. Nothing was changed or deleted; `stagehand journal` shows the records, and restoring the state dir from a backup is the safe fix")]
+    Corrupt { key: String, reason: DecodeError },
+    #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
+    NewerFormat { found: u8 },
+    #[error("journal write failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("journal write failed at {point}: {source}")]
+    Injected { point: String, source: std::io::Error },
+    #[error("cannot encode a journal record: {0}")]
+    Encode(String),
+}
+
+impl From<sled::transaction::TransactionError<()>> for JournalError {
+    fn from(e: sled::transaction::TransactionError<()>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Storage(s) => JournalError::Storage(s),
+            sled::transaction::TransactionError::Abort(()) => {
+                JournalError::Storage(sled::Error::Unsupported("transaction aborted".into()))
+            }
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, JournalError>;
+
+/// The open journal. Dropping it closes sled.
+pub struct Journal {
+    db: sled::Db,
+    meta: sled::Tree,
+    txns: sled::Tree,
+    history: sled::Tree,
+    packages: sled::Tree,
+}
+
+fn txn_key(id: TxnId) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn display_key(tree: &str, key: &[u8]) -> String {
+    if tree == "packages" {
+        format!("{tree}/{}", String::from_utf8_lossy(key))
+    } else if let Ok(b) = <[u8; 8]>::try_from(key) {
+        format!("{tree}/{}", u64::from_be_bytes(b))
+    } else {
+        format!("{tree}/0x{}", hex::encode(key))
+    }
+}
+
+fn point(name: &str) -> Result<()> {
+    killpoint::hit(name).map_err(|source| JournalError::Injected { point: name.to_string(), source })
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| JournalError::Open { path: dir.to_path_buf(), source })?;
+        let open =
+            |name: &str| db.open_tree(name).map_err(|source| JournalError::Open { path: dir.to_path_buf(), source });
+        let j = Journal {
+            meta: open("meta")?,
+            txns: open("txns")?,
+            history: open("history")?,
+            packages: open("packages")?,
+            db,
+        };
+        match j.meta.get("format")? {
+            Some(v) if v.first() == Some(&FORMAT_VERSION) => {}
+            Some(v) => return Err(JournalError::NewerFormat { found: v.first().copied().unwrap_or(0) }),
+            None => {
+                j.meta.insert("format", &[FORMAT_VERSION])?;
+                j.db.flush()?;
+            }
+        }
+        Ok(j)
+    }
+
+    /// A fresh transaction id: `meta/next_txn`, incremented. The increment
+    /// is not flushed on its own: it becomes durable with the txn's
+    /// `planned` record, which sled's log always orders after it; an id
+    /// whose record never became durable was never used on disk either.
+    pub fn new_txn_id(&self) -> Result<TxnId> {
+        let next = self.meta.update_and_fetch("next_txn", |old| {
+            let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0);
+            Some(n.saturating_add(1).to_be_bytes().to_vec())
+        })?;
+        let bytes = next.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).unwrap_or([0; 8]);
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    /// Writes a transaction record and flushes it. `what` names the step for
+    /// the kill points (`journal.<what>`, `journal.<what>.flush`).
+    pub fn write_txn(&self, rec: &TxnRecord, what: &str) -> Result<()> {
+        let bytes = codec::encode(RecordKind::Txn, rec).map_err(JournalError::Encode)?;
+        point(&format!("journal.{what}"))?;
+        self.txns.insert(txn_key(rec.id), bytes)?;
+        point(&format!("journal.{what}.flush"))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every transaction in flight, oldest first. A record that does not
+    /// decode is an error naming its key; nothing is skipped.
+    pub fn pending(&self) -> Result<Vec<TxnRecord>> {
+        self.scan(&self.txns, "txns", RecordKind::Txn)
+    }
+
+    /// Ends a transaction in one atomic sled transaction: removes it from
+    /// `txns`, appends it to `history`, and for a completed (not rolled back)
+    /// txn writes or removes its package entry. Then flushes.
+    pub fn finish_txn(&self, rec: &TxnRecord, outcome: Outcome, error: Option<String>, now: u64) -> Result<()> {
+        let completed = matches!(outcome, Outcome::Done | Outcome::RolledForwardByRecovery);
+        let entry = HistoryEntry {
+            id: rec.id,
+            op: rec.op,
+            package: rec.package.clone(),
+            started_at: rec.started_at,
+            finished_at: now,
+            old_digest: rec.old_digest.clone(),
+            new_digest: rec.new_package.as_ref().map(|p| p.manifest_digest.clone()),
+            outcome,
+            error,
+        };
+        let hist = codec::encode(RecordKind::History, &entry).map_err(JournalError::Encode)?;
+        let pkg = match (&rec.new_package, completed) {
+            (Some(p), true) => Some(codec::encode(RecordKind::Package, p).map_err(JournalError::Encode)?),
+            _ => None,
+        };
+        let key = txn_key(rec.id);
+        let name = rec.package.as_bytes();
+        point(if completed { "journal.done" } else { "journal.rolled_back" })?;
+        (&self.txns, &self.history, &self.packages).transaction(|(t, h, p)| {
+            t.remove(&key)?;
+            h.insert(&key, hist.as_slice())?;
+            if completed {
+                match &pkg {
+                    Some(bytes) => {
+                        p.insert(name, bytes.as_slice())?;
+                    }
+                    None => {
+                        p.remove(name)?;
+                    }
+                }
+            }
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        })?;
+        point(if completed { "journal.done.flush" } else { "journal.rolled_back.flush" })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The installed package called `name`, if any.
+    pub fn package(&self, name: &str) -> Result<Option<PackageRecord>> {
+        match self.packages.get(name.as_bytes())? {
+            None => Ok(None),
+            Some(v) => codec::decode(RecordKind::Package, &v)
+                .map(Some)
+                .map_err(|reason| JournalError::Corrupt { key: display_key("packages", name.as_bytes()), reason }),
+        }
+    }
+
+    /// Every installed package, by name.
+    pub fn packages(&self) -> Result<Vec<PackageRecord>> {
+        self.scan(&self.packages, "packages", RecordKind::Package)
+    }
+
+    /// Every finished transaction, oldest first.
+    pub fn history(&self) -> Result<Vec<HistoryEntry>> {
+        self.scan(&self.history, "history", RecordKind::History)
+    }
+
+    /// Number of finished transactions (no decoding).
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Raw records for debugging: (key, bytes) per tree, undecoded.
+    pub fn raw(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for (name, tree) in [("txns", &self.txns), ("history", &self.history), ("packages", &self.packages)] {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                out.push((display_key(name, &k), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, tree: &sled::Tree, name: &str, kind: RecordKind) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            let rec = codec::decode(kind, &v)
+                .map_err(|reason| JournalError::Corrupt { key: display_key(name, &k), reason })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txn::{Op, Step};
+
+    fn rec(id: TxnId) -> TxnRecord {
+        TxnRecord {
+            id,
+            op: Op::Uninstall,
+            package: "demo".into(),
+            step: Step::Planned,
+            started_at: 1,
+            recovered: false,
+            old_digest: None,
+            new_package: None,
+            targets: vec![],
+            created_dirs: vec![],
+        }
+    }
+
+    #[test]
+    fn write_finish_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let j = Journal::open(dir.path()).expect("open");
+            let id = j.new_txn_id().expect("id");
+            assert!(id > 0);
+            j.write_txn(&rec(id), "planned").expect("write");
+            assert_eq!(j.pending().expect("pending").len(), 1);
+            j.finish_txn(&rec(id), Outcome::RolledBack, Some("test".into()), 2).expect("finish");
+        }
+        let j = Journal::open(dir.path()).expect("reopen");
+        assert!(j.pending().expect("pending").is_empty());
+        let h = j.history().expect("history");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].outcome, Outcome::RolledBack);
+    }
+
+    #[test]
+    fn corrupt_record_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(dir.path()).expect("open");
+        j.write_txn(&rec(42), "planned").expect("write");
+        let mut bytes = j.txns.get(txn_key(42)).expect("get").expect("present").to_vec();
+        bytes[5] ^= 0x40;
+        j.txns.insert(txn_key(42), bytes).expect("insert");
+        match j.pending() {
+            Err(JournalError::Corrupt { key, .. }) => assert_eq!(key, "txns/42"),
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Where an artifact's bytes come from.
+//!
+//! This module owns reading OCI manifests and blobs from a source (an OCI
+//! image layout on disk here; a registry through the blob cache later) and
+//! verifying every blob's sha256 and size while it is read. It never writes
+//! to a destination and never touches the journal: the installer hands the
+//! verified byte streams to `fsops`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+pub mod layout;
+pub mod manifest;
+pub mod reference;
+pub mod verify;
+
+pub use layout::OciLayout;
+pub use reference::{Selector, SourceRef};
+pub use verify::VerifyingReader;
+
+/// Media type of an OCI image manifest.
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of an OCI image index.
+pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Annotation holding a layer's file name (ORAS convention).
+pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
+/// Annotation holding a manifest's tag inside an OCI layout's index.json.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Largest manifest or index we parse (they are small JSON documents).
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// An OCI content descriptor: what a manifest says about one blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    /// `sha256:<64 lowercase hex>`; other algorithms are refused.
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+impl Descriptor {
+    /// The `org.opencontainers.image.title` annotation, if any.
+    pub fn title(&self) -> Option<&str> {
+        self.annotations.get(ANNOTATION_TITLE).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// A manifest chosen from a source, with the digest it was addressed by.
+#[derive(Debug, Clone)]
+pub struct ResolvedArtifact {
+    /// How the user named it, for messages (e.g. `oci-layout:examples/demo:v1`).
+    pub display: String,
+    /// `sha256:…` of the manifest's bytes.
+    pub manifest_digest: String,
+    pub manifest: manifest::ImageManifest,
+}
+
+/// Something that can hand out blob streams, verified against their descriptor.
+pub trait BlobSource {
+    /// Opens the blob for `desc`. The returned reader yields exactly the blob's
+    /// bytes and returns an `io::Error` (kind `InvalidData`, message naming the
+    /// digest and the layer title if any) at EOF if the size or sha256 differ.
+    /// Callers must read to EOF (see [`verify::drain`]).
+    fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, SourceError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("bad reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
+    #[error("{path}: not an OCI image layout: {reason}")]
+    NotALayout { path: String, reason: String },
+    #[error("{what}: malformed JSON: {reason}")]
+    Malformed { what: String, reason: String },
+    #[error("no manifest tagged {tag:?} in {layout} (tags there: {available})")]
+    TagNotFound { tag: String, layout: String, available: String },
+    #[error("no manifest with digest {digest} in {layout}")]
+    DigestNotFound { digest: String, layout: String },
+    #[error("{layout} holds {count} manifests; name one with :TAG or @sha256:DIGEST")]
+    Ambiguous { layout: String, count: usize },
+    #[error("{index}: no manifest for platform {wanted} (platforms there: {available})")]
+    PlatformNotFound { index: String, wanted: String, available: String },
+    #[error("unsupported digest {digest:?}: only sha256:<64 hex> is accepted")]
+    BadDigest { digest: String },
+    #[error("blob {digest} is missing from {layout}")]
+    BlobMissing { digest: String, layout: String },
+    #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { what: String, expected: String, actual: String },
+    #[error("{what}: size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch { what: String, expected: u64, actual: u64 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

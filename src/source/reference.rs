@@ -1,0 +1,316 @@
+//! Source references as the user types them: `oci-layout:PATH[:TAG|@sha256:HEX]`.
+//!
+//! This module owns the reference grammar and the default package name derived
+//! from a reference. It is pure: it never opens the path it parses (except
+//! that [`SourceRef::default_name`] asks the OS for the current directory's
+//! name when the path is `.` or ends in `..`), and it never contacts a registry.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+use super::manifest::validate_digest;
+use super::SourceError;
+
+/// Scheme prefix of a reference to an OCI image layout directory.
+pub const LAYOUT_SCHEME: &str = "oci-layout:";
+/// The accepted syntax, quoted in every `BadReference` error.
+pub const REFERENCE_SYNTAX: &str =
+    "expected oci-layout:PATH, oci-layout:PATH:TAG or oci-layout:PATH@sha256:<64 lowercase hex>";
+/// Longest tag the OCI distribution spec allows.
+pub const MAX_TAG_LEN: usize = 128;
+/// Longest default package name we derive from a path.
+pub const MAX_DEFAULT_NAME_LEN: usize = 128;
+/// Default package name when the path gives nothing usable.
+pub const FALLBACK_NAME: &str = "artifact";
+
+/// Which manifest of a source to pick.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Selector {
+    /// The manifest whose `org.opencontainers.image.ref.name` is this tag.
+    Tag(String),
+    /// The manifest with this `sha256:<hex>` digest.
+    Digest(String),
+    /// The only manifest there is (an error if there are several).
+    Only,
+}
+
+/// Where an artifact comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SourceRef {
+    /// An OCI image layout directory on the local disk.
+    Layout { path: PathBuf, selector: Selector },
+}
+
+/// Parses `oci-layout:PATH`, `oci-layout:PATH:TAG` or `oci-layout:PATH@sha256:HEX`.
+///
+/// Only the last path component is searched for a separator, so PATH may hold
+/// `:` or `@` in its directories. In the last component, the last `@`
+/// introduces a digest; otherwise the last `:` introduces a tag. A tag and a
+/// digest together are refused. To name a directory whose own name holds `:`,
+/// end the path with `/.` (`oci-layout:a:b/.`).
+pub fn parse(s: &str) -> Result<SourceRef, SourceError> {
+    let bad = |reason: String| SourceError::BadReference {
+        reference: s.to_string(),
+        reason: format!("{reason}; {REFERENCE_SYNTAX}"),
+    };
+    let Some(rest) = s.strip_prefix(LAYOUT_SCHEME) else {
+        return Err(bad("unknown scheme".to_string()));
+    };
+    let last_component_start = rest.rfind('/').map_or(0, |i| i + 1);
+    let last_component = &rest[last_component_start..];
+
+    let (path, selector) = if let Some(at) = last_component.rfind('@') {
+        let split = last_component_start + at;
+        let (path, digest) = (&rest[..split], &rest[split + 1..]);
+        if validate_digest(digest).is_err() {
+            return Err(bad(format!("{digest:?} is not a sha256 digest")));
+        }
+        if path[last_component_start..].contains(':') {
+            return Err(bad("give either :TAG or @DIGEST, not both".to_string()));
+        }
+        (path, Selector::Digest(digest.to_string()))
+    } else if let Some(colon) = last_component.rfind(':') {
+        let split = last_component_start + colon;
+        let (path, tag) = (&rest[..split], &rest[split + 1..]);
+        validate_tag(tag).map_err(bad)?;
+        (path, Selector::Tag(tag.to_string()))
+    } else {
+        (rest, Selector::Only)
+    };
+    if path.is_empty() {
+        return Err(bad("the layout path is empty".to_string()));
+    }
+    Ok(SourceRef::Layout { path: PathBuf::from(path), selector })
+}
+
+/// Checks a tag against the OCI grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+/// The error is a reason phrase for a `BadReference`.
+pub fn validate_tag(tag: &str) -> Result<(), String> {
+    let mut bytes = tag.bytes();
+    let Some(first) = bytes.next() else {
+        return Err("the tag is empty".to_string());
+    };
+    let first_ok = first.is_ascii_alphanumeric() || first == b'_';
+    let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !first_ok || !rest_ok || tag.len() > MAX_TAG_LEN {
+        return Err(format!("tag {tag:?} does not match [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}"));
+    }
+    Ok(())
+}
+
+impl SourceRef {
+    /// The package name to use when the user gives none: the layout
+    /// directory's last path component, with every character outside
+    /// `[A-Za-z0-9._-]` replaced by `_`, never empty, `.` or `..`, and never
+    /// starting with `-` or `.`.
+    pub fn default_name(&self) -> String {
+        match self {
+            SourceRef::Layout { path, .. } => {
+                let raw = lexical_file_name(path)
+                    .or_else(|| {
+                        std::fs::canonicalize(path)
+                            .ok()
+                            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    })
+                    .unwrap_or_default();
+                sanitize_name(&raw)
+            }
+        }
+    }
+
+    /// The selector part of the reference.
+    pub fn selector(&self) -> &Selector {
+        match self {
+            SourceRef::Layout { selector, .. } => selector,
+        }
+    }
+}
+
+impl FromStr for SourceRef {
+    type Err = SourceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse(s)
+    }
+}
+
+impl fmt::Display for SourceRef {
+    /// The canonical text form; `parse(x.to_string()) == x` for UTF-8 paths.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceRef::Layout { path, selector } => {
+                write!(f, "{LAYOUT_SCHEME}{}", path.display())?;
+                match selector {
+                    Selector::Tag(t) => write!(f, ":{t}"),
+                    Selector::Digest(d) => write!(f, "@{d}"),
+                    Selector::Only => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// The last normal component of `path` after resolving `.` and `..`
+/// lexically, or `None` if none is left (`.`, `..`, `/`, `a/..`).
+fn lexical_file_name(path: &Path) -> Option<String> {
+    let mut names: Vec<&std::ffi::OsStr> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(n) => names.push(n),
+            Component::ParentDir => {
+                // `a/../..` walks above where we can see lexically.
+                names.pop()?;
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    names.last().map(|n| n.to_string_lossy().into_owned())
+}
+
+fn sanitize_name(raw: &str) -> String {
+    let replaced: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    let trimmed: String = replaced.trim_start_matches(['.', '-']).chars().take(MAX_DEFAULT_NAME_LEN).collect();
+    if trimmed.is_empty() {
+        FALLBACK_NAME.to_string()
+    } else {
+        trimmed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+    fn layout(path: &str, selector: Selector) -> SourceRef {
+        SourceRef::Layout { path: PathBuf::from(path), selector }
+    }
+
+    fn reason(s: &str) -> String {
+        match parse(s) {
+            Err(SourceError::BadReference { reference, reason }) => {
+                assert_eq!(reference, s);
+                assert!(reason.contains(REFERENCE_SYNTAX), "{reason}");
+                reason
+            }
+            other => panic!("{s:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_three_forms() {
+        assert_eq!(parse("oci-layout:examples/demo").unwrap(), layout("examples/demo", Selector::Only));
+        assert_eq!(parse("oci-layout:examples/demo:v1").unwrap(), layout("examples/demo", Selector::Tag("v1".into())));
+        let d = format!("sha256:{HEX}");
+        assert_eq!(parse(&format!("oci-layout:/abs/demo@{d}")).unwrap(), layout("/abs/demo", Selector::Digest(d)));
+    }
+
+    #[test]
+    fn colons_and_ats_in_directories_are_path() {
+        assert_eq!(
+            parse("oci-layout:/mnt/c:x/demo:1.0").unwrap(),
+            layout("/mnt/c:x/demo", Selector::Tag("1.0".into()))
+        );
+        assert_eq!(parse("oci-layout:/a@b/demo").unwrap(), layout("/a@b/demo", Selector::Only));
+        assert_eq!(parse("oci-layout:a:b/.").unwrap(), layout("a:b/.", Selector::Only));
+        // Last ':' wins: PATH "a:b", tag "c".
+        assert_eq!(parse("oci-layout:a:b:c").unwrap(), layout("a:b", Selector::Tag("c".into())));
+    }
+
+    #[test]
+    fn rejects_bad_references_with_syntax_hint() {
+        assert!(reason("examples/demo").contains("unknown scheme"));
+        assert!(reason("docker://x").contains("unknown scheme"));
+        assert!(reason("oci-layout:").contains("path is empty"));
+        assert!(reason("oci-layout::v1").contains("path is empty"));
+        assert!(reason(&format!("oci-layout:@sha256:{HEX}")).contains("path is empty"));
+        assert!(reason("oci-layout:demo:").contains("tag is empty"));
+        assert!(reason("oci-layout:demo:-v1").contains("does not match"));
+        assert!(reason("oci-layout:demo:.v1").contains("does not match"));
+        assert!(reason("oci-layout:demo:v 1").contains("does not match"));
+        assert!(reason(&format!("oci-layout:demo:{}", "a".repeat(129))).contains("does not match"));
+        assert!(reason("oci-layout:demo@sha256:abc").contains("not a sha256 digest"));
+        assert!(reason("oci-layout:demo@latest").contains("not a sha256 digest"));
+        assert!(reason(&format!("oci-layout:demo@sha256:{}", HEX.to_uppercase())).contains("not a sha256"));
+        assert!(reason(&format!("oci-layout:demo:v1@sha256:{HEX}")).contains("not both"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_round_trips(s in "oci-layout:[a-z:@/.]{0,20}(@sha256:[0-9a-f]{64})?") {
+            if let Ok(r) = parse(&s) {
+                proptest::prop_assert_eq!(parse(&r.to_string()).ok(), Some(r.clone()));
+                let name = r.default_name();
+                proptest::prop_assert!(!name.is_empty() && !name.starts_with('.') && !name.starts_with('-'));
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_anything(s in "\\PC{0,40}") {
+            let _ = parse(&s);
+        }
+    }
+
+    #[test]
+    fn tag_grammar() {
+        for ok in ["v1", "_", "A.b-c_d", "1", &"a".repeat(128)] {
+            assert!(validate_tag(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "a/b", "a:b", "é", &"a".repeat(129)] {
+            assert!(validate_tag(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "oci-layout:examples/demo".to_string(),
+            "oci-layout:examples/demo:v2".to_string(),
+            format!("oci-layout:x@sha256:{HEX}"),
+        ] {
+            let r: SourceRef = s.parse().unwrap();
+            assert_eq!(r.to_string(), s);
+        }
+        assert_eq!(parse("oci-layout:d:v9").unwrap().selector(), &Selector::Tag("v9".into()));
+    }
+
+    #[test]
+    fn default_name_is_sanitized_last_component() {
+        assert_eq!(layout("examples/demo", Selector::Only).default_name(), "demo");
+        assert_eq!(layout("examples/demo/", Selector::Only).default_name(), "demo");
+        assert_eq!(layout("/x/my layout!", Selector::Only).default_name(), "my_layout_");
+        assert_eq!(layout("/x/c:d", Selector::Only).default_name(), "c_d");
+        assert_eq!(layout("/x/demo/.", Selector::Only).default_name(), "demo");
+        assert_eq!(layout("/x/demo/sub/..", Selector::Only).default_name(), "demo");
+        assert_eq!(layout("/x/..hidden", Selector::Only).default_name(), "hidden");
+        assert_eq!(layout("/x/-rf", Selector::Only).default_name(), "rf");
+        assert_eq!(layout("/x/___", Selector::Only).default_name(), "___");
+        assert_eq!(layout("/x/...", Selector::Only).default_name(), FALLBACK_NAME);
+        assert_eq!(layout("/", Selector::Only).default_name(), FALLBACK_NAME);
+        assert_eq!(layout("/x/日本", Selector::Only).default_name(), "__");
+        let long = format!("/x/{}", "n".repeat(300));
+        assert_eq!(layout(&long, Selector::Only).default_name().len(), MAX_DEFAULT_NAME_LEN);
+    }
+
+    #[test]
+    fn default_name_of_dot_uses_the_real_directory() {
+        let dir = tempfile::Builder::new().prefix("layoutname").tempdir().unwrap();
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        let up = inner.join("..").join("..").join(dir.path().file_name().unwrap());
+        // Lexically: `.../<tmp>/inner/../../<tmp>` resolves to `<tmp>`.
+        let name = layout(up.to_str().unwrap(), Selector::Only).default_name();
+        assert!(name.starts_with("layoutname"), "{name}");
+        let dotdot = inner.join("..");
+        let name = layout(dotdot.to_str().unwrap(), Selector::Only).default_name();
+        assert!(name.starts_with("layoutname"), "{name}");
+        // A relative `..` beyond what we can see lexically asks the OS.
+        let cwd_parent = std::env::current_dir().unwrap().parent().map(|p| p.to_path_buf());
+        if let Some(parent) = cwd_parent.and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())) {
+            assert_eq!(layout("..", Selector::Only).default_name(), sanitize_name(&parent));
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Recovery decisions: from a transaction record and what is observed on
+//! disk, the actions that bring every target to all-old or all-new.
+//!
+//! Pure: no I/O, no clock, no randomness. The same record and observations
+//! always give the same decision, which is what makes recovery
+//! deterministic and lets the tests below enumerate every case.
+
+use super::record::{Identity, Step, TargetPlan, TxnRecord};
+
+/// What one of a target's three paths holds, by identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Place {
+    Absent,
+    /// The object that was at the target when the txn was planned.
+    Old,
+    /// The object staged by this txn.
+    New,
+    /// Something else: a partial staging, or a change by another program.
+    Foreign,
+}
+
+/// What the executor observed at one target's paths (`lstat`, no reads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub target: Option<Identity>,
+    pub staging: Option<Identity>,
+    pub backup: Option<Identity>,
+}
+
+/// One filesystem action, performed by the executor through `fsops`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Atomically exchange `a` and `b` (both exist). If the filesystem cannot
+    /// exchange, the executor instead renames `b` to `fallback_backup`, then
+    /// `a` to `b`; recovery recognises either outcome by identity.
+    Exchange { a: String, b: String, fallback_backup: String },
+    /// Rename `from` to `to`; `to` is absent.
+    Rename { from: String, to: String },
+    /// Remove a staging or backup path and everything under it (absent is fine).
+    Remove { path: String },
+    /// Remove a directory this txn created, if it is empty.
+    RemoveEmptyDir { path: String },
+}
+
+/// The swap actions for one target, run after journaling it as `Swapping`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSwap {
+    pub index: usize,
+    pub actions: Vec<Action>,
+}
+
+/// What recovery (or the commit path of a live install) must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryDecision {
+    /// Finish: run each swap (journaled per target), journal `Cleaning`, run
+    /// `cleanup`, then mark the txn done and update the package registry.
+    RollForward { swaps: Vec<TargetSwap>, cleanup: Vec<Action> },
+    /// Undo: journal `RollingBack`, run `moves`, then `cleanup`, then mark the
+    /// txn rolled back (the package registry is unchanged).
+    RollBack { after_commit: bool, moves: Vec<Action>, cleanup: Vec<Action> },
+    /// Neither direction is safe; a person must look. Nothing is changed.
+    Refuse { reason: String },
+}
+
+/// Which of old/new/neither is at `id`, for target `t`.
+pub fn place(id: Option<Identity>, t: &TargetPlan) -> Place {
+    let Some(id) = id else { return Place::Absent };
+    if t.new.as_ref().and_then(|n| n.identity).is_some_and(|n| n.same_as(&id)) {
+        Place::New
+    } else if t.old.is_some_and(|o| o.same_as(&id)) {
+        Place::Old
+    } else {
+        Place::Foreign
+    }
+}
+
+/// Decides what to do with an unfinished transaction. `observed[i]` belongs
+/// to `rec.targets[i]`.
+pub fn decide(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
+    assert_eq!(rec.targets.len(), observed.len(), "one observation per target");
+    let decision = match rec.step {
+        Step::Planned | Step::Staged | Step::RollingBack { after_commit: false } => {
+            RecoveryDecision::RollBack { after_commit: false, moves: Vec::new(), cleanup: cleanup(rec, true) }
+        }
+        Step::Committed => match roll_forward(rec, observed) {
+            Ok(swaps) => RecoveryDecision::RollForward { swaps, cleanup: cleanup(rec, false) },
+            Err(lost) => match roll_back_after_commit(rec, observed) {
+                Ok(moves) => RecoveryDecision::RollBack { after_commit: true, moves, cleanup: cleanup(rec, true) },
+                Err(why) => RecoveryDecision::Refuse {
+                    reason: format!("cannot roll forward ({lost}) and cannot roll back ({why})"),
+                },
+            },
+        },
+        Step::Cleaning => match roll_forward(rec, observed) {
+            Ok(swaps) if swaps.is_empty() => RecoveryDecision::RollForward { swaps, cleanup: cleanup(rec, false) },
+            Ok(_) | Err(_) => RecoveryDecision::Refuse {
+                reason: describe_mismatch(rec, observed, "every target was recorded as swapped, but"),
+            },
+        },
+        Step::RollingBack { after_commit: true } => match roll_back_after_commit(rec, observed) {
+            Ok(moves) => RecoveryDecision::RollBack { after_commit: true, moves, cleanup: cleanup(rec, true) },
+            Err(why) => RecoveryDecision::Refuse { reason: format!("cannot finish rolling back: {why}") },
+        },
+    };
+    debug_assert!(only_removes_own_paths(rec, &decision), "a decision removes only staging/backup paths");
+    decision
+}
+
+fn roll_forward(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<TargetSwap>, String> {
+    let mut swaps = Vec::new();
+    for (index, (t, o)) in rec.targets.iter().zip(observed).enumerate() {
+        let (tp, sp, bp) = (place(o.target, t), place(o.staging, t), place(o.backup, t));
+        // The backup path may be needed as a rename destination below; before
+        // any swap of this target it can only hold leftovers, never the old content.
+        let clear_backup = || (bp != Place::Absent).then(|| Action::Remove { path: t.backup.clone() });
+        let actions = match (&t.new, tp, sp) {
+            (_, Place::Foreign, _) => {
+                return Err(format!("{} holds neither the old nor the new content", t.path));
+            }
+            (Some(_), Place::New, _) | (None, Place::Absent, _) => continue,
+            (Some(_), Place::Old, Place::New) => clear_backup()
+                .into_iter()
+                .chain([Action::Exchange {
+                    a: t.staging.clone(),
+                    b: t.path.clone(),
+                    fallback_backup: t.backup.clone(),
+                }])
+                .collect(),
+            (Some(_), Place::Absent, Place::New) => {
+                vec![Action::Rename { from: t.staging.clone(), to: t.path.clone() }]
+            }
+            (Some(_), _, _) => return Err(format!("the staged new content of {} is gone", t.path)),
+            (None, Place::Old, _) => clear_backup()
+                .into_iter()
+                .chain([Action::Rename { from: t.path.clone(), to: t.backup.clone() }])
+                .collect(),
+            (None, Place::New, _) => return Err(format!("{} is in an impossible state", t.path)),
+        };
+        swaps.push(TargetSwap { index, actions });
+    }
+    Ok(swaps)
+}
+
+fn roll_back_after_commit(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<Action>, String> {
+    let mut moves = Vec::new();
+    for (t, o) in rec.targets.iter().zip(observed) {
+        let (tp, sp, bp) = (place(o.target, t), place(o.staging, t), place(o.backup, t));
+        let (path, staging, backup) = (t.path.clone(), t.staging.clone(), t.backup.clone());
+        match (t.old.is_some(), tp) {
+            (_, Place::Foreign) => return Err(format!("{path} holds neither the old nor the new content")),
+            (true, Place::Old) | (false, Place::Absent) => {}
+            (true, Place::New) if sp == Place::Old => {
+                if bp != Place::Absent {
+                    moves.push(Action::Remove { path: backup.clone() });
+                }
+                moves.push(Action::Exchange { a: staging, b: path, fallback_backup: backup });
+            }
+            (true, Place::New) if bp == Place::Old => {
+                if sp != Place::Absent {
+                    moves.push(Action::Remove { path: staging.clone() });
+                }
+                moves.push(Action::Rename { from: path.clone(), to: staging });
+                moves.push(Action::Rename { from: backup, to: path });
+            }
+            (true, Place::Absent) if bp == Place::Old => moves.push(Action::Rename { from: backup, to: path }),
+            (true, Place::Absent) if sp == Place::Old => moves.push(Action::Rename { from: staging, to: path }),
+            (true, _) => return Err(format!("the old content of {path} is gone")),
+            (false, Place::New) => {
+                if sp != Place::Absent {
+                    moves.push(Action::Remove { path: staging.clone() });
+                }
+                moves.push(Action::Rename { from: path, to: staging });
+            }
+            (false, Place::Old) => return Err(format!("{path} is in an impossible state")),
+        }
+    }
+    Ok(moves)
+}
+
+/// Removal of every staging and backup path; when rolling back, also the
+/// directories the txn created (innermost first).
+fn cleanup(rec: &TxnRecord, rolling_back: bool) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for t in &rec.targets {
+        actions.push(Action::Remove { path: t.staging.clone() });
+        actions.push(Action::Remove { path: t.backup.clone() });
+    }
+    if rolling_back {
+        for d in rec.created_dirs.iter().rev() {
+            actions.push(Action::RemoveEmptyDir { path: d.clone() });
+        }
+    }
+    actions
+}
+
+fn describe_mismatch(rec: &TxnRecord, observed: &[Observed], lead: &str) -> String {
+    let bad: Vec<String> = rec
+        .targets
+        .iter()
+        .zip(observed)
+        .filter(|(t, o)| {
+            let tp = place(o.target, t);
+            !matches!((&t.new, tp), (Some(_), Place::New) | (None, Place::Absent))
+        })
+        .map(|(t, o)| format!("{} holds {:?}", t.path, place(o.target, t)))
+        .collect();
+    format!("{lead} {}", bad.join(", "))
+}
+
+fn only_removes_own_paths(rec: &TxnRecord, d: &RecoveryDecision) -> bool {
+    let own = |p: &str| rec.targets.iter().any(|t| t.staging == p || t.backup == p);
+    let check = |a: &Action| match a {
+        Action::Remove { path } => own(path),
+        Action::RemoveEmptyDir { path } => rec.created_dirs.iter().any(|d| d == path),
+        _ => true,
+    };
+    match d {
+        RecoveryDecision::RollForward { swaps, cleanup } => {
+            swaps.iter().flat_map(|s| &s.actions).all(check) && cleanup.iter().all(check)
+        }
+        RecoveryDecision::RollBack { moves, cleanup, .. } => moves.iter().all(check) && cleanup.iter().all(check),
+        RecoveryDecision::Refuse { .. } => true,
+    }
+}

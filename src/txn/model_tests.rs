@@ -1,0 +1,297 @@
+//! Exhaustive check of `decide` against a model filesystem.
+//!
+//! For every step and every arrangement of the old, new and foreign objects
+//! over two targets' (target, staging, backup) paths, the decision is run on
+//! a map path → object; after every prefix of its actions the process
+//! "crashes", recovery decides again from what is there, and must converge.
+
+use std::collections::BTreeMap;
+
+use super::decide::{decide, Action, Observed, RecoveryDecision};
+use super::record::*;
+
+type Fs = BTreeMap<String, u64>; // path -> inode
+
+const FOREIGN: u64 = 900;
+
+fn ident(ino: u64) -> Identity {
+    Identity { dev: 1, ino, kind: EntryKind::Dir }
+}
+
+fn old_ino(i: usize) -> u64 {
+    100 + i as u64
+}
+fn new_ino(i: usize) -> u64 {
+    200 + i as u64
+}
+
+fn target(i: usize, old: bool, new: Option<bool>) -> TargetPlan {
+    TargetPlan {
+        path: format!("/d/t{i}"),
+        staging: format!("/d/.t{i}.stagehand-1.staging"),
+        backup: format!("/d/.t{i}.stagehand-1.backup"),
+        old: old.then(|| ident(old_ino(i))),
+        new: new.map(|staged| NewContent { kind: EntryKind::Dir, identity: staged.then(|| ident(new_ino(i))) }),
+        progress: TargetProgress::Pending,
+    }
+}
+
+fn record(step: Step, targets: Vec<TargetPlan>) -> TxnRecord {
+    TxnRecord {
+        id: 1,
+        op: Op::Install,
+        package: "p".into(),
+        step,
+        started_at: 0,
+        recovered: false,
+        old_digest: None,
+        new_package: None,
+        targets,
+        created_dirs: vec!["/d/made".into()],
+    }
+}
+
+fn observe(rec: &TxnRecord, fs: &Fs) -> Vec<Observed> {
+    let id = |p: &String| fs.get(p).map(|&i| ident(i));
+    rec.targets
+        .iter()
+        .map(|t| Observed { target: id(&t.path), staging: id(&t.staging), backup: id(&t.backup) })
+        .collect()
+}
+
+/// Applies one action to the model; returns false if it could not run.
+fn apply(fs: &mut Fs, a: &Action, can_exchange: bool) -> bool {
+    match a {
+        Action::Exchange { a, b, fallback_backup } => {
+            let (Some(&x), Some(&y)) = (fs.get(a), fs.get(b)) else { return false };
+            if can_exchange {
+                fs.insert(a.clone(), y);
+                fs.insert(b.clone(), x);
+            } else {
+                if fs.contains_key(fallback_backup) {
+                    return false;
+                }
+                fs.insert(fallback_backup.clone(), y);
+                fs.remove(a);
+                fs.insert(b.clone(), x);
+            }
+            true
+        }
+        Action::Rename { from, to } => {
+            if fs.contains_key(to) {
+                return false;
+            }
+            let Some(x) = fs.remove(from) else { return false };
+            fs.insert(to.clone(), x);
+            true
+        }
+        Action::Remove { path } => {
+            fs.remove(path);
+            true
+        }
+        Action::RemoveEmptyDir { .. } => true,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Direction {
+    Forward,
+    Back,
+}
+
+/// Flattens a decision into (step to journal before, action) pairs, the way
+/// the executor runs it.
+fn plan(d: &RecoveryDecision) -> Option<(Direction, Vec<(Step, Action)>)> {
+    match d {
+        RecoveryDecision::RollForward { swaps, cleanup } => {
+            let mut v: Vec<(Step, Action)> =
+                swaps.iter().flat_map(|s| s.actions.iter().map(|a| (Step::Committed, a.clone()))).collect();
+            v.extend(cleanup.iter().map(|a| (Step::Cleaning, a.clone())));
+            Some((Direction::Forward, v))
+        }
+        RecoveryDecision::RollBack { after_commit, moves, cleanup } => {
+            let step = Step::RollingBack { after_commit: *after_commit };
+            let v = moves.iter().chain(cleanup).map(|a| (step, a.clone())).collect();
+            Some((Direction::Back, v))
+        }
+        RecoveryDecision::Refuse { .. } => None,
+    }
+}
+
+fn check_final(rec: &TxnRecord, start: &Fs, fs: &Fs, dir: Direction, ctx: &str) {
+    for (i, t) in rec.targets.iter().enumerate() {
+        let old_existed = start.values().any(|&v| v == old_ino(i));
+        assert!(!fs.contains_key(&t.staging), "{ctx}: staging left: {fs:?}");
+        assert!(!fs.contains_key(&t.backup), "{ctx}: backup left: {fs:?}");
+        let want = match dir {
+            Direction::Forward => t.new.as_ref().map(|_| new_ino(i)),
+            Direction::Back if start.get(&t.path).is_some_and(|&v| v >= FOREIGN) => start.get(&t.path).copied(),
+            Direction::Back if t.old.is_none() => None,
+            Direction::Back if old_existed => Some(old_ino(i)),
+            // Nothing old to restore: the target is left as it was found.
+            Direction::Back => start.get(&t.path).copied(),
+        };
+        assert_eq!(fs.get(&t.path).copied(), want, "{ctx}: target {i} wrong after {dir:?}: {fs:?}");
+    }
+}
+
+/// Runs the decision from `fs`, crashing after `crash_after` actions (if
+/// given) and then recovering to the end; returns the final direction.
+fn run(
+    rec: &TxnRecord,
+    start: &Fs,
+    fs: &mut Fs,
+    crash_after: Option<usize>,
+    can_exchange: bool,
+    ctx: &str,
+    check_idempotent: bool,
+) -> Option<Direction> {
+    let d = decide(rec, &observe(rec, fs));
+    let (dir, steps) = plan(&d)?;
+    let limit = crash_after.unwrap_or(usize::MAX).min(steps.len());
+    let mut rec2 = rec.clone();
+    for (step, a) in steps.iter().take(limit) {
+        rec2.step = *step;
+        assert!(apply(fs, a, can_exchange), "{ctx}: action {a:?} could not run on {fs:?}");
+    }
+    if crash_after.is_some() && limit < steps.len() {
+        // Recovery after the crash decides from the journaled step.
+        let again = run(&rec2, start, fs, None, can_exchange, ctx, check_idempotent);
+        assert_eq!(again, Some(dir), "{ctx}: recovery after a crash changed direction or refused");
+    } else if check_idempotent {
+        check_final(rec, start, fs, dir, ctx);
+        // Idempotent: deciding again at the final step does nothing but cleanup.
+        let mut done = rec.clone();
+        done.step = if dir == Direction::Forward {
+            Step::Cleaning
+        } else {
+            Step::RollingBack { after_commit: rec.step.is_committed() }
+        };
+        let before = fs.clone();
+        let _ = run(&done, start, fs, None, can_exchange, ctx, false);
+        assert_eq!(&before, fs, "{ctx}: a second recovery changed something");
+    }
+    Some(dir)
+}
+
+const PLACES: [u8; 4] = [0, 1, 2, 3]; // absent, old, new, foreign
+
+fn layouts(i: usize, old: bool, staged: bool) -> Vec<[Option<u64>; 3]> {
+    let mut out = Vec::new();
+    for a in PLACES {
+        for b in PLACES {
+            for c in PLACES {
+                let ps = [a, b, c];
+                let count = |x: u8| ps.iter().filter(|&&p| p == x).count();
+                if count(1) > 1 || count(2) > 1 || (count(1) == 1 && !old) || (count(2) == 1 && !staged) {
+                    continue;
+                }
+                out.push(ps.map(|p| match p {
+                    1 => Some(old_ino(i)),
+                    2 => Some(new_ino(i)),
+                    3 => Some(FOREIGN + i as u64),
+                    _ => None,
+                }));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_state_converges_or_refuses() {
+    let steps = [
+        Step::Planned,
+        Step::Staged,
+        Step::Committed,
+        Step::Cleaning,
+        Step::RollingBack { after_commit: false },
+        Step::RollingBack { after_commit: true },
+    ];
+    let mut cases = 0u64;
+    let mut refused = 0u64;
+    for step in steps {
+        let staged = !matches!(step, Step::Planned);
+        for shape in 0..4 {
+            // (old present, new present) per target, varied across the two.
+            let kinds = [(true, true), (false, true), (true, false), (true, true)];
+            let (o0, n0) = kinds[shape];
+            let (o1, n1) = kinds[(shape + 1) % 4];
+            let t0 = target(0, o0, n0.then_some(staged));
+            let t1 = target(1, o1, n1.then_some(staged));
+            let rec = record(step, vec![t0, t1]);
+            for l0 in layouts(0, o0, staged && n0) {
+                for l1 in layouts(1, o1, staged && n1) {
+                    let mut fs = Fs::new();
+                    for (t, l) in rec.targets.iter().zip([l0, l1]) {
+                        for (p, ino) in [&t.path, &t.staging, &t.backup].into_iter().zip(l) {
+                            if let Some(ino) = ino {
+                                fs.insert(p.clone(), ino);
+                            }
+                        }
+                    }
+                    // Before the commit point nothing moves a target: the old
+                    // object can only be at its target, the new one never is.
+                    let unreachable = rec.targets.iter().enumerate().any(|(i, t)| {
+                        fs.get(&t.path) == Some(&new_ino(i))
+                            || fs.get(&t.staging) == Some(&old_ino(i))
+                            || fs.get(&t.backup) == Some(&old_ino(i))
+                    });
+                    if !step.is_committed() && unreachable {
+                        continue;
+                    }
+                    let foreign_at_target: Vec<(String, u64)> = rec
+                        .targets
+                        .iter()
+                        .filter_map(|t| fs.get(&t.path).filter(|&&i| i >= FOREIGN).map(|&i| (t.path.clone(), i)))
+                        .collect();
+                    let d = decide(&rec, &observe(&rec, &fs));
+                    if let RecoveryDecision::Refuse { reason } = &d {
+                        assert!(!reason.is_empty());
+                        refused += 1;
+                        continue;
+                    }
+                    let n_actions = plan(&d).map(|(_, v)| v.len()).unwrap_or(0);
+                    for can_exchange in [true, false] {
+                        for crash in (0..=n_actions).map(Some).chain([None]) {
+                            cases += 1;
+                            let mut f = fs.clone();
+                            let ctx = format!("{step:?} {l0:?} {l1:?} crash={crash:?} xchg={can_exchange}");
+                            let dir = run(&rec, &fs, &mut f, crash, can_exchange, &ctx, true);
+                            assert!(dir.is_some(), "{ctx}: decided, then refused");
+                            for (p, i) in &foreign_at_target {
+                                assert_eq!(f.get(p), Some(i), "{ctx}: foreign content at a target was touched");
+                            }
+                            if !step.is_committed() {
+                                assert_eq!(dir, Some(Direction::Back), "{ctx}: before commit only roll back");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("model: {cases} crash/recovery runs, {refused} refused states");
+    assert!(cases > 10_000, "enumeration too small: {cases}");
+}
+
+#[test]
+fn committed_with_staged_content_rolls_forward() {
+    let rec = record(Step::Committed, vec![target(0, true, Some(true)), target(1, false, Some(true))]);
+    let mut fs: Fs = [("/d/t0".to_string(), old_ino(0))].into();
+    fs.insert("/d/.t0.stagehand-1.staging".into(), new_ino(0));
+    fs.insert("/d/.t1.stagehand-1.staging".into(), new_ino(1));
+    assert!(matches!(decide(&rec, &observe(&rec, &fs)), RecoveryDecision::RollForward { .. }));
+}
+
+#[test]
+fn lost_old_and_new_refuses() {
+    let rec = record(Step::Committed, vec![target(0, true, Some(true)), target(1, true, Some(true))]);
+    // Target 0 swapped (new in place, old at staging); target 1 has nothing at all.
+    let mut fs: Fs = [("/d/t0".to_string(), new_ino(0))].into();
+    fs.insert("/d/.t0.stagehand-1.staging".into(), old_ino(0));
+    match decide(&rec, &observe(&rec, &fs)) {
+        RecoveryDecision::Refuse { reason } => assert!(reason.contains("/d/t1"), "{reason}"),
+        other => panic!("expected refuse, got {other:?}"),
+    }
+}

@@ -1,0 +1,205 @@
+//! The transaction and package records: plain data, written to the journal.
+//!
+//! These types are the journal's vocabulary; `journal-format.md` documents
+//! their encoding field by field, in declaration order. Changing a field
+//! here changes the on-disk format: bump `journal::FORMAT_VERSION`.
+
+use serde::{Deserialize, Serialize};
+
+/// A transaction's id: sled's persistent monotonic id generator.
+pub type TxnId = u64;
+
+/// What kind of entry is at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Which content is at a path, told apart without reading it: the inode
+/// number and kind (the device is kept for diagnostics only, since device
+/// numbers may change across reboots while inode numbers do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+    pub kind: EntryKind,
+}
+
+impl Identity {
+    /// Same content object: same inode and kind.
+    pub fn same_as(&self, other: &Identity) -> bool {
+        self.ino == other.ino && self.kind == other.kind
+    }
+}
+
+/// What a transaction does to its package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Fresh install or upgrade: every target gets new content.
+    Install,
+    /// Every target is removed.
+    Uninstall,
+}
+
+/// The journaled progress of a transaction. Before `Committed` recovery
+/// rolls back; from `Committed` on it rolls forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// Every target, its staging and backup path are recorded; nothing on disk touched yet.
+    Planned,
+    /// New content is complete and fsynced under every staging path; identities recorded.
+    Staged,
+    /// The commit point.
+    Committed,
+    /// Every target holds its new content durably; staging and backups are being removed.
+    Cleaning,
+    /// Rolling back: decided before the commit point, or after it when the new
+    /// content was lost (`after_commit`). Once journaled, the decision stands.
+    RollingBack { after_commit: bool },
+}
+
+impl Step {
+    pub fn is_committed(self) -> bool {
+        matches!(self, Step::Committed | Step::Cleaning | Step::RollingBack { after_commit: true })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Planned => "planned",
+            Step::Staged => "staged",
+            Step::Committed => "committed",
+            Step::Cleaning => "cleaning",
+            Step::RollingBack { after_commit: false } => "rolling-back",
+            Step::RollingBack { after_commit: true } => "rolling-back-after-commit",
+        }
+    }
+}
+
+/// Per-target progress after the commit point, journaled before each swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetProgress {
+    Pending,
+    Swapping,
+    Swapped,
+}
+
+/// The new content a target receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewContent {
+    /// `File` or `Dir`.
+    pub kind: EntryKind,
+    /// Identity of the staging path's object, recorded when staged.
+    pub identity: Option<Identity>,
+}
+
+/// One destination path of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetPlan {
+    /// Absolute destination path.
+    pub path: String,
+    /// Sibling of `path`: where new content is staged.
+    pub staging: String,
+    /// Sibling of `path`: where old content goes if exchange is unavailable,
+    /// and where an uninstall moves it before removal.
+    pub backup: String,
+    /// What was at `path` when planned, if anything.
+    pub old: Option<Identity>,
+    /// New content, or `None` to remove the target.
+    pub new: Option<NewContent>,
+    pub progress: TargetProgress,
+}
+
+/// A transaction in flight (tree `txns`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    pub id: TxnId,
+    pub op: Op,
+    /// Package name.
+    pub package: String,
+    pub step: Step,
+    /// Unix seconds.
+    pub started_at: u64,
+    /// Set when recovery (not the process that began it) drove this txn.
+    pub recovered: bool,
+    /// Manifest digest installed before, if any.
+    pub old_digest: Option<String>,
+    /// The registry entry to write when the txn is done (`None` for uninstall).
+    pub new_package: Option<PackageRecord>,
+    pub targets: Vec<TargetPlan>,
+    /// Directories created for this txn's targets (outermost first); removed
+    /// again, if empty, when the txn rolls back.
+    pub created_dirs: Vec<String>,
+}
+
+/// A file inside an installed target, for `verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the target; empty for a file target itself.
+    pub rel: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub size: u64,
+    /// Lowercase hex sha256 for files; empty otherwise.
+    pub sha256: String,
+    /// Symlink target; empty otherwise.
+    pub link: String,
+}
+
+/// One installed target of a package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledTarget {
+    pub path: String,
+    pub kind: EntryKind,
+    pub entries: Vec<FileEntry>,
+}
+
+/// An installed package (tree `packages`, key = name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageRecord {
+    pub name: String,
+    /// `sha256:…` of the manifest.
+    pub manifest_digest: String,
+    /// The source reference as the user gave it.
+    pub source: String,
+    pub installed_at: u64,
+    pub txn: TxnId,
+    pub targets: Vec<InstalledTarget>,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    RolledForwardByRecovery,
+    RolledBack,
+    RolledBackByRecovery,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::RolledForwardByRecovery => "rolled forward by recovery",
+            Outcome::RolledBack => "rolled back",
+            Outcome::RolledBackByRecovery => "rolled back by recovery",
+        }
+    }
+}
+
+/// A finished transaction (tree `history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub id: TxnId,
+    pub op: Op,
+    pub package: String,
+    pub started_at: u64,
+    pub finished_at: u64,
+    pub old_digest: Option<String>,
+    pub new_digest: Option<String>,
+    pub outcome: Outcome,
+    /// Why it rolled back, if it did.
+    pub error: Option<String>,
+}
