@@ -11,6 +11,7 @@
 //! ordered by `installer`. It never touches the journal.
 
 pub mod killpoint;
+pub mod record;
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -19,12 +20,29 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::txn::{EntryKind, Identity};
 
 fn point(op: &str, role: &str) -> io::Result<()> {
     killpoint::hit(&format!("fsops.{op}.{role}"))
+}
+
+fn p2s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Logs a completed mutation when recording (see [`record`]).
+fn rec(line: impl FnOnce() -> serde_json::Value) {
+    if record::enabled() {
+        record::log(line());
+    }
+}
+
+/// True when the test-only switch says to skip this fsync.
+fn skipped(op: &str, role: &str) -> bool {
+    record::skip_fsync(&format!("fsops.{op}.{role}"))
 }
 
 fn with_path(err: io::Error, what: &str, path: &Path) -> io::Error {
@@ -53,6 +71,7 @@ pub fn write_file(path: &Path, src: &mut dyn Read, mode: u32, role: &str) -> io:
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
+    let mut recorded = record::enabled().then(Vec::new);
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => break,
@@ -63,49 +82,50 @@ pub fn write_file(path: &Path, src: &mut dyn Read, mode: u32, role: &str) -> io:
         let chunk = &buf[..n];
         hasher.update(chunk);
         file.write_all(chunk).map_err(|e| with_path(e, "write", path))?;
+        if let Some(r) = recorded.as_mut() {
+            r.extend_from_slice(chunk);
+        }
         size += n as u64;
     }
     // The umask may have narrowed the mode given at create time.
     file.set_permissions(fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))?;
+    if let Some(data) = recorded {
+        record::log(json!({"op": "write_file", "path": p2s(path), "mode": mode & 0o7777, "data": hex::encode(data)}));
+    }
     Ok(WrittenFile { size, sha256: hex::encode(hasher.finalize()) })
-}
-
-/// Writes `bytes` to `path` durably: temp file, fsync, rename, fsync parent.
-/// Used for small bookkeeping files, never for transaction content.
-pub fn write_small_durable(path: &Path, bytes: &[u8], role: &str) -> io::Result<()> {
-    let parent = parent_of(path)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.stagehand-tmp"));
-    let _ = fs::remove_file(&tmp);
-    point("write", role)?;
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    point("rename", role)?;
-    fs::rename(&tmp, path)?;
-    fsync_dir(parent, role)
 }
 
 /// fsyncs a regular file's data and metadata.
 pub fn fsync_file(path: &Path, role: &str) -> io::Result<()> {
     point("fsync", role)?;
+    if skipped("fsync", role) {
+        return Ok(());
+    }
     let f = File::open(path).map_err(|e| with_path(e, "open for fsync", path))?;
-    f.sync_all().map_err(|e| with_path(e, "fsync", path))
+    f.sync_all().map_err(|e| with_path(e, "fsync", path))?;
+    rec(|| json!({"op": "fsync", "path": p2s(path)}));
+    Ok(())
 }
 
 /// fsyncs a directory, making the names in it (creates, renames, unlinks) durable.
 pub fn fsync_dir(path: &Path, role: &str) -> io::Result<()> {
     point("fsync_dir", role)?;
+    if skipped("fsync_dir", role) {
+        return Ok(());
+    }
     let f = File::open(path).map_err(|e| with_path(e, "open dir for fsync", path))?;
-    f.sync_all().map_err(|e| with_path(e, "fsync dir", path))
+    f.sync_all().map_err(|e| with_path(e, "fsync dir", path))?;
+    rec(|| json!({"op": "fsync_dir", "path": p2s(path)}));
+    Ok(())
 }
 
 /// Creates one directory with `mode` (the parent must exist).
 pub fn create_dir(path: &Path, mode: u32, role: &str) -> io::Result<()> {
     point("mkdir", role)?;
     fs::create_dir(path).map_err(|e| with_path(e, "mkdir", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))?;
+    rec(|| json!({"op": "mkdir", "path": p2s(path), "mode": mode & 0o7777}));
+    Ok(())
 }
 
 /// Creates `path` and any missing ancestors, fsyncing each parent whose
@@ -127,19 +147,25 @@ pub fn create_dir_all_durable(path: &Path, role: &str) -> io::Result<()> {
 /// Sets a directory's permission bits (after its contents are written).
 pub fn set_mode(path: &Path, mode: u32, role: &str) -> io::Result<()> {
     point("chmod", role)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))?;
+    rec(|| json!({"op": "chmod", "path": p2s(path), "mode": mode & 0o7777}));
+    Ok(())
 }
 
 /// Creates a symbolic link at `path` pointing to `target`.
 pub fn symlink(target: &Path, path: &Path, role: &str) -> io::Result<()> {
     point("symlink", role)?;
-    std::os::unix::fs::symlink(target, path).map_err(|e| with_path(e, "symlink", path))
+    std::os::unix::fs::symlink(target, path).map_err(|e| with_path(e, "symlink", path))?;
+    rec(|| json!({"op": "symlink", "path": p2s(path), "target": p2s(target)}));
+    Ok(())
 }
 
 /// Creates a hard link `path` to the existing `original`.
 pub fn hard_link(original: &Path, path: &Path, role: &str) -> io::Result<()> {
     point("link", role)?;
-    fs::hard_link(original, path).map_err(|e| with_path(e, "hard link", path))
+    fs::hard_link(original, path).map_err(|e| with_path(e, "hard link", path))?;
+    rec(|| json!({"op": "link", "path": p2s(path), "original": p2s(original)}));
+    Ok(())
 }
 
 /// Renames `from` to `to` (same directory or same filesystem) and fsyncs the
@@ -147,6 +173,7 @@ pub fn hard_link(original: &Path, path: &Path, role: &str) -> io::Result<()> {
 pub fn rename(from: &Path, to: &Path, role: &str) -> io::Result<()> {
     point("rename", role)?;
     fs::rename(from, to).map_err(|e| with_path(e, &format!("rename {} to", from.display()), to))?;
+    rec(|| json!({"op": "rename", "from": p2s(from), "to": p2s(to)}));
     sync_parents(from, to, role)
 }
 
@@ -167,6 +194,7 @@ pub fn exchange(a: &Path, b: &Path, role: &str) -> io::Result<bool> {
             _ => Err(with_path(err, &format!("exchange {} with", a.display()), b)),
         };
     }
+    rec(|| json!({"op": "exchange", "a": p2s(a), "b": p2s(b)}));
     sync_parents(a, b, role)?;
     Ok(true)
 }
@@ -206,6 +234,8 @@ pub fn remove_tree(path: &Path, role: &str) -> io::Result<()> {
     } else {
         fs::remove_file(path).map_err(|e| with_path(e, "unlink", path))?;
     }
+    // Recorded as one unlink of the whole subtree from its parent.
+    rec(|| json!({"op": "remove_tree", "path": p2s(path)}));
     fsync_dir(parent_of(path)?, role)
 }
 
@@ -222,7 +252,10 @@ fn remove_quiet(path: &Path) -> io::Result<()> {
 pub fn remove_empty_dir(path: &Path, role: &str) -> io::Result<()> {
     point("rmdir", role)?;
     match fs::remove_dir(path) {
-        Ok(()) => fsync_dir(parent_of(path)?, role),
+        Ok(()) => {
+            rec(|| json!({"op": "remove_tree", "path": p2s(path)}));
+            fsync_dir(parent_of(path)?, role)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(with_path(e, "rmdir", path)),
     }

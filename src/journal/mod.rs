@@ -55,6 +55,7 @@ pub type Result<T> = std::result::Result<T, JournalError>;
 
 /// The open journal. Dropping it closes sled.
 pub struct Journal {
+    dir: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
     txns: sled::Tree,
@@ -91,6 +92,7 @@ impl Journal {
         let open =
             |name: &str| db.open_tree(name).map_err(|source| JournalError::Open { path: dir.to_path_buf(), source });
         let j = Journal {
+            dir: dir.to_path_buf(),
             meta: open("meta")?,
             txns: open("txns")?,
             history: open("history")?,
@@ -128,8 +130,7 @@ impl Journal {
         point(&format!("journal.{what}"))?;
         self.txns.insert(txn_key(rec.id), bytes)?;
         point(&format!("journal.{what}.flush"))?;
-        self.db.flush()?;
-        Ok(())
+        self.flush(what)
     }
 
     /// Every transaction in flight, oldest first. A record that does not
@@ -178,7 +179,14 @@ impl Journal {
             Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
         })?;
         point(if completed { "journal.done.flush" } else { "journal.rolled_back.flush" })?;
+        self.flush(if completed { "done" } else { "rolled_back" })
+    }
+
+    /// fsyncs everything written so far (sled's `flush`), then lets the
+    /// test-only recorder snapshot the durable journal.
+    fn flush(&self, what: &str) -> Result<()> {
         self.db.flush()?;
+        crate::fsops::record::journal_flushed(&self.dir, what);
         Ok(())
     }
 
