@@ -176,3 +176,43 @@ mod tests {
         assert_eq!(decode::<PackageRecord>(RecordKind::Package, &good[..3]), Err(DecodeError::TooShort(3)));
     }
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use crate::txn::{Op, Step, TxnRecord};
+
+    /// Pins the byte layout that journal-format.md documents.
+    #[test]
+    fn txn_record_bytes_match_the_documentation() {
+        let rec = TxnRecord {
+            id: 7,
+            op: Op::Uninstall,
+            package: "ab".into(),
+            step: Step::RollingBack { after_commit: true },
+            started_at: 9,
+            recovered: true,
+            old_digest: None,
+            new_package: None,
+            targets: vec![],
+            created_dirs: vec![],
+        };
+        let b = encode(RecordKind::Txn, &rec).expect("encodes");
+        let mut want = vec![1u8, 1];
+        want.extend(7u64.to_le_bytes()); // id
+        want.extend(1u32.to_le_bytes()); // op: Uninstall = variant 1
+        want.extend(2u64.to_le_bytes()); // package length
+        want.extend(b"ab");
+        want.extend(4u32.to_le_bytes()); // step: RollingBack = variant 4
+        want.push(1); // after_commit = true
+        want.extend(9u64.to_le_bytes()); // started_at
+        want.push(1); // recovered
+        want.push(0); // old_digest: None
+        want.push(0); // new_package: None
+        want.extend(0u64.to_le_bytes()); // targets: empty
+        want.extend(0u64.to_le_bytes()); // created_dirs: empty
+        let crc = crc32fast::hash(&want);
+        want.extend(crc.to_le_bytes());
+        assert_eq!(b, want);
+    }
+}
