@@ -146,6 +146,7 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(cli.verbose, cli.quiet);
+    installer::interrupt::install_handlers();
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -189,6 +190,9 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
                 adopt: *adopt,
             };
             let rep = inst.install(&req)?;
+            if rep.interrupted {
+                eprintln!("stagehand: interrupted after the commit point: the install was finished, not undone");
+            }
             if cli.json {
                 print_json(&json!({"result": rep, "recovered": recovered}));
             } else if !cli.quiet {
@@ -208,6 +212,9 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         }
         Command::Uninstall { name } => {
             let rep = inst.uninstall(name)?;
+            if rep.interrupted {
+                eprintln!("stagehand: interrupted after the commit point: the uninstall was finished, not undone");
+            }
             if cli.json {
                 print_json(&json!({"result": rep, "recovered": recovered}));
             } else if !cli.quiet {

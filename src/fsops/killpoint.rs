@@ -9,6 +9,7 @@
 //!   `abort()` runs no destructors and flushes nothing, as SIGKILL would.
 //! - `STAGEHAND_FAIL_AT=POINT[:N]=EIO|ENOSPC|EACCES`: return that error from
 //!   the Nth hit instead of performing the operation.
+//! - `STAGEHAND_SIGNAL_AT=POINT[:N]`: raise SIGINT at the Nth hit (tests of Ctrl-C).
 //!
 //! With none of these set, [`hit`] is a counter increment and a comparison.
 //! This module never touches anything but the trace file.
@@ -23,6 +24,8 @@ pub const ENV_TRACE: &str = "STAGEHAND_TRACE_POINTS";
 pub const ENV_CRASH: &str = "STAGEHAND_CRASH_AT";
 /// Environment variable: fail at `POINT[:N]=ERRNO`.
 pub const ENV_FAIL: &str = "STAGEHAND_FAIL_AT";
+/// Environment variable (tests): raise SIGINT at `POINT[:N]`, to test Ctrl-C deterministically.
+pub const ENV_SIGNAL: &str = "STAGEHAND_SIGNAL_AT";
 
 #[derive(Debug)]
 struct Trigger {
@@ -34,6 +37,7 @@ struct Trigger {
 struct Config {
     trace: Option<std::fs::File>,
     crash: Option<Trigger>,
+    signal: Option<Trigger>,
     fail: Option<(Trigger, i32)>,
     active: bool,
 }
@@ -76,6 +80,9 @@ fn config() -> &'static Config {
         if let Ok(spec) = std::env::var(ENV_CRASH) {
             cfg.crash = parse_trigger(&spec);
         }
+        if let Ok(spec) = std::env::var(ENV_SIGNAL) {
+            cfg.signal = parse_trigger(&spec);
+        }
         if let Ok(spec) = std::env::var(ENV_FAIL) {
             if let Some((trigger, errno)) = spec.rsplit_once('=') {
                 if let (Some(t), Some(e)) = (parse_trigger(trigger), parse_errno(errno)) {
@@ -83,7 +90,7 @@ fn config() -> &'static Config {
                 }
             }
         }
-        cfg.active = cfg.trace.is_some() || cfg.crash.is_some() || cfg.fail.is_some();
+        cfg.active = cfg.trace.is_some() || cfg.crash.is_some() || cfg.fail.is_some() || cfg.signal.is_some();
         cfg
     })
 }
@@ -116,6 +123,12 @@ pub fn hit(name: &str) -> io::Result<()> {
     if let Some(t) = &cfg.crash {
         if t.point == name && t.nth == count {
             std::process::abort();
+        }
+    }
+    if let Some(t) = &cfg.signal {
+        if t.point == name && t.nth == count {
+            // SAFETY: raise only sends a signal to this process.
+            unsafe { libc::raise(libc::SIGINT) };
         }
     }
     if let Some((t, errno)) = &cfg.fail {

@@ -8,6 +8,7 @@
 //! comes from `txn`.
 
 pub mod exec;
+pub mod interrupt;
 pub mod lock;
 pub mod stage;
 pub mod verify;
@@ -52,6 +53,8 @@ pub enum Error {
     RecoveryRefused { txn: TxnId, package: String, reason: String },
     #[error("{cause}\nThe transaction was rolled back: every destination still holds the old version.")]
     RolledBack { cause: Box<Error> },
+    #[error("interrupted")]
+    Interrupted,
     #[error("{cause}\nThe new version is committed but not finished; the next stagehand command (or `stagehand repair`) finishes it.")]
     LeftForRecovery { cause: Box<Error> },
 }
@@ -63,8 +66,9 @@ impl Error {
         match self {
             Error::Locked { .. } => 4,
             Error::RecoveryRefused { .. } => 5,
+            Error::Interrupted => interrupt::EXIT_INTERRUPTED,
             Error::RolledBack { cause } | Error::LeftForRecovery { cause } => match cause.exit_code() {
-                5 => 5,
+                c @ (5 | interrupt::EXIT_INTERRUPTED) => c,
                 _ => 1,
             },
             _ => 1,
@@ -109,6 +113,8 @@ pub struct TxnReport {
     pub old_digest: Option<String>,
     pub new_digest: Option<String>,
     pub targets: Vec<String>,
+    /// A Ctrl-C/SIGTERM arrived after the commit point; the txn was finished anyway.
+    pub interrupted: bool,
 }
 
 /// An open state dir: the lock is held and recovery has run.
@@ -255,7 +261,7 @@ impl Installer {
             check_unowned(&others, &path)?;
             let kind = match pt.content {
                 PlannedContent::Dir(_) => EntryKind::Dir,
-                PlannedContent::File(_) => EntryKind::File,
+                PlannedContent::File(..) => EntryKind::File,
             };
             let old = fsops::identity(&pt.path).map_err(io(format!("observing {path}")))?;
             if let Some(o) = old {
@@ -326,6 +332,10 @@ impl Installer {
             return Err(self.roll_back(rec, e));
         }
         self.journal.write_txn(&rec, "staged").map_err(|e| self.roll_back(rec.clone(), e.into()))?;
+        // The last boundary before the commit point: a Ctrl-C here still rolls back.
+        if interrupt::requested() {
+            return Err(self.roll_back(rec, Error::Interrupted));
+        }
         rec.step = Step::Committed;
         if let Err(e) = self.journal.write_txn(&rec, "commit") {
             // The commit record may or may not be durable: leave it to recovery.
@@ -348,12 +358,15 @@ impl Installer {
         }
         let mut installed = Vec::new();
         for (i, pt) in planned.iter().enumerate() {
+            if interrupt::requested() {
+                return Err(Error::Interrupted);
+            }
             let t = &mut rec.targets[i];
             debug_assert_eq!(Path::new(&t.path), pt.path.as_path());
             let staging = PathBuf::from(&t.staging);
             let staged = match &pt.content {
                 PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, blobs)?,
-                PlannedContent::File(desc) => stage::stage_file(&staging, desc, blobs)?,
+                PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs)?,
             };
             let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
             t.new = Some(NewContent { kind, identity: Some(staged.identity) });
@@ -396,9 +409,14 @@ impl Installer {
             old_digest: rec.old_digest.clone(),
             new_digest: rec.new_package.as_ref().map(|p| p.manifest_digest.clone()),
             targets: rec.targets.iter().filter(|t| t.new.is_some()).map(|t| t.path.clone()).collect(),
+            interrupted: false,
+        };
+        let done = |mut r: TxnReport| {
+            r.interrupted = interrupt::requested();
+            Ok(r)
         };
         let first = match exec::drive(&self.journal, &mut rec, false, None) {
-            Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => return Ok(report),
+            Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => return done(report),
             Ok(_) => {
                 return Err(Error::Refused(
                     "the transaction was rolled back after its commit point because its new content was lost".into(),
@@ -411,9 +429,9 @@ impl Installer {
         // Re-read the record: the journal has the truth of how far it got.
         let again = self.journal.pending()?.into_iter().find(|r| r.id == rec.id);
         match again {
-            None => Ok(report),
+            None => done(report),
             Some(mut r) => match exec::drive(&self.journal, &mut r, false, None) {
-                Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => Ok(report),
+                Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => done(report),
                 Ok(_) => Err(Error::Refused("the transaction was rolled back after its commit point".into())),
                 Err(_) => Err(Error::LeftForRecovery { cause: Box::new(first) }),
             },

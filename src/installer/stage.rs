@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::Error;
 use crate::fsops;
 use crate::plan::tar_guard::{Admitted, TarGuard, TarKind};
-use crate::plan::{Compression, LayerUse};
+use crate::plan::{Compression, FileBytes, LayerUse};
 use crate::source::{verify, BlobSource, Descriptor};
 use crate::txn::{EntryKind, FileEntry, Identity};
 
@@ -87,6 +87,9 @@ impl DirBuilder {
     }
 
     fn apply(&mut self, admitted: Admitted, entry: &mut dyn Read) -> Result<(), Error> {
+        if super::interrupt::requested() {
+            return Err(Error::Interrupted);
+        }
         let parents = match &admitted {
             Admitted::Dir { implicit_parents, .. }
             | Admitted::File { implicit_parents, .. }
@@ -127,7 +130,17 @@ impl DirBuilder {
         }
     }
 
-    fn tar_layer(&mut self, desc: &Descriptor, c: Compression, blobs: &dyn BlobSource) -> Result<(), Error> {
+    fn tar_layer(
+        &mut self,
+        desc: &Descriptor,
+        c: Compression,
+        subdir: &str,
+        blobs: &dyn BlobSource,
+    ) -> Result<(), Error> {
+        if !subdir.is_empty() {
+            let admitted = self.guard.admit(subdir.as_bytes(), TarKind::Dir, None, 0o755)?;
+            self.apply(admitted, &mut std::io::empty())?;
+        }
         let mut raw = blobs.open_blob(desc)?;
         {
             let decoded: Box<dyn Read> = match c {
@@ -145,7 +158,10 @@ impl DirBuilder {
             for entry in archive.entries().map_err(bad)? {
                 let mut entry = entry.map_err(bad)?;
                 let kind = tar_kind(entry.header().entry_type());
-                let path = entry.path_bytes().into_owned();
+                let mut path = entry.path_bytes().into_owned();
+                if !subdir.is_empty() {
+                    path = [subdir.as_bytes(), b"/", &path].concat();
+                }
                 let link = entry.link_name_bytes().map(|l| l.into_owned());
                 let mode = entry.header().mode().unwrap_or(0o644);
                 let admitted = self.guard.admit(&path, kind, link.as_deref(), mode)?;
@@ -156,10 +172,19 @@ impl DirBuilder {
         Ok(())
     }
 
-    fn title_layer(&mut self, desc: &Descriptor, name: &str, blobs: &dyn BlobSource) -> Result<(), Error> {
+    fn title_layer(
+        &mut self,
+        desc: &Descriptor,
+        name: &str,
+        bytes: FileBytes,
+        blobs: &dyn BlobSource,
+    ) -> Result<(), Error> {
         self.guard.admit_root_file(name)?;
         let mut raw = blobs.open_blob(desc)?;
-        self.file(name, &mut raw, 0o644)?;
+        {
+            let mut src = file_bytes(&mut raw, bytes);
+            self.file(name, &mut src, bytes.mode)?;
+        }
         verify::drain(&mut raw).map_err(io_err(format!("layer {name}")))?;
         Ok(())
     }
@@ -204,8 +229,8 @@ pub fn stage_dir(staging: &Path, layers: &[(Descriptor, LayerUse)], blobs: &dyn 
     };
     for (desc, usage) in layers {
         match usage {
-            LayerUse::Tar(c) => b.tar_layer(desc, *c, blobs)?,
-            LayerUse::File { name } => b.title_layer(desc, name, blobs)?,
+            LayerUse::Tar { compression, subdir } => b.tar_layer(desc, *compression, subdir, blobs)?,
+            LayerUse::File { name, bytes } => b.title_layer(desc, name, *bytes, blobs)?,
         }
     }
     b.sync()?;
@@ -215,11 +240,28 @@ pub fn stage_dir(staging: &Path, layers: &[(Descriptor, LayerUse)], blobs: &dyn 
     Ok(Staged { identity, entries: b.entries })
 }
 
+/// The bytes a single-file layer installs: as they are, or gunzipped.
+fn file_bytes<'a>(raw: &'a mut Box<dyn Read + Send>, bytes: FileBytes) -> Box<dyn Read + 'a> {
+    if bytes.gunzip {
+        Box::new(flate2::read::MultiGzDecoder::new(raw))
+    } else {
+        Box::new(raw)
+    }
+}
+
 /// Writes a file target's content at `staging` from one layer.
-pub fn stage_file(staging: &Path, desc: &Descriptor, blobs: &dyn BlobSource) -> Result<Staged, Error> {
+pub fn stage_file(
+    staging: &Path,
+    desc: &Descriptor,
+    bytes: FileBytes,
+    blobs: &dyn BlobSource,
+) -> Result<Staged, Error> {
     let mut raw = blobs.open_blob(desc)?;
-    let w = fsops::write_file(staging, &mut raw, 0o644, ROLE)
-        .map_err(io_err(format!("staging {}", desc.title().unwrap_or(&desc.digest))))?;
+    let w = {
+        let mut src = file_bytes(&mut raw, bytes);
+        fsops::write_file(staging, &mut src, bytes.mode, ROLE)
+            .map_err(io_err(format!("staging {}", desc.title().unwrap_or(&desc.digest))))?
+    };
     verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;
     fsops::fsync_file(staging, ROLE).map_err(io_err(format!("fsync {}", staging.display())))?;
     fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;

@@ -29,10 +29,24 @@ pub enum Compression {
 /// How one layer is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerUse {
-    /// A tar layer, extracted at the root of a directory target.
-    Tar(Compression),
-    /// A single file named by the layer's title annotation.
-    File { name: String },
+    /// A tar layer, extracted at `subdir` ("" = the root) of a directory target.
+    Tar { compression: Compression, subdir: String },
+    /// A single file called `name` in a directory target.
+    File { name: String, bytes: FileBytes },
+}
+
+/// How a single-file layer's bytes become a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileBytes {
+    /// The layer is gzip-compressed; install its decompressed bytes.
+    pub gunzip: bool,
+    /// Permission bits of the installed file.
+    pub mode: u32,
+}
+
+impl FileBytes {
+    /// The layer's bytes as they are, mode 0644.
+    pub const PLAIN: FileBytes = FileBytes { gunzip: false, mode: 0o644 };
 }
 
 /// Where layers go, as the user asked.
@@ -82,7 +96,7 @@ pub enum PlannedContent {
     /// A directory built from these layers, in manifest order.
     Dir(Vec<(Descriptor, LayerUse)>),
     /// A single file: this layer's bytes.
-    File(Descriptor),
+    File(Descriptor, FileBytes),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -140,11 +154,13 @@ pub fn layer_uses(manifest: &ImageManifest) -> Result<Vec<(Descriptor, LayerUse)
         .layers
         .iter()
         .map(|d| {
-            if let Some(c) = tar_compression(&d.media_type) {
-                return Ok((d.clone(), LayerUse::Tar(c)));
+            if let Some(compression) = tar_compression(&d.media_type) {
+                return Ok((d.clone(), LayerUse::Tar { compression, subdir: String::new() }));
             }
             match d.title() {
-                Some(t) if is_plain_file_name(t) => Ok((d.clone(), LayerUse::File { name: t.to_string() })),
+                Some(t) if is_plain_file_name(t) => {
+                    Ok((d.clone(), LayerUse::File { name: t.to_string(), bytes: FileBytes::PLAIN }))
+                }
                 Some(t) => Err(PlanError::BadTitle { digest: d.digest.clone(), title: t.to_string() }),
                 None => Err(PlanError::Unplaceable { digest: d.digest.clone(), media_type: d.media_type.clone() }),
             }
@@ -169,16 +185,22 @@ pub fn place(manifest: &ImageManifest, placement: &Placement) -> Result<Vec<Plan
     let mut to_layers = Vec::new();
     for (desc, usage) in layer_uses(manifest)? {
         let mapped = match &usage {
-            LayerUse::File { name } => placement.maps.iter().find(|m| m.matches(name)).map(|m| m.dir.join(name)),
-            LayerUse::Tar(_) => None,
+            LayerUse::File { name, .. } => placement.maps.iter().find(|m| m.matches(name)).map(|m| m.dir.join(name)),
+            LayerUse::Tar { .. } => None,
         };
         match (mapped, &placement.to) {
-            (Some(path), _) => targets.push(PlannedTarget { path, content: PlannedContent::File(desc) }),
+            (Some(path), _) => {
+                let bytes = match usage {
+                    LayerUse::File { bytes, .. } => bytes,
+                    LayerUse::Tar { .. } => FileBytes::PLAIN,
+                };
+                targets.push(PlannedTarget { path, content: PlannedContent::File(desc, bytes) })
+            }
             (None, Some(_)) => to_layers.push((desc, usage)),
             (None, None) => {
                 let what = match &usage {
-                    LayerUse::File { name } => format!("{name:?} ({})", desc.digest),
-                    LayerUse::Tar(_) => format!("{} (a tar layer)", desc.digest),
+                    LayerUse::File { name, .. } => format!("{name:?} ({})", desc.digest),
+                    LayerUse::Tar { .. } => format!("{} (a tar layer)", desc.digest),
                 };
                 return Err(PlanError::Unplaced { what });
             }
