@@ -269,7 +269,7 @@ pub fn stage_file(
     let entry = FileEntry {
         rel: String::new(),
         kind: EntryKind::File,
-        mode: 0o644,
+        mode: bytes.mode,
         size: w.size,
         sha256: w.sha256,
         link: String::new(),
