@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::installer::{self, InstallRequest, Installer, OpenOptions};
+use crate::installer::{self, InstallRequest, Installer, OpenOptions, ProfileRequest};
+use crate::plan::profile::Profile;
 use crate::plan::{MapRule, Placement};
 use crate::txn::{PackageRecord, RecoveryDecision};
 
@@ -68,6 +69,18 @@ pub enum Command {
         /// Take over an existing destination no package owns.
         #[arg(long)]
         adopt: bool,
+        /// Place a Steampipe artifact in Steampipe's layout: steampipe-plugin, steampipe-db or steampipe-fdw.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["to", "maps"])]
+        profile: Option<String>,
+        /// Steampipe's install dir, for --profile (default: $STEAMPIPE_INSTALL_DIR, else ~/.steampipe).
+        #[arg(long, value_name = "DIR", requires = "profile")]
+        install_dir: Option<PathBuf>,
+        /// Database version directory under db/, for --profile steampipe-db/-fdw.
+        #[arg(long, value_name = "VERSION", requires = "profile")]
+        db_version: Option<String>,
+        /// Platform OS/ARCH to pick layers for (default: this host's).
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
     },
     /// Remove an installed package, in one transaction.
     #[command(after_help = "Example:\n  stagehand uninstall demo")]
@@ -105,6 +118,22 @@ fn default_state_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
     home.join(".local/state/stagehand")
+}
+
+fn default_steampipe_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STEAMPIPE_INSTALL_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")).join(".steampipe")
+}
+
+fn parse_platform(s: &str) -> Result<(String, String), installer::Error> {
+    match s.split_once('/') {
+        Some((os, arch)) if !os.is_empty() && !arch.is_empty() && !arch.contains('/') => {
+            Ok((os.to_string(), arch.to_string()))
+        }
+        _ => Err(installer::Error::Refused(format!("--platform {s:?}: expected OS/ARCH, e.g. linux/amd64"))),
+    }
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {
@@ -165,9 +194,9 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
     let opts = OpenOptions { lock_timeout: Duration::from_secs(cli.lock_timeout), recover: !dry_run };
     // Usage errors in --map are caught before anything is opened.
     let placement = match &cli.command {
-        Command::Install { to, maps, .. } => {
+        Command::Install { to, maps, profile, .. } => {
             let maps = maps.iter().map(|m| MapRule::parse(m)).collect::<Result<Vec<_>, _>>()?;
-            if to.is_none() && maps.is_empty() {
+            if to.is_none() && maps.is_empty() && profile.is_none() {
                 eprintln!("stagehand: error: install needs --to DIR and/or --map GLOB=DIR to know where files go");
                 return Ok(EXIT_USAGE);
             }
@@ -182,12 +211,25 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         }
     }
     match &cli.command {
-        Command::Install { source, name, adopt, .. } => {
+        Command::Install { source, name, adopt, profile, install_dir, db_version, platform, .. } => {
+            let profile = match profile {
+                None => None,
+                Some(p) => Some(ProfileRequest {
+                    profile: Profile::parse(p)?,
+                    install_dir: install_dir.clone().unwrap_or_else(default_steampipe_dir),
+                    db_version: db_version.clone(),
+                    platform: match platform {
+                        None => None,
+                        Some(s) => Some(parse_platform(s)?),
+                    },
+                }),
+            };
             let req = InstallRequest {
                 source: source.clone(),
                 placement: placement.unwrap_or_default(),
                 name: name.clone(),
                 adopt: *adopt,
+                profile,
             };
             let rep = inst.install(&req)?;
             if rep.interrupted {

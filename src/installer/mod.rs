@@ -102,6 +102,20 @@ pub struct InstallRequest {
     pub name: Option<String>,
     /// Take over an existing, unowned destination as the "old version".
     pub adopt: bool,
+    /// Place the artifact by a Steampipe profile instead of `placement`.
+    pub profile: Option<ProfileRequest>,
+}
+
+/// `--profile NAME` and what it needs.
+#[derive(Debug, Clone)]
+pub struct ProfileRequest {
+    pub profile: plan::profile::Profile,
+    /// Steampipe's install dir (`--install-dir`, default `~/.steampipe`).
+    pub install_dir: PathBuf,
+    /// `--db-version`; for fdw the single version under `db/` is found if absent.
+    pub db_version: Option<String>,
+    /// `--platform OS/ARCH`; the host's by default.
+    pub platform: Option<(String, String)>,
 }
 
 /// What a finished install or uninstall did.
@@ -220,7 +234,17 @@ impl Installer {
             Some(n) => vec![self.journal.package(n)?.ok_or_else(|| Error::NotInstalled(n.to_string()))?],
             None => self.journal.packages()?,
         };
-        pkgs.iter().map(verify::verify_package).collect()
+        let all = self.journal.packages()?;
+        pkgs.iter()
+            .map(|p| {
+                let foreign: BTreeSet<String> = all
+                    .iter()
+                    .filter(|o| o.name != p.name)
+                    .flat_map(|o| o.targets.iter().map(|t| t.path.clone()))
+                    .collect();
+                verify::verify_package(p, &foreign)
+            })
+            .collect()
     }
 
     /// Installs (or upgrades) a package in one transaction.
@@ -240,14 +264,19 @@ impl Installer {
                 "{name:?} is not a valid package name (use letters, digits, '.', '_', '-')"
             )));
         }
-        let mut placement = req.placement.clone();
-        if let Some(to) = &placement.to {
-            placement.to = Some(resolve_destination(to)?);
-        }
-        for m in placement.maps.iter_mut() {
-            m.dir = resolve_destination(&m.dir)?;
-        }
-        let planned = plan::place(&artifact.manifest, &placement)?;
+        let planned = match &req.profile {
+            Some(p) => plan_profile(p, &artifact.manifest, &source_ref)?,
+            None => {
+                let mut placement = req.placement.clone();
+                if let Some(to) = &placement.to {
+                    placement.to = Some(resolve_destination(to)?);
+                }
+                for m in placement.maps.iter_mut() {
+                    m.dir = resolve_destination(&m.dir)?;
+                }
+                plan::place(&artifact.manifest, &placement)?
+            }
+        };
         let old_pkg = self.journal.package(&name)?;
         let others: Vec<PackageRecord> = self.journal.packages()?.into_iter().filter(|p| p.name != name).collect();
 
@@ -256,13 +285,14 @@ impl Installer {
         let mut created = BTreeSet::new();
         let old_paths: BTreeSet<String> =
             old_pkg.iter().flat_map(|p| p.targets.iter().map(|t| t.path.clone())).collect();
+        let mut carry = Vec::new();
         for pt in &planned {
             let path = path_str(&pt.path)?;
-            check_unowned(&others, &path)?;
             let kind = match pt.content {
                 PlannedContent::Dir(_) => EntryKind::Dir,
                 PlannedContent::File(..) => EntryKind::File,
             };
+            carry.push(check_ownership(&others, &path, kind)?);
             let old = fsops::identity(&pt.path).map_err(io(format!("observing {path}")))?;
             if let Some(o) = old {
                 if o.kind == EntryKind::Symlink {
@@ -327,7 +357,8 @@ impl Installer {
         self.journal.write_txn(&rec, "planned")?;
 
         // Everything from here until the commit point rolls back on error.
-        let staged = self.stage_all(&mut rec, &planned, blobs.as_ref(), &artifact.manifest_digest, &req.source, &name);
+        let staged =
+            self.stage_all(&mut rec, &planned, &carry, blobs.as_ref(), &artifact.manifest_digest, &req.source, &name);
         if let Err(e) = staged {
             return Err(self.roll_back(rec, e));
         }
@@ -348,6 +379,7 @@ impl Installer {
         &mut self,
         rec: &mut TxnRecord,
         planned: &[plan::PlannedTarget],
+        carry: &[Vec<stage::Carried>],
         blobs: &dyn source::BlobSource,
         digest: &str,
         source: &str,
@@ -365,7 +397,7 @@ impl Installer {
             debug_assert_eq!(Path::new(&t.path), pt.path.as_path());
             let staging = PathBuf::from(&t.staging);
             let staged = match &pt.content {
-                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, blobs)?,
+                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs)?,
                 PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs)?,
             };
             let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
@@ -441,6 +473,16 @@ impl Installer {
     /// Removes a package's targets in one transaction.
     pub fn uninstall(&mut self, name: &str) -> Result<TxnReport> {
         let pkg = self.journal.package(name)?.ok_or_else(|| Error::NotInstalled(name.to_string()))?;
+        for other in self.journal.packages()?.iter().filter(|p| p.name != name) {
+            for t in &other.targets {
+                if pkg.targets.iter().any(|mine| Path::new(&t.path).starts_with(&mine.path)) {
+                    return Err(Error::Refused(format!(
+                        "package {:?} has files inside {name}'s directory ({}); uninstall {:?} first",
+                        other.name, t.path, other.name
+                    )));
+                }
+            }
+        }
         let id = self.journal.new_txn_id()?;
         let targets = pkg.targets.iter().map(|t| removal_target(&t.path, id)).collect::<Result<Vec<_>>>()?;
         let mut rec = TxnRecord {
@@ -483,12 +525,24 @@ fn is_empty_dir(p: &Path) -> bool {
     std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
 }
 
-fn check_unowned(others: &[PackageRecord], path: &str) -> Result<()> {
+/// Checks a new target against other packages' targets. A file target may
+/// sit inside another package's directory target (Steampipe's FDW inside its
+/// db); a directory target may contain other packages' file targets, which
+/// are then carried over into the new directory (returned). Any other
+/// overlap is refused.
+fn check_ownership(others: &[PackageRecord], path: &str, kind: EntryKind) -> Result<Vec<stage::Carried>> {
     let p = Path::new(path);
+    let mut carry = Vec::new();
     for pkg in others {
         for t in &pkg.targets {
             let tp = Path::new(&t.path);
-            if p.starts_with(tp) || tp.starts_with(p) {
+            let nested_file_in_dir =
+                p != tp && p.starts_with(tp) && kind == EntryKind::File && t.kind == EntryKind::Dir;
+            let dir_holds_file = p != tp && tp.starts_with(p) && kind == EntryKind::Dir && t.kind == EntryKind::File;
+            if dir_holds_file {
+                let rel = tp.strip_prefix(p).map_err(|_| Error::Refused(format!("{} is not inside {path}", t.path)))?;
+                carry.push(stage::Carried { rel: path_str(rel)?, live: tp.to_path_buf(), owner: pkg.name.clone() });
+            } else if !nested_file_in_dir && (p.starts_with(tp) || tp.starts_with(p)) {
                 return Err(Error::Refused(format!(
                     "{path} overlaps {} of package {:?}; uninstall it first or choose another destination",
                     t.path, pkg.name
@@ -496,5 +550,64 @@ fn check_unowned(others: &[PackageRecord], path: &str) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(carry)
+}
+
+/// Plans a Steampipe profile install.
+fn plan_profile(
+    p: &ProfileRequest,
+    manifest: &source::manifest::ImageManifest,
+    source_ref: &SourceRef,
+) -> Result<Vec<plan::PlannedTarget>> {
+    use plan::profile::{place_profile, Profile, ProfileContext};
+    let install_dir = resolve_destination(&p.install_dir)?;
+    let (os, arch) = p.platform.clone().unwrap_or_else(|| {
+        let h = source::layout::host_platform();
+        (h.os, h.architecture)
+    });
+    let mut db_version = p.db_version.clone();
+    if db_version.is_none() && p.profile == Profile::SteampipeFdw {
+        // The FDW goes into the one installed database, if there is exactly one.
+        let versions: Vec<String> = std::fs::read_dir(install_dir.join("db"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().join("postgres").is_dir())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match versions.as_slice() {
+            [one] => db_version = Some(one.clone()),
+            [] => {
+                return Err(Error::Refused(format!(
+                    "no database is installed under {}/db; install one with --profile steampipe-db first, or pass --db-version",
+                    install_dir.display()
+                )))
+            }
+            many => {
+                return Err(Error::Refused(format!(
+                    "several databases are installed ({}); pass --db-version",
+                    many.join(", ")
+                )))
+            }
+        }
+    }
+    let ctx = ProfileContext { install_dir, plugin_path: plugin_path(source_ref), db_version, os, arch };
+    Ok(place_profile(manifest, p.profile, &ctx)?)
+}
+
+/// Where a plugin lives under `plugins/`: `<registry>/<repository>@<tag>`
+/// (Steampipe's layout); an OCI layout counts as registry `local`.
+fn plugin_path(source_ref: &SourceRef) -> String {
+    match source_ref {
+        SourceRef::Layout { selector, .. } => {
+            let tag = match selector {
+                source::Selector::Tag(t) => t.clone(),
+                _ => "latest".to_string(),
+            };
+            format!("local/{}@{tag}", source_ref.default_name())
+        }
+        #[allow(unreachable_patterns)]
+        _ => format!("local/{}@latest", source_ref.default_name()),
+    }
 }

@@ -20,6 +20,18 @@ use crate::txn::{EntryKind, FileEntry, Identity};
 
 const ROLE: &str = "staging";
 
+/// A file of another package that lives inside a directory target, copied
+/// into the new directory so that replacing the directory keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    /// Path relative to the directory target.
+    pub rel: String,
+    /// Where it is now.
+    pub live: PathBuf,
+    /// The package that owns it.
+    pub owner: String,
+}
+
 /// What staging produced.
 #[derive(Debug, Clone)]
 pub struct Staged {
@@ -189,6 +201,25 @@ impl DirBuilder {
         Ok(())
     }
 
+    /// Copies another package's nested file into the new tree.
+    fn carry(&mut self, c: &Carried) -> Result<(), Error> {
+        let admitted = self.guard.admit(c.rel.as_bytes(), TarKind::File, None, 0o644).map_err(|r| {
+            Error::Refused(format!(
+                "the new version puts its own entry at {} ({}), which belongs to package {:?}",
+                c.rel, r.reason, c.owner
+            ))
+        })?;
+        let meta = std::fs::metadata(&c.live).map_err(io_err(format!("reading {}", c.live.display())))?;
+        let mut f = std::fs::File::open(&c.live).map_err(io_err(format!("reading {}", c.live.display())))?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        let admitted = match admitted {
+            Admitted::File { rel, implicit_parents, .. } => Admitted::File { rel, mode, implicit_parents },
+            other => other,
+        };
+        self.apply(admitted, &mut f)
+    }
+
     fn sync(&mut self) -> Result<(), Error> {
         for f in &self.files {
             fsops::fsync_file(f, ROLE).map_err(io_err(format!("fsync {}", f.display())))?;
@@ -218,7 +249,12 @@ fn identity_of(p: &Path) -> Result<Identity, Error> {
 }
 
 /// Builds a directory target's content at `staging` from its layers.
-pub fn stage_dir(staging: &Path, layers: &[(Descriptor, LayerUse)], blobs: &dyn BlobSource) -> Result<Staged, Error> {
+pub fn stage_dir(
+    staging: &Path,
+    layers: &[(Descriptor, LayerUse)],
+    carry: &[Carried],
+    blobs: &dyn BlobSource,
+) -> Result<Staged, Error> {
     fsops::create_dir(staging, 0o755, ROLE).map_err(io_err(format!("staging {}", staging.display())))?;
     let mut b = DirBuilder {
         root: staging.to_path_buf(),
@@ -233,6 +269,11 @@ pub fn stage_dir(staging: &Path, layers: &[(Descriptor, LayerUse)], blobs: &dyn 
             LayerUse::File { name, bytes } => b.title_layer(desc, name, *bytes, blobs)?,
         }
     }
+    let own_entries = b.entries.len();
+    for c in carry {
+        b.carry(c)?;
+    }
+    b.entries.truncate(own_entries);
     b.sync()?;
     fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
     let identity = identity_of(staging)?;

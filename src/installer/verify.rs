@@ -1,7 +1,7 @@
 //! `verify`: re-hash installed files and compare them with the package
 //! registry. Read-only: it reports, it never repairs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -89,8 +89,10 @@ fn compare(want: &FileEntry, got: Option<FileEntry>, shown: &str, out: &mut Vec<
     }
 }
 
-/// Verifies one package against the disk.
-pub fn verify_package(pkg: &PackageRecord) -> Result<VerifyReport> {
+/// Verifies one package against the disk. Paths in `foreign` (targets of
+/// other packages nested inside this one's directories) and their parent
+/// directories are not this package's business.
+pub fn verify_package(pkg: &PackageRecord, foreign: &BTreeSet<String>) -> Result<VerifyReport> {
     let mut mismatches = Vec::new();
     let mut checked = 0;
     for t in &pkg.targets {
@@ -110,9 +112,17 @@ pub fn verify_package(pkg: &PackageRecord) -> Result<VerifyReport> {
                     compare(want, read_entry(&p, &want.rel)?, &p.display().to_string(), &mut mismatches);
                     on_disk.remove(&want.rel);
                 }
+                let foreign_here: Vec<&str> = foreign
+                    .iter()
+                    .filter_map(|f| Path::new(f).strip_prefix(root).ok())
+                    .filter_map(|r| r.to_str())
+                    .collect();
                 for extra in on_disk.keys() {
-                    mismatches
-                        .push(Mismatch { path: root.join(extra).display().to_string(), problem: "unexpected".into() });
+                    let nested = foreign_here.iter().any(|f| *f == extra || f.starts_with(&format!("{extra}/")));
+                    if !nested {
+                        let path = root.join(extra).display().to_string();
+                        mismatches.push(Mismatch { path, problem: "unexpected".into() });
+                    }
                 }
             }
             _ => {

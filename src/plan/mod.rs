@@ -8,6 +8,7 @@
 //!
 //! It does no I/O: paths are computed, never looked at.
 
+pub mod profile;
 pub mod tar_guard;
 
 use std::path::{Path, PathBuf};
@@ -119,6 +120,8 @@ pub enum PlanError {
     NotAbsolute(String),
     #[error("the plan has {0} targets, over the limit of {MAX_TARGETS}")]
     TooMany(usize),
+    #[error("{0}")]
+    Profile(String),
 }
 
 /// Media types of tar layers, and their compression.

@@ -1,0 +1,2 @@
+-- steampipe_postgres_fdw--1.0.sql (v1)
+CREATE FUNCTION fdw_handler() RETURNS fdw_handler;

@@ -1,0 +1,4 @@
+connection "demo" {
+  plugin = "demo"
+  # v1
+}
