@@ -358,7 +358,7 @@ impl Installer {
 
         // Everything from here until the commit point rolls back on error.
         let staged =
-            self.stage_all(&mut rec, &planned, &carry, blobs.as_ref(), &artifact.manifest_digest, &req.source, &name);
+            self.stage_all(&mut rec, &planned, &carry, blobs.as_ref(), [&name, &artifact.manifest_digest, &req.source]);
         if let Err(e) = staged {
             return Err(self.roll_back(rec, e));
         }
@@ -381,9 +381,7 @@ impl Installer {
         planned: &[plan::PlannedTarget],
         carry: &[Vec<stage::Carried>],
         blobs: &dyn source::BlobSource,
-        digest: &str,
-        source: &str,
-        name: &str,
+        [name, digest, source]: [&str; 3],
     ) -> Result<()> {
         for d in &rec.created_dirs {
             fsops::create_dir_all_durable(Path::new(d), "parent").map_err(io(format!("creating {d}")))?;

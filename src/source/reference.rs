@@ -1,9 +1,13 @@
-//! Source references as the user types them: `oci-layout:PATH[:TAG|@sha256:HEX]`.
+//! Source references as the user types them: `oci-layout:PATH[:TAG|@sha256:HEX]`
+//! for an OCI image layout on disk, and `[REGISTRY/]REPO:TAG` or
+//! `[REGISTRY/]REPO@sha256:HEX` for an OCI registry (the forms ORAS and
+//! skopeo's `docker://` take).
 //!
 //! This module owns the reference grammar and the default package name derived
 //! from a reference. It is pure: it never opens the path it parses (except
 //! that [`SourceRef::default_name`] asks the OS for the current directory's
-//! name when the path is `.` or ends in `..`), and it never contacts a registry.
+//! name when the path is `.` or ends in `..`), it reads no environment except
+//! [`ENV_DEFAULT_REGISTRY`] in [`parse`], and it never contacts a registry.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -15,8 +19,14 @@ use super::SourceError;
 /// Scheme prefix of a reference to an OCI image layout directory.
 pub const LAYOUT_SCHEME: &str = "oci-layout:";
 /// The accepted syntax, quoted in every `BadReference` error.
-pub const REFERENCE_SYNTAX: &str =
-    "expected oci-layout:PATH, oci-layout:PATH:TAG or oci-layout:PATH@sha256:<64 lowercase hex>";
+pub const REFERENCE_SYNTAX: &str = "expected [REGISTRY/]REPO:TAG, [REGISTRY/]REPO@sha256:<64 lowercase hex>, \
+     oci-layout:PATH, oci-layout:PATH:TAG or oci-layout:PATH@sha256:<64 lowercase hex>";
+/// Environment variable naming the registry of a reference without one.
+pub const ENV_DEFAULT_REGISTRY: &str = "STAGEHAND_DEFAULT_REGISTRY";
+/// The registry of a reference without one, when [`ENV_DEFAULT_REGISTRY`] is unset.
+pub const DEFAULT_REGISTRY: &str = "ghcr.io";
+/// Longest repository name we accept (the distribution spec's practical limit).
+pub const MAX_REPOSITORY_LEN: usize = 255;
 /// Longest tag the OCI distribution spec allows.
 pub const MAX_TAG_LEN: usize = 128;
 /// Longest default package name we derive from a path.
@@ -41,22 +51,45 @@ pub enum Selector {
 pub enum SourceRef {
     /// An OCI image layout directory on the local disk.
     Layout { path: PathBuf, selector: Selector },
+    /// A repository in an OCI registry; `selector` is a tag or a digest,
+    /// never [`Selector::Only`].
+    Registry { registry: String, repository: String, selector: Selector },
 }
 
-/// Parses `oci-layout:PATH`, `oci-layout:PATH:TAG` or `oci-layout:PATH@sha256:HEX`.
+/// The registry a reference without one goes to: `$STAGEHAND_DEFAULT_REGISTRY`
+/// if set and non-empty, else [`DEFAULT_REGISTRY`].
+pub fn default_registry() -> String {
+    match std::env::var(ENV_DEFAULT_REGISTRY) {
+        Ok(r) if !r.trim().is_empty() => r.trim().to_string(),
+        _ => DEFAULT_REGISTRY.to_string(),
+    }
+}
+
+/// Parses a reference with the default registry from [`default_registry`].
+/// See [`parse_with_default`].
+pub fn parse(s: &str) -> Result<SourceRef, SourceError> {
+    parse_with_default(s, &default_registry())
+}
+
+/// Parses `oci-layout:PATH`, `oci-layout:PATH:TAG` or `oci-layout:PATH@sha256:HEX`
+/// (an OCI layout), or `[REGISTRY/]REPO:TAG` / `[REGISTRY/]REPO@sha256:HEX`
+/// (a registry; see [`parse_registry`]).
 ///
 /// Only the last path component is searched for a separator, so PATH may hold
 /// `:` or `@` in its directories. In the last component, the last `@`
 /// introduces a digest; otherwise the last `:` introduces a tag. A tag and a
 /// digest together are refused. To name a directory whose own name holds `:`,
 /// end the path with `/.` (`oci-layout:a:b/.`).
-pub fn parse(s: &str) -> Result<SourceRef, SourceError> {
+pub fn parse_with_default(s: &str, default_registry: &str) -> Result<SourceRef, SourceError> {
     let bad = |reason: String| SourceError::BadReference {
         reference: s.to_string(),
         reason: format!("{reason}; {REFERENCE_SYNTAX}"),
     };
     let Some(rest) = s.strip_prefix(LAYOUT_SCHEME) else {
-        return Err(bad("unknown scheme".to_string()));
+        if s.contains("://") || s.starts_with("oci:") || s.starts_with("docker:") {
+            return Err(bad("unknown scheme".to_string()));
+        }
+        return parse_registry(s, default_registry);
     };
     let last_component_start = rest.rfind('/').map_or(0, |i| i + 1);
     let last_component = &rest[last_component_start..];
@@ -83,6 +116,142 @@ pub fn parse(s: &str) -> Result<SourceRef, SourceError> {
         return Err(bad("the layout path is empty".to_string()));
     }
     Ok(SourceRef::Layout { path: PathBuf::from(path), selector })
+}
+
+/// Parses a registry reference: `REGISTRY/REPO:TAG`, `REGISTRY/REPO@sha256:HEX`,
+/// or the same without `REGISTRY/`, which then means `default_registry`.
+///
+/// The first path component is a registry if and only if there is more than
+/// one component and it contains `.` or `:` or is `localhost` (Docker's
+/// rule), so `ghcr.io/org/app:v1` names registry `ghcr.io` and
+/// `org/app:v1` names repository `org/app` on the default registry. A tag
+/// or a digest is required: there is no implicit `latest`.
+pub fn parse_registry(s: &str, default_registry: &str) -> Result<SourceRef, SourceError> {
+    let bad = |reason: String| SourceError::BadReference {
+        reference: s.to_string(),
+        reason: format!("{reason}; {REFERENCE_SYNTAX}"),
+    };
+    let (name, selector) = if let Some((name, digest)) = s.split_once('@') {
+        if validate_digest(digest).is_err() {
+            return Err(bad(format!("{digest:?} is not a sha256 digest")));
+        }
+        let last = name.rsplit('/').next().unwrap_or(name);
+        if last.contains(':') && name.contains('/') || (!name.contains('/') && name.contains(':')) {
+            return Err(bad("give either :TAG or @DIGEST, not both".to_string()));
+        }
+        (name, Selector::Digest(digest.to_string()))
+    } else {
+        let last_start = s.rfind('/').map_or(0, |i| i + 1);
+        match s[last_start..].rfind(':') {
+            Some(colon) => {
+                let split = last_start + colon;
+                let tag = &s[split + 1..];
+                validate_tag(tag).map_err(bad)?;
+                (&s[..split], Selector::Tag(tag.to_string()))
+            }
+            None => return Err(bad("name a tag (REPO:TAG) or a digest (REPO@sha256:...)".to_string())),
+        }
+    };
+    if name.is_empty() {
+        return Err(bad("the repository is empty".to_string()));
+    }
+    let (registry, repository) = match name.split_once('/') {
+        Some((first, rest)) if is_registry_component(first) => (first.to_string(), rest.to_string()),
+        _ => {
+            validate_registry(default_registry).map_err(|reason| {
+                bad(format!("${ENV_DEFAULT_REGISTRY} {default_registry:?} is not a registry host: {reason}"))
+            })?;
+            (default_registry.to_string(), name.to_string())
+        }
+    };
+    validate_registry(&registry).map_err(bad)?;
+    validate_repository(&repository).map_err(bad)?;
+    Ok(SourceRef::Registry { registry, repository, selector })
+}
+
+/// Docker's rule for "is this first path component a registry host".
+fn is_registry_component(c: &str) -> bool {
+    c.contains('.') || c.contains(':') || c == "localhost"
+}
+
+/// Checks `HOST[:PORT]` (HOST a DNS name or IPv4 address, or `[IPv6]`).
+/// The error is a reason phrase for a `BadReference`.
+pub fn validate_registry(r: &str) -> Result<(), String> {
+    let bad = || format!("registry {r:?} is not HOST or HOST:PORT");
+    let (host, port) = if let Some(rest) = r.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']').ok_or_else(bad)?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad());
+        }
+        match after {
+            "" => return Ok(()),
+            p => (None, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else {
+        match r.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(r), None),
+        }
+    };
+    if let Some(host) = host {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(bad());
+        }
+    }
+    if let Some(port) = port {
+        if port.is_empty()
+            || port.len() > 5
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u16>().is_err()
+        {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a repository name against the distribution spec's grammar:
+/// `/`-separated components of lowercase letters and digits, separated
+/// inside a component by `.`, `_`, `__` or runs of `-`.
+pub fn validate_repository(repo: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("repository {repo:?} {why}");
+    if repo.len() > MAX_REPOSITORY_LEN {
+        return Err(bad(&format!("is longer than {MAX_REPOSITORY_LEN} characters")));
+    }
+    for comp in repo.split('/') {
+        let b = comp.as_bytes();
+        let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let (Some(&first), Some(&last)) = (b.first(), b.last()) else {
+            return Err(bad("has an empty path component"));
+        };
+        if !alnum(first) || !alnum(last) {
+            return Err(bad("must start and end each component with a lowercase letter or digit"));
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if alnum(b[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && !alnum(b[i]) {
+                i += 1;
+            }
+            let sep = &comp[start..i];
+            let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-');
+            if !ok {
+                return Err(bad("may hold only lowercase letters, digits, and the separators '.', '_', '__', '-'"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks a tag against the OCI grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
@@ -117,13 +286,16 @@ impl SourceRef {
                     .unwrap_or_default();
                 sanitize_name(&raw)
             }
+            SourceRef::Registry { repository, .. } => {
+                sanitize_name(repository.rsplit('/').next().unwrap_or(repository))
+            }
         }
     }
 
     /// The selector part of the reference.
     pub fn selector(&self) -> &Selector {
         match self {
-            SourceRef::Layout { selector, .. } => selector,
+            SourceRef::Layout { selector, .. } | SourceRef::Registry { selector, .. } => selector,
         }
     }
 }
@@ -141,6 +313,14 @@ impl fmt::Display for SourceRef {
         match self {
             SourceRef::Layout { path, selector } => {
                 write!(f, "{LAYOUT_SCHEME}{}", path.display())?;
+                match selector {
+                    Selector::Tag(t) => write!(f, ":{t}"),
+                    Selector::Digest(d) => write!(f, "@{d}"),
+                    Selector::Only => Ok(()),
+                }
+            }
+            SourceRef::Registry { registry, repository, selector } => {
+                write!(f, "{registry}/{repository}")?;
                 match selector {
                     Selector::Tag(t) => write!(f, ":{t}"),
                     Selector::Digest(d) => write!(f, "@{d}"),
@@ -222,7 +402,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_references_with_syntax_hint() {
-        assert!(reason("examples/demo").contains("unknown scheme"));
+        assert!(reason("examples/demo").contains("name a tag"));
+        assert!(reason("oci:examples/demo").contains("unknown scheme"));
         assert!(reason("docker://x").contains("unknown scheme"));
         assert!(reason("oci-layout:").contains("path is empty"));
         assert!(reason("oci-layout::v1").contains("path is empty"));
