@@ -27,16 +27,24 @@ pub enum LockError {
 }
 
 /// Takes the lock at `path`, waiting up to `timeout` for a holder to finish.
-pub fn acquire(path: &Path, timeout: Duration) -> Result<StateLock, LockError> {
+/// `on_wait` is told (once) when the lock is busy and a wait begins.
+pub fn acquire(path: &Path, timeout: Duration, on_wait: Option<&dyn Fn(Option<u32>)>) -> Result<StateLock, LockError> {
     let mut file =
         OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(LockError::Io)?;
     let start = Instant::now();
+    let mut told = false;
     loop {
         match fs4::FileExt::try_lock(&file) {
             Ok(()) => break,
             Err(fs4::TryLockError::WouldBlock) => {
                 if start.elapsed() >= timeout {
                     return Err(LockError::Held { pid: read_pid(&mut file) });
+                }
+                if !told {
+                    if let Some(f) = on_wait {
+                        f(read_pid(&mut file));
+                    }
+                    told = true;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -50,8 +58,15 @@ pub fn acquire(path: &Path, timeout: Duration) -> Result<StateLock, LockError> {
 }
 
 fn read_pid(file: &mut File) -> Option<u32> {
-    let mut s = String::new();
-    file.seek(SeekFrom::Start(0)).ok()?;
-    file.read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+    // The holder writes its pid just after taking the lock: give it a moment.
+    for _ in 0..40 {
+        let mut s = String::new();
+        file.seek(SeekFrom::Start(0)).ok()?;
+        file.read_to_string(&mut s).ok()?;
+        if let Ok(pid) = s.trim().parse() {
+            return Some(pid);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
 }

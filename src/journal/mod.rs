@@ -210,9 +210,10 @@ impl Journal {
         self.scan(&self.history, "history", RecordKind::History)
     }
 
-    /// Number of finished transactions (no decoding).
-    pub fn history_len(&self) -> usize {
-        self.history.len()
+    /// The id of the newest finished transaction: a single B-tree lookup,
+    /// so `status` stays as fast with 10,000 past transactions as with 10.
+    pub fn last_finished_txn(&self) -> Result<Option<TxnId>> {
+        Ok(self.history.last()?.and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok()).map(u64::from_be_bytes))
     }
 
     /// Raw records for debugging: (key, bytes) per tree, undecoded.

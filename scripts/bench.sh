@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Benchmarks stagehand against baselines measured in the same run and prints
+# a table of medians and ratios (see BENCHMARKS.md). Machines here are shared
+# and noisy: read the ratios, not the absolute times.
+#
+# Usage: scripts/bench.sh [--quick] [--runs N]
+#   --quick   20 MiB payload, no 1 GiB RSS row (a smoke run of the script)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+runs=3 mib=200 files=2000 big=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) mib=20; files=400; big=0 ;;
+    --runs) runs=$2; shift ;;
+    *) echo "usage: $0 [--quick] [--runs N]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need dpkg-deb || ! need python3 || [ ! -x /usr/bin/time ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg python3 time >/dev/null
+  else
+    echo "bench.sh: needs dpkg-deb, python3 and /usr/bin/time" >&2; exit 1
+  fi
+fi
+cargo build --release --quiet --bin stagehand --example fill_history
+sh=$repo/target/release/stagehand
+fill=$repo/target/release/examples/fill_history
+
+w=$(mktemp -d "${TMPDIR:-/tmp}/stagehand-bench.XXXXXX")
+trap 'rm -rf "$w"' EXIT
+python3 scripts/make-bench-payload.py "$w/p" --files "$files" --mib "$mib" >/dev/null
+
+now() { date +%s.%N; }
+since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.6f", a - b }'; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a - b }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+ms() { awk -v a="$1" 'BEGIN { printf "%.1f", a * 1000 }'; }
+rows=()
+row() { rows+=("$(printf '| %-46s | %-34s | %9s | %9s | %6s | %-8s |' "$@")"); }
+
+install_p() { # STATE DEST TAG
+  "$sh" --state-dir "$1" --quiet install "oci-layout:$w/p/layout:$3" --to "$2/app" \
+    --map "*.so=$2/lib" --map "*.control=$2/ext" --map "*.sql=$2/ext"
+}
+tar_baseline() { # TAG
+  local x="$w/tar-$RANDOM"; mkdir -p "$x"
+  local t0; t0=$(now); tar -xzf "$w/p/layer-tree-$1.tar.gz" -C "$x"; sync; since "$t0"
+  rm -rf "$x"
+}
+
+# 1. fresh install vs tar -xzf + sync
+s=() b=()
+for i in $(seq "$runs"); do
+  d="$w/run-$i"; mkdir -p "$d/dest"; sync
+  t0=$(now); install_p "$d/state" "$d/dest" v1; s+=("$(since "$t0")")
+  b+=("$(tar_baseline v1)")
+done
+S1=$(median "${s[@]}"); B1=$(median "${b[@]}")
+row "install P (fresh, OCI layout)" "tar -xzf + sync" "$(ms "$S1")" "$(ms "$B1")" "$(ratio "$S1" "$B1")" "≤ 1.10"
+
+# 2. upgrade v1 -> v2 vs tar -xzf + sync of v2
+s=() b=()
+for i in $(seq "$runs"); do
+  d="$w/run-$i"; sync
+  t0=$(now); install_p "$d/state" "$d/dest" v2; s+=("$(since "$t0")")
+  b+=("$(tar_baseline v2)")
+  rm -rf "$d"
+done
+S2=$(median "${s[@]}"); B2=$(median "${b[@]}")
+row "upgrade P v1 -> v2" "tar -xzf + sync (v2)" "$(ms "$S2")" "$(ms "$B2")" "$(ratio "$S2" "$B2")" "≤ 1.10"
+
+# 3. install vs dpkg -i of a .deb with the same files
+pr="$w/pkgroot"; mkdir -p "$pr/DEBIAN" "$pr/opt/p/app" "$pr/opt/p/lib" "$pr/opt/p/ext"
+cp -r "$w/p/tree-v1/." "$pr/opt/p/app/"; cp "$w/p/files-v1/p.so" "$pr/opt/p/lib/"
+cp "$w/p/files-v1/p.control" "$w/p/files-v1/p--1.0.sql" "$pr/opt/p/ext/"
+printf 'Package: bench-p\nVersion: 1.0\nArchitecture: all\nMaintainer: bench <bench@localhost>\nDescription: benchmark payload\n' > "$pr/DEBIAN/control"
+dpkg-deb -Zgzip --root-owner-group -b "$pr" "$w/p.deb" >/dev/null
+rm -rf "$pr"
+s=() b=()
+for i in $(seq "$runs"); do
+  d="$w/run-$i"; mkdir -p "$d/dest"; sync
+  t0=$(now); install_p "$d/state" "$d/dest" v1; s+=("$(since "$t0")")
+  r="$w/deb-$i"; mkdir -p "$r/var/lib/dpkg/info" "$r/var/lib/dpkg/updates" "$r/var/lib/dpkg/triggers"; touch "$r/var/lib/dpkg/status"; sync
+  t0=$(now); dpkg --root="$r" --force-script-chrootless --log=/dev/null -i "$w/p.deb" >/dev/null; b+=("$(since "$t0")")
+  rm -rf "$d" "$r"
+done
+S3=$(median "${s[@]}"); B3=$(median "${b[@]}")
+row "install P (fresh, OCI layout)" "dpkg --root -i (.deb, -Zgzip)" "$(ms "$S3")" "$(ms "$B3")" "$(ratio "$S3" "$B3")" "≤ 1.00"
+
+# 4. status with a long history vs --version
+status_ms() { # STATE -> median ms of 30 runs
+  local t=() i t0
+  for i in $(seq 30); do t0=$(now); "$sh" --state-dir "$1" status >/dev/null; t+=("$(since "$t0")"); done
+  median "${t[@]}"
+}
+v=() ; for i in $(seq 30); do t0=$(now); "$sh" --version >/dev/null; v+=("$(since "$t0")"); done
+V=$(median "${v[@]}")
+"$fill" "$w/h100" 100 >/dev/null; "$fill" "$w/h10k" 10000 >/dev/null
+H1=$(status_ms "$w/h100"); H2=$(status_ms "$w/h10k")
+row "status, 100 finished txns" "stagehand --version" "$(ms "$H1")" "$(ms "$V")" "+$(ms "$(minus "$H1" "$V")")ms" "≤ +15ms"
+row "status, 10,000 finished txns" "stagehand --version" "$(ms "$H2")" "$(ms "$V")" "+$(ms "$(minus "$H2" "$V")")ms" "≤ +15ms"
+
+# 5. recovery of an install killed after its commit point
+d="$w/rec"; mkdir -p "$d/dest"
+STAGEHAND_CRASH_AT=journal.swapping install_p "$d/state" "$d/dest" v1 2>/dev/null || true
+t0=$(now); "$sh" --state-dir "$d/state" --quiet status >/dev/null; R=$(since "$t0")
+row "recovery of P killed after commit" "-" "$(ms "$R")" "-" "-" "≤ 1000ms"
+rm -rf "$d"
+
+# 6. peak RSS installing a 1 GiB artifact
+if [ "$big" = 1 ]; then
+  python3 scripts/make-bench-payload.py "$w/g" --files 64 --mib 1024 >/dev/null
+  d="$w/big"; mkdir -p "$d/dest"
+  /usr/bin/time -v "$sh" --state-dir "$d/state" --quiet install "oci-layout:$w/g/layout:v1" --to "$d/dest/app" \
+    --map "*=$d/dest/lib" 2> "$w/time.txt"
+  rss=$(awk -F: '/Maximum resident set size/ {gsub(/ /,"",$2); print $2}' "$w/time.txt")
+  row "peak RSS, install of a 1 GiB artifact" "-" "${rss} KiB" "-" "-" "≤ 64 MiB"
+  rm -rf "$d" "$w/g"
+fi
+
+# 7. registry pull vs skopeo copy (scripts/bench-pull.sh, if the registry tools are there)
+pull=""
+if [ -x scripts/bench-pull.sh ]; then
+  pull=$(scripts/bench-pull.sh 2>&1 | tail -n 5) || pull="bench-pull.sh failed: $pull"
+fi
+
+echo
+echo "stagehand benchmark — $(date -u +%Y-%m-%d) — $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, payload ${files} files / ${mib} MiB, median of ${runs}"
+printf '| %-46s | %-34s | %9s | %9s | %6s | %-8s |\n' "measure" "baseline (same run)" "stagehand" "baseline" "ratio" "goal"
+printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..48})" "$(printf -- '-%.0s' {1..36})" "-----------" "-----------" "--------" "----------"
+printf '%s\n' "${rows[@]}"
+[ -n "$pull" ] && { echo; echo "registry pull (scripts/bench-pull.sh):"; echo "$pull"; }
+exit 0
