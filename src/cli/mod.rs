@@ -55,7 +55,8 @@ pub enum Command {
         after_help = "Example:\n  stagehand install oci-layout:examples/demo:v1 --to /opt/demo/app \\\n      --map '*.so=/opt/demo/lib' --map '*.control=/opt/demo/share/extension' --map '*.sql=/opt/demo/share/extension'"
     )]
     Install {
-        /// oci-layout:PATH[:TAG|@sha256:DIGEST]
+        /// [REGISTRY/]REPO:TAG, [REGISTRY/]REPO@sha256:DIGEST (default registry:
+        /// $STAGEHAND_DEFAULT_REGISTRY, else ghcr.io), or oci-layout:PATH[:TAG|@sha256:DIGEST]
         source: String,
         /// Directory the package owns; swapped as one directory target.
         #[arg(long, value_name = "DIR")]
@@ -78,9 +79,18 @@ pub enum Command {
         /// Database version directory under db/, for --profile steampipe-db/-fdw.
         #[arg(long, value_name = "VERSION", requires = "profile")]
         db_version: Option<String>,
-        /// Platform OS/ARCH to pick layers for (default: this host's).
+        /// Platform OS/ARCH to pick layers for, and the manifest of an image index (default: this host's).
         #[arg(long, value_name = "OS/ARCH")]
         platform: Option<String>,
+        /// Talk plain HTTP to the registry (allowed only for localhost / 127.0.0.0/8 / [::1]).
+        #[arg(long)]
+        plain_http: bool,
+        /// Registry user name; the password or token is read from stdin (--password-stdin).
+        #[arg(long, value_name = "USER", requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password or token from stdin (with --username).
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
     },
     /// Remove an installed package, in one transaction.
     #[command(after_help = "Example:\n  stagehand uninstall demo")]
@@ -107,6 +117,45 @@ pub enum Command {
     /// Dump the raw journal records, decoded, for debugging.
     #[command(after_help = "Example:\n  stagehand journal --json")]
     Journal,
+    /// The blob cache of registry pulls: list it, or prune what nothing uses.
+    #[command(after_help = "Examples:\n  stagehand cache list\n  stagehand cache prune --dry-run")]
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  stagehand completions bash > /etc/bash_completion.d/stagehand")]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) on stdout.
+    #[command(after_help = "Example:\n  stagehand man > stagehand.1 && man ./stagehand.1")]
+    Man,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// List cached blobs and partial downloads, with the packages that use each.
+    List,
+    /// Remove cached blobs no installed package or pending transaction uses, and partial downloads.
+    Prune {
+        /// Say what would be removed without removing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Reads the registry password for --password-stdin (one line, or all of stdin).
+fn read_password_stdin() -> Result<String, installer::Error> {
+    use std::io::Read as _;
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| installer::Error::Io {
+        context: "reading the password from stdin (--password-stdin)".into(),
+        source: e,
+    })?;
+    let pass = s.trim_end_matches(['\n', '\r']).to_string();
+    if pass.is_empty() {
+        return Err(installer::Error::Refused("--password-stdin: stdin was empty".into()));
+    }
+    Ok(pass)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -143,8 +192,11 @@ fn init_tracing(verbose: u8, quiet: bool) {
         (_, 1) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("stagehand={level},warn")));
+    // -vv also shows oci-client's own request log.
+    let client_level = if verbose >= 2 && !quiet { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("stagehand={level},oci_client={client_level},warn"))
+    });
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
@@ -189,9 +241,39 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: &Cli) -> Result<i32, installer::Error> {
+    // Commands that need no state dir.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "stagehand", &mut std::io::stdout());
+            return Ok(EXIT_OK);
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|source| installer::Error::Io { context: "writing the man page".into(), source })?;
+            return Ok(EXIT_OK);
+        }
+        _ => {}
+    }
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     let dry_run = matches!(cli.command, Command::Repair { dry_run: true });
-    let opts = OpenOptions { lock_timeout: Duration::from_secs(cli.lock_timeout), recover: !dry_run };
+    let quiet = cli.quiet;
+    let opts = OpenOptions {
+        lock_timeout: Duration::from_secs(cli.lock_timeout),
+        recover: !dry_run,
+        tolerate_refusal: matches!(
+            cli.command,
+            Command::Status | Command::List | Command::Journal | Command::History { .. } | Command::Repair { .. }
+        ),
+        on_lock_wait: Some(Box::new(move |pid: Option<u32>| {
+            if !quiet {
+                let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                eprintln!("stagehand: waiting for another stagehand process{who} to release the state dir…");
+            }
+        })),
+    };
     // Usage errors in --map are caught before anything is opened.
     let placement = match &cli.command {
         Command::Install { to, maps, profile, .. } => {
@@ -206,12 +288,61 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
     };
     let (mut inst, recovered) = Installer::open(&state_dir, &opts)?;
     if !cli.json && !cli.quiet {
-        for r in &recovered {
+        for r in recovered.iter().filter(|r| r.reason.is_none()) {
             eprintln!("stagehand: recovered transaction {} ({} of {}): {}", r.txn, r.op, r.package, r.outcome);
         }
     }
+    let code = run_command(cli, &mut inst, &recovered, placement)?;
+    // A transaction recovery could not decide: the command showed what it
+    // could; now say what blocks and exit 5.
+    if let Some(r) = recovered.iter().find(|r| r.reason.is_some()) {
+        let e = installer::Error::RecoveryRefused {
+            txn: r.txn,
+            package: r.package.clone(),
+            reason: r.reason.clone().unwrap_or_default(),
+        };
+        eprintln!("stagehand: error: {e}");
+        return Ok(e.exit_code());
+    }
+    Ok(code)
+}
+
+fn run_command(
+    cli: &Cli,
+    inst: &mut Installer,
+    recovered: &[installer::RecoveryReport],
+    placement: Option<Placement>,
+) -> Result<i32, installer::Error> {
     match &cli.command {
-        Command::Install { source, name, adopt, profile, install_dir, db_version, platform, .. } => {
+        Command::Install {
+            source,
+            name,
+            adopt,
+            profile,
+            install_dir,
+            db_version,
+            platform,
+            plain_http,
+            username,
+            password_stdin,
+            ..
+        } => {
+            use std::io::IsTerminal as _;
+            let registry = crate::source::registry::RegistryOptions {
+                plain_http: *plain_http,
+                platform: match platform {
+                    None => None,
+                    Some(s) => Some(crate::source::registry::parse_platform(s).map_err(installer::Error::Refused)?),
+                },
+                username: username.clone(),
+                password: if *password_stdin {
+                    Some(crate::source::registry::Secret(read_password_stdin()?))
+                } else {
+                    None
+                },
+                progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
+                max_concurrent_downloads: 0,
+            };
             let profile = match profile {
                 None => None,
                 Some(p) => Some(ProfileRequest {
@@ -230,6 +361,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
                 name: name.clone(),
                 adopt: *adopt,
                 profile,
+                registry,
             };
             let rep = inst.install(&req)?;
             if rep.interrupted {
@@ -300,8 +432,12 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
             } else if recovered.is_empty() {
                 println!("nothing pending");
             } else {
-                for r in &recovered {
-                    println!("txn {} ({} of {}, found at {}): {}", r.txn, r.op, r.package, r.step_found, r.outcome);
+                for r in recovered {
+                    let why = r.reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+                    println!(
+                        "txn {} ({} of {}, found at {}): {}{why}",
+                        r.txn, r.op, r.package, r.step_found, r.outcome
+                    );
                 }
             }
             Ok(EXIT_OK)
@@ -309,18 +445,21 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         Command::Status => {
             let pending = inst.pending()?;
             let packages = inst.list()?.len();
-            let history = inst.journal().history_len();
+            let last_txn = inst.journal().last_finished_txn()?;
             if cli.json {
                 let p: Vec<_> = pending
                     .iter()
-                    .map(|r| json!({"id": r.id, "op": format!("{:?}", r.op).to_lowercase(), "name": r.package, "step": r.step.name()}))
+                    .map(|r| {
+                        let refused = recovered.iter().find(|x| x.txn == r.id).and_then(|x| x.reason.clone());
+                        json!({"id": r.id, "op": format!("{:?}", r.op).to_lowercase(), "name": r.package, "step": r.step.name(), "refused": refused})
+                    })
                     .collect();
                 print_json(&json!({
                     "state_dir": inst.state_dir().display().to_string(),
                     "pending": p,
                     "recovered": recovered,
                     "packages": packages,
-                    "history": history,
+                    "last_txn": last_txn,
                 }));
             } else if !cli.quiet {
                 println!("state dir:  {}", inst.state_dir().display());
@@ -329,7 +468,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
                     "pending:    {}",
                     if pending.is_empty() { "none".to_string() } else { pending.len().to_string() }
                 );
-                println!("history:    {history} transactions");
+                println!("last txn:   {}", last_txn.map(|t| t.to_string()).unwrap_or_else(|| "none".into()));
             }
             Ok(EXIT_OK)
         }
@@ -380,7 +519,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
             if cli.json {
                 let v: Vec<_> = h
                     .iter()
-                    .map(|e| json!({"id": e.id, "op": format!("{:?}", e.op).to_lowercase(), "package": e.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": e.old_digest, "new_digest": e.new_digest, "outcome": e.outcome.name(), "error": e.error}))
+                    .map(|e| json!({"id": e.id, "op": history_op(e), "package": e.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": e.old_digest, "new_digest": e.new_digest, "outcome": e.outcome.name(), "error": e.error}))
                     .collect();
                 print_json(&serde_json::Value::Array(v));
             } else if !cli.quiet {
@@ -400,6 +539,54 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
             }
             Ok(EXIT_OK)
         }
+        Command::Completions { .. } | Command::Man => Ok(EXIT_OK),
+        Command::Cache { action: CacheAction::List } => {
+            let listing = inst.cache_list()?;
+            if cli.json {
+                print_json(&json!(listing));
+            } else if !cli.quiet {
+                println!("{}", listing.dir);
+                if listing.blobs.is_empty() && listing.partials.is_empty() {
+                    println!("the blob cache is empty");
+                }
+                for b in &listing.blobs {
+                    let used = if b.used_by.is_empty() { "unused".to_string() } else { b.used_by.join(", ") };
+                    println!("{}  {:>12}  {used}", b.blob.digest, b.blob.size);
+                }
+                for p in &listing.partials {
+                    println!("{}  {:>12}  partial download", p.path, p.size);
+                }
+                println!(
+                    "{} blobs, {} partial, {} bytes",
+                    listing.blobs.len(),
+                    listing.partials.len(),
+                    listing.total_bytes
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Cache { action: CacheAction::Prune { dry_run } } => {
+            let rep = inst.cache_prune(*dry_run)?;
+            if cli.json {
+                print_json(&json!(rep));
+            } else if !cli.quiet {
+                let verb = if rep.dry_run { "would remove" } else { "removed" };
+                for b in &rep.removed {
+                    println!("{verb} {}  {} bytes", b.digest, b.size);
+                }
+                for p in &rep.removed_partials {
+                    println!("{verb} {}  {} bytes (partial download)", p.path, p.size);
+                }
+                println!(
+                    "{verb} {} blobs and {} partial downloads ({} bytes); kept {} blobs in use",
+                    rep.removed.len(),
+                    rep.removed_partials.len(),
+                    rep.bytes_freed,
+                    rep.kept
+                );
+            }
+            Ok(EXIT_OK)
+        }
         Command::Journal => {
             let raw = inst.journal().raw()?;
             let decoded: Vec<_> =
@@ -411,9 +598,16 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
                     println!("{} ({} bytes): {}", d["key"].as_str().unwrap_or(""), d["bytes"], d["record"]);
                 }
             }
-            let _ = &mut inst;
             Ok(EXIT_OK)
         }
+    }
+}
+
+fn history_op(e: &crate::txn::HistoryEntry) -> &'static str {
+    match (e.op, &e.old_digest) {
+        (crate::txn::Op::Install, Some(_)) => "upgrade",
+        (crate::txn::Op::Install, None) => "install",
+        (crate::txn::Op::Uninstall, _) => "uninstall",
     }
 }
 

@@ -10,6 +10,7 @@
 //! It makes no decisions: what to rename where is decided by `txn` and
 //! ordered by `installer`. It never touches the journal.
 
+pub mod blobfile;
 pub mod killpoint;
 pub mod record;
 
@@ -265,7 +266,7 @@ pub fn remove_empty_dir(path: &Path, role: &str) -> io::Result<()> {
 /// identity (device, inode, kind), or `None` if nothing is there. Read-only.
 pub fn identity(path: &Path) -> io::Result<Option<Identity>> {
     match fs::symlink_metadata(path) {
-        Ok(m) => Ok(Some(Identity { dev: m.dev(), ino: m.ino(), kind: kind_of(&m) })),
+        Ok(m) => Ok(Some(Identity { dev: m.dev(), ino: m.ino(), kind: kind_of(&m), sha256: None })),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(with_path(e, "stat", path)),
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::Error;
 use crate::fsops;
 use crate::journal::Journal;
-use crate::txn::{decide, Action, Observed, Outcome, RecoveryDecision, Step, TargetProgress, TxnRecord};
+use crate::txn::{decide, Action, Identity, Observed, Outcome, RecoveryDecision, Step, TargetProgress, TxnRecord};
 
 /// What happened to one transaction found unfinished.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -16,20 +16,43 @@ pub struct RecoveryReport {
     pub txn: u64,
     pub package: String,
     pub op: String,
-    /// "rolled forward" or "rolled back".
+    /// "rolled forward", "rolled back", or "refused" (then `reason` says why).
     pub outcome: String,
     pub step_found: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-/// Observes the three paths of every target (lstat only).
+/// Observes the three paths of every target: `lstat`, plus a sha256 of a
+/// regular file only when its inode matches neither recorded identity but
+/// a recorded digest could still recognise it.
 pub fn observe(rec: &TxnRecord) -> Result<Vec<Observed>, Error> {
-    let id = |p: &str| {
-        fsops::identity(Path::new(p)).map_err(|source| Error::Io { context: format!("observing {p}"), source })
-    };
     rec.targets
         .iter()
-        .map(|t| Ok(Observed { target: id(&t.path)?, staging: id(&t.staging)?, backup: id(&t.backup)? }))
+        .map(|t| {
+            let recorded: Vec<Identity> = t.old.into_iter().chain(t.new.as_ref().and_then(|n| n.identity)).collect();
+            let id = |p: &str| -> Result<Option<Identity>, Error> {
+                let io = |source| Error::Io { context: format!("observing {p}"), source };
+                let Some(mut seen) = fsops::identity(Path::new(p)).map_err(io)? else { return Ok(None) };
+                if !recorded.iter().any(|r| r.same_as(&seen)) && recorded.iter().any(|r| r.needs_digest_of(&seen)) {
+                    seen.sha256 = Some(digest_bytes(&fsops::sha256_file(Path::new(p)).map_err(io)?.1));
+                }
+                Ok(Some(seen))
+            };
+            Ok(Observed { target: id(&t.path)?, staging: id(&t.staging)?, backup: id(&t.backup)? })
+        })
         .collect()
+}
+
+/// Lowercase hex sha256 → 32 bytes (all zeros if malformed, which matches nothing real).
+pub fn digest_bytes(hex_digest: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(v) = hex::decode(hex_digest) {
+        if v.len() == 32 {
+            out.copy_from_slice(&v);
+        }
+    }
+    out
 }
 
 fn run_action(a: &Action) -> std::io::Result<()> {
@@ -46,7 +69,10 @@ fn run_action(a: &Action) -> std::io::Result<()> {
         Action::Remove { path } => fsops::remove_tree(Path::new(path), "cleanup"),
         Action::RemoveEmptyDir { path } => match fsops::remove_empty_dir(Path::new(path), "cleanup") {
             // Something else put files there meanwhile: leave it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) || e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            // (fsops adds the path to the error, which keeps its kind but not its errno.)
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists) => {
+                Ok(())
+            }
             other => other,
         },
     }
@@ -123,12 +149,29 @@ pub fn drive(
     }
 }
 
-/// Recovers every unfinished transaction, oldest first.
+/// Recovers every unfinished transaction, oldest first. A transaction
+/// recovery cannot decide is left untouched and reported as "refused"; the
+/// others are still recovered.
 pub fn recover_all(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> {
     let mut reports = Vec::new();
     for mut rec in journal.pending()? {
         let step_found = rec.step.name().to_string();
-        let outcome = drive(journal, &mut rec, true, None)?;
+        let op = format!("{:?}", rec.op).to_lowercase();
+        let outcome = match drive(journal, &mut rec, true, None) {
+            Err(Error::RecoveryRefused { reason, .. }) => {
+                tracing::error!(txn = rec.id, package = %rec.package, %reason, "recovery refused");
+                reports.push(RecoveryReport {
+                    txn: rec.id,
+                    package: rec.package.clone(),
+                    op,
+                    outcome: "refused".into(),
+                    step_found,
+                    reason: Some(reason),
+                });
+                continue;
+            }
+            other => other?,
+        };
         let outcome = match outcome {
             Outcome::Done | Outcome::RolledForwardByRecovery => "rolled forward",
             Outcome::RolledBack | Outcome::RolledBackByRecovery => "rolled back",
@@ -137,9 +180,10 @@ pub fn recover_all(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> {
         reports.push(RecoveryReport {
             txn: rec.id,
             package: rec.package.clone(),
-            op: format!("{:?}", rec.op).to_lowercase(),
+            op,
             outcome: outcome.to_string(),
             step_found,
+            reason: None,
         });
     }
     Ok(reports)

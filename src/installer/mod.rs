@@ -67,6 +67,8 @@ impl Error {
             Error::Locked { .. } => 4,
             Error::RecoveryRefused { .. } => 5,
             Error::Interrupted => interrupt::EXIT_INTERRUPTED,
+            // Malformed arguments are usage errors, like clap's own.
+            Error::Source(SourceError::BadReference { .. }) | Error::Plan(PlanError::BadMap { .. }) => 2,
             Error::RolledBack { cause } | Error::LeftForRecovery { cause } => match cause.exit_code() {
                 c @ (5 | interrupt::EXIT_INTERRUPTED) => c,
                 _ => 1,
@@ -79,24 +81,28 @@ impl Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// How to open a state dir.
-#[derive(Debug, Clone)]
 pub struct OpenOptions {
     /// How long to wait for another process's lock.
     pub lock_timeout: Duration,
     /// Run recovery (always, except `repair --dry-run`).
     pub recover: bool,
+    /// Called once, with the holder's pid, when the lock is busy and we wait.
+    pub on_lock_wait: Option<Box<dyn Fn(Option<u32>)>>,
+    /// Open even if recovery refuses a transaction (read-only commands, so
+    /// the user can inspect it); the refusal is in the returned reports.
+    pub tolerate_refusal: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { lock_timeout: Duration::ZERO, recover: true }
+        OpenOptions { lock_timeout: Duration::ZERO, recover: true, on_lock_wait: None, tolerate_refusal: false }
     }
 }
 
 /// An install request.
 #[derive(Debug, Clone, Default)]
 pub struct InstallRequest {
-    /// `oci-layout:PATH[:TAG|@DIGEST]`.
+    /// `oci-layout:PATH[:TAG|@DIGEST]` or `[REGISTRY/]REPO:TAG|@DIGEST`.
     pub source: String,
     pub placement: Placement,
     pub name: Option<String>,
@@ -104,6 +110,8 @@ pub struct InstallRequest {
     pub adopt: bool,
     /// Place the artifact by a Steampipe profile instead of `placement`.
     pub profile: Option<ProfileRequest>,
+    /// How to pull when the source is a registry (and `platform` for an image index in a layout too).
+    pub registry: source::registry::RegistryOptions,
 }
 
 /// `--profile NAME` and what it needs.
@@ -116,6 +124,23 @@ pub struct ProfileRequest {
     pub db_version: Option<String>,
     /// `--platform OS/ARCH`; the host's by default.
     pub platform: Option<(String, String)>,
+}
+
+/// `stagehand cache list`: every cached blob and who uses it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheListing {
+    pub dir: String,
+    pub blobs: Vec<CacheEntry>,
+    pub partials: Vec<source::cache::PartialBlob>,
+    pub total_bytes: u64,
+}
+
+/// One cached blob and the packages / pending transactions that use it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheEntry {
+    #[serde(flatten)]
+    pub blob: source::cache::CachedBlob,
+    pub used_by: Vec<String>,
 }
 
 /// What a finished install or uninstall did.
@@ -189,13 +214,22 @@ impl Installer {
         fsops::create_dir_all_durable(state_dir, "state")
             .map_err(io(format!("creating the state dir {}", state_dir.display())))?;
         let lock_path = state_dir.join("lock");
-        let lock = lock::acquire(&lock_path, opts.lock_timeout).map_err(|e| match e {
+        let lock = lock::acquire(&lock_path, opts.lock_timeout, opts.on_lock_wait.as_deref()).map_err(|e| match e {
             lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
             lock::LockError::Io(e) => Error::Io { context: format!("locking {}", lock_path.display()), source: e },
         })?;
         let journal = Journal::open(&state_dir.join("journal"))?;
         let inst = Installer { state_dir: state_dir.to_path_buf(), journal, _lock: lock };
         let reports = if opts.recover { exec::recover_all(&inst.journal)? } else { Vec::new() };
+        if !opts.tolerate_refusal {
+            if let Some(r) = reports.iter().find(|r| r.reason.is_some()) {
+                return Err(Error::RecoveryRefused {
+                    txn: r.txn,
+                    package: r.package.clone(),
+                    reason: r.reason.clone().unwrap_or_default(),
+                });
+            }
+        }
         Ok((inst, reports))
     }
 
@@ -253,10 +287,27 @@ impl Installer {
         let (artifact, blobs): (source::ResolvedArtifact, Box<dyn source::BlobSource>) = match &source_ref {
             SourceRef::Layout { path, selector } => {
                 let layout = source::OciLayout::open(path)?;
-                (layout.resolve(selector, &req.source)?, Box::new(layout))
+                let platform = req.registry.platform.clone().unwrap_or_else(source::layout::host_platform);
+                (layout.resolve_for_platform(selector, &req.source, &platform)?, Box::new(layout))
             }
-            #[allow(unreachable_patterns)]
-            _ => return Err(Error::Refused(format!("{}: this source kind is not supported yet", req.source))),
+            // The whole pull (into the blob cache) happens here, before anything
+            // is planned; staging then reads only from the cache.
+            SourceRef::Registry { registry, repository, selector } => {
+                let pulled = source::registry::pull(
+                    &self.state_dir,
+                    registry,
+                    repository,
+                    selector,
+                    &req.source,
+                    &req.registry,
+                    interrupt::requested,
+                );
+                match pulled {
+                    Ok((artifact, cache)) => (artifact, Box::new(cache)),
+                    Err(SourceError::Interrupted) => return Err(Error::Interrupted),
+                    Err(e) => return Err(e.into()),
+                }
+            }
         };
         let name = req.name.clone().unwrap_or_else(|| source_ref.default_name());
         if !plan::is_plain_file_name(&name) || name.starts_with('.') {
@@ -293,7 +344,11 @@ impl Installer {
                 PlannedContent::File(..) => EntryKind::File,
             };
             carry.push(check_ownership(&others, &path, kind)?);
-            let old = fsops::identity(&pt.path).map_err(io(format!("observing {path}")))?;
+            let mut old = fsops::identity(&pt.path).map_err(io(format!("observing {path}")))?;
+            if let Some(o) = old.as_mut().filter(|o| o.kind == EntryKind::File) {
+                o.sha256 =
+                    Some(exec::digest_bytes(&fsops::sha256_file(&pt.path).map_err(io(format!("hashing {path}")))?.1));
+            }
             if let Some(o) = old {
                 if o.kind == EntryKind::Symlink {
                     return Err(Error::Refused(format!(
@@ -399,7 +454,11 @@ impl Installer {
                 PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs)?,
             };
             let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
-            t.new = Some(NewContent { kind, identity: Some(staged.identity) });
+            let mut identity = staged.identity;
+            if kind == EntryKind::File {
+                identity.sha256 = staged.entries.first().map(|e| exec::digest_bytes(&e.sha256));
+            }
+            t.new = Some(NewContent { kind, identity: Some(identity) });
             installed.push(InstalledTarget { path: t.path.clone(), kind, entries: staged.entries });
         }
         rec.step = Step::Staged;
@@ -468,6 +527,59 @@ impl Installer {
         }
     }
 
+    /// The blob cache's contents, each blob with the installed packages and
+    /// pending transactions that reference it.
+    pub fn cache_list(&self) -> Result<CacheListing> {
+        let cache = source::cache::BlobCache::new(&self.state_dir);
+        let contents = cache.list()?;
+        let users = self.cache_users(&cache)?;
+        let blobs = contents
+            .blobs
+            .into_iter()
+            .map(|b| CacheEntry { used_by: users.get(&b.digest).cloned().unwrap_or_default(), blob: b })
+            .collect::<Vec<_>>();
+        let total_bytes =
+            blobs.iter().map(|b| b.blob.size).sum::<u64>() + contents.partials.iter().map(|p| p.size).sum::<u64>();
+        Ok(CacheListing { dir: cache.root().display().to_string(), blobs, partials: contents.partials, total_bytes })
+    }
+
+    /// Removes every cached blob that no installed package and no pending
+    /// transaction references, and every partial download.
+    pub fn cache_prune(&self, dry_run: bool) -> Result<source::cache::PruneReport> {
+        let cache = source::cache::BlobCache::new(&self.state_dir);
+        let keep: BTreeSet<String> = self.cache_users(&cache)?.into_keys().collect();
+        Ok(cache.prune(&keep, dry_run)?)
+    }
+
+    /// Digest → who needs it ("package NAME", "txn ID"): each installed
+    /// package's manifest and, read from the cached manifest, its config and
+    /// layers; the same for the old and new versions of pending transactions.
+    fn cache_users(&self, cache: &source::cache::BlobCache) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+        let mut roots: Vec<(String, String)> = Vec::new();
+        for p in self.journal.packages()? {
+            roots.push((p.manifest_digest.clone(), format!("package {}", p.name)));
+        }
+        for r in self.journal.pending()? {
+            let who = format!("txn {} ({})", r.id, r.package);
+            if let Some(d) = &r.old_digest {
+                roots.push((d.clone(), who.clone()));
+            }
+            if let Some(p) = &r.new_package {
+                roots.push((p.manifest_digest.clone(), who));
+            }
+        }
+        let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (digest, who) in roots {
+            for d in cache.closure_of([digest.as_str()])? {
+                let list = users.entry(d).or_default();
+                if !list.contains(&who) {
+                    list.push(who.clone());
+                }
+            }
+        }
+        Ok(users)
+    }
+
     /// Removes a package's targets in one transaction.
     pub fn uninstall(&mut self, name: &str) -> Result<TxnReport> {
         let pkg = self.journal.package(name)?.ok_or_else(|| Error::NotInstalled(name.to_string()))?;
@@ -508,7 +620,10 @@ impl Installer {
 
 fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
     let p = Path::new(path);
-    let old = fsops::identity(p).map_err(io(format!("observing {path}")))?;
+    let mut old = fsops::identity(p).map_err(io(format!("observing {path}")))?;
+    if let Some(o) = old.as_mut().filter(|o| o.kind == EntryKind::File) {
+        o.sha256 = Some(exec::digest_bytes(&fsops::sha256_file(p).map_err(io(format!("hashing {path}")))?.1));
+    }
     Ok(TargetPlan {
         path: path.to_string(),
         staging: path_str(&txn::staging_path(p, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?)?,

@@ -1,8 +1,9 @@
 //! Where an artifact's bytes come from.
 //!
 //! This module owns reading OCI manifests and blobs from a source (an OCI
-//! image layout on disk here; a registry through the blob cache later) and
-//! verifying every blob's sha256 and size while it is read. It never writes
+//! image layout on disk, or a registry whose blobs are first pulled into the
+//! state dir's blob cache) and verifying every blob's sha256 and size while
+//! it is read. It never writes
 //! to a destination and never touches the journal: the installer hands the
 //! verified byte streams to `fsops`.
 
@@ -11,9 +12,11 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cache;
 pub mod layout;
 pub mod manifest;
 pub mod reference;
+pub mod registry;
 pub mod verify;
 
 pub use layout::OciLayout;
@@ -109,4 +112,18 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("registry {registry} refused access to {repository} ({status}); {hint}")]
+    Unauthorized { registry: String, repository: String, status: String, hint: String },
+    #[error("repository {repository:?} not found on registry {registry}")]
+    RepositoryNotFound { registry: String, repository: String },
+    #[error("cannot reach registry {registry}: {reason}")]
+    Unreachable { registry: String, reason: String },
+    #[error("registry {registry}: {reason}")]
+    Registry { registry: String, reason: String },
+    #[error("credentials for {registry}: {reason}")]
+    Credentials { registry: String, reason: String },
+    #[error("{what}: the download from {registry} stopped after {got} of {size} bytes: {reason}. Nothing was installed; run the same command again to resume the download")]
+    DownloadInterrupted { what: String, registry: String, got: u64, size: u64, reason: String },
+    #[error("interrupted")]
+    Interrupted,
 }

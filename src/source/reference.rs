@@ -136,7 +136,7 @@ pub fn parse_registry(s: &str, default_registry: &str) -> Result<SourceRef, Sour
             return Err(bad(format!("{digest:?} is not a sha256 digest")));
         }
         let last = name.rsplit('/').next().unwrap_or(name);
-        if last.contains(':') && name.contains('/') || (!name.contains('/') && name.contains(':')) {
+        if last.contains(':') {
             return Err(bad("give either :TAG or @DIGEST, not both".to_string()));
         }
         (name, Selector::Digest(digest.to_string()))
@@ -154,6 +154,9 @@ pub fn parse_registry(s: &str, default_registry: &str) -> Result<SourceRef, Sour
     };
     if name.is_empty() {
         return Err(bad("the repository is empty".to_string()));
+    }
+    if name.starts_with(['.', '/', '~']) {
+        return Err(bad("this looks like a path; for an OCI image layout directory write oci-layout:PATH".to_string()));
     }
     let (registry, repository) = match name.split_once('/') {
         Some((first, rest)) if is_registry_component(first) => (first.to_string(), rest.to_string()),
@@ -432,6 +435,90 @@ mod tests {
         #[test]
         fn parse_never_panics_on_anything(s in "\\PC{0,40}") {
             let _ = parse(&s);
+        }
+    }
+
+    fn reg(registry: &str, repository: &str, selector: Selector) -> SourceRef {
+        SourceRef::Registry { registry: registry.into(), repository: repository.into(), selector }
+    }
+
+    fn reg_reason(s: &str) -> String {
+        match parse_with_default(s, "ghcr.io") {
+            Err(SourceError::BadReference { reason, .. }) => {
+                assert!(reason.contains(REFERENCE_SYNTAX), "{reason}");
+                reason
+            }
+            other => panic!("{s:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_registry_references() {
+        let p = |s: &str| parse_with_default(s, "ghcr.io").unwrap();
+        let d = format!("sha256:{HEX}");
+        assert_eq!(p("127.0.0.1:5000/demo:v1"), reg("127.0.0.1:5000", "demo", Selector::Tag("v1".into())));
+        assert_eq!(p("ghcr.io/org/app:1.2"), reg("ghcr.io", "org/app", Selector::Tag("1.2".into())));
+        assert_eq!(p("localhost/a/b/c:x"), reg("localhost", "a/b/c", Selector::Tag("x".into())));
+        assert_eq!(
+            p(&format!("registry.example/app@{d}")),
+            reg("registry.example", "app", Selector::Digest(d.clone()))
+        );
+        // No registry component: the default registry.
+        assert_eq!(p("org/app:v1"), reg("ghcr.io", "org/app", Selector::Tag("v1".into())));
+        assert_eq!(p("demo:v1"), reg("ghcr.io", "demo", Selector::Tag("v1".into())));
+        assert_eq!(p(&format!("demo@{d}")), reg("ghcr.io", "demo", Selector::Digest(d)));
+        assert_eq!(
+            parse_with_default("demo:v1", "127.0.0.1:5000").unwrap(),
+            reg("127.0.0.1:5000", "demo", Selector::Tag("v1".into()))
+        );
+        assert_eq!(p("[::1]:5000/demo:v1"), reg("[::1]:5000", "demo", Selector::Tag("v1".into())));
+        assert_eq!(p("a__b/c-d/e.f_g:v"), reg("ghcr.io", "a__b/c-d/e.f_g", Selector::Tag("v".into())));
+    }
+
+    #[test]
+    fn rejects_bad_registry_references() {
+        assert!(reg_reason("demo").contains("name a tag"));
+        assert!(reg_reason("127.0.0.1:5000/demo").contains("name a tag"));
+        assert!(reg_reason("ghcr.io/Org/app:v1").contains("lowercase"));
+        assert!(reg_reason("ghcr.io/org//app:v1").contains("empty path component"));
+        assert!(reg_reason("ghcr.io/org/app-:v1").contains("start and end"));
+        assert!(reg_reason("ghcr.io/a..b:v1").contains("separators"));
+        assert!(reg_reason("bad_host.io/app:v1").contains("not HOST"));
+        assert!(reg_reason("host.io:99999/app:v1").contains("not HOST"));
+        assert!(reg_reason("host.io:/app:v1").contains("not HOST"));
+        assert!(reg_reason(&format!("ghcr.io/app:v1@sha256:{HEX}")).contains("not both"));
+        assert!(reg_reason("ghcr.io/app@sha256:abc").contains("not a sha256"));
+        assert!(reg_reason("ghcr.io/app:").contains("tag is empty"));
+        assert!(reg_reason(":v1").contains("repository is empty"));
+        assert!(reg_reason("/abs/path:v1").contains("looks like a path"));
+        assert!(reg_reason("./demo:v1").contains("looks like a path"));
+        assert!(reg_reason("docker://ghcr.io/app:v1").contains("unknown scheme"));
+        match parse_with_default("demo:v1", "no_host!") {
+            Err(SourceError::BadReference { reason, .. }) => assert!(reason.contains(ENV_DEFAULT_REGISTRY), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn registry_display_round_trips_and_names() {
+        for s in ["127.0.0.1:5000/demo:v1", "ghcr.io/org/app:v2", &format!("localhost/x@sha256:{HEX}")] {
+            let r = parse_with_default(s, "ghcr.io").unwrap();
+            assert_eq!(r.to_string(), s);
+            assert_eq!(parse_with_default(&r.to_string(), "other.io").unwrap(), r);
+        }
+        assert_eq!(parse_with_default("demo:v1", "ghcr.io").unwrap().to_string(), "ghcr.io/demo:v1");
+        assert_eq!(parse_with_default("ghcr.io/org/my.app:v1", "x.io").unwrap().default_name(), "my.app");
+        assert_eq!(parse_with_default("127.0.0.1:5000/demo:v1", "x.io").unwrap().default_name(), "demo");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn registry_parse_never_panics_and_round_trips(s in "[a-z0-9.:/@_-]{0,30}(:[a-z0-9]{1,5}|@sha256:[0-9a-f]{64})?") {
+            if let Ok(r) = parse_with_default(&s, "ghcr.io") {
+                proptest::prop_assert_eq!(parse_with_default(&r.to_string(), "ghcr.io").ok(), Some(r.clone()));
+                let name = r.default_name();
+                proptest::prop_assert!(!name.is_empty() && !name.starts_with('.') && !name.starts_with('-'));
+            }
         }
     }
 

@@ -15,7 +15,7 @@ type Fs = BTreeMap<String, u64>; // path -> inode
 const FOREIGN: u64 = 900;
 
 fn ident(ino: u64) -> Identity {
-    Identity { dev: 1, ino, kind: EntryKind::Dir }
+    Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: None }
 }
 
 fn old_ino(i: usize) -> u64 {
@@ -294,4 +294,23 @@ fn lost_old_and_new_refuses() {
         RecoveryDecision::Refuse { reason } => assert!(reason.contains("/d/t1"), "{reason}"),
         other => panic!("expected refuse, got {other:?}"),
     }
+}
+
+#[test]
+fn a_file_put_back_by_hand_is_recognised_by_its_digest() {
+    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]) };
+    let mut t = target(0, true, Some(true));
+    t.old = Some(file(100, 1));
+    t.new = Some(NewContent { kind: EntryKind::File, identity: Some(file(200, 2)) });
+    // Same bytes as the old version, new inode: old.
+    assert_eq!(super::place(Some(file(555, 1)), &t), super::Place::Old);
+    assert_eq!(super::place(Some(file(556, 2)), &t), super::Place::New);
+    // Other bytes, or a digest not computed: foreign.
+    assert_eq!(super::place(Some(file(557, 3)), &t), super::Place::Foreign);
+    let unhashed = Identity { sha256: None, ..file(558, 1) };
+    assert_eq!(super::place(Some(unhashed), &t), super::Place::Foreign);
+    assert!(file(100, 1).needs_digest_of(&unhashed));
+    // Directories are never matched by digest.
+    let dir = |ino| Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: Some([1; 32]) };
+    assert!(!dir(1).same_as(&dir(2)));
 }

@@ -18,20 +18,40 @@ pub enum EntryKind {
     Other,
 }
 
-/// Which content is at a path, told apart without reading it: the inode
-/// number and kind (the device is kept for diagnostics only, since device
-/// numbers may change across reboots while inode numbers do not).
+/// Which content is at a path, told apart cheaply: the inode number and
+/// kind (the device is kept for diagnostics only, since device numbers may
+/// change across reboots while inode numbers do not), and for regular files
+/// the sha256 of the bytes, so a file put back by hand (a new inode with
+/// the right bytes) is still recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
     pub dev: u64,
     pub ino: u64,
     pub kind: EntryKind,
+    /// Recorded for files; on observations, filled in only when the inode
+    /// alone does not decide.
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl Identity {
-    /// Same content object: same inode and kind.
+    /// Same content: same inode and kind; or, for regular files, the same
+    /// sha256 on both sides.
     pub fn same_as(&self, other: &Identity) -> bool {
-        self.ino == other.ino && self.kind == other.kind
+        if self.kind != other.kind {
+            return false;
+        }
+        if self.ino == other.ino {
+            return true;
+        }
+        self.kind == EntryKind::File && matches!((self.sha256, other.sha256), (Some(a), Some(b)) if a == b)
+    }
+
+    /// True if a recorded identity carries a digest this one could be compared by.
+    pub fn needs_digest_of(&self, observed: &Identity) -> bool {
+        self.kind == EntryKind::File
+            && observed.kind == EntryKind::File
+            && self.sha256.is_some()
+            && self.ino != observed.ino
     }
 }
 

@@ -1,0 +1,933 @@
+//! Pulling an artifact from an OCI registry into the blob cache.
+//!
+//! This module owns talking to registries (through `oci-client` on a tokio
+//! runtime it creates for the pull; the rest of stagehand is synchronous):
+//! resolving a tag or digest to a manifest (following an image index to one
+//! platform), finding credentials the way Docker keeps them, streaming every
+//! blob the manifest names into the [`BlobCache`] — hashed while it streams,
+//! resumed with an HTTP range request after an interruption, a few at a time
+//! — and turning registry failures into messages that say which registry
+//! refused what and what to do about it.
+//!
+//! A pull finishes before the install transaction is planned, and staging
+//! then reads only from the cache, so nothing here ever touches a
+//! destination or the journal, and recovery never needs the network. It
+//! never sends credentials over plain HTTP to anything but a loopback
+//! registry, and it never follows a descriptor's foreign `urls`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use super::cache::BlobCache;
+use super::layout::{host_platform, platform_name};
+use super::manifest::{
+    is_index_media_type, is_manifest_media_type, parse_index, parse_manifest, validate_digest,
+    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+};
+use super::verify::blob_label;
+use super::{
+    Descriptor, Platform, ResolvedArtifact, Selector, SourceError, MAX_MANIFEST_BYTES, MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+};
+
+/// Layers downloaded at once unless [`RegistryOptions::max_concurrent_downloads`] says otherwise.
+pub const DEFAULT_CONCURRENT_DOWNLOADS: usize = 4;
+/// Environment variable overriding the Docker config directory (as Docker does).
+pub const ENV_DOCKER_CONFIG: &str = "DOCKER_CONFIG";
+/// Give up connecting after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Give up on a response that sends nothing for this long.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Resume attempts within one pull after a transfer breaks off having made progress.
+const RESUME_RETRIES: u32 = 2;
+/// Media types we ask a registry for when fetching a manifest.
+const ACCEPT: &[&str] =
+    &[MEDIA_TYPE_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST];
+
+/// A password that never shows in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How to pull from a registry (the install command's registry flags).
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Talk plain HTTP; allowed only for loopback registries (`--plain-http`).
+    pub plain_http: bool,
+    /// The platform to pick from an image index (`--platform`); default the host's.
+    pub platform: Option<Platform>,
+    /// `--username`; with `password`, overrides every other credential source.
+    pub username: Option<String>,
+    /// The password or token read by `--password-stdin`.
+    pub password: Option<Secret>,
+    /// Draw progress bars on stderr (the CLI sets this only on a terminal).
+    pub progress: bool,
+    /// Layers downloaded at once; 0 means [`DEFAULT_CONCURRENT_DOWNLOADS`].
+    pub max_concurrent_downloads: usize,
+}
+
+/// Parses `OS/ARCH` or `OS/ARCH/VARIANT` (e.g. `linux/arm64/v8`).
+pub fn parse_platform(s: &str) -> Result<Platform, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match parts.as_slice() {
+        [os, arch] if ok(os) && ok(arch) => {
+            Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None })
+        }
+        [os, arch, variant] if ok(os) && ok(arch) && ok(variant) => {
+            Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(variant.to_string()) })
+        }
+        _ => Err(format!("--platform {s:?}: expected OS/ARCH or OS/ARCH/VARIANT, e.g. linux/amd64")),
+    }
+}
+
+/// True for `localhost`, `127.0.0.0/8` and `[::1]` (with or without a port).
+pub fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        registry.rsplit_once(':').map_or(registry, |(h, _)| h)
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Where credentials came from, for messages.
+#[derive(Debug, Clone)]
+enum CredSource {
+    Anonymous,
+    Flags,
+    Helper(String),
+    ConfigFile(PathBuf),
+}
+
+impl fmt::Display for CredSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredSource::Anonymous => f.write_str("no credentials (anonymous)"),
+            CredSource::Flags => f.write_str("the credentials given with --username/--password-stdin"),
+            CredSource::Helper(h) => write!(f, "the credentials from docker-credential-{h}"),
+            CredSource::ConfigFile(p) => write!(f, "the credentials in {}", p.display()),
+        }
+    }
+}
+
+/// The parts of Docker's `config.json` we read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, DockerAuth>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default)]
+    creds_store: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+/// What a `docker-credential-*` helper prints for `get`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HelperReply {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    secret: String,
+}
+
+/// The Docker config directory: `$DOCKER_CONFIG`, else `~/.docker`.
+fn docker_config_path() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os(ENV_DOCKER_CONFIG).filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("config.json"));
+    }
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".docker").join("config.json"))
+}
+
+/// The keys a registry may be filed under in `auths` and `credHelpers`.
+fn config_keys(registry: &str) -> Vec<String> {
+    let mut keys = vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
+    if matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io") {
+        keys.extend(["https://index.docker.io/v1/".to_string(), "index.docker.io".into(), "docker.io".into()]);
+    }
+    keys
+}
+
+/// Normalizes an `auths` key (`https://host/v1/` → `host`).
+fn normalize_key(key: &str) -> &str {
+    let k = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
+    k.split('/').next().unwrap_or(k)
+}
+
+/// Runs `docker-credential-<helper> get`. `Ok(None)` if the helper is not
+/// installed or has nothing for this registry.
+fn run_helper(helper: &str, registry: &str) -> Result<Option<(String, String)>, SourceError> {
+    let bin = format!("docker-credential-{helper}");
+    let cred_err = |reason: String| SourceError::Credentials { registry: registry.to_string(), reason };
+    tracing::debug!(helper = %bin, registry, "asking the credential helper");
+    let mut child =
+        match Command::new(&bin).arg("get").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(helper = %bin, "credential helper not installed; skipping it");
+                return Ok(None);
+            }
+            Err(e) => return Err(cred_err(format!("running {bin}: {e}"))),
+        };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading its input is handled below.
+        let _ = stdin.write_all(registry.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| cred_err(format!("running {bin}: {e}")))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if msg.to_ascii_lowercase().contains("not found") || out.stdout.is_empty() {
+            tracing::debug!(helper = %bin, "the credential helper has nothing for this registry");
+            return Ok(None);
+        }
+        return Err(cred_err(format!("{bin} get failed: {msg}")));
+    }
+    let reply: HelperReply = serde_json::from_slice(&out.stdout)
+        .map_err(|e| cred_err(format!("{bin} printed something that is not credentials JSON: {e}")))?;
+    if reply.username == "<token>" {
+        tracing::warn!(helper = %bin, "the credential helper holds an identity token, which stagehand cannot use; pulling anonymously");
+        return Ok(None);
+    }
+    Ok(Some((reply.username, reply.secret)))
+}
+
+/// Finds credentials for `registry`: the flags, else Docker's config
+/// (`credHelpers[registry]`, then `credsStore`, then `auths`), else anonymous.
+fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(RegistryAuth, CredSource), SourceError> {
+    if let (Some(user), Some(pass)) = (&opts.username, &opts.password) {
+        return Ok((RegistryAuth::Basic(user.clone(), pass.0.clone()), CredSource::Flags));
+    }
+    let Some(path) = docker_config_path() else {
+        return Ok((RegistryAuth::Anonymous, CredSource::Anonymous));
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((RegistryAuth::Anonymous, CredSource::Anonymous));
+        }
+        Err(e) => {
+            return Err(SourceError::Credentials {
+                registry: registry.to_string(),
+                reason: format!("reading {}: {e}", path.display()),
+            })
+        }
+    };
+    let config: DockerConfig = serde_json::from_slice(&bytes).map_err(|e| SourceError::Credentials {
+        registry: registry.to_string(),
+        reason: format!("{} is not valid JSON: {e}", path.display()),
+    })?;
+    let keys = config_keys(registry);
+    let helper = keys.iter().find_map(|k| config.cred_helpers.get(k)).or(config.creds_store.as_ref());
+    if let Some(h) = helper.filter(|h| !h.is_empty()) {
+        for key in [registry.to_string(), format!("https://{registry}")] {
+            if let Some((user, secret)) = run_helper(h, &key)? {
+                return Ok((RegistryAuth::Basic(user, secret), CredSource::Helper(h.clone())));
+            }
+        }
+    }
+    let entry = keys
+        .iter()
+        .find_map(|k| config.auths.get(k))
+        .or_else(|| config.auths.iter().find(|(k, _)| normalize_key(k) == registry).map(|(_, v)| v));
+    let Some(entry) = entry else {
+        return Ok((RegistryAuth::Anonymous, CredSource::Anonymous));
+    };
+    let bad = |why: &str| SourceError::Credentials {
+        registry: registry.to_string(),
+        reason: format!("the auths entry in {} {why}", path.display()),
+    };
+    if let Some(b64) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| bad("has an \"auth\" value that is not base64"))?;
+        let text = String::from_utf8(decoded).map_err(|_| bad("has an \"auth\" value that is not UTF-8"))?;
+        let (user, pass) =
+            text.split_once(':').ok_or_else(|| bad("has an \"auth\" value that is not USER:PASSWORD"))?;
+        return Ok((RegistryAuth::Basic(user.to_string(), pass.to_string()), CredSource::ConfigFile(path)));
+    }
+    if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+        return Ok((RegistryAuth::Basic(u.clone(), p.clone()), CredSource::ConfigFile(path)));
+    }
+    if entry.identitytoken.is_some() {
+        tracing::warn!(
+            registry,
+            "the Docker config holds only an identity token, which stagehand cannot use; pulling anonymously"
+        );
+    }
+    Ok((RegistryAuth::Anonymous, CredSource::Anonymous))
+}
+
+/// Everything one pull needs, shared by its tasks.
+struct Ctx {
+    client: Client,
+    auth: RegistryAuth,
+    cred_source: CredSource,
+    registry: String,
+    repository: String,
+    plain_http: bool,
+    interrupted: fn() -> bool,
+}
+
+/// Why a request failed, before it is turned into a message.
+enum Failure {
+    /// The registry says the manifest or blob is not there.
+    NotFound,
+    Other(SourceError),
+}
+
+impl Ctx {
+    fn scheme(&self) -> &'static str {
+        if self.plain_http {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    fn reference(&self, sel: &Selector) -> Reference {
+        match sel {
+            Selector::Digest(d) => Reference::with_digest(self.registry.clone(), self.repository.clone(), d.clone()),
+            Selector::Tag(t) => Reference::with_tag(self.registry.clone(), self.repository.clone(), t.clone()),
+            Selector::Only => Reference::with_tag(self.registry.clone(), self.repository.clone(), "latest".into()),
+        }
+    }
+
+    fn login_hint(&self) -> String {
+        let how = format!(
+            "log in with `docker login {}` (stagehand reads $DOCKER_CONFIG/config.json, else ~/.docker/config.json, and its credential helpers) or pass --username USER --password-stdin",
+            self.registry
+        );
+        match &self.cred_source {
+            CredSource::Anonymous => format!("it needs credentials: {how}"),
+            other => format!("{other} were refused: check them, or {how}"),
+        }
+    }
+
+    fn unauthorized(&self, status: &str) -> SourceError {
+        SourceError::Unauthorized {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            status: status.to_string(),
+            hint: self.login_hint(),
+        }
+    }
+
+    fn classify(&self, e: OciDistributionError) -> Failure {
+        match e {
+            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+                Failure::Other(self.unauthorized("401 Unauthorized"))
+            }
+            OciDistributionError::RegistryError { envelope, url } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized)) {
+                    Failure::Other(self.unauthorized("401 Unauthorized"))
+                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
+                    Failure::Other(self.unauthorized("403 denied"))
+                } else if codes.iter().any(|c| matches!(c, OciErrorCode::NameUnknown)) {
+                    Failure::Other(SourceError::RepositoryNotFound {
+                        registry: self.registry.clone(),
+                        repository: self.repository.clone(),
+                    })
+                } else if codes.iter().any(|c| {
+                    matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NotFound)
+                }) {
+                    Failure::NotFound
+                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+                    Failure::Other(SourceError::Registry {
+                        registry: self.registry.clone(),
+                        reason: "too many requests (rate limited); try again later".into(),
+                    })
+                } else {
+                    let msgs: Vec<String> =
+                        envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect();
+                    Failure::Other(SourceError::Registry {
+                        registry: self.registry.clone(),
+                        reason: format!("{url}: {}", msgs.join("; ")),
+                    })
+                }
+            }
+            OciDistributionError::ServerError { code, url, message } => match code {
+                401 => Failure::Other(self.unauthorized("401 Unauthorized")),
+                403 => Failure::Other(self.unauthorized("403 Forbidden")),
+                404 => Failure::NotFound,
+                _ => Failure::Other(SourceError::Registry {
+                    registry: self.registry.clone(),
+                    reason: format!("HTTP {code} from {url}: {}", message.trim()),
+                }),
+            },
+            OciDistributionError::RequestError(re) => {
+                let mut reason = error_chain(&re);
+                if re.is_timeout() {
+                    reason = format!("timed out: {reason}");
+                }
+                if !self.plain_http && is_loopback(&self.registry) {
+                    reason.push_str("; if this registry serves plain HTTP, pass --plain-http");
+                }
+                Failure::Other(SourceError::Unreachable { registry: self.registry.clone(), reason })
+            }
+            other => {
+                Failure::Other(SourceError::Registry { registry: self.registry.clone(), reason: other.to_string() })
+            }
+        }
+    }
+
+    /// Fetches a manifest or index, verifying its bytes against `expected`
+    /// (a digest reference's digest, or the descriptor it came from) and,
+    /// for a digest, trying the cache first.
+    async fn fetch_manifest(
+        &self,
+        cache: &BlobCache,
+        sel: &Selector,
+        expected_size: Option<u64>,
+    ) -> Result<(Vec<u8>, String), SourceError> {
+        if let Selector::Digest(d) = sel {
+            if let Some(bytes) = cache.read_small(d)? {
+                tracing::debug!(digest = %d, "manifest found in the blob cache; not fetching it");
+                return Ok((bytes, d.clone()));
+            }
+        }
+        if (self.interrupted)() {
+            return Err(SourceError::Interrupted);
+        }
+        let reference = self.reference(sel);
+        let target = match sel {
+            Selector::Digest(d) => d.clone(),
+            Selector::Tag(t) => t.clone(),
+            Selector::Only => "latest".into(),
+        };
+        tracing::debug!(
+            url = %format!("{}://{}/v2/{}/manifests/{target}", self.scheme(), self.registry, self.repository),
+            "GET manifest"
+        );
+        let (body, _header_digest) = match self.client.pull_manifest_raw(&reference, &self.auth, ACCEPT).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match self.classify(e) {
+                    Failure::Other(e) => e,
+                    Failure::NotFound => self.not_found(sel).await,
+                })
+            }
+        };
+        tracing::debug!(bytes = body.len(), "manifest received");
+        let what = format!("manifest {target} of {}", self.name());
+        if body.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(SourceError::Malformed {
+                what,
+                reason: format!("{} bytes, larger than the {MAX_MANIFEST_BYTES}-byte limit", body.len()),
+            });
+        }
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        if let Selector::Digest(d) = sel {
+            if &actual != d {
+                return Err(SourceError::DigestMismatch { what, expected: d.clone(), actual });
+            }
+        }
+        if let Some(size) = expected_size {
+            if size != body.len() as u64 {
+                return Err(SourceError::SizeMismatch { what, expected: size, actual: body.len() as u64 });
+            }
+        }
+        Ok((body.to_vec(), actual))
+    }
+
+    /// The message for a manifest the registry does not have: tells an
+    /// unknown repository from an unknown tag, listing the tags there are.
+    async fn not_found(&self, sel: &Selector) -> SourceError {
+        let reference = self.reference(sel);
+        tracing::debug!(
+            url = %format!("{}://{}/v2/{}/tags/list", self.scheme(), self.registry, self.repository),
+            "GET tags"
+        );
+        let available = match self.client.list_tags(&reference, &self.auth, None, None).await {
+            Ok(resp) => {
+                let mut tags = resp.tags;
+                tags.sort();
+                if tags.is_empty() {
+                    "none".to_string()
+                } else {
+                    tags.join(", ")
+                }
+            }
+            Err(e) => match self.classify(e) {
+                Failure::Other(e @ SourceError::RepositoryNotFound { .. }) => return e,
+                Failure::NotFound => {
+                    return SourceError::RepositoryNotFound {
+                        registry: self.registry.clone(),
+                        repository: self.repository.clone(),
+                    }
+                }
+                Failure::Other(_) => "unknown".to_string(),
+            },
+        };
+        match sel {
+            Selector::Digest(d) => SourceError::DigestNotFound { digest: d.clone(), layout: self.name() },
+            Selector::Tag(t) => SourceError::TagNotFound { tag: t.clone(), layout: self.name(), available },
+            Selector::Only => SourceError::TagNotFound { tag: "latest".into(), layout: self.name(), available },
+        }
+    }
+}
+
+/// `e` and its sources, joined by `: `.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The entry of an image index for `platform`: os and architecture match,
+/// and the variant matches if both name one.
+fn pick_platform(entries: &[Descriptor], platform: &Platform, what: &str) -> Result<Descriptor, SourceError> {
+    let found = entries.iter().find(|d| {
+        d.platform.as_ref().is_some_and(|p| {
+            p.os == platform.os
+                && p.architecture == platform.architecture
+                && (platform.variant.is_none() || p.variant.is_none() || p.variant == platform.variant)
+        })
+    });
+    if let Some(d) = found {
+        return Ok(d.clone());
+    }
+    let available: Vec<String> =
+        entries.iter().map(|d| d.platform.as_ref().map_or_else(|| "unspecified".to_string(), platform_name)).collect();
+    Err(SourceError::PlatformNotFound {
+        index: what.to_string(),
+        wanted: platform_name(platform),
+        available: if available.is_empty() { "none".into() } else { available.join(", ") },
+    })
+}
+
+/// True if the JSON document is an image index (by `mediaType`, or by
+/// having `manifests` and no `layers` when it names none).
+fn looks_like_index(bytes: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Peek {
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+        layers: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Peek>(bytes) {
+        Ok(p) => match p.media_type {
+            Some(mt) => is_index_media_type(&mt),
+            None => p.manifests.is_some() && p.layers.is_none(),
+        },
+        Err(_) => false,
+    }
+}
+
+/// Progress bars: one overall, one per layer while it downloads.
+#[derive(Clone)]
+struct Bars {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    enabled: bool,
+}
+
+impl Bars {
+    fn new(enabled: bool, total: u64) -> Bars {
+        let target = if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let multi = MultiProgress::with_draw_target(target);
+        let overall = multi.add(ProgressBar::new(total));
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        {
+            overall.set_style(style.progress_chars("=> "));
+        }
+        overall.set_prefix("pulling");
+        Bars { multi, overall, enabled }
+    }
+
+    fn layer(&self, label: &str, size: u64) -> ProgressBar {
+        if !self.enabled {
+            return ProgressBar::hidden();
+        }
+        let bar = self.multi.add(ProgressBar::new(size));
+        if let Ok(style) = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix("layer");
+        bar.set_message(label.to_string());
+        bar
+    }
+}
+
+/// One blob to fetch, with its label for messages.
+#[derive(Clone)]
+struct Job {
+    desc: Descriptor,
+    what: String,
+}
+
+/// Downloads one blob into the cache, resuming a partial from an earlier
+/// attempt, and retrying a broken transfer that had made progress.
+async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Result<(), SourceError> {
+    let Job { desc, what } = job;
+    let Some(mut w) = cache.begin(&desc, &what)? else {
+        bars.overall.inc(desc.size);
+        return Ok(());
+    };
+    let short = desc.digest.get(..19).unwrap_or(&desc.digest);
+    let bar = bars.layer(desc.title().unwrap_or(short), desc.size);
+    let reference = ctx.reference(&Selector::Only);
+    let digest = desc.digest.as_str();
+    let mut retries = 0;
+    let mut counted = w.offset();
+    bar.set_position(counted);
+    bars.overall.inc(counted);
+    loop {
+        if (ctx.interrupted)() {
+            w.suspend()?;
+            return Err(SourceError::Interrupted);
+        }
+        let offset = w.offset();
+        let url = format!("{}://{}/v2/{}/blobs/{digest}", ctx.scheme(), ctx.registry, ctx.repository);
+        tracing::debug!(%url, range = %format!("bytes={offset}-"), "GET blob");
+        let broken = |reason: String, got: u64| SourceError::DownloadInterrupted {
+            what: what.clone(),
+            registry: ctx.registry.clone(),
+            got,
+            size: desc.size,
+            reason,
+        };
+        let response = match ctx.client.pull_blob_stream_partial(&reference, &digest, offset, None).await {
+            Ok(r) => r,
+            Err(e) => {
+                let err = match ctx.classify(e) {
+                    Failure::NotFound => SourceError::BlobMissing { digest: desc.digest.clone(), layout: ctx.name() },
+                    Failure::Other(SourceError::Unreachable { reason, .. }) => broken(reason, offset),
+                    Failure::Other(e) => e,
+                };
+                let _ = w.suspend();
+                return Err(err);
+            }
+        };
+        let mut stream = match response {
+            BlobResponse::Partial(s) => {
+                tracing::debug!(status = 206, content_length = ?s.content_length, "blob response");
+                s
+            }
+            BlobResponse::Full(s) => {
+                tracing::debug!(status = 200, content_length = ?s.content_length, "blob response");
+                if offset > 0 {
+                    tracing::debug!(blob = %desc.digest, "the registry ignored the range request; downloading the whole blob again");
+                    w.restart()?;
+                    bars.overall.set_position(bars.overall.position().saturating_sub(counted));
+                    counted = 0;
+                    bar.set_position(0);
+                }
+                s
+            }
+        };
+        if let Some(len) = stream.content_length {
+            let total = w.offset().saturating_add(len);
+            if total > desc.size {
+                // Too much on offer: write() refuses it, discarding the partial.
+                tracing::debug!(blob = %desc.digest, total, expected = desc.size, "the registry offers more bytes than the descriptor says");
+            }
+        }
+        let mut failure: Option<String> = None;
+        while let Some(item) = stream.next().await {
+            if (ctx.interrupted)() {
+                w.suspend()?;
+                return Err(SourceError::Interrupted);
+            }
+            match item {
+                Ok(bytes) => {
+                    w.write(&bytes)?;
+                    let n = bytes.len() as u64;
+                    counted += n;
+                    bar.inc(n);
+                    bars.overall.inc(n);
+                }
+                Err(e) => {
+                    // oci-client's own check fails at the end of a full,
+                    // wrong blob: ours (in finish) names the layer.
+                    if w.offset() == desc.size {
+                        break;
+                    }
+                    failure = Some(error_chain(&e));
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => {
+                bar.finish_and_clear();
+                return w.finish();
+            }
+            Some(reason) => {
+                let got = w.offset();
+                let progressed = got > offset;
+                tracing::debug!(blob = %desc.digest, got, error = %reason, "blob transfer broke off");
+                if progressed && retries < RESUME_RETRIES {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                let got = w.suspend()?;
+                bar.abandon();
+                return Err(broken(reason, got));
+            }
+        }
+    }
+}
+
+/// Pulls `registry/repository` at `selector` into the blob cache of
+/// `state_dir`: the manifest (and index, if any) and every blob it names.
+/// Returns the artifact and the cache to stage from. `interrupted` is polled
+/// between chunks; when it says so the pull stops with
+/// [`SourceError::Interrupted`], keeping partials for a resume.
+pub fn pull(
+    state_dir: &Path,
+    registry: &str,
+    repository: &str,
+    selector: &Selector,
+    display: &str,
+    opts: &RegistryOptions,
+    interrupted: fn() -> bool,
+) -> Result<(ResolvedArtifact, BlobCache), SourceError> {
+    if opts.plain_http && !is_loopback(registry) {
+        return Err(SourceError::Registry {
+            registry: registry.to_string(),
+            reason: "--plain-http is allowed only for a loopback registry (localhost, 127.0.0.0/8, [::1]); \
+                     this one must be reached over HTTPS"
+                .into(),
+        });
+    }
+    if let Selector::Digest(d) = selector {
+        validate_digest(d)?;
+    }
+    let cache = BlobCache::new(state_dir);
+    cache.ensure_dirs()?;
+    let (auth, cred_source) = resolve_auth(registry, opts)?;
+    tracing::debug!(registry, credentials = %cred_source, "pulling");
+    let config = ClientConfig {
+        protocol: if opts.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
+        platform_resolver: None,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        ..Default::default()
+    };
+    let client = Client::try_from(config)
+        .map_err(|e| SourceError::Registry { registry: registry.to_string(), reason: format!("HTTP client: {e}") })?;
+    let ctx = Arc::new(Ctx {
+        client,
+        auth,
+        cred_source,
+        registry: registry.to_string(),
+        repository: repository.to_string(),
+        plain_http: opts.plain_http,
+        interrupted,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| SourceError::Io { what: "starting the async runtime".into(), source: e })?;
+    let progress = opts.progress && std::io::stderr().is_terminal();
+    let artifact = runtime.block_on(pull_async(ctx, cache.clone(), selector, display, opts, progress))?;
+    Ok((artifact, cache))
+}
+
+async fn pull_async(
+    ctx: Arc<Ctx>,
+    cache: BlobCache,
+    selector: &Selector,
+    display: &str,
+    opts: &RegistryOptions,
+    progress: bool,
+) -> Result<ResolvedArtifact, SourceError> {
+    ctx.client.store_auth_if_needed(&ctx.registry, &ctx.auth).await;
+    let (mut bytes, mut digest) = ctx.fetch_manifest(&cache, selector, None).await?;
+    if looks_like_index(&bytes) {
+        let what = format!("index {digest} of {display}");
+        let index = parse_index(&bytes, &what)?;
+        cache.put_small(&digest, &bytes)?;
+        let platform = opts.platform.clone().unwrap_or_else(host_platform);
+        let entry = pick_platform(&index.manifests, &platform, &what)?;
+        if !is_manifest_media_type(&entry.media_type) {
+            return Err(SourceError::Malformed {
+                what,
+                reason: format!(
+                    "its entry for {} has mediaType {:?}, not an image manifest",
+                    platform_name(&platform),
+                    entry.media_type
+                ),
+            });
+        }
+        tracing::debug!(platform = %platform_name(&platform), manifest = %entry.digest, "picked from the image index");
+        (bytes, digest) = ctx.fetch_manifest(&cache, &Selector::Digest(entry.digest.clone()), Some(entry.size)).await?;
+    }
+    let what = format!("manifest {digest} of {display}");
+    let manifest = parse_manifest(&bytes, &what)?;
+    cache.put_small(&digest, &bytes)?;
+
+    // Every blob the manifest names, once each, largest first.
+    let mut seen = BTreeSet::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    for desc in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
+        if !seen.insert(desc.digest.clone()) {
+            continue;
+        }
+        if cache.contains(desc)? {
+            tracing::debug!(blob = %desc.digest, "already in the blob cache");
+            continue;
+        }
+        let label = if std::ptr::eq(desc, &manifest.config) {
+            format!("config blob {}", desc.digest)
+        } else {
+            match desc.title() {
+                Some(_) => blob_label(desc),
+                None => format!("layer {}", desc.digest),
+            }
+        };
+        jobs.push(Job { desc: desc.clone(), what: label });
+    }
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.desc.size));
+    let total: u64 = jobs.iter().map(|j| j.desc.size).sum();
+    let bars = Bars::new(progress && !jobs.is_empty(), total);
+    let limit = match opts.max_concurrent_downloads {
+        0 => DEFAULT_CONCURRENT_DOWNLOADS,
+        n => n,
+    };
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut set = tokio::task::JoinSet::new();
+    for job in jobs {
+        let (ctx, cache, bars, sem) = (ctx.clone(), cache.clone(), bars.clone(), semaphore.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await.map_err(|_| SourceError::Interrupted)?;
+            fetch_blob(ctx, cache, job, bars).await
+        });
+    }
+    let mut first_error: Option<SourceError> = None;
+    while let Some(joined) = set.join_next().await {
+        let result = joined.unwrap_or_else(|e| {
+            Err(SourceError::Registry {
+                registry: ctx.registry.clone(),
+                reason: format!("a download task failed: {e}"),
+            })
+        });
+        if let Err(e) = result {
+            if first_error.is_none() {
+                // Stop the others at their next await; their partials stay for a resume.
+                set.abort_all();
+                first_error = Some(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        bars.overall.abandon();
+        return Err(e);
+    }
+    bars.overall.finish_and_clear();
+    Ok(ResolvedArtifact { display: display.to_string(), manifest_digest: digest, manifest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for yes in ["localhost", "localhost:5000", "127.0.0.1", "127.0.0.1:5000", "127.1.2.3:80", "[::1]:5000", "[::1]"]
+        {
+            assert!(is_loopback(yes), "{yes}");
+        }
+        for no in ["ghcr.io", "10.0.0.1:5000", "localhost.example.com", "[::2]:5000", "128.0.0.1"] {
+            assert!(!is_loopback(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn platform_parsing() {
+        let p = parse_platform("linux/arm64/v8").expect("parses");
+        assert_eq!((p.os.as_str(), p.architecture.as_str(), p.variant.as_deref()), ("linux", "arm64", Some("v8")));
+        assert!(parse_platform("linux/amd64").expect("parses").variant.is_none());
+        for bad in ["linux", "linux/", "/amd64", "a/b/c/d", "linux/amd 64"] {
+            assert!(parse_platform(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = RegistryOptions { plain_http: true, ..Default::default() };
+        let err = pull(dir.path(), "ghcr.io", "x", &Selector::Tag("v1".into()), "ghcr.io/x:v1", &opts, || false)
+            .expect_err("refused");
+        assert!(err.to_string().contains("--plain-http is allowed only for a loopback registry"), "{err}");
+        assert!(!dir.path().join("blobs").exists(), "nothing created");
+    }
+
+    #[test]
+    fn docker_config_keys_normalize() {
+        assert_eq!(normalize_key("https://index.docker.io/v1/"), "index.docker.io");
+        assert_eq!(normalize_key("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(normalize_key("http://reg.example:443/x"), "reg.example:443");
+        assert!(config_keys("docker.io").contains(&"https://index.docker.io/v1/".to_string()));
+    }
+
+    #[test]
+    fn index_detection() {
+        assert!(looks_like_index(
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
+        ));
+        assert!(looks_like_index(br#"{"schemaVersion":2,"manifests":[]}"#));
+        assert!(!looks_like_index(br#"{"schemaVersion":2,"config":{},"layers":[]}"#));
+        assert!(!looks_like_index(b"garbage"));
+    }
+
+    #[test]
+    fn secret_is_redacted() {
+        let o = RegistryOptions { password: Some(Secret("hunter2".into())), ..Default::default() };
+        assert!(!format!("{o:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,149 @@
+//! A damaged journal record is reported, naming the record, and nothing on
+//! disk is touched because of it. The test edits the sled database directly
+//! (STATE/journal, tree `packages`) while no stagehand process runs.
+//!
+//! Control: after each corruption is reported, the original bytes are put
+//! back and `list` must succeed again, which proves the failure came from the
+//! damaged bytes (and not, say, from sled's lock still held by this process).
+
+mod common;
+
+use common::*;
+
+/// Opens STATE/journal, finds the `packages` record of `name`, replaces its
+/// value with `edit(original)`, and returns (key as text, original value).
+fn edit_package_record(sb: &Sandbox, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> (String, Vec<u8>) {
+    let db = sled::open(sb.state.join("journal")).expect("open the journal with sled");
+    let names: Vec<String> = db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+    assert!(names.iter().any(|n| n == "packages"), "no `packages` tree in the journal; trees: {names:?}");
+    let tree = db.open_tree("packages").unwrap();
+    let matching: Vec<(sled::IVec, sled::IVec)> =
+        tree.iter().map(Result::unwrap).filter(|(k, _)| k.windows(name.len()).any(|w| w == name.as_bytes())).collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "expected exactly one `packages` key containing {name:?}; keys: {:?}",
+        tree.iter().keys().map(|k| String::from_utf8_lossy(&k.unwrap()).into_owned()).collect::<Vec<_>>()
+    );
+    let (key, value) = matching.into_iter().next().unwrap();
+    let original = value.to_vec();
+    let mut edited = original.clone();
+    edit(&mut edited);
+    assert_ne!(edited, original, "the edit changed nothing");
+    tree.insert(&key, edited).unwrap();
+    tree.flush().unwrap();
+    db.flush().unwrap();
+    drop(tree);
+    drop(db);
+    wait_for_sled_to_let_go(sb);
+    (String::from_utf8_lossy(&key).into_owned(), original)
+}
+
+/// sled releases its flock on STATE/journal/db only when its background
+/// threads drop their last handle, a little after `Db` is dropped. Wait
+/// until we can take that lock ourselves (then release it), so the binary
+/// does not fail on sled's lock instead of on the record.
+fn wait_for_sled_to_let_go(sb: &Sandbox) {
+    use std::os::unix::io::AsRawFd;
+    let db_file = sb.state.join("journal/db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let f = std::fs::File::open(&db_file).unwrap();
+        // SAFETY: flock(2) on a descriptor we own; released when `f` closes.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sled in this test process still holds the lock on {}",
+            db_file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn put_back(sb: &Sandbox, name: &str, original: Vec<u8>) {
+    edit_package_record(sb, name, move |v| *v = original);
+}
+
+fn installed_v1() -> (Sandbox, Tree) {
+    let sb = Sandbox::new();
+    sb.install_demo("v1").ok();
+    let world = sb.world();
+    (sb, world)
+}
+
+#[track_caller]
+fn assert_reports(sb: &Sandbox, cmd: &str, needles: &[&[&str]], what: &str) {
+    let run = sb.run(&[cmd]);
+    assert!(matches!(run.code, Some(c) if c != 0), "`{cmd}` did not fail on {what}:\n{}", run.describe());
+    let low = run.stderr.to_lowercase();
+    for alternatives in needles {
+        assert!(
+            alternatives.iter().any(|n| low.contains(&n.to_lowercase())),
+            "`{cmd}` on {what}: stderr mentions none of {alternatives:?}:\n{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
+fn flipped_byte_in_a_package_record_is_reported_by_name() {
+    let (sb, world) = installed_v1();
+    let (key, original) = edit_package_record(&sb, DEMO, |v| {
+        let mid = v.len() / 2;
+        v[mid] ^= 0xFF;
+    });
+    let record = format!("packages/{key}");
+    for cmd in ["list", "status"] {
+        assert_reports(&sb, cmd, &[&[record.as_str()]], "a flipped byte");
+        let now = sb.world();
+        assert!(now == world, "`{cmd}` on a corrupt record changed DEST:\n{}", tree_diff(&now, &world, 20));
+    }
+    assert!(sb.leftovers().is_empty());
+
+    put_back(&sb, DEMO, original);
+    let p = sb.listed(DEMO).expect("demo listed once the record is repaired");
+    assert_eq!(p.digest, demo_digest("v1"));
+    assert!(sb.world() == world);
+}
+
+/// A record as a future stagehand would write it: format version 255 with a
+/// valid CRC-32 (IEEE, little-endian, over everything before it; see
+/// `journal-format.md`). The error must name the version.
+#[test]
+fn unknown_format_version_is_reported() {
+    let (sb, world) = installed_v1();
+    let (key, original) = edit_package_record(&sb, DEMO, |v| {
+        v[0] = 0xFF;
+        let n = v.len() - 4;
+        let crc = crc32fast::hash(&v[..n]);
+        v[n..].copy_from_slice(&crc.to_le_bytes());
+    });
+    let record = format!("packages/{key}");
+    for cmd in ["list", "status"] {
+        assert_reports(&sb, cmd, &[&["version"], &["255", "0xff"], &[record.as_str()]], "an unknown format version");
+        let now = sb.world();
+        assert!(now == world, "`{cmd}` on an unknown version changed DEST:\n{}", tree_diff(&now, &world, 20));
+    }
+
+    put_back(&sb, DEMO, original);
+    sb.run(&["list"]).ok();
+    sb.run(&["verify", DEMO]).ok();
+}
+
+/// The version byte set to 0xFF without fixing the checksum: the checksum
+/// covers the version byte, so this is reported as a corrupt record (naming
+/// it), which is all that can honestly be said about it.
+#[test]
+fn damaged_version_byte_is_reported_as_corrupt() {
+    let (sb, world) = installed_v1();
+    let (key, original) = edit_package_record(&sb, DEMO, |v| v[0] = 0xFF);
+    let record = format!("packages/{key}");
+    for cmd in ["list", "status"] {
+        assert_reports(&sb, cmd, &[&[record.as_str()]], "a damaged version byte");
+        assert!(sb.world() == world, "`{cmd}` on a damaged record changed DEST");
+    }
+    put_back(&sb, DEMO, original);
+    sb.run(&["list"]).ok();
+}
