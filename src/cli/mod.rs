@@ -64,7 +64,7 @@ pub enum Command {
         /// GLOB=DIR: layers whose title matches GLOB become files in DIR (repeatable).
         #[arg(long = "map", value_name = "GLOB=DIR")]
         maps: Vec<String>,
-        /// Package name (default: the layout directory's name).
+        /// Package name (default: the layout directory's name, or the repository's last path component).
         #[arg(long)]
         name: Option<String>,
         /// Take over an existing destination no package owns.
@@ -197,8 +197,18 @@ fn init_tracing(verbose: u8, quiet: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("stagehand={level},oci_client={client_level},warn"))
     });
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(colour_on_stderr())
+        .try_init();
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set (no-color.org).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn print_json(v: &serde_json::Value) {

@@ -125,11 +125,14 @@ pub fn drive(
                 rec.step = Step::Cleaning;
                 journal.write_txn(rec, "cleaning")?;
             }
+            tracing::debug!(txn = rec.id, "swapped; cleaning");
             for a in &cleanup {
                 act(a)?;
             }
             let outcome = if rec.recovered { Outcome::RolledForwardByRecovery } else { Outcome::Done };
+            tracing::debug!(txn = rec.id, "cleaned");
             journal.finish_txn(rec, outcome, None, now())?;
+            tracing::debug!(txn = rec.id, outcome = outcome.name(), "finished");
             Ok(outcome)
         }
         RecoveryDecision::RollBack { after_commit, moves, cleanup } => {

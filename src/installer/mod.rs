@@ -410,6 +410,7 @@ impl Installer {
             created_dirs,
         };
         self.journal.write_txn(&rec, "planned")?;
+        tracing::debug!(txn = id, targets = rec.targets.len(), "planned");
 
         // Everything from here until the commit point rolls back on error.
         let staged =
@@ -422,6 +423,7 @@ impl Installer {
         if interrupt::requested() {
             return Err(self.roll_back(rec, Error::Interrupted));
         }
+        tracing::debug!(txn = id, "staged");
         rec.step = Step::Committed;
         if let Err(e) = self.journal.write_txn(&rec, "commit") {
             // The commit record may or may not be durable: leave it to recovery.
@@ -461,6 +463,10 @@ impl Installer {
             t.new = Some(NewContent { kind, identity: Some(identity) });
             installed.push(InstalledTarget { path: t.path.clone(), kind, entries: staged.entries });
         }
+        let staged_paths: Vec<PathBuf> =
+            rec.targets.iter().filter(|t| t.new.is_some()).map(|t| PathBuf::from(&t.staging)).collect();
+        tracing::debug!(txn = rec.id, "written; making durable");
+        stage::make_durable(&staged_paths)?;
         rec.step = Step::Staged;
         rec.new_package = Some(PackageRecord {
             name: name.to_string(),
@@ -720,7 +726,12 @@ fn plugin_path(source_ref: &SourceRef) -> String {
             };
             format!("local/{}@{tag}", source_ref.default_name())
         }
-        #[allow(unreachable_patterns)]
-        _ => format!("local/{}@latest", source_ref.default_name()),
+        SourceRef::Registry { registry, repository, selector } => {
+            let tag = match selector {
+                source::Selector::Tag(t) => t.clone(),
+                _ => "latest".to_string(),
+            };
+            format!("{registry}/{repository}@{tag}")
+        }
     }
 }

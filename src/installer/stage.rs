@@ -220,19 +220,28 @@ impl DirBuilder {
         self.apply(admitted, &mut f)
     }
 
+    /// Sets directory modes (deepest first, after their children exist)
+    /// and, in per-file sync mode, fsyncs every file and directory. In the
+    /// default syncfs mode the caller makes it all durable with one syncfs.
     fn sync(&mut self) -> Result<(), Error> {
-        for f in &self.files {
-            fsops::fsync_file(f, ROLE).map_err(io_err(format!("fsync {}", f.display())))?;
+        let per_file = fsops::sync_mode() == fsops::SyncMode::PerFile;
+        if per_file {
+            for f in &self.files {
+                fsops::fsync_file(f, ROLE).map_err(io_err(format!("fsync {}", f.display())))?;
+            }
         }
-        // Deepest first, so each directory's final mode is set after its children.
         self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
         for (d, mode) in &self.dirs {
             if *mode != 0o755 {
                 fsops::set_mode(d, *mode, ROLE).map_err(io_err(format!("chmod {}", d.display())))?;
             }
-            fsops::fsync_dir(d, ROLE).map_err(io_err(format!("fsync {}", d.display())))?;
+            if per_file {
+                fsops::fsync_dir(d, ROLE).map_err(io_err(format!("fsync {}", d.display())))?;
+            }
         }
-        fsops::fsync_dir(&self.root, ROLE).map_err(io_err(format!("fsync {}", self.root.display())))?;
+        if per_file {
+            fsops::fsync_dir(&self.root, ROLE).map_err(io_err(format!("fsync {}", self.root.display())))?;
+        }
         Ok(())
     }
 }
@@ -246,6 +255,23 @@ fn identity_of(p: &Path) -> Result<Identity, Error> {
         context: format!("{} vanished after staging", p.display()),
         source: std::io::ErrorKind::NotFound.into(),
     })
+}
+
+/// Makes every staged path durable: one `syncfs` per filesystem they are
+/// on (a no-op in per-file mode, where staging fsynced as it went).
+pub fn make_durable(staging_paths: &[PathBuf]) -> Result<(), Error> {
+    if fsops::sync_mode() == fsops::SyncMode::PerFile {
+        return Ok(());
+    }
+    let mut seen = Vec::new();
+    for p in staging_paths {
+        let id = identity_of(p)?;
+        if !seen.contains(&id.dev) {
+            seen.push(id.dev);
+            fsops::syncfs(parent(p), ROLE).map_err(io_err(format!("syncfs {}", parent(p).display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Builds a directory target's content at `staging` from its layers.
@@ -275,7 +301,9 @@ pub fn stage_dir(
     }
     b.entries.truncate(own_entries);
     b.sync()?;
-    fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
+    if fsops::sync_mode() == fsops::SyncMode::PerFile {
+        fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
+    }
     let identity = identity_of(staging)?;
     b.entries.sort_by(|x, y| x.rel.cmp(&y.rel));
     Ok(Staged { identity, entries: b.entries })
@@ -304,8 +332,10 @@ pub fn stage_file(
             .map_err(io_err(format!("staging {}", desc.title().unwrap_or(&desc.digest))))?
     };
     verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;
-    fsops::fsync_file(staging, ROLE).map_err(io_err(format!("fsync {}", staging.display())))?;
-    fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
+    if fsops::sync_mode() == fsops::SyncMode::PerFile {
+        fsops::fsync_file(staging, ROLE).map_err(io_err(format!("fsync {}", staging.display())))?;
+        fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
+    }
     let identity = identity_of(staging)?;
     let entry = FileEntry {
         rel: String::new(),

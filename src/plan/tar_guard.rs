@@ -236,7 +236,7 @@ mod tests {
         assert!(matches!(g.admit(b"lib/x.so.1", TarKind::File, None, 0o644), Ok(Admitted::File { .. })));
         assert!(matches!(g.admit(b"lib/x.so", TarKind::Symlink, Some(b"x.so.1"), 0o777), Ok(Admitted::Symlink { .. })));
         assert!(matches!(g.admit(b"lib/y", TarKind::HardLink, Some(b"lib/x.so.1"), 0), Ok(Admitted::HardLink { .. })));
-        assert!(matches!(g.admit(b"share/a/../b", TarKind::File, None, 0o644), Err(_)));
+        assert!(g.admit(b"share/a/../b", TarKind::File, None, 0o644).is_err());
     }
 
     #[test]

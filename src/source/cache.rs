@@ -424,7 +424,7 @@ impl BlobWriter {
             self.discard()?;
             return Err(SourceError::DigestMismatch { what: self.what.clone(), expected: self.digest.clone(), actual });
         }
-        let io = self.io("fsync");
+        let io = self.io("writing and fsyncing");
         self.partial.sync().map_err(io)?;
         let from = self.partial.path().to_path_buf();
         drop(self.partial);
