@@ -426,8 +426,7 @@ impl Installer {
         tracing::debug!(txn = id, "staged");
         rec.step = Step::Committed;
         if let Err(e) = self.journal.write_txn(&rec, "commit") {
-            // The commit record may or may not be durable: leave it to recovery.
-            return Err(Error::LeftForRecovery { cause: Box::new(e.into()) });
+            return Err(self.commit_failed(rec, e));
         }
         self.finish_committed(rec)
     }
@@ -477,6 +476,15 @@ impl Installer {
             targets: installed,
         });
         Ok(())
+    }
+
+    /// The commit record could not be written (it may or may not be on
+    /// disk). No target has moved yet, so rolling back is right either way:
+    /// if the record did land, the rollback record written now supersedes it,
+    /// and if even that fails, recovery finds the old content at every target.
+    fn commit_failed(&self, mut rec: TxnRecord, e: JournalError) -> Error {
+        rec.step = Step::Staged;
+        self.roll_back(rec, e.into())
     }
 
     /// Rolls back a live transaction that failed before its commit point.
@@ -616,7 +624,7 @@ impl Installer {
         self.journal.write_txn(&rec, "planned")?;
         rec.step = Step::Committed;
         if let Err(e) = self.journal.write_txn(&rec, "commit") {
-            return Err(Error::LeftForRecovery { cause: Box::new(e.into()) });
+            return Err(self.commit_failed(rec, e));
         }
         let mut report = self.finish_committed(rec)?;
         report.targets = pkg.targets.iter().map(|t| t.path.clone()).collect();
