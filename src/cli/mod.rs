@@ -41,6 +41,10 @@ pub struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Versions of each package to keep for `rollback`, the installed one included.
+    #[arg(long, global = true, value_name = "K", default_value_t = installer::DEFAULT_KEEP_VERSIONS,
+          value_parser = clap::value_parser!(usize))]
+    pub keep_versions: usize,
     /// Seconds to wait for another stagehand process holding the state dir.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
     pub lock_timeout: u64,
@@ -91,6 +95,14 @@ pub enum Command {
         /// Read the registry password or token from stdin (with --username).
         #[arg(long, requires = "username")]
         password_stdin: bool,
+    },
+    /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
+    #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
+    Rollback {
+        name: String,
+        /// The manifest digest of a kept version (see `stagehand history NAME`).
+        #[arg(long, value_name = "DIGEST")]
+        to: Option<String>,
     },
     /// Remove an installed package, in one transaction.
     #[command(after_help = "Example:\n  stagehand uninstall demo")]
@@ -372,6 +384,8 @@ fn run_command(
                 adopt: *adopt,
                 profile,
                 registry,
+                keep_versions: cli.keep_versions,
+                rollback: false,
             };
             let rep = inst.install(&req)?;
             if rep.interrupted {
@@ -385,6 +399,24 @@ fn run_command(
                 println!(
                     "{} {}: {} -> {} ({} targets, txn {})",
                     rep.op,
+                    rep.name,
+                    old,
+                    new,
+                    rep.targets.len(),
+                    rep.txn
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Rollback { name, to } => {
+            let rep = inst.rollback(name, to.as_deref(), cli.keep_versions)?;
+            if cli.json {
+                print_json(&json!({"result": rep, "recovered": recovered}));
+            } else if !cli.quiet {
+                let old = rep.old_digest.as_deref().map(short).unwrap_or("-");
+                let new = rep.new_digest.as_deref().map(short).unwrap_or("-");
+                println!(
+                    "rolled back {}: {} -> {} ({} targets, txn {})",
                     rep.name,
                     old,
                     new,
@@ -540,7 +572,7 @@ fn run_command(
                         "{:>6}  {:10}  {:9}  {} -> {}  {}",
                         e.id,
                         e.package,
-                        format!("{:?}", e.op).to_lowercase(),
+                        history_op(e),
                         old,
                         new,
                         e.outcome.name()
@@ -618,6 +650,7 @@ fn history_op(e: &crate::txn::HistoryEntry) -> &'static str {
         (crate::txn::Op::Install, Some(_)) => "upgrade",
         (crate::txn::Op::Install, None) => "install",
         (crate::txn::Op::Uninstall, _) => "uninstall",
+        (crate::txn::Op::Rollback, _) => "rollback",
     }
 }
 

@@ -14,6 +14,7 @@ pub mod stage;
 pub mod verify;
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ use crate::plan::tar_guard::Refused;
 use crate::plan::{self, Placement, PlanError, PlannedContent};
 use crate::source::{self, SourceError, SourceRef};
 use crate::txn::{
-    self, EntryKind, InstalledTarget, NewContent, Op, Outcome, PackageRecord, Step, TargetPlan, TargetProgress, TxnId,
-    TxnRecord,
+    self, EntryKind, InstalledTarget, NewContent, Op, Outcome, PackageRecord, PlacementRecord, Step, TargetPlan,
+    TargetProgress, TxnId, TxnRecord, VersionRecord,
 };
 
 pub use exec::RecoveryReport;
@@ -112,6 +113,62 @@ pub struct InstallRequest {
     pub profile: Option<ProfileRequest>,
     /// How to pull when the source is a registry (and `platform` for an image index in a layout too).
     pub registry: source::registry::RegistryOptions,
+    /// Versions to keep for `rollback`, the installed one included (`--keep-versions`, default 2).
+    pub keep_versions: usize,
+    /// Set by `rollback`: journal the transaction as a rollback.
+    pub rollback: bool,
+}
+
+/// The default of `InstallRequest::keep_versions` (used when it is 0).
+pub const DEFAULT_KEEP_VERSIONS: usize = 2;
+
+fn keep_versions(asked: usize) -> usize {
+    if asked == 0 {
+        DEFAULT_KEEP_VERSIONS
+    } else {
+        asked
+    }
+}
+
+/// Puts a layout version's manifest and blobs into the blob cache (a hard
+/// link where the layout is on the same filesystem, else a verified copy),
+/// so `rollback` can reinstall it offline later.
+fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &source::ResolvedArtifact) -> Result<()> {
+    let cache = source::cache::BlobCache::new(state_dir);
+    cache.ensure_dirs()?;
+    let layout = source::OciLayout::open(layout)?;
+    let manifest_path = layout.blob_path(&artifact.manifest_digest)?;
+    let manifest_bytes = std::fs::read(&manifest_path).map_err(io(format!("reading {}", manifest_path.display())))?;
+    cache.put_small(&artifact.manifest_digest, &manifest_bytes)?;
+    let m = &artifact.manifest;
+    for desc in std::iter::once(&m.config).chain(&m.layers) {
+        if cache.contains(desc)? {
+            continue;
+        }
+        let dst = cache.blob_path(&desc.digest)?;
+        let src = layout.blob_path(&desc.digest)?;
+        if fsops::hard_link(&src, &dst, "cache").is_ok() {
+            fsops::fsync_dir(cache.root().join("sha256").as_path(), "cache").map_err(io("syncing the blob cache"))?;
+            continue;
+        }
+        let what = source::verify::blob_label(desc);
+        if let Some(mut w) = cache.begin(desc, &what)? {
+            if w.offset() != 0 {
+                w.restart()?;
+            }
+            let mut r = source::BlobSource::open_blob(&layout, desc)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = r.read(&mut buf).map_err(io(format!("reading {what}")))?;
+                if n == 0 {
+                    break;
+                }
+                w.write(&buf[..n])?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(())
 }
 
 /// `--profile NAME` and what it needs.
@@ -309,25 +366,51 @@ impl Installer {
                 }
             }
         };
+        if let SourceRef::Layout { path, .. } = &source_ref {
+            // Keep the version's blobs in the cache, so a later rollback is offline.
+            import_layout_blobs(&self.state_dir, path, &artifact)?;
+        }
+        self.install_resolved(&source_ref, artifact, blobs, req)
+    }
+
+    /// Installs an artifact whose manifest is resolved and whose blobs are
+    /// at hand (a layout, the cache after a pull, or the cache for a rollback).
+    fn install_resolved(
+        &mut self,
+        source_ref: &SourceRef,
+        artifact: source::ResolvedArtifact,
+        blobs: Box<dyn source::BlobSource>,
+        req: &InstallRequest,
+    ) -> Result<TxnReport> {
         let name = req.name.clone().unwrap_or_else(|| source_ref.default_name());
         if !plan::is_plain_file_name(&name) || name.starts_with('.') {
             return Err(Error::Refused(format!(
                 "{name:?} is not a valid package name (use letters, digits, '.', '_', '-')"
             )));
         }
+        let mut placement_record = PlacementRecord::default();
         let planned = match &req.profile {
-            Some(p) => plan_profile(p, &artifact.manifest, &source_ref)?,
+            Some(p) => {
+                placement_record.profile = Some(p.profile.name().to_string());
+                placement_record.install_dir = Some(path_str(&resolve_destination(&p.install_dir)?)?);
+                placement_record.db_version = p.db_version.clone();
+                plan_profile(p, &artifact.manifest, source_ref)?
+            }
             None => {
                 let mut placement = req.placement.clone();
                 if let Some(to) = &placement.to {
-                    placement.to = Some(resolve_destination(to)?);
+                    let to = resolve_destination(to)?;
+                    placement_record.to = Some(path_str(&to)?);
+                    placement.to = Some(to);
                 }
                 for m in placement.maps.iter_mut() {
                     m.dir = resolve_destination(&m.dir)?;
+                    placement_record.maps.push(format!("{}={}", m.glob, path_str(&m.dir)?));
                 }
                 plan::place(&artifact.manifest, &placement)?
             }
         };
+        placement_record.platform = req.registry.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture));
         let old_pkg = self.journal.package(&name)?;
         let others: Vec<PackageRecord> = self.journal.packages()?.into_iter().filter(|p| p.name != name).collect();
 
@@ -399,7 +482,7 @@ impl Installer {
         created_dirs.sort_by_key(|d| d.len());
         let mut rec = TxnRecord {
             id,
-            op: Op::Install,
+            op: if req.rollback { Op::Rollback } else { Op::Install },
             package: name.clone(),
             step: Step::Planned,
             started_at: now(),
@@ -413,8 +496,32 @@ impl Installer {
         tracing::debug!(txn = id, targets = rec.targets.len(), "planned");
 
         // Everything from here until the commit point rolls back on error.
-        let staged =
-            self.stage_all(&mut rec, &planned, &carry, blobs.as_ref(), [&name, &artifact.manifest_digest, &req.source]);
+        // The versions to keep for rollback: the one replaced, then older ones.
+        let previous: Vec<VersionRecord> = old_pkg
+            .iter()
+            .flat_map(|p| {
+                let replaced = VersionRecord {
+                    manifest_digest: p.manifest_digest.clone(),
+                    source: p.source.clone(),
+                    installed_at: p.installed_at,
+                    placement: p.placement.clone(),
+                };
+                std::iter::once(replaced).chain(p.previous.iter().cloned())
+            })
+            .filter(|v| v.manifest_digest != artifact.manifest_digest)
+            .take(keep_versions(req.keep_versions) - 1)
+            .collect();
+        let template = PackageRecord {
+            name: name.clone(),
+            manifest_digest: artifact.manifest_digest.clone(),
+            source: req.source.clone(),
+            installed_at: 0,
+            txn: id,
+            targets: Vec::new(),
+            placement: placement_record,
+            previous,
+        };
+        let staged = self.stage_all(&mut rec, &planned, &carry, blobs.as_ref(), template);
         if let Err(e) = staged {
             return Err(self.roll_back(rec, e));
         }
@@ -428,7 +535,9 @@ impl Installer {
         if let Err(e) = self.journal.write_txn(&rec, "commit") {
             return Err(self.commit_failed(rec, e));
         }
-        self.finish_committed(rec)
+        let report = self.finish_committed(rec)?;
+        self.prune_quietly();
+        Ok(report)
     }
 
     fn stage_all(
@@ -437,7 +546,7 @@ impl Installer {
         planned: &[plan::PlannedTarget],
         carry: &[Vec<stage::Carried>],
         blobs: &dyn source::BlobSource,
-        [name, digest, source]: [&str; 3],
+        template: PackageRecord,
     ) -> Result<()> {
         for d in &rec.created_dirs {
             fsops::create_dir_all_durable(Path::new(d), "parent").map_err(io(format!("creating {d}")))?;
@@ -467,14 +576,7 @@ impl Installer {
         tracing::debug!(txn = rec.id, "written; making durable");
         stage::make_durable(&staged_paths)?;
         rec.step = Step::Staged;
-        rec.new_package = Some(PackageRecord {
-            name: name.to_string(),
-            manifest_digest: digest.to_string(),
-            source: source.to_string(),
-            installed_at: now(),
-            txn: rec.id,
-            targets: installed,
-        });
+        rec.new_package = Some(PackageRecord { installed_at: now(), txn: rec.id, targets: installed, ..template });
         Ok(())
     }
 
@@ -508,6 +610,7 @@ impl Installer {
                 Op::Install if rec.old_digest.is_some() => "upgrade".into(),
                 Op::Install => "install".into(),
                 Op::Uninstall => "uninstall".into(),
+                Op::Rollback => "rollback".into(),
             },
             old_digest: rec.old_digest.clone(),
             new_digest: rec.new_package.as_ref().map(|p| p.manifest_digest.clone()),
@@ -565,6 +668,26 @@ impl Installer {
         Ok(cache.prune(&keep, dry_run)?)
     }
 
+    /// After a successful transaction: drop cached blobs no installed or kept
+    /// version needs. A failure here is only worth a warning: the
+    /// transaction is done, and the next prune tries again.
+    fn prune_quietly(&self) {
+        let cache = source::cache::BlobCache::new(&self.state_dir);
+        if !cache.root().exists() {
+            return;
+        }
+        let keep = match self.cache_users(&cache) {
+            Ok(users) => users.into_keys().collect::<BTreeSet<String>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, "not pruning the blob cache");
+                return;
+            }
+        };
+        if let Err(e) = cache.prune_blobs(&keep) {
+            tracing::warn!(error = %e, "pruning the blob cache failed");
+        }
+    }
+
     /// Digest → who needs it ("package NAME", "txn ID"): each installed
     /// package's manifest and, read from the cached manifest, its config and
     /// layers; the same for the old and new versions of pending transactions.
@@ -572,6 +695,9 @@ impl Installer {
         let mut roots: Vec<(String, String)> = Vec::new();
         for p in self.journal.packages()? {
             roots.push((p.manifest_digest.clone(), format!("package {}", p.name)));
+            for v in &p.previous {
+                roots.push((v.manifest_digest.clone(), format!("package {} (kept for rollback)", p.name)));
+            }
         }
         for r in self.journal.pending()? {
             let who = format!("txn {} ({})", r.id, r.package);
@@ -592,6 +718,81 @@ impl Installer {
             }
         }
         Ok(users)
+    }
+
+    /// Switches a package back to an earlier version — the one it replaced,
+    /// or `to` (a manifest digest among its kept versions) — as one
+    /// transaction, reading only from the blob cache (offline).
+    pub fn rollback(&mut self, name: &str, to: Option<&str>, keep: usize) -> Result<TxnReport> {
+        let pkg = self.journal.package(name)?.ok_or_else(|| Error::NotInstalled(name.to_string()))?;
+        let version = match to {
+            None => pkg.previous.first().cloned().ok_or_else(|| {
+                Error::Refused(format!(
+                    "{name} has no earlier version to roll back to (only {} is known)",
+                    pkg.manifest_digest
+                ))
+            })?,
+            Some(d) if d == pkg.manifest_digest => {
+                return Err(Error::Refused(format!("{name} is already at {d}")));
+            }
+            Some(d) => pkg.previous.iter().find(|v| v.manifest_digest == d).cloned().ok_or_else(|| {
+                let known: Vec<&str> = pkg.previous.iter().map(|v| v.manifest_digest.as_str()).collect();
+                Error::Refused(format!(
+                    "{d} is not a kept version of {name}; kept: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ))
+            })?,
+        };
+        let cache = source::cache::BlobCache::new(&self.state_dir);
+        let pruned = || {
+            Error::Refused(format!(
+                "the blobs of {name} {} are no longer in the cache (pruned); reinstall it from its source: stagehand install {} ... Nothing was changed",
+                version.manifest_digest, version.source
+            ))
+        };
+        let manifest = cache.read_manifest(&version.manifest_digest)?.ok_or_else(pruned)?;
+        for desc in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            if !cache.contains(desc)? {
+                return Err(pruned());
+            }
+        }
+        let artifact = source::ResolvedArtifact {
+            display: version.source.clone(),
+            manifest_digest: version.manifest_digest.clone(),
+            manifest,
+        };
+        let p = &version.placement;
+        let profile = match &p.profile {
+            None => None,
+            Some(prof) => Some(ProfileRequest {
+                profile: plan::profile::Profile::parse(prof)?,
+                install_dir: PathBuf::from(p.install_dir.clone().unwrap_or_default()),
+                db_version: p.db_version.clone(),
+                platform: None,
+            }),
+        };
+        let mut registry = source::registry::RegistryOptions::default();
+        if let Some((os, arch)) = p.platform.as_deref().and_then(|s| s.split_once('/')) {
+            registry.platform = Some(source::Platform { os: os.into(), architecture: arch.into(), variant: None });
+        }
+        let req = InstallRequest {
+            source: version.source.clone(),
+            placement: Placement {
+                to: p.to.as_ref().map(PathBuf::from),
+                maps: p.maps.iter().map(|m| plan::MapRule::parse(m)).collect::<std::result::Result<_, _>>()?,
+            },
+            name: Some(name.to_string()),
+            adopt: false,
+            profile: profile.map(|mut pr| {
+                pr.platform = registry.platform.as_ref().map(|pl| (pl.os.clone(), pl.architecture.clone()));
+                pr
+            }),
+            registry,
+            keep_versions: keep,
+            rollback: true,
+        };
+        let source_ref = source::reference::parse(&version.source)?;
+        self.install_resolved(&source_ref, artifact, Box::new(cache), &req)
     }
 
     /// Removes a package's targets in one transaction.
@@ -627,6 +828,7 @@ impl Installer {
             return Err(self.commit_failed(rec, e));
         }
         let mut report = self.finish_committed(rec)?;
+        self.prune_quietly();
         report.targets = pkg.targets.iter().map(|t| t.path.clone()).collect();
         Ok(report)
     }

@@ -130,6 +130,8 @@ mod tests {
                     link: String::new(),
                 }],
             }],
+            placement: Default::default(),
+            previous: vec![],
         }
     }
 

@@ -54,6 +54,15 @@ impl Profile {
         }
     }
 
+    /// The name `--profile` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::SteampipePlugin => "steampipe-plugin",
+            Profile::SteampipeDb => "steampipe-db",
+            Profile::SteampipeFdw => "steampipe-fdw",
+        }
+    }
+
     /// The `<kind>` word in `application/vnd.turbot.steampipe.<kind>.<os>-<arch>.layer.v1+…`.
     fn kind(self) -> &'static str {
         match self {

@@ -308,6 +308,20 @@ impl BlobCache {
         Ok(keep)
     }
 
+    /// Removes every complete blob not in `keep`, leaving partial downloads
+    /// (an interrupted pull resumes from them). Returns how many it removed.
+    pub fn prune_blobs(&self, keep: &BTreeSet<String>) -> Result<usize, SourceError> {
+        let mut removed = 0;
+        for b in self.list()?.blobs {
+            if !keep.contains(&b.digest) {
+                let path = self.blob_path(&b.digest)?;
+                fsops::remove_tree(&path, ROLE).map_err(io_err(format!("removing {}", path.display())))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes every complete blob not in `keep` and every partial. With
     /// `dry_run`, only reports what it would remove.
     pub fn prune(&self, keep: &BTreeSet<String>, dry_run: bool) -> Result<PruneReport, SourceError> {

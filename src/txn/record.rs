@@ -62,6 +62,8 @@ pub enum Op {
     Install,
     /// Every target is removed.
     Uninstall,
+    /// Like `Install`, back to a kept earlier version, from the blob cache.
+    Rollback,
 }
 
 /// The journaled progress of a transaction. Before `Committed` recovery
@@ -176,6 +178,33 @@ pub struct InstalledTarget {
     pub entries: Vec<FileEntry>,
 }
 
+/// Where a version's layers were placed, as asked: enough to plan the same
+/// targets again from its manifest (`rollback`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementRecord {
+    /// `--to DIR`, resolved to an absolute path.
+    pub to: Option<String>,
+    /// `--map GLOB=DIR` rules, DIR resolved to an absolute path.
+    pub maps: Vec<String>,
+    /// `--profile NAME`.
+    pub profile: Option<String>,
+    /// `--install-dir` (absolute), with a profile.
+    pub install_dir: Option<String>,
+    /// `--db-version`, with a profile.
+    pub db_version: Option<String>,
+    /// `--platform OS/ARCH`, if given.
+    pub platform: Option<String>,
+}
+
+/// An earlier installed version, kept so `rollback` can return to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub manifest_digest: String,
+    pub source: String,
+    pub installed_at: u64,
+    pub placement: PlacementRecord,
+}
+
 /// An installed package (tree `packages`, key = name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageRecord {
@@ -187,6 +216,9 @@ pub struct PackageRecord {
     pub installed_at: u64,
     pub txn: TxnId,
     pub targets: Vec<InstalledTarget>,
+    pub placement: PlacementRecord,
+    /// Earlier versions, newest first (at most `keep_versions - 1`).
+    pub previous: Vec<VersionRecord>,
 }
 
 /// How a transaction ended.

@@ -1,0 +1,112 @@
+//! Replays every checked-in fuzz corpus file (`fuzz/corpus/<target>/*`)
+//! through the same harness the cargo-fuzz targets run (`fuzz/harness.rs`),
+//! as an ordinary test on the stable toolchain: whatever a fuzzing campaign
+//! found interesting stays covered in CI without nightly features.
+
+#[path = "../fuzz/harness.rs"]
+mod harness;
+
+use std::fs;
+use std::path::PathBuf;
+
+fn replay(target: &str, f: fn(&[u8])) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut bytes = 0;
+    for p in &files {
+        let data = fs::read(p).unwrap();
+        bytes += data.len();
+        let r = std::panic::catch_unwind(|| f(&data));
+        assert!(r.is_ok(), "corpus file {} of {target} fails its harness", p.display());
+    }
+    println!("fuzz corpus [{target}]: {} files ({bytes} bytes) replayed", files.len());
+    assert!(!files.is_empty(), "no corpus for {target} in {}", dir.display());
+}
+
+#[test]
+fn corpus_journal_decode() {
+    replay("journal_decode", harness::journal_decode);
+}
+
+#[test]
+fn corpus_manifest_parse() {
+    replay("manifest_parse", harness::manifest_parse);
+}
+
+#[test]
+fn corpus_tar_guard() {
+    replay("tar_guard", harness::tar_guard);
+}
+
+#[test]
+fn corpus_recovery_decide() {
+    replay("recovery_decide", harness::recovery_decide);
+}
+
+/// Regenerates the journal seeds from real records: run with
+/// `cargo test --test fuzz_corpus -- --ignored write_journal_seeds`.
+#[test]
+#[ignore]
+fn write_journal_seeds() {
+    use stagehand::journal::codec::{encode, RecordKind};
+    use stagehand::txn::*;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/journal_decode");
+    fs::create_dir_all(&dir).unwrap();
+    let id = Identity { dev: 2049, ino: 1234, kind: EntryKind::Dir, sha256: None };
+    let entry = FileEntry {
+        rel: "bin/demo".into(),
+        kind: EntryKind::File,
+        mode: 0o755,
+        size: 3,
+        sha256: "ab".repeat(32),
+        link: String::new(),
+    };
+    let pkg = PackageRecord {
+        name: "demo".into(),
+        manifest_digest: format!("sha256:{}", "cd".repeat(32)),
+        source: "oci-layout:examples/demo:v1".into(),
+        installed_at: 1_700_000_000,
+        txn: 3,
+        targets: vec![InstalledTarget { path: "/opt/demo/app".into(), kind: EntryKind::Dir, entries: vec![entry] }],
+        placement: Default::default(),
+        previous: vec![],
+    };
+    let txn = TxnRecord {
+        id: 3,
+        op: Op::Install,
+        package: "demo".into(),
+        step: Step::Committed,
+        started_at: 1_700_000_000,
+        recovered: false,
+        old_digest: Some(format!("sha256:{}", "ef".repeat(32))),
+        new_package: Some(pkg.clone()),
+        targets: vec![TargetPlan {
+            path: "/opt/demo/app".into(),
+            staging: "/opt/demo/.app.stagehand-3.staging".into(),
+            backup: "/opt/demo/.app.stagehand-3.backup".into(),
+            old: Some(id),
+            new: Some(NewContent { kind: EntryKind::Dir, identity: Some(Identity { ino: 99, ..id }) }),
+            progress: TargetProgress::Swapping,
+        }],
+        created_dirs: vec!["/opt/demo".into()],
+    };
+    let hist = HistoryEntry {
+        id: 3,
+        op: Op::Uninstall,
+        package: "demo".into(),
+        started_at: 1,
+        finished_at: 2,
+        old_digest: None,
+        new_digest: None,
+        outcome: Outcome::RolledBackByRecovery,
+        error: Some("interrupted".into()),
+    };
+    fs::write(dir.join("seed-txn"), encode(RecordKind::Txn, &txn).unwrap()).unwrap();
+    fs::write(dir.join("seed-package"), encode(RecordKind::Package, &pkg).unwrap()).unwrap();
+    fs::write(dir.join("seed-history"), encode(RecordKind::History, &hist).unwrap()).unwrap();
+}
