@@ -68,7 +68,15 @@ fn install_by_tag_digest_upgrade_and_offline_from_cache() {
         .filter(|b| !b["used_by"].as_array().expect("used_by").is_empty())
         .map(|b| b["digest"].as_str().expect("digest").to_string())
         .collect();
-    assert!(used.contains(&v("v2")) && !used.contains(&v("v1")), "{listing}");
+    // v2 is installed; v1 is kept for rollback (--keep-versions defaults to 2).
+    assert!(used.contains(&v("v2")) && used.contains(&v("v1")), "{listing}");
+    let why_v1: Vec<String> = blobs
+        .iter()
+        .filter(|b| b["digest"] == v("v1").as_str())
+        .flat_map(|b| b["used_by"].as_array().cloned().unwrap_or_default())
+        .filter_map(|u| u.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(why_v1, ["package demo (kept for rollback)"], "{listing}");
 
     // Registry gone: going back to v1 by digest needs only the cache.
     reg.kill();
@@ -80,10 +88,14 @@ fn install_by_tag_digest_upgrade_and_offline_from_cache() {
     sb.run(&sb.demo_args(&format!("{host}/demo:v2"), &[])).fails_with(&["cannot reach registry", &host]);
     assert_eq!(sb.world(), demo_world("v1"));
 
-    // Prune drops what v1 does not use and keeps what it does.
+    // Prune keeps v2 too: it is the version v1 replaced, kept for rollback.
     let pruned = sb.run(&["cache", "prune", "--json"]).ok().json();
-    assert!(pruned["removed"].as_array().expect("removed").iter().any(|b| b["digest"] == v("v2")), "{pruned}");
+    assert!(pruned["removed"].as_array().expect("removed").is_empty(), "{pruned}");
+    assert_eq!(pruned["kept"], 11, "{pruned}");
+    // Keeping one version only: the next transaction drops v2's blobs.
+    sb.run(&sb.demo_args(&format!("{host}/demo@{}", v("v1")), &["--keep-versions", "1"])).ok();
     let left = sb.run(&["cache", "list", "--json"]).ok().json();
+    assert!(!left["blobs"].as_array().expect("blobs").iter().any(|b| b["digest"] == v("v2")), "{left}");
     for b in left["blobs"].as_array().expect("blobs") {
         assert!(!b["used_by"].as_array().expect("used_by").is_empty(), "unused blob survived prune: {b}");
     }

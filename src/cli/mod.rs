@@ -388,55 +388,15 @@ fn run_command(
                 rollback: false,
             };
             let rep = inst.install(&req)?;
-            if rep.interrupted {
-                eprintln!("stagehand: interrupted after the commit point: the install was finished, not undone");
-            }
-            if cli.json {
-                print_json(&json!({"result": rep, "recovered": recovered}));
-            } else if !cli.quiet {
-                let old = rep.old_digest.as_deref().map(short).unwrap_or("-");
-                let new = rep.new_digest.as_deref().map(short).unwrap_or("-");
-                println!(
-                    "{} {}: {} -> {} ({} targets, txn {})",
-                    rep.op,
-                    rep.name,
-                    old,
-                    new,
-                    rep.targets.len(),
-                    rep.txn
-                );
-            }
-            Ok(EXIT_OK)
+            Ok(print_txn_report(cli, &rep, recovered))
         }
         Command::Rollback { name, to } => {
             let rep = inst.rollback(name, to.as_deref(), cli.keep_versions)?;
-            if cli.json {
-                print_json(&json!({"result": rep, "recovered": recovered}));
-            } else if !cli.quiet {
-                let old = rep.old_digest.as_deref().map(short).unwrap_or("-");
-                let new = rep.new_digest.as_deref().map(short).unwrap_or("-");
-                println!(
-                    "rolled back {}: {} -> {} ({} targets, txn {})",
-                    rep.name,
-                    old,
-                    new,
-                    rep.targets.len(),
-                    rep.txn
-                );
-            }
-            Ok(EXIT_OK)
+            Ok(print_txn_report(cli, &rep, recovered))
         }
         Command::Uninstall { name } => {
             let rep = inst.uninstall(name)?;
-            if rep.interrupted {
-                eprintln!("stagehand: interrupted after the commit point: the uninstall was finished, not undone");
-            }
-            if cli.json {
-                print_json(&json!({"result": rep, "recovered": recovered}));
-            } else if !cli.quiet {
-                println!("uninstalled {} ({} targets removed, txn {})", rep.name, rep.targets.len(), rep.txn);
-            }
-            Ok(EXIT_OK)
+            Ok(print_txn_report(cli, &rep, recovered))
         }
         Command::Repair { dry_run: true } => {
             let preview = inst.preview_recovery()?;
@@ -643,6 +603,25 @@ fn run_command(
             Ok(EXIT_OK)
         }
     }
+}
+
+/// Prints what a finished install, upgrade, rollback or uninstall did.
+fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installer::RecoveryReport]) -> i32 {
+    if rep.interrupted {
+        eprintln!("stagehand: interrupted after the commit point: the {} was finished, not undone", rep.op);
+    }
+    if cli.json {
+        print_json(&json!({"result": rep, "recovered": recovered}));
+    } else if !cli.quiet {
+        let old = rep.old_digest.as_deref().map(short).unwrap_or("-");
+        let new = rep.new_digest.as_deref().map(short).unwrap_or("-");
+        let n = rep.targets.len();
+        match rep.op.as_str() {
+            "uninstall" => println!("uninstalled {} ({n} targets removed, txn {})", rep.name, rep.txn),
+            op => println!("{op} {}: {old} -> {new} ({n} targets, txn {})", rep.name, rep.txn),
+        }
+    }
+    EXIT_OK
 }
 
 fn history_op(e: &crate::txn::HistoryEntry) -> &'static str {

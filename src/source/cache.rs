@@ -308,6 +308,15 @@ impl BlobCache {
         Ok(keep)
     }
 
+    /// Removes partial downloads that hold no bytes (downloads stopped before
+    /// their first chunk, e.g. when a sibling layer failed): nothing to resume.
+    pub fn remove_empty_partials(&self) -> Result<(), SourceError> {
+        for p in self.list()?.partials.into_iter().filter(|p| p.size == 0) {
+            fsops::remove_tree(Path::new(&p.path), ROLE).map_err(io_err(format!("removing {}", p.path)))?;
+        }
+        Ok(())
+    }
+
     /// Removes every complete blob not in `keep`, leaving partial downloads
     /// (an interrupted pull resumes from them). Returns how many it removed.
     pub fn prune_blobs(&self, keep: &BTreeSet<String>) -> Result<usize, SourceError> {

@@ -866,6 +866,9 @@ async fn pull_async(
     }
     if let Some(e) = first_error {
         bars.overall.abandon();
+        if let Err(cleanup) = cache.remove_empty_partials() {
+            tracing::warn!(error = %cleanup, "could not remove empty partial downloads");
+        }
         return Err(e);
     }
     bars.overall.finish_and_clear();
