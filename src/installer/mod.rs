@@ -10,6 +10,7 @@
 pub mod exec;
 pub mod interrupt;
 pub mod lock;
+pub mod progress;
 pub mod stage;
 pub mod verify;
 
@@ -521,7 +522,16 @@ impl Installer {
             placement: placement_record,
             previous,
         };
-        let staged = self.stage_all(&mut rec, &planned, &carry, blobs.as_ref(), template);
+        let total: u64 = planned
+            .iter()
+            .map(|pt| match &pt.content {
+                PlannedContent::Dir(layers) => layers.iter().map(|(d, _)| d.size).sum(),
+                PlannedContent::File(d, _) => d.size,
+            })
+            .sum();
+        let shown = progress::Progress::new(blobs.as_ref(), total, req.registry.progress);
+        let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template);
+        shown.finish();
         if let Err(e) = staged {
             return Err(self.roll_back(rec, e));
         }
