@@ -146,8 +146,10 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum CacheAction {
     /// List cached blobs and partial downloads, with the packages that use each.
+    #[command(after_help = "Example:\n  stagehand cache list --json")]
     List,
-    /// Remove cached blobs no installed package or pending transaction uses, and partial downloads.
+    /// Remove cached blobs no installed package, kept version or pending transaction uses, and partial downloads.
+    #[command(after_help = "Example:\n  stagehand cache prune --dry-run")]
     Prune {
         /// Say what would be removed without removing it.
         #[arg(long)]
@@ -244,6 +246,12 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // `--json` promises an error object on stdout even for usage errors.
+            if code == EXIT_USAGE && std::env::args().any(|a| a == "--json") {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+                print_json(&json!({"error": first, "detail": text, "exit_code": code}));
+            }
             let _ = e.print();
             return code;
         }
