@@ -250,7 +250,7 @@ pub fn main() -> i32 {
             if code == EXIT_USAGE && std::env::args().any(|a| a == "--json") {
                 let text = e.to_string();
                 let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
-                print_json(&json!({"error": first, "detail": text, "exit_code": code}));
+                print_json(&json!({"error": first, "exit_code": code}));
             }
             let _ = e.print();
             return code;
