@@ -147,3 +147,24 @@ fn damaged_version_byte_is_reported_as_corrupt() {
     put_back(&sb, DEMO, original);
     sb.run(&["list"]).ok();
 }
+
+/// sled 0.34 opens a truncated main file on an older, empty state without an
+/// error; the seal outside sled must catch it, name both paths, and change
+/// nothing on disk.
+#[test]
+fn truncated_journal_is_refused_by_its_seal() {
+    let (sb, world) = installed_v1();
+    let journal = sb.state.join("journal");
+    let biggest = std::fs::read_dir(&journal)
+        .expect("journal dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .expect("a sled file")
+        .path();
+    std::fs::OpenOptions::new().write(true).open(&biggest).expect("open").set_len(0).expect("truncate");
+    for cmd in ["list", "status"] {
+        assert_reports(&sb, cmd, &[&["behind its seal"], &["journal.seal"]], "a truncated journal");
+        assert!(sb.world() == world, "`{cmd}` on a truncated journal changed DEST");
+    }
+}

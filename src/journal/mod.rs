@@ -13,6 +13,7 @@
 //! an exclusive lock of its own and a second opener would fail obscurely.
 
 pub mod codec;
+pub mod seal;
 
 use std::path::{Path, PathBuf};
 
@@ -26,12 +27,16 @@ pub use codec::MAX_RECORD_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, move that directory aside: installed files are left as they are, but stagehand then forgets what it installed")]
+    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, move that directory and the journal.seal beside it aside: installed files are left as they are, but stagehand then forgets what it installed")]
     Open { path: PathBuf, source: sled::Error },
     #[error("journal record {key} is corrupt: {reason}. Nothing was changed or deleted; `stagehand journal` shows the records, and restoring the state dir from a backup is the safe fix")]
     Corrupt { key: String, reason: DecodeError },
     #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
     NewerFormat { found: u8 },
+    #[error("the journal at {path} is behind its seal: it knows transactions up to {found}, but transaction {sealed} had finished ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), move both {path} and {path_seal} aside")]
+    BehindSeal { path: PathBuf, path_seal: PathBuf, found: u64, sealed: u64 },
+    #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun")]
+    BadSeal { path: PathBuf, reason: String },
     #[error("journal write failed: {0}")]
     Storage(#[from] sled::Error),
     #[error("journal write failed at {point}: {source}")]
@@ -107,7 +112,30 @@ impl Journal {
                 j.db.flush()?;
             }
         }
+        j.check_seal()?;
         Ok(j)
+    }
+
+    /// Refuses a journal that is behind its seal (see [`seal`]).
+    fn check_seal(&self) -> Result<()> {
+        let sealed =
+            seal::read(&self.dir).map_err(|reason| JournalError::BadSeal { path: seal::path(&self.dir), reason })?;
+        let Some(sealed) = sealed else { return Ok(()) };
+        let found = self
+            .meta
+            .get("next_txn")?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if found < sealed {
+            return Err(JournalError::BehindSeal {
+                path: self.dir.clone(),
+                path_seal: seal::path(&self.dir),
+                found,
+                sealed,
+            });
+        }
+        Ok(())
     }
 
     /// A fresh transaction id: `meta/next_txn`, incremented. The increment
@@ -179,7 +207,13 @@ impl Journal {
             Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
         })?;
         point(if completed { "journal.done.flush" } else { "journal.rolled_back.flush" })?;
-        self.flush(if completed { "done" } else { "rolled_back" })
+        self.flush(if completed { "done" } else { "rolled_back" })?;
+        // Only after the flush: the seal must never be ahead of the journal.
+        // Failing to advance it leaves it behind, which is safe: warn only.
+        if let Err(e) = seal::write(&self.dir, rec.id) {
+            tracing::warn!(error = %e, "could not advance the journal seal");
+        }
+        Ok(())
     }
 
     /// fsyncs everything written so far (sled's `flush`), then lets the
