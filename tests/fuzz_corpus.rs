@@ -26,6 +26,8 @@ fn replay(target: &str, f: fn(&[u8])) {
     }
     println!("fuzz corpus [{target}]: {} files ({bytes} bytes) replayed", files.len());
     assert!(!files.is_empty(), "no corpus for {target} in {}", dir.display());
+    // Kept small on purpose: minimize with `cargo fuzz cmin` before checking in.
+    assert!(files.len() < 200 && bytes < 1 << 20, "the {target} corpus is too big: {} files", files.len());
 }
 
 #[test]

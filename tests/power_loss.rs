@@ -815,12 +815,14 @@ impl Checker {
         (snap, committed, what)
     }
 
-    /// Puts the unmodelled parts of STATE in place: the lock file, and the
-    /// journal of snapshot `snap` (the pristine one if none) with its
+    /// Puts the unmodelled parts of STATE in place: the lock file, the seal,
+    /// and the journal of snapshot `snap` (the pristine one if none) with its
     /// pending records' identities remapped to `new_ino`.
     fn materialize_state(&self, snap: Option<u64>, new_ino: &HashMap<Ino, u64>) {
         fs::create_dir_all(&self.state).unwrap();
-        for name in ["lock", "journal"] {
+        // The seal (rewritten after each finished txn, outside the model) is
+        // the pristine one: the txn it names is in every snapshot's history.
+        for name in ["lock", "journal", "journal.seal"] {
             replace_with_copy(&self.pristine_state.join(name), &self.state.join(name));
         }
         let Some(n) = snap else { return };

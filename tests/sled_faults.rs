@@ -443,3 +443,33 @@ fn kills_inside_sled_writes() {
     assert!(killed > 0, "no kill landed mid-run");
     assert_eq!(corrupt, 0, "sled reported corruption after a SIGKILL: {evidence:?}");
 }
+
+/// Evidence for the report: what sled itself shows after its main file is
+/// truncated (trees read directly, stagehand not involved).
+#[test]
+#[ignore]
+fn sled_contents_after_truncation() {
+    let sb = Sb::new();
+    sb.install("v1").ok();
+    let len = fs::metadata(sb.state.join("journal/db")).unwrap().len();
+    for off in [0, 512, len / 4, len / 2, len - 1] {
+        let copy = sb.root.join(format!("j{off}"));
+        copy_tree(&sb.state.join("journal"), &copy);
+        fs::OpenOptions::new().write(true).open(copy.join("db")).unwrap().set_len(off).unwrap();
+        let db = match sled::open(&copy) {
+            Ok(db) => db,
+            Err(e) => {
+                println!("truncated to {off}/{len}: sled refuses: {e}");
+                continue;
+            }
+        };
+        let count = |t: &str| db.open_tree(t).unwrap().len();
+        println!(
+            "truncated to {off}/{len}: txns {}, history {}, packages {}, next_txn {:?}",
+            count("txns"),
+            count("history"),
+            count("packages"),
+            db.open_tree("meta").unwrap().get("next_txn").unwrap().map(|v| v.to_vec())
+        );
+    }
+}

@@ -33,8 +33,8 @@ pub enum JournalError {
     Corrupt { key: String, reason: DecodeError },
     #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
     NewerFormat { found: u8 },
-    #[error("the journal at {path} is behind its seal: it knows transactions up to {found}, but transaction {sealed} had finished ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), move both {path} and {path_seal} aside")]
-    BehindSeal { path: PathBuf, path_seal: PathBuf, found: u64, sealed: u64 },
+    #[error("the journal at {path} is behind its seal: {detail} ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), move both {path} and {path_seal} aside")]
+    BehindSeal { path: PathBuf, path_seal: PathBuf, detail: String },
     #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun")]
     BadSeal { path: PathBuf, reason: String },
     #[error("journal write failed: {0}")]
@@ -127,15 +127,16 @@ impl Journal {
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        if found < sealed {
-            return Err(JournalError::BehindSeal {
-                path: self.dir.clone(),
-                path_seal: seal::path(&self.dir),
-                found,
-                sealed,
-            });
-        }
-        Ok(())
+        // The sealed txn's history entry was flushed before the seal was
+        // written; the counter alone survives a fallback that lost it.
+        let detail = if found < sealed {
+            format!("it knows transactions up to {found}, but transaction {sealed} had finished")
+        } else if !self.history.contains_key(txn_key(sealed))? {
+            format!("transaction {sealed} had finished, but the journal has no record of it")
+        } else {
+            return Ok(());
+        };
+        Err(JournalError::BehindSeal { path: self.dir.clone(), path_seal: seal::path(&self.dir), detail })
     }
 
     /// A fresh transaction id: `meta/next_txn`, incremented. The increment
@@ -298,14 +299,14 @@ mod tests {
     fn write_finish_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let j = Journal::open(dir.path()).expect("open");
+            let j = Journal::open(&dir.path().join("journal")).expect("open");
             let id = j.new_txn_id().expect("id");
             assert!(id > 0);
             j.write_txn(&rec(id), "planned").expect("write");
             assert_eq!(j.pending().expect("pending").len(), 1);
             j.finish_txn(&rec(id), Outcome::RolledBack, Some("test".into()), 2).expect("finish");
         }
-        let j = Journal::open(dir.path()).expect("reopen");
+        let j = Journal::open(&dir.path().join("journal")).expect("reopen");
         assert!(j.pending().expect("pending").is_empty());
         let h = j.history().expect("history");
         assert_eq!(h.len(), 1);
@@ -315,7 +316,7 @@ mod tests {
     #[test]
     fn corrupt_record_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let j = Journal::open(dir.path()).expect("open");
+        let j = Journal::open(&dir.path().join("journal")).expect("open");
         j.write_txn(&rec(42), "planned").expect("write");
         let mut bytes = j.txns.get(txn_key(42)).expect("get").expect("present").to_vec();
         bytes[5] ^= 0x40;
