@@ -47,7 +47,11 @@ def tree(tag, n, total):
         seed = i if (tag == "v1" or i % 10) else i + 1_000_000
         r = random.Random(seed)
         with open(p, "wb") as f:
-            f.write(r.randbytes(sz))
+            left = sz
+            while left > 0:  # randbytes takes at most ~256 MiB at once
+                n = min(left, 16 << 20)
+                f.write(r.randbytes(n))
+                left -= n
     if tag == "v2":
         for i in range(n // 100):
             p = os.path.join(d, "added", f"new{i:04d}.bin")
