@@ -19,11 +19,12 @@ while [ $# -gt 0 ]; do
 done
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need dpkg-deb || ! need python3 || [ ! -x /usr/bin/time ]; then
+if ! need dpkg-deb || ! need python3 || [ ! -x /usr/bin/time ] || ! need docker-registry || ! need skopeo; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg python3 time >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      dpkg python3 time docker-registry skopeo >/dev/null
   else
-    echo "bench.sh: needs dpkg-deb, python3 and /usr/bin/time" >&2; exit 1
+    echo "bench.sh: needs dpkg-deb, python3, /usr/bin/time, docker-registry and skopeo" >&2; exit 1
   fi
 fi
 cargo build --release --quiet --bin stagehand --example fill_history
