@@ -428,11 +428,7 @@ impl Installer {
                 PlannedContent::File(..) => EntryKind::File,
             };
             carry.push(check_ownership(&others, &path, kind)?);
-            let mut old = fsops::identity(&pt.path).map_err(io(format!("observing {path}")))?;
-            if let Some(o) = old.as_mut().filter(|o| o.kind == EntryKind::File) {
-                o.sha256 =
-                    Some(exec::digest_bytes(&fsops::sha256_file(&pt.path).map_err(io(format!("hashing {path}")))?.1));
-            }
+            let old = old_identity(&pt.path)?;
             if let Some(o) = old {
                 if o.kind == EntryKind::Symlink {
                     return Err(Error::Refused(format!(
@@ -844,12 +840,20 @@ impl Installer {
     }
 }
 
+/// What is at a target when a txn is planned: its identity, with the
+/// sha256 of a regular file so recovery can recognise it by content.
+fn old_identity(p: &Path) -> Result<Option<txn::Identity>> {
+    let mut old = fsops::identity(p).map_err(io(format!("observing {}", p.display())))?;
+    if let Some(o) = old.as_mut().filter(|o| o.kind == EntryKind::File) {
+        let (_, hex) = fsops::sha256_file(p).map_err(io(format!("hashing {}", p.display())))?;
+        o.sha256 = Some(exec::digest_bytes(&hex));
+    }
+    Ok(old)
+}
+
 fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
     let p = Path::new(path);
-    let mut old = fsops::identity(p).map_err(io(format!("observing {path}")))?;
-    if let Some(o) = old.as_mut().filter(|o| o.kind == EntryKind::File) {
-        o.sha256 = Some(exec::digest_bytes(&fsops::sha256_file(p).map_err(io(format!("hashing {path}")))?.1));
-    }
+    let old = old_identity(p)?;
     Ok(TargetPlan {
         path: path.to_string(),
         staging: path_str(&txn::staging_path(p, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?)?,
