@@ -24,8 +24,8 @@ pub struct RecoveryReport {
 }
 
 /// Observes the three paths of every target: `lstat`, plus a sha256 of a
-/// regular file only when its inode matches neither recorded identity but
-/// a recorded digest could still recognise it.
+/// regular file whenever a recorded identity carries one: an inode match
+/// alone is not enough, since inodes are reused.
 pub fn observe(rec: &TxnRecord) -> Result<Vec<Observed>, Error> {
     rec.targets
         .iter()
@@ -34,7 +34,7 @@ pub fn observe(rec: &TxnRecord) -> Result<Vec<Observed>, Error> {
             let id = |p: &str| -> Result<Option<Identity>, Error> {
                 let io = |source| Error::Io { context: format!("observing {p}"), source };
                 let Some(mut seen) = fsops::identity(Path::new(p)).map_err(io)? else { return Ok(None) };
-                if !recorded.iter().any(|r| r.same_as(&seen)) && recorded.iter().any(|r| r.needs_digest_of(&seen)) {
+                if recorded.iter().any(|r| r.needs_digest_of(&seen)) {
                     seen.sha256 = Some(digest_bytes(&fsops::sha256_file(Path::new(p)).map_err(io)?.1));
                 }
                 Ok(Some(seen))
@@ -106,6 +106,13 @@ pub fn drive(
             Err(Error::RecoveryRefused { txn: rec.id, package: rec.package.clone(), reason })
         }
         RecoveryDecision::RollForward { swaps, cleanup } => {
+            // A record behind the disk (it says pre-commit, but a swap
+            // happened) is rolled forward: journal the commit it lost first,
+            // so a crash from here on keeps rolling forward.
+            if !rec.step.is_committed() {
+                rec.step = Step::Committed;
+                journal.write_txn(rec, "commit")?;
+            }
             for swap in &swaps {
                 for t in rec.targets.iter_mut() {
                     if t.progress == TargetProgress::Swapping {

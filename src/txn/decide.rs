@@ -79,9 +79,7 @@ pub fn place(id: Option<Identity>, t: &TargetPlan) -> Place {
 pub fn decide(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
     assert_eq!(rec.targets.len(), observed.len(), "one observation per target");
     let decision = match rec.step {
-        Step::Planned | Step::Staged | Step::RollingBack { after_commit: false } => {
-            RecoveryDecision::RollBack { after_commit: false, moves: Vec::new(), cleanup: cleanup(rec, true) }
-        }
+        Step::Planned | Step::Staged | Step::RollingBack { after_commit: false } => before_commit(rec, observed),
         Step::Committed => match roll_forward(rec, observed) {
             Ok(swaps) => RecoveryDecision::RollForward { swaps, cleanup: cleanup(rec, false) },
             Err(lost) => match roll_back_after_commit(rec, observed) {
@@ -103,7 +101,44 @@ pub fn decide(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
         },
     };
     debug_assert!(only_removes_own_paths(rec, &decision), "a decision removes only staging/backup paths");
+    debug_assert!(keeps_every_only_copy(rec, observed, &decision), "a decision never removes the only copy");
     decision
+}
+
+/// Before the commit point nothing moves a target, so the old content can
+/// only be at its target and the new content only at its staging path. If
+/// the disk shows otherwise, the record is behind the disk (a journal write
+/// that did not survive): removing the staging and backup paths then could
+/// delete the only copy of the old content. Look first: roll forward when
+/// every target's new content is present and nothing foreign is in the way,
+/// otherwise refuse, naming the paths.
+fn before_commit(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
+    let mut ahead = Vec::new();
+    for (t, o) in rec.targets.iter().zip(observed) {
+        if place(o.target, t) == Place::New {
+            ahead.push(format!("{} already holds the new content", t.path));
+        }
+        for (p, id) in [(&t.staging, o.staging), (&t.backup, o.backup)] {
+            if place(id, t) == Place::Old {
+                ahead.push(format!("{p} holds the old content of {}", t.path));
+            }
+        }
+    }
+    if ahead.is_empty() {
+        return RecoveryDecision::RollBack { after_commit: false, moves: Vec::new(), cleanup: cleanup(rec, true) };
+    }
+    match roll_forward(rec, observed) {
+        Ok(swaps) => RecoveryDecision::RollForward { swaps, cleanup: cleanup(rec, false) },
+        Err(why) => RecoveryDecision::Refuse {
+            reason: format!(
+                "the journal says {} (before the commit point), but the disk is ahead of it: {}; \
+                 rolling back would remove the only copy of old content and rolling forward is not possible ({why}); \
+                 nothing was changed: move the paths named aside by hand, then run `stagehand repair`",
+                rec.step.name(),
+                ahead.join(", ")
+            ),
+        },
+    }
 }
 
 fn roll_forward(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<TargetSwap>, String> {
@@ -221,4 +256,67 @@ fn only_removes_own_paths(rec: &TxnRecord, d: &RecoveryDecision) -> bool {
         RecoveryDecision::RollBack { moves, cleanup, .. } => moves.iter().all(check) && cleanup.iter().all(check),
         RecoveryDecision::Refuse { .. } => true,
     }
+}
+
+/// Plays the decision on the observed places and checks that no `Remove`
+/// hits a path holding the only copy of content the decision keeps: never
+/// the new content when rolling forward, nor the old content before every
+/// swap is done; never the old content when rolling back.
+fn keeps_every_only_copy(rec: &TxnRecord, observed: &[Observed], d: &RecoveryDecision) -> bool {
+    use std::collections::BTreeMap;
+    // path -> (target index, place); a path shared by two targets is not a
+    // real record's shape, and nothing can be said about it.
+    let mut at: BTreeMap<&str, (usize, Place)> = BTreeMap::new();
+    for (i, (t, o)) in rec.targets.iter().zip(observed).enumerate() {
+        for (p, id) in [(&t.path, o.target), (&t.staging, o.staging), (&t.backup, o.backup)] {
+            if at.insert(p.as_str(), (i, place(id, t))).is_some() {
+                return true;
+            }
+        }
+    }
+    let (forward, first, then): (bool, Vec<&Action>, &[Action]) = match d {
+        RecoveryDecision::RollForward { swaps, cleanup } => (true, swaps.iter().flat_map(|s| &s.actions).collect(), cleanup),
+        RecoveryDecision::RollBack { moves, cleanup, .. } => (false, moves.iter().collect(), cleanup),
+        RecoveryDecision::Refuse { .. } => return true,
+    };
+    let get = |at: &BTreeMap<&str, (usize, Place)>, p: &str| at.get(p).map(|&(_, pl)| pl).unwrap_or(Place::Absent);
+    for (in_cleanup, a) in first.into_iter().map(|a| (false, a)).chain(then.iter().map(|a| (true, a))) {
+        match a {
+            Action::Exchange { a, b, .. } => {
+                let (x, y) = (get(&at, a), get(&at, b));
+                if let Some(e) = at.get_mut(a.as_str()) {
+                    e.1 = y;
+                }
+                if let Some(e) = at.get_mut(b.as_str()) {
+                    e.1 = x;
+                }
+            }
+            Action::Rename { from, to } => {
+                let x = get(&at, from);
+                if let Some(e) = at.get_mut(from.as_str()) {
+                    e.1 = Place::Absent;
+                }
+                if let Some(e) = at.get_mut(to.as_str()) {
+                    e.1 = x;
+                }
+            }
+            Action::Remove { path } => {
+                let Some(&(i, held)) = at.get(path.as_str()) else { continue };
+                let elsewhere = at.iter().any(|(p, &(j, pl))| *p != path.as_str() && j == i && pl == held);
+                let kept = match held {
+                    Place::New => forward,
+                    Place::Old => !forward || !in_cleanup,
+                    Place::Absent | Place::Foreign => false,
+                };
+                if kept && !elsewhere {
+                    return false;
+                }
+                if let Some(e) = at.get_mut(path.as_str()) {
+                    e.1 = Place::Absent;
+                }
+            }
+            Action::RemoveEmptyDir { .. } => {}
+        }
+    }
+    true
 }

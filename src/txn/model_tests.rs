@@ -210,6 +210,7 @@ fn every_state_converges_or_refuses() {
     ];
     let mut cases = 0u64;
     let mut refused = 0u64;
+    let (mut ahead_cases, mut ahead_refused) = (0u64, 0u64);
     for step in steps {
         let staged = !matches!(step, Step::Planned);
         for shape in 0..4 {
@@ -232,13 +233,16 @@ fn every_state_converges_or_refuses() {
                     }
                     // Before the commit point nothing moves a target: the old
                     // object can only be at its target, the new one never is.
-                    let unreachable = rec.targets.iter().enumerate().any(|(i, t)| {
-                        fs.get(&t.path) == Some(&new_ino(i))
-                            || fs.get(&t.staging) == Some(&old_ino(i))
-                            || fs.get(&t.backup) == Some(&old_ino(i))
-                    });
-                    if !step.is_committed() && unreachable {
-                        continue;
+                    // A disk that shows otherwise is ahead of its record (a
+                    // lost journal write): recovery must look, not remove.
+                    let ahead = !step.is_committed()
+                        && rec.targets.iter().enumerate().any(|(i, t)| {
+                            fs.get(&t.path) == Some(&new_ino(i))
+                                || fs.get(&t.staging) == Some(&old_ino(i))
+                                || fs.get(&t.backup) == Some(&old_ino(i))
+                        });
+                    if ahead {
+                        ahead_cases += 1;
                     }
                     let foreign_at_target: Vec<(String, u64)> = rec
                         .targets
@@ -248,8 +252,16 @@ fn every_state_converges_or_refuses() {
                     let d = decide(&rec, &observe(&rec, &fs));
                     if let RecoveryDecision::Refuse { reason } = &d {
                         assert!(!reason.is_empty());
+                        if ahead {
+                            assert!(reason.contains("ahead"), "{step:?} {l0:?} {l1:?}: {reason}");
+                            ahead_refused += 1;
+                        }
                         refused += 1;
                         continue;
+                    }
+                    if !step.is_committed() {
+                        let forward = matches!(d, RecoveryDecision::RollForward { .. });
+                        assert_eq!(forward, ahead, "{step:?} {l0:?} {l1:?}: before commit, forward only when ahead: {d:?}");
                     }
                     let n_actions = plan(&d).map(|(_, v)| v.len()).unwrap_or(0);
                     for can_exchange in [true, false] {
@@ -263,7 +275,8 @@ fn every_state_converges_or_refuses() {
                                 assert_eq!(f.get(p), Some(i), "{ctx}: foreign content at a target was touched");
                             }
                             if !step.is_committed() {
-                                assert_eq!(dir, Some(Direction::Back), "{ctx}: before commit only roll back");
+                                let want = if ahead { Direction::Forward } else { Direction::Back };
+                                assert_eq!(dir, Some(want), "{ctx}: before commit, back unless the disk is ahead");
                             }
                         }
                     }
@@ -271,8 +284,12 @@ fn every_state_converges_or_refuses() {
             }
         }
     }
-    println!("model: {cases} crash/recovery runs, {refused} refused states");
+    println!(
+        "model: {cases} crash/recovery runs, {refused} refused states; \
+         {ahead_cases} pre-commit states ahead of their record, {ahead_refused} of them refused"
+    );
     assert!(cases > 10_000, "enumeration too small: {cases}");
+    assert!(ahead_cases > ahead_refused && ahead_refused > 0, "both outcomes of a disk ahead are exercised");
 }
 
 #[test]
@@ -313,4 +330,50 @@ fn a_file_put_back_by_hand_is_recognised_by_its_digest() {
     // Directories are never matched by digest.
     let dir = |ino| Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: Some([1; 32]) };
     assert!(!dir(1).same_as(&dir(2)));
+}
+
+#[test]
+fn a_reused_inode_with_other_bytes_is_not_the_old_file() {
+    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]) };
+    let mut t = target(0, false, Some(true));
+    t.new = Some(NewContent { kind: EntryKind::File, identity: Some(file(200, 2)) });
+    // Cleanup freed inode 200; another program's new file got it.
+    assert_eq!(super::place(Some(file(200, 9)), &t), super::Place::Foreign);
+    assert_eq!(super::place(Some(file(200, 2)), &t), super::Place::New);
+    // An observation without a digest must be hashed before it is compared.
+    let unhashed = Identity { sha256: None, ..file(200, 2) };
+    assert!(file(200, 2).needs_digest_of(&unhashed));
+    // Recovery of a fresh install rolled back after commit: the foreign file
+    // at the target is not taken for the new one and is left alone.
+    let rec = record(Step::RollingBack { after_commit: true }, vec![t]);
+    let obs = vec![Observed { target: Some(file(200, 9)), staging: None, backup: None }];
+    match decide(&rec, &obs) {
+        RecoveryDecision::Refuse { reason } => assert!(reason.contains("/d/t0"), "{reason}"),
+        other => panic!("a reused inode was taken for the new file: {other:?}"),
+    }
+}
+
+#[test]
+fn staged_record_behind_a_swapped_disk_rolls_forward_and_keeps_the_old_copy() {
+    // The journal lost `committed` and the swap records, but the swap happened:
+    // the old content is at the staging path. Cleanup as a pre-commit
+    // rollback would delete it, the only copy.
+    let rec = record(Step::Staged, vec![target(0, true, Some(true)), target(1, true, Some(true))]);
+    let mut fs: Fs = [("/d/t0".to_string(), new_ino(0))].into();
+    fs.insert("/d/.t0.stagehand-1.staging".into(), old_ino(0));
+    fs.insert("/d/t1".into(), old_ino(1));
+    fs.insert("/d/.t1.stagehand-1.staging".into(), new_ino(1));
+    match decide(&rec, &observe(&rec, &fs)) {
+        RecoveryDecision::RollForward { swaps, .. } => assert_eq!(swaps.len(), 1, "only t1 still to swap"),
+        other => panic!("expected roll forward, got {other:?}"),
+    }
+    // Same, but t1's staged content is gone: neither direction is complete.
+    fs.remove("/d/.t1.stagehand-1.staging");
+    match decide(&rec, &observe(&rec, &fs)) {
+        RecoveryDecision::Refuse { reason } => {
+            assert!(reason.contains("/d/.t0.stagehand-1.staging"), "{reason}");
+            assert!(reason.contains("/d/t1"), "{reason}");
+        }
+        other => panic!("expected refuse, got {other:?}"),
+    }
 }

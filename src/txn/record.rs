@@ -18,40 +18,47 @@ pub enum EntryKind {
     Other,
 }
 
-/// Which content is at a path, told apart cheaply: the inode number and
-/// kind (the device is kept for diagnostics only, since device numbers may
-/// change across reboots while inode numbers do not), and for regular files
-/// the sha256 of the bytes, so a file put back by hand (a new inode with
-/// the right bytes) is still recognised.
+/// Which content is at a path: the inode number and kind (the device is
+/// kept for diagnostics only, since device numbers may change across
+/// reboots while inode numbers do not), and for regular files the sha256 of
+/// the bytes. An inode number alone does not survive reuse: a file removed
+/// by cleanup frees its inode, and another program's new file may get it.
+/// So a file is the same only if its digest agrees too, and a file put
+/// back by hand (a new inode with the right bytes) is still recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
     pub dev: u64,
     pub ino: u64,
     pub kind: EntryKind,
-    /// Recorded for files; on observations, filled in only when the inode
-    /// alone does not decide.
+    /// Recorded for files; on observations of files, filled in whenever a
+    /// recorded identity carries one (see [`Identity::needs_digest_of`]).
     pub sha256: Option<[u8; 32]>,
 }
 
 impl Identity {
-    /// Same content: same inode and kind; or, for regular files, the same
-    /// sha256 on both sides.
+    /// Same content: same kind, and for regular files with a digest on both
+    /// sides the same sha256 (whatever the inode: a reused inode with other
+    /// bytes is not the same, a new inode with the same bytes is); otherwise
+    /// the same inode.
     pub fn same_as(&self, other: &Identity) -> bool {
         if self.kind != other.kind {
             return false;
         }
-        if self.ino == other.ino {
-            return true;
+        if self.kind == EntryKind::File {
+            if let (Some(a), Some(b)) = (self.sha256, other.sha256) {
+                return a == b;
+            }
         }
-        self.kind == EntryKind::File && matches!((self.sha256, other.sha256), (Some(a), Some(b)) if a == b)
+        self.ino == other.ino
     }
 
-    /// True if a recorded identity carries a digest this one could be compared by.
+    /// True if this recorded identity carries a digest that an observation
+    /// of a file must be compared by (the observer then hashes the file).
     pub fn needs_digest_of(&self, observed: &Identity) -> bool {
         self.kind == EntryKind::File
             && observed.kind == EntryKind::File
             && self.sha256.is_some()
-            && self.ino != observed.ino
+            && observed.sha256.is_none()
     }
 }
 
