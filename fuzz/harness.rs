@@ -397,8 +397,12 @@ fn simulate(rec: &TxnRecord, observed: &[Observed], d: &RecoveryDecision) {
     // Each object in one place: no two observed paths hold the same content
     // (same inode, or files with the same digest).
     let seen: Vec<Identity> = fs.values().copied().collect();
+    // Distinct objects on one filesystem also have distinct inode numbers
+    // (the paths of a target are siblings), even where digests differ.
     let distinct = |ids: &[Identity]| {
-        ids.iter().enumerate().all(|(i, a)| ids[i + 1..].iter().all(|b| !a.same_as(b) && !b.same_as(a)))
+        ids.iter()
+            .enumerate()
+            .all(|(i, a)| ids[i + 1..].iter().all(|b| !a.same_as(b) && !b.same_as(a) && a.ino != b.ino))
     };
     if !distinct(&seen) {
         return;
@@ -427,18 +431,26 @@ fn simulate(rec: &TxnRecord, observed: &[Observed], d: &RecoveryDecision) {
         }
     }
     // Before the commit point nothing moves a target: the old object can only
-    // be at its target and the new one never is (tests/model_tests agree).
+    // be at its target and the new one never is. A disk that shows otherwise
+    // is ahead of its record (a lost journal write): then `decide` must roll
+    // forward (or refuse, which returned above), never clean up as a
+    // pre-commit rollback would.
+    let forward = matches!(d, RecoveryDecision::RollForward { .. });
     if !rec.step.is_committed() {
-        for (t, o) in rec.targets.iter().zip(observed) {
+        let ahead = rec.targets.iter().zip(observed).any(|(t, o)| {
             let is = |x: Option<Identity>, y: Option<Identity>| matches!((x, y), (Some(x), Some(y)) if x.same_as(&y));
             let new = t.new.as_ref().and_then(|n| n.identity);
-            if is(o.target, new) || is(o.staging, t.old) || is(o.backup, t.old) {
-                return;
-            }
-        }
+            is(o.target, new) || is(o.staging, t.old) || is(o.backup, t.old)
+        });
+        assert_eq!(forward, ahead, "before commit: forward exactly when the disk is ahead; {d:?}");
     }
     let start = fs.clone();
-    for a in actions(d) {
+    let first = match d {
+        RecoveryDecision::RollForward { swaps, .. } => swaps.iter().map(|s| s.actions.len()).sum(),
+        RecoveryDecision::RollBack { moves, .. } => moves.len(),
+        RecoveryDecision::Refuse { .. } => 0,
+    };
+    for (n, a) in actions(d).into_iter().enumerate() {
         match a {
             Action::Exchange { a, b, .. } => {
                 let (Some(x), Some(y)) = (fs.get(a).copied(), fs.get(b).copied()) else {
@@ -453,12 +465,23 @@ fn simulate(rec: &TxnRecord, observed: &[Observed], d: &RecoveryDecision) {
                 fs.insert(to.clone(), x);
             }
             Action::Remove { path } => {
+                // Never the only copy of content the direction keeps: the new
+                // content when rolling forward, the old when rolling back or
+                // before every swap is done.
+                if let (Some(x), Some(t)) =
+                    (fs.get(path).copied(), rec.targets.iter().find(|t| &t.staging == path || &t.backup == path))
+                {
+                    let only = !fs.iter().any(|(p, y)| p != path && y.same_as(&x));
+                    let is_old = t.old.is_some_and(|o| o.same_as(&x));
+                    let is_new = t.new.as_ref().and_then(|n| n.identity).is_some_and(|n| n.same_as(&x));
+                    let keeps = (forward && is_new) || (is_old && (!forward || n < first));
+                    assert!(!(only && keeps), "Remove of {path}, the only copy; record {rec:?}, start {start:?}, decision {d:?}");
+                }
                 fs.remove(path);
             }
             Action::RemoveEmptyDir { .. } => {}
         }
     }
-    let forward = matches!(d, RecoveryDecision::RollForward { .. });
     for t in &rec.targets {
         assert!(!fs.contains_key(&t.staging), "staging {} left; start {start:?}, decision {d:?}", t.staging);
         assert!(!fs.contains_key(&t.backup), "backup {} left; start {start:?}, decision {d:?}", t.backup);
