@@ -247,7 +247,13 @@ fn sync_parents(a: &Path, b: &Path, role: &str) -> io::Result<()> {
 }
 
 /// Removes a file, symlink or whole directory tree at `path` (absent is
-/// fine), then fsyncs its parent. The kill point `fsops.remove.<role>.partial`
+/// fine), then fsyncs its parent. It is only ever given stagehand's own
+/// paths (staging, backup, cache), so whatever modes an artifact gave its
+/// directories, each one lacking `u+rwx` is made so before it is read and
+/// emptied (a 0555 tree installed by an ordinary user can be removed).
+/// It never crosses into another filesystem: every directory's `st_dev` is
+/// compared with the tree's root before anything is removed, and a mount
+/// inside the tree is refused, naming it (`ErrorKind::CrossesDevices`). The kill point `fsops.remove.<role>.partial`
 /// is passed after the first entry of a tree is gone, so tests can crash
 /// with a half-removed tree. A tree's files are unlinked by
 /// [`REMOVE_THREADS`] threads at once: each unlink of a large file waits on
@@ -263,7 +269,7 @@ pub fn remove_tree(path: &Path, role: &str) -> io::Result<()> {
     if meta.is_dir() {
         let mut files = Vec::new();
         let mut dirs = Vec::new();
-        collect_tree(path, &mut files, &mut dirs)?;
+        collect_tree(path, meta.dev(), &mut files, &mut dirs)?;
         if let Some(first) = files.pop() {
             unlink_quiet(&first)?;
             point("remove", &format!("{role}.partial"))?;
@@ -284,13 +290,37 @@ pub fn remove_tree(path: &Path, role: &str) -> io::Result<()> {
 /// Threads that unlink a tree's files concurrently.
 pub const REMOVE_THREADS: usize = 8;
 
-fn collect_tree(dir: &Path, files: &mut Vec<std::path::PathBuf>, dirs: &mut Vec<std::path::PathBuf>) -> io::Result<()> {
+fn collect_tree(
+    dir: &Path,
+    dev: u64,
+    files: &mut Vec<std::path::PathBuf>,
+    dirs: &mut Vec<std::path::PathBuf>,
+) -> io::Result<()> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| with_path(e, "stat", dir))?;
+    if meta.dev() != dev {
+        return Err(io::Error::new(
+            io::ErrorKind::CrossesDevices,
+            format!(
+                "refusing to remove {}: another filesystem is mounted there (device {:#x}, not {:#x}); \
+                 nothing under it was touched: unmount it (`umount {}`), then run the command again",
+                dir.display(),
+                meta.dev(),
+                dev,
+                dir.display()
+            ),
+        ));
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        // Not recorded: the whole tree is about to go, and is recorded as one removal.
+        fs::set_permissions(dir, fs::Permissions::from_mode((meta.permissions().mode() | 0o700) & 0o7777))
+            .map_err(|e| with_path(e, "chmod u+rwx (to empty it)", dir))?;
+    }
     dirs.push(dir.to_path_buf());
     for entry in fs::read_dir(dir).map_err(|e| with_path(e, "read dir", dir))? {
         let entry = entry.map_err(|e| with_path(e, "read dir", dir))?;
         let p = entry.path();
         if entry.file_type().map_err(|e| with_path(e, "stat", &p))?.is_dir() {
-            collect_tree(&p, files, dirs)?;
+            collect_tree(&p, dev, files, dirs)?;
         } else {
             files.push(p);
         }
@@ -412,5 +442,19 @@ mod tests {
         remove_tree(&dir.path().join("x"), "test").expect("remove");
         assert!(identity(&dir.path().join("x")).expect("stat").is_none());
         remove_tree(&dir.path().join("x"), "test").expect("absent is fine");
+    }
+
+    #[test]
+    fn remove_tree_of_read_only_dirs() {
+        // As root the mode bits are not enforced, but the modes are still
+        // changed before reading: check they were, and the tree is gone.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = dir.path().join("ro/sub");
+        create_dir_all_durable(&t, "test").expect("mkdirs");
+        write_file(&t.join("f"), &mut &b"1"[..], 0o444, "test").expect("write");
+        set_mode(&t, 0o000, "test").expect("chmod");
+        set_mode(&dir.path().join("ro"), 0o555, "test").expect("chmod");
+        remove_tree(&dir.path().join("ro"), "test").expect("remove read-only tree");
+        assert!(identity(&dir.path().join("ro")).expect("stat").is_none());
     }
 }

@@ -82,6 +82,41 @@ fn act(a: &Action) -> Result<(), Error> {
     run_action(a).map_err(|source| Error::Io { context: format!("{a:?}"), source })
 }
 
+/// A cleanup failure that running again cannot fix: permissions stagehand
+/// may not change, a filesystem mounted inside the path, a read-only mount.
+fn lasting(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), PermissionDenied | ResourceBusy | CrossesDevices | ReadOnlyFilesystem)
+}
+
+/// Runs the cleanup actions of a decided transaction. Every target already
+/// holds its final content, so what is left to remove holds nothing the
+/// package needs: a removal that fails for a lasting reason is left on disk,
+/// named with its fix, and the transaction still finishes, so it is not
+/// retried by every later command and blocks none of them. Any other error
+/// (EIO, a crash) stops here, and recovery finishes the cleanup.
+fn clean(actions: &[Action]) -> Result<Vec<String>, Error> {
+    let mut left = Vec::new();
+    for a in actions {
+        match run_action(a) {
+            Ok(()) => {}
+            Err(e) if lasting(&e) => {
+                let path = match a {
+                    Action::Remove { path } | Action::RemoveEmptyDir { path } => path.clone(),
+                    other => format!("{other:?}"),
+                };
+                tracing::warn!(%path, error = %e, "cleanup could not remove a leftover");
+                left.push(format!(
+                    "{path} was left behind ({e}); it holds nothing stagehand needs: remove it by hand \
+                     (`chmod -R u+w {path} && rm -rf {path}`, after `umount` of anything mounted inside it)"
+                ));
+            }
+            Err(source) => return Err(Error::Io { context: format!("{a:?}"), source }),
+        }
+    }
+    Ok(left)
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -133,12 +168,11 @@ pub fn drive(
                 journal.write_txn(rec, "cleaning")?;
             }
             tracing::debug!(txn = rec.id, "swapped; cleaning");
-            for a in &cleanup {
-                act(a)?;
-            }
+            let left = clean(&cleanup)?;
             let outcome = if rec.recovered { Outcome::RolledForwardByRecovery } else { Outcome::Done };
             tracing::debug!(txn = rec.id, "cleaned");
-            journal.finish_txn(rec, outcome, None, now())?;
+            let note = (!left.is_empty()).then(|| left.join("; "));
+            journal.finish_txn(rec, outcome, note, now())?;
             tracing::debug!(txn = rec.id, outcome = outcome.name(), "finished");
             Ok(outcome)
         }
@@ -148,11 +182,17 @@ pub fn drive(
                 rec.step = step;
                 journal.write_txn(rec, "rolling_back")?;
             }
-            for a in moves.iter().chain(&cleanup) {
+            for a in &moves {
                 act(a)?;
             }
+            let left = clean(&cleanup)?;
             let outcome = if rec.recovered { Outcome::RolledBackByRecovery } else { Outcome::RolledBack };
             let why = error.or_else(|| rec.recovered.then(|| "interrupted; rolled back by recovery".to_string()));
+            let why = match (why, left.is_empty()) {
+                (why, true) => why,
+                (Some(w), false) => Some(format!("{w}; {}", left.join("; "))),
+                (None, false) => Some(left.join("; ")),
+            };
             journal.finish_txn(rec, outcome, why, now())?;
             Ok(outcome)
         }

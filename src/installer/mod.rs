@@ -468,10 +468,22 @@ impl Installer {
                 progress: TargetProgress::Pending,
             });
         }
-        // Targets of the old version that the new one no longer has are removed.
+        // Targets of the old version that the new one no longer has are removed:
+        // only if no other package has files inside them, and never one that
+        // nests with a new target (its swap would act on paths the other's
+        // swap already moved).
         for old_t in old_pkg.iter().flat_map(|p| &p.targets) {
             if targets.iter().any(|t| t.path == old_t.path) {
                 continue;
+            }
+            check_removal(&others, &old_t.path, &name)?;
+            if let Some(t) = targets.iter().find(|t| nests(&t.path, &old_t.path)) {
+                return Err(Error::Refused(format!(
+                    "the new version of {name:?} installs {}, which nests with {} of the installed version, \
+                     which this upgrade would remove; nothing was changed: uninstall it first \
+                     (`stagehand uninstall {name}`), then install the new version",
+                    t.path, old_t.path
+                )));
             }
             targets.push(removal_target(&old_t.path, id)?);
         }
@@ -804,15 +816,9 @@ impl Installer {
     /// Removes a package's targets in one transaction.
     pub fn uninstall(&mut self, name: &str) -> Result<TxnReport> {
         let pkg = self.journal.package(name)?.ok_or_else(|| Error::NotInstalled(name.to_string()))?;
-        for other in self.journal.packages()?.iter().filter(|p| p.name != name) {
-            for t in &other.targets {
-                if pkg.targets.iter().any(|mine| Path::new(&t.path).starts_with(&mine.path)) {
-                    return Err(Error::Refused(format!(
-                        "package {:?} has files inside {name}'s directory ({}); uninstall {:?} first",
-                        other.name, t.path, other.name
-                    )));
-                }
-            }
+        let others: Vec<PackageRecord> = self.journal.packages()?.into_iter().filter(|p| p.name != name).collect();
+        for mine in &pkg.targets {
+            check_removal(&others, &mine.path, name)?;
         }
         let id = self.journal.new_txn_id()?;
         let targets = pkg.targets.iter().map(|t| removal_target(&t.path, id)).collect::<Result<Vec<_>>>()?;
@@ -842,13 +848,55 @@ impl Installer {
 
 /// What is at a target when a txn is planned: its identity, with the
 /// sha256 of a regular file so recovery can recognise it by content.
+/// A directory with a filesystem mounted inside it is refused: the
+/// transaction would move the mount aside with the old version, and its
+/// files with it.
 fn old_identity(p: &Path) -> Result<Option<txn::Identity>> {
     let mut old = fsops::identity(p).map_err(io(format!("observing {}", p.display())))?;
+    if old.is_some_and(|o| o.kind == EntryKind::Dir) {
+        if let Some(m) = mounts_at_or_under(p).into_iter().next() {
+            return Err(Error::Refused(format!(
+                "{m} is a mount point inside {}: replacing or removing {} would move the mounted filesystem \
+                 aside with the old version; nothing was changed: unmount it first (`umount {m}`)",
+                p.display(),
+                p.display()
+            )));
+        }
+    }
     if let Some(o) = old.as_mut().filter(|o| o.kind == EntryKind::File) {
         let (_, hex) = fsops::sha256_file(p).map_err(io(format!("hashing {}", p.display())))?;
         o.sha256 = Some(exec::digest_bytes(&hex));
     }
     Ok(old)
+}
+
+/// Mount points at or beneath `dir`, from `/proc/self/mountinfo` (none if
+/// it cannot be read: `fsops::remove_tree` still refuses to cross a mount).
+fn mounts_at_or_under(dir: &Path) -> Vec<String> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, …).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0');
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
@@ -866,6 +914,29 @@ fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
 
 fn is_empty_dir(p: &Path) -> bool {
     std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
+}
+
+/// True if one of two absolute paths is the other or lies beneath it.
+fn nests(a: &str, b: &str) -> bool {
+    Path::new(a).starts_with(b) || Path::new(b).starts_with(a)
+}
+
+/// Checks a path that package `name` is about to remove against every other
+/// package: none may have a target at or beneath it. Refuses naming both,
+/// and what to run.
+fn check_removal(others: &[PackageRecord], path: &str, name: &str) -> Result<()> {
+    for other in others {
+        if let Some(t) = other.targets.iter().find(|t| Path::new(&t.path).starts_with(path)) {
+            return Err(Error::Refused(format!(
+                "this would remove {path} of package {name:?}, but package {:?} has files inside it ({}); \
+                 nothing was changed: uninstall {:?} first (`stagehand uninstall {}`), run this command \
+                 again, then install {:?} again into the new place (for a Steampipe FDW: \
+                 `--profile steampipe-fdw --db-version NEW`)",
+                other.name, t.path, other.name, other.name, other.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a new target against other packages' targets. A file target may

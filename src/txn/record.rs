@@ -259,6 +259,7 @@ pub struct HistoryEntry {
     pub old_digest: Option<String>,
     pub new_digest: Option<String>,
     pub outcome: Outcome,
-    /// Why it rolled back, if it did.
+    /// Why it rolled back, if it did; or what its cleanup had to leave
+    /// behind (a path it could not remove, with the fix).
     pub error: Option<String>,
 }
