@@ -179,29 +179,51 @@ fn check_rel(rel: &str, what: &str) {
     }
 }
 
-/// Lexically resolves a symlink at `rel` to `target`; None if it leaves the root.
-fn resolve_link(rel: &str, target: &str) -> Option<Vec<String>> {
-    if target.starts_with('/') {
-        return None;
-    }
-    let mut stack: Vec<String> = rel.split('/').map(str::to_string).collect();
-    stack.pop();
-    for c in target.split('/') {
-        match c {
+/// Resolves a symlink at `rel` to `target` the way the kernel's path walk
+/// does, through every admitted symlink (`links`: path -> target), with a
+/// queue of components still to walk. Err if it leaves the root or loops.
+fn resolve_on_disk(links: &BTreeMap<String, String>, rel: &str, target: &str) -> Result<Vec<String>, &'static str> {
+    let mut at: Vec<String> = rel.split('/').map(str::to_string).collect();
+    at.pop();
+    let mut todo: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let push_front = |todo: &mut std::collections::VecDeque<String>, t: &str| -> Result<(), &'static str> {
+        if t.starts_with('/') || t.is_empty() {
+            return Err("absolute or empty target");
+        }
+        for c in t.split('/').rev() {
+            todo.push_front(c.to_string());
+        }
+        Ok(())
+    };
+    push_front(&mut todo, target)?;
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        match c.as_str() {
             "" | "." => {}
             ".." => {
-                stack.pop()?;
+                at.pop().ok_or("climbs above the root")?;
             }
-            c => stack.push(c.to_string()),
+            _ => {
+                at.push(c);
+                if let Some(t) = links.get(&at.join("/")) {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err("loops");
+                    }
+                    at.pop();
+                    push_front(&mut todo, t)?;
+                }
+            }
         }
     }
-    Some(stack)
+    Ok(at)
 }
 
 pub fn tar_guard(data: &[u8]) {
     let mut b = Bytes::new(data);
     let mut g = TarGuard::new();
     let mut admitted: BTreeMap<String, &'static str> = BTreeMap::new();
+    let mut links: BTreeMap<String, String> = BTreeMap::new();
     let mut steps = 0;
     while !b.is_empty() && steps < 64 {
         steps += 1;
@@ -241,10 +263,8 @@ pub fn tar_guard(data: &[u8]) {
                 (rel, implicit_parents, "file")
             }
             Admitted::Symlink { rel, target, implicit_parents } => {
-                assert!(
-                    resolve_link(rel, target).is_some() && !target.is_empty() && !target.contains('\0'),
-                    "{what}: symlink {rel:?} -> {target:?} leaves the root"
-                );
+                assert!(!target.is_empty() && !target.contains('\0'), "{what}: symlink {rel:?} -> {target:?}");
+                links.insert(rel.clone(), target.clone());
                 (rel, implicit_parents, "symlink")
             }
             Admitted::HardLink { rel, original, implicit_parents } => {
@@ -270,6 +290,13 @@ pub fn tar_guard(data: &[u8]) {
             assert_eq!(admitted.get(anc.as_str()), Some(&"dir"), "{what}: ancestor {anc:?} of {rel:?} is not a dir");
         }
         assert!(admitted.insert(rel.clone(), new_kind).is_none(), "{what}: {rel:?} admitted twice");
+        // Every admitted link, resolved through every link admitted so far
+        // (as the tree on disk will be), stays inside the destination.
+        for (l, t) in &links {
+            if let Err(why) = resolve_on_disk(&links, l, t) {
+                panic!("{what}: admitted symlink {l:?} -> {t:?} {why} on disk; links: {links:?}");
+            }
+        }
     }
 }
 

@@ -120,6 +120,24 @@ fn refuses_relative_symlink_out_then_file_through_it() {
 }
 
 #[test]
+fn refuses_symlink_chain_that_resolves_out() {
+    // Each link is inside when read lexically: a/b -> .. is DEST/app itself,
+    // c -> a/b/.. reads as DEST/app/a. On disk c resolves through a/b to
+    // DEST, the app dir's parent; a deeper chain reaches ROOT/sibling.
+    let sb = sandbox_with_sibling();
+    let entries = [ok_file(), RawEntry::dir("a/"), RawEntry::symlink("a/b", ".."), RawEntry::symlink("c", "a/b/..")];
+    assert_refused("symlink-chain", &sb, &entries, &["\"c\""]);
+    let sb = sandbox_with_sibling();
+    let entries = [
+        ok_file(),
+        RawEntry::dir("x/y/"),
+        RawEntry::symlink("x/y/top", "../.."),
+        RawEntry::symlink("deep", "x/y/top/../../sibling"),
+    ];
+    assert_refused("symlink-chain-deep", &sb, &entries, &["deep"]);
+}
+
+#[test]
 fn refuses_hardlink_out() {
     let sb = sandbox_with_sibling();
     let entries = [ok_file(), RawEntry::hardlink("hardlink-out", "../../sibling/secret")];

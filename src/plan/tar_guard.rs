@@ -2,7 +2,10 @@
 //! anything is written, so no entry can land outside its destination.
 //!
 //! Refused: absolute paths, `..` components, non-UTF-8 names, names stagehand
-//! reserves, symlinks whose target is absolute or climbs out of the root,
+//! reserves, symlinks whose target is absolute or climbs out of the root —
+//! resolved the way the kernel will, through the symlinks already admitted
+//! (`a/b -> ..` then `c -> a/b/..` is refused), and re-resolved whenever a
+//! later symlink could change where an earlier one leads —
 //! hard links to anything but an earlier regular file of the same archive,
 //! device files and FIFOs, an entry beneath a symlink, and an entry whose
 //! path was already used. Pure: the guard only remembers what it admitted.
@@ -69,8 +72,15 @@ enum Seen {
 #[derive(Debug, Default)]
 pub struct TarGuard {
     seen: BTreeMap<String, Seen>,
-    symlinks: BTreeSet<String>,
+    /// Admitted symlinks: path -> target.
+    symlinks: BTreeMap<String, String>,
+    /// Symlinks whose resolution went through a path not admitted yet: a
+    /// symlink admitted there later could change where they lead.
+    unsettled: BTreeSet<String>,
 }
+
+/// Most symlinks one resolution follows (the kernel's own limit is 40).
+const MAX_LINK_HOPS: usize = 40;
 
 fn refuse(path: &[u8], reason: impl Into<String>) -> Refused {
     Refused { path: String::from_utf8_lossy(path).into_owned(), reason: reason.into() }
@@ -101,26 +111,61 @@ pub fn normalize(raw: &[u8]) -> Result<String, Refused> {
     Ok(parts.join("/"))
 }
 
-/// True if a symlink at `rel` pointing to `target` stays inside the root.
-fn link_stays_inside(rel: &str, target: &str) -> bool {
-    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
-        return false;
-    }
-    // Resolve lexically from the link's directory.
-    let mut depth: Vec<&str> = rel.split('/').collect();
-    depth.pop();
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                if depth.pop().is_none() {
-                    return false;
+/// How a symlink's target resolves from inside the root.
+#[derive(Debug, PartialEq, Eq)]
+enum Resolution {
+    /// Inside the root; `settled` is false if a path on the way is not
+    /// admitted yet (a later symlink there could change the answer).
+    Inside { settled: bool },
+    /// Climbs out of the root, or loops.
+    Outside,
+}
+
+impl TarGuard {
+    /// Resolves `target` from the directory `dir` (components from the root)
+    /// the way the kernel will: each component that is an admitted symlink
+    /// is replaced by where its own target leads, from that link's
+    /// directory. `None` if it climbs out of the root or loops. `settled`
+    /// is cleared if a path on the way is not admitted yet.
+    fn walk(&self, mut dir: Vec<String>, target: &str, hops: &mut usize, settled: &mut bool) -> Option<Vec<String>> {
+        if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+            return None;
+        }
+        for c in target.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    dir.pop()?;
+                }
+                c => {
+                    dir.push(c.to_string());
+                    let here = dir.join("/");
+                    if let Some(next) = self.symlinks.get(&here) {
+                        *hops += 1;
+                        if *hops > MAX_LINK_HOPS {
+                            return None;
+                        }
+                        dir.pop();
+                        dir = self.walk(dir, next, hops, settled)?;
+                    } else if !self.seen.contains_key(&here) {
+                        *settled = false;
+                    }
                 }
             }
-            c => depth.push(c),
+        }
+        Some(dir)
+    }
+
+    /// Where a symlink at `rel` pointing to `target` leads.
+    fn link_resolution(&self, rel: &str, target: &str) -> Resolution {
+        let mut dir: Vec<String> = rel.split('/').map(str::to_string).collect();
+        dir.pop();
+        let mut settled = true;
+        match self.walk(dir, target, &mut 0, &mut settled) {
+            Some(_) => Resolution::Inside { settled },
+            None => Resolution::Outside,
         }
     }
-    true
 }
 
 impl TarGuard {
@@ -183,11 +228,46 @@ impl TarGuard {
                 let raw_target = link.ok_or_else(|| refuse(raw_path, "a symlink without a target"))?;
                 let target =
                     std::str::from_utf8(raw_target).map_err(|_| refuse(raw_path, "the link target is not UTF-8"))?;
-                if !link_stays_inside(&rel, target) {
-                    return Err(refuse(raw_path, format!("the symlink points outside the destination ({target:?})")));
-                }
+                let settled = match self.link_resolution(&rel, target) {
+                    Resolution::Outside => {
+                        return Err(refuse(
+                            raw_path,
+                            format!("the symlink points outside the destination ({target:?}, resolved through the archive's links)"),
+                        ))
+                    }
+                    Resolution::Inside { settled } => settled,
+                };
                 self.seen.insert(rel.clone(), Seen::Symlink);
-                self.symlinks.insert(rel.clone());
+                self.symlinks.insert(rel.clone(), target.to_string());
+                // Resolved again with itself in place: a link through itself loops.
+                if !settled && self.link_resolution(&rel, target) == Resolution::Outside {
+                    self.symlinks.remove(&rel);
+                    self.seen.remove(&rel);
+                    return Err(refuse(raw_path, format!("the symlink leads through itself ({target:?})")));
+                }
+                // This link may change where an earlier, unsettled one leads.
+                let mut still = BTreeSet::new();
+                for other in std::mem::take(&mut self.unsettled) {
+                    let Some(t) = self.symlinks.get(&other).cloned() else { continue };
+                    match self.link_resolution(&other, &t) {
+                        Resolution::Outside => {
+                            self.symlinks.remove(&rel);
+                            self.seen.remove(&rel);
+                            return Err(refuse(
+                                raw_path,
+                                format!("with this symlink, the earlier symlink {other:?} -> {t:?} would lead outside the destination"),
+                            ));
+                        }
+                        Resolution::Inside { settled: false } => {
+                            still.insert(other);
+                        }
+                        Resolution::Inside { settled: true } => {}
+                    }
+                }
+                self.unsettled = still;
+                if !settled {
+                    self.unsettled.insert(rel.clone());
+                }
                 Admitted::Symlink { rel, target: target.to_string(), implicit_parents }
             }
             TarKind::HardLink => {
@@ -262,5 +342,33 @@ mod tests {
         assert!(e.reason.contains("symlink"), "{e}");
         assert!(g.admit(b"d/ok", TarKind::Symlink, Some(b"../root"), 0).is_ok());
         assert!(g.admit(b"d/ok", TarKind::File, None, 0).is_err(), "duplicate path");
+    }
+
+    #[test]
+    fn symlink_chains_are_resolved_through_admitted_links() {
+        // Each inside when read lexically; on disk c leads to the parent.
+        let mut g = TarGuard::new();
+        assert!(g.admit(b"a/", TarKind::Dir, None, 0o755).is_ok());
+        assert!(g.admit(b"a/b", TarKind::Symlink, Some(b".."), 0).is_ok(), "a/b -> .. is the root: inside");
+        let e = g.admit(b"c", TarKind::Symlink, Some(b"a/b/.."), 0).expect_err("c -> a/b/.. is the parent");
+        assert!(e.reason.contains("outside"), "{e}");
+        // Deeper: each hop climbs one more level.
+        let mut g = TarGuard::new();
+        assert!(g.admit(b"x/y/z/", TarKind::Dir, None, 0o755).is_ok());
+        assert!(g.admit(b"x/y/z/up", TarKind::Symlink, Some(b"../../.."), 0).is_ok(), "x/y/z/up is the root");
+        assert!(g.admit(b"x/l", TarKind::Symlink, Some(b"y/z/up/.."), 0).is_err(), "x/y/z/up/.. is the root's parent");
+        assert!(g.admit(b"x/m", TarKind::Symlink, Some(b"y/z/up"), 0).is_ok(), "x/y/z/up is the root itself");
+        // A later link that changes where an earlier one leads.
+        let mut g = TarGuard::new();
+        assert!(g.admit(b"d/", TarKind::Dir, None, 0o755).is_ok());
+        assert!(g.admit(b"d/early", TarKind::Symlink, Some(b"later/.."), 0).is_ok(), "d/later not there yet");
+        let e = g.admit(b"d/later", TarKind::Symlink, Some(b".."), 0).expect_err("d/early now leads outside");
+        assert!(e.reason.contains("d/early"), "{e}");
+        // Loops are refused, not followed forever.
+        let mut g = TarGuard::new();
+        assert!(g.admit(b"p", TarKind::Symlink, Some(b"q"), 0).is_ok());
+        assert!(g.admit(b"q", TarKind::Symlink, Some(b"p/x"), 0).is_err());
+        assert!(g.admit(b"self", TarKind::Symlink, Some(b"self"), 0).is_err());
+        assert!(g.admit(b"d/self", TarKind::Symlink, Some(b"../d/self/x"), 0).is_err());
     }
 }
