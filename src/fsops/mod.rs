@@ -374,6 +374,30 @@ pub fn identity(path: &Path) -> io::Result<Option<Identity>> {
     }
 }
 
+/// The filesystem that holds `path`, or would hold it once created: the
+/// device of its nearest existing ancestor, and the bytes free there for an
+/// ordinary user (`statvfs` `f_bavail`). Read-only.
+pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
+    let mut p = path;
+    let meta = loop {
+        match fs::metadata(p) {
+            Ok(m) => break m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match p.parent() {
+                Some(parent) => p = parent,
+                None => return Err(with_path(e, "stat", path)),
+            },
+            Err(e) => return Err(with_path(e, "stat", p)),
+        }
+    };
+    let c = CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut v) } != 0 {
+        return Err(with_path(io::Error::last_os_error(), "statvfs", p));
+    }
+    Ok((meta.dev(), (v.f_bavail as u64).saturating_mul(v.f_frsize as u64)))
+}
+
 /// The kind of a directory entry, from its metadata.
 pub fn kind_of(m: &fs::Metadata) -> EntryKind {
     let ft = m.file_type();

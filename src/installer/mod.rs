@@ -11,6 +11,7 @@ pub mod exec;
 pub mod interrupt;
 pub mod lock;
 pub mod progress;
+pub mod space;
 pub mod stage;
 pub mod verify;
 
@@ -159,12 +160,24 @@ fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &source::Resol
             }
             let mut r = source::BlobSource::open_blob(&layout, desc)?;
             let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = r.read(&mut buf).map_err(io(format!("reading {what}")))?;
-                if n == 0 {
-                    break;
+            let copied = loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => n,
+                    Err(e) => break Err(Error::Io { context: format!("reading {what}"), source: e }),
+                };
+                if let Err(e) = w.write(&buf[..n]) {
+                    break Err(e.into());
                 }
-                w.write(&buf[..n])?;
+            };
+            if let Err(e) = copied {
+                // A copy from a layout is never resumed (it starts over):
+                // its partial file would only fill the disk. Remove it.
+                let partial = w.abandon()?;
+                return Err(Error::Refused(format!(
+                    "{e}\nThe partial copy {} was removed (a copy from a layout starts over); nothing else was changed",
+                    partial.display()
+                )));
             }
             w.finish()?;
         }
@@ -367,11 +380,43 @@ impl Installer {
                 }
             }
         };
-        if let SourceRef::Layout { path, .. } = &source_ref {
-            // Keep the version's blobs in the cache, so a later rollback is offline.
-            import_layout_blobs(&self.state_dir, path, &artifact)?;
-        }
+        // A layout's blobs are imported into the cache (for a later offline
+        // rollback) by `install_resolved`, once free space is checked.
         self.install_resolved(&source_ref, artifact, blobs, req)
+    }
+
+    /// Refuses early when a filesystem involved lacks the space this install
+    /// needs: the blob cache's, for a layout's blobs copied into it (hard
+    /// links on the same filesystem need none), and each target's.
+    fn check_space(
+        &self,
+        layout: Option<&Path>,
+        artifact: &source::ResolvedArtifact,
+        planned: &[plan::PlannedTarget],
+    ) -> Result<()> {
+        let cache = source::cache::BlobCache::new(&self.state_dir);
+        let layout = layout.map(source::OciLayout::open).transpose()?;
+        let mut check = space::SpaceCheck::default();
+        if let Some(l) = &layout {
+            let (cache_dev, _) = fsops::free_space(cache.root()).map_err(io("checking the blob cache's free space"))?;
+            let m = &artifact.manifest;
+            for desc in std::iter::once(&m.config).chain(&m.layers) {
+                let src = l.blob_path(&desc.digest)?;
+                let same_fs = fsops::free_space(&src).is_ok_and(|(dev, _)| dev == cache_dev);
+                if !same_fs && !cache.contains(desc)? {
+                    check.add(cache.root(), desc.size, format!("a copy of blob {} in the blob cache", desc.digest))?;
+                }
+            }
+        }
+        let blob_file = |d: &source::Descriptor| -> Option<PathBuf> {
+            let p = match &layout {
+                Some(l) => l.blob_path(&d.digest).ok()?,
+                None => cache.blob_path(&d.digest).ok()?,
+            };
+            p.is_file().then_some(p)
+        };
+        space::add_targets(&mut check, planned, &blob_file)?;
+        check.check()
     }
 
     /// Installs an artifact whose manifest is resolved and whose blobs are
@@ -486,6 +531,15 @@ impl Installer {
                 )));
             }
             targets.push(removal_target(&old_t.path, id)?);
+        }
+        let layout_path = match source_ref {
+            SourceRef::Layout { path, .. } if !req.rollback => Some(path.clone()),
+            _ => None,
+        };
+        self.check_space(layout_path.as_deref(), &artifact, &planned)?;
+        if let Some(path) = &layout_path {
+            // Keep the version's blobs in the cache, so a later rollback is offline.
+            import_layout_blobs(&self.state_dir, path, &artifact)?;
         }
         let mut created_dirs: Vec<String> = created.into_iter().collect();
         created_dirs.sort_by_key(|d| d.len());

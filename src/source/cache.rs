@@ -427,6 +427,14 @@ impl BlobWriter {
         Ok(self.partial.len())
     }
 
+    /// Gives up: removes the partial file (one that could never be resumed,
+    /// such as a copy from a layout) and returns its path.
+    pub fn abandon(mut self) -> Result<PathBuf, SourceError> {
+        let path = self.partial.path().to_path_buf();
+        self.discard()?;
+        Ok(path)
+    }
+
     /// Removes the partial file.
     fn discard(&mut self) -> Result<(), SourceError> {
         let path = self.partial.path().to_path_buf();

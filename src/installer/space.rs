@@ -1,0 +1,188 @@
+//! Free space, checked before anything is written: what an install needs on
+//! each filesystem involved (the blob cache's, for a layout's blobs copied
+//! into it; each target's, for the extracted content) against what is free
+//! there. A full disk is refused early, with both numbers and the path,
+//! instead of being filled by a half-written copy.
+//!
+//! Extracted sizes are estimates: a plain tar's own size (headers and
+//! padding included), a gzip member's ISIZE trailer, a zstd frame's content
+//! size when the frame header has one (else four times the blob).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::{Error, Result};
+use crate::fsops;
+use crate::plan::{Compression, LayerUse, PlannedContent, PlannedTarget};
+use crate::source::Descriptor;
+
+/// Slack kept free on every filesystem beyond the estimate (metadata, the
+/// journal's own growth, block rounding).
+pub const MARGIN_BYTES: u64 = 1 << 20;
+
+/// Bytes needed on one filesystem, and for what.
+#[derive(Debug, Default)]
+struct Need {
+    /// A path on that filesystem, to name it.
+    at: PathBuf,
+    bytes: u64,
+    what: Vec<String>,
+}
+
+/// What must fit, gathered per filesystem.
+#[derive(Debug, Default)]
+pub struct SpaceCheck {
+    by_dev: BTreeMap<u64, Need>,
+}
+
+impl SpaceCheck {
+    /// Adds `bytes` needed at `at` (which may not exist yet).
+    pub fn add(&mut self, at: &Path, bytes: u64, what: String) -> Result<()> {
+        let (dev, _) = fsops::free_space(at).map_err(|source| Error::Io {
+            context: format!("checking free space for {}", at.display()),
+            source,
+        })?;
+        let n = self.by_dev.entry(dev).or_insert_with(|| Need { at: at.to_path_buf(), ..Need::default() });
+        n.bytes = n.bytes.saturating_add(bytes);
+        n.what.push(what);
+        Ok(())
+    }
+
+    /// Refuses if any filesystem has less free than it needs (plus the margin).
+    pub fn check(&self) -> Result<()> {
+        for need in self.by_dev.values() {
+            let (_, free) = fsops::free_space(&need.at).map_err(|source| Error::Io {
+                context: format!("checking free space for {}", need.at.display()),
+                source,
+            })?;
+            if need.bytes.saturating_add(MARGIN_BYTES) > free {
+                return Err(Error::Refused(format!(
+                    "not enough free space on the filesystem of {}: this install needs about {} bytes ({}) \
+                     plus {} to spare, and {} bytes are free; nothing was changed: free some space there \
+                     (`stagehand cache prune` frees unused cached blobs when the state dir is on it), \
+                     or install somewhere else",
+                    need.at.display(),
+                    need.bytes,
+                    need.what.join(", "),
+                    MARGIN_BYTES,
+                    free
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Estimated extracted bytes of every planned target, added at its path.
+/// `blob_file` finds a blob's bytes on disk (layout or cache), to read a
+/// compressed layer's recorded size; `None` means the blob size is used.
+pub fn add_targets(
+    check: &mut SpaceCheck,
+    planned: &[PlannedTarget],
+    blob_file: &dyn Fn(&Descriptor) -> Option<PathBuf>,
+) -> Result<()> {
+    for t in planned {
+        let bytes: u64 = match &t.content {
+            PlannedContent::File(desc, bytes) => {
+                let c = if bytes.gunzip { Compression::Gzip } else { Compression::None };
+                estimate(desc, c, blob_file(desc).as_deref())
+            }
+            PlannedContent::Dir(layers) => layers
+                .iter()
+                .map(|(desc, usage)| {
+                    let c = match usage {
+                        LayerUse::Tar { compression, .. } => *compression,
+                        LayerUse::File { bytes, .. } if bytes.gunzip => Compression::Gzip,
+                        LayerUse::File { .. } => Compression::None,
+                    };
+                    estimate(desc, c, blob_file(desc).as_deref())
+                })
+                .fold(0u64, u64::saturating_add),
+        };
+        check.add(&t.path, bytes, format!("{} extracted", t.path.display()))?;
+    }
+    Ok(())
+}
+
+/// Estimated bytes a layer becomes once decompressed.
+fn estimate(desc: &Descriptor, c: Compression, file: Option<&Path>) -> u64 {
+    let recorded = file.and_then(|f| match c {
+        Compression::None => None,
+        Compression::Gzip => gzip_isize(f),
+        Compression::Zstd => zstd_content_size(f),
+    });
+    match (c, recorded) {
+        (Compression::None, _) => desc.size,
+        // ISIZE is the size modulo 4 GiB: never estimate below the blob.
+        (Compression::Gzip, Some(n)) => n.max(desc.size),
+        (Compression::Zstd, Some(n)) => n,
+        (_, None) => desc.size.saturating_mul(4),
+    }
+}
+
+/// A gzip member's ISIZE trailer: the last four bytes, little-endian.
+fn gzip_isize(f: &Path) -> Option<u64> {
+    let mut file = File::open(f).ok()?;
+    file.seek(SeekFrom::End(-4)).ok()?;
+    let mut b = [0u8; 4];
+    file.read_exact(&mut b).ok()?;
+    Some(u64::from(u32::from_le_bytes(b)))
+}
+
+/// A zstd frame's content size, when its header records one.
+fn zstd_content_size(f: &Path) -> Option<u64> {
+    let mut head = [0u8; 18];
+    let mut file = File::open(f).ok()?;
+    let n = file.read(&mut head).ok()?;
+    zstd::zstd_safe::get_frame_content_size(&head[..n]).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn desc(size: u64) -> Descriptor {
+        Descriptor {
+            media_type: String::new(),
+            digest: String::new(),
+            size,
+            annotations: Default::default(),
+            platform: None,
+        }
+    }
+
+    #[test]
+    fn estimates_read_the_recorded_sizes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = vec![7u8; 300_000];
+        let gz = dir.path().join("gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&data).expect("gzip");
+        let gzb = enc.finish().expect("gzip");
+        std::fs::write(&gz, &gzb).expect("write");
+        assert_eq!(estimate(&desc(gzb.len() as u64), Compression::Gzip, Some(&gz)), 300_000);
+        let zs = dir.path().join("zs");
+        let zb = zstd::encode_all(&data[..], 3).expect("zstd");
+        std::fs::write(&zs, &zb).expect("write");
+        assert_eq!(estimate(&desc(zb.len() as u64), Compression::Zstd, Some(&zs)), 300_000);
+        assert_eq!(estimate(&desc(10), Compression::None, None), 10);
+        assert_eq!(estimate(&desc(10), Compression::Zstd, None), 40);
+    }
+
+    #[test]
+    fn refuses_with_both_numbers_and_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = SpaceCheck::default();
+        c.add(&dir.path().join("not/yet/there"), u64::MAX / 2, "a huge layer".into()).expect("add");
+        let e = c.check().expect_err("cannot fit");
+        let msg = e.to_string();
+        assert!(msg.contains(&(u64::MAX / 2).to_string()) && msg.contains("bytes are free"), "{msg}");
+        assert!(msg.contains(&*dir.path().to_string_lossy()), "{msg}");
+        let mut ok = SpaceCheck::default();
+        ok.add(dir.path(), 1, "one byte".into()).expect("add");
+        ok.check().expect("one byte fits");
+    }
+}
