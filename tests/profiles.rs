@@ -627,6 +627,42 @@ fn uninstall_db_is_refused_while_fdw_is_inside() {
     assert!(sb.list_json().is_empty(), "packages still listed after uninstalling both");
 }
 
+/// Steampipe's own flow when it bumps Postgres: the db again with a new
+/// `--db-version`. Its old `db/<ver>/postgres` holds the FDW's three files,
+/// so the upgrade is refused, naming the fdw package and what to run;
+/// nothing changes and `verify` stays clean. In that order the bump works.
+#[test]
+fn db_version_change_is_refused_while_fdw_is_inside() {
+    let (sb, base) = steampipe_sandbox();
+    let pkgs = Pkgs { db: Some("v1"), fdw: Some("v1"), plugin: None };
+    install_all(&sb, pkgs);
+    let before_world = sb.world();
+    let before_list = sb.run(&["list", "--json"]).ok().json();
+
+    let run = sb.run(&install_args(&sb.dest, Kind::Db, &Kind::Db.source("v1"), &["--db-version", "14.20.0"]));
+    run.expect_clean_failure();
+    for want in ["\"fdw\"", "uninstall fdw", "--db-version", PG] {
+        assert!(run.stderr.contains(want), "the refusal does not say {want:?}:\n{}", run.describe());
+    }
+    let after = sb.world();
+    assert!(after == before_world, "a refused db bump changed the install dir:\n{}", tree_diff(&after, &before_world, 25));
+    assert_eq!(sb.run(&["list", "--json"]).ok().json(), before_list, "a refused db bump changed the registry");
+    assert!(pending_of(&sb.status_json()).is_empty());
+    check_world(&sb, &base, pkgs, "after the refused db bump");
+
+    // What the message says to do: uninstall the fdw, bump, reinstall the fdw.
+    sb.run(&["uninstall", "fdw"]).ok();
+    sb.run(&install_args(&sb.dest, Kind::Db, &Kind::Db.source("v1"), &["--db-version", "14.20.0"])).ok();
+    sb.run(&install_args(&sb.dest, Kind::Fdw, &Kind::Fdw.source("v1"), &["--db-version", "14.20.0"])).ok();
+    sb.run(&["verify"]).ok();
+    assert!(node_of(&sb.dest.join(PG)).is_none(), "the old postgres/ is still there");
+    let new_pg = sb.dest.join("db/14.20.0/postgres");
+    for (f, d) in FDW_FILES {
+        assert!(node_of(&new_pg.join(d).join(f)).is_some(), "{d}/{f} missing in the new db version");
+    }
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
+
 // ---------------------------------------------------------------------------
 // Platforms
 // ---------------------------------------------------------------------------

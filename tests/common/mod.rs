@@ -865,3 +865,131 @@ pub fn hostile_demo_layout(out: &Path, tag: &str, tar: &[u8]) -> String {
 pub fn path_str(p: &Path) -> &str {
     std::str::from_utf8(p.as_os_str().as_bytes()).unwrap()
 }
+
+// ---------------------------------------------------------------------------
+// Root-only fixtures: mounts, another user
+// ---------------------------------------------------------------------------
+
+/// True when running as root. Otherwise says loudly that `what` is skipped,
+/// and fails instead when `CI` is set (CI runs as root and must run it).
+pub fn root_or_skip(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{what} needs root, and CI is set: it must run there");
+    eprintln!("SKIPPED (needs root): {what}");
+    println!("SKIPPED (needs root): {what}");
+    false
+}
+
+/// A filesystem mounted for a test, unmounted (lazily) when dropped.
+pub struct Mount {
+    pub at: PathBuf,
+}
+
+impl Mount {
+    /// Mounts a tmpfs of `size` (e.g. "8m") at `at` (created if missing).
+    pub fn tmpfs(at: &Path, size: &str) -> Mount {
+        fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap_or_else(|e| panic!("spawn mount: {e}"));
+        assert!(st.success(), "mount tmpfs at {}: {st}", at.display());
+        Mount { at: at.to_path_buf() }
+    }
+
+    /// Makes a `size_mib` ext4 image in `image` and loop-mounts it at `at`.
+    pub fn ext4(image: &Path, size_mib: u64, at: &Path) -> Mount {
+        let f = fs::File::create(image).unwrap();
+        f.set_len(size_mib << 20).unwrap();
+        drop(f);
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .arg(image)
+            .status()
+            .unwrap_or_else(|e| panic!("spawn mkfs.ext4 (e2fsprogs): {e}"));
+        assert!(st.success(), "mkfs.ext4 {}: {st}", image.display());
+        fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(at)
+            .status()
+            .unwrap_or_else(|e| panic!("spawn mount: {e}"));
+        assert!(st.success(), "loop-mount {} at {}: {st}", image.display(), at.display());
+        Mount { at: at.to_path_buf() }
+    }
+
+    /// Free bytes for an ordinary user on the mounted filesystem.
+    pub fn free_bytes(&self) -> u64 {
+        let c = std::ffi::CString::new(self.at.as_os_str().as_bytes()).unwrap();
+        // SAFETY: statvfs writes into the zeroed struct; the path is NUL-terminated.
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut v) }, 0, "statvfs {}", self.at.display());
+        v.f_bavail as u64 * v.f_frsize as u64
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// The uid tests use as an ordinary user when they run as root ("nobody").
+pub const NOBODY: u32 = 65534;
+
+/// Gives `path` and everything under it to `uid` (its group too).
+pub fn chown_tree(path: &Path, uid: u32) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{uid}"))
+        .arg(path)
+        .status()
+        .unwrap_or_else(|e| panic!("spawn chown: {e}"));
+    assert!(st.success(), "chown -R {uid} {}: {st}", path.display());
+}
+
+/// Like [`run_bin`], as user `uid` (with HOME set to `cwd`) when the test
+/// runs as root; as the current user otherwise.
+pub fn run_bin_as<S: AsRef<OsStr>>(uid: u32, state: &Path, cwd: &Path, args: &[S], env: &[(&str, &OsStr)]) -> Run {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return run_bin(state, cwd, args, env);
+    }
+    let mut all: Vec<(&str, &OsStr)> = env.to_vec();
+    all.push(("HOME", cwd.as_os_str()));
+    let uid_s = uid.to_string();
+    let mut argv: Vec<OsString> = vec![
+        format!("--reuid={uid_s}").into(),
+        format!("--regid={uid_s}").into(),
+        "--clear-groups".into(),
+        "--".into(),
+        BIN.into(),
+        "--state-dir".into(),
+        state.into(),
+    ];
+    argv.extend(args.iter().map(|a| a.as_ref().to_os_string()));
+    let mut cmd = Command::new("setpriv");
+    cmd.args(&argv);
+    for k in SCRUBBED_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("NO_COLOR", "1").env("STAGEHAND_DEFAULT_REGISTRY", "127.0.0.1:9");
+    for (k, v) in &all {
+        cmd.env(k, v);
+    }
+    cmd.current_dir(cwd).stdin(Stdio::null());
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn setpriv: {e}"));
+    Run {
+        argv: format!("(as uid {uid}) {}", args.iter().map(|a| a.as_ref().to_string_lossy()).collect::<Vec<_>>().join(" ")),
+        env: String::new(),
+        code: out.status.code(),
+        signal: out.status.signal(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
