@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every check of stagehand on a fresh Debian
 # machine (as root, as CI does): formatting, clippy, every test target
-# (unit, integration, crash matrix) and the doc tests. Prints a summary and
+# (unit, integration, crash matrix), the doc tests, and the CLI and crash
+# matrix tests once more as an ordinary user (uid 65534). Prints a summary and
 # exits non-zero if any step failed.
 set -euo pipefail
 
@@ -31,6 +32,16 @@ if [ "${#registry_pkgs[@]}" -gt 0 ]; then
     else
         echo "test.sh: ${registry_pkgs[*]} missing and not installable here (needs root and apt-get)" >&2
     fi
+fi
+# CONTAINMENT TESTS: mkfs.ext4 (e2fsprogs) for the full-disk test's loop
+# mount, setpriv (util-linux) for the unprivileged pass below.
+fs_pkgs=()
+command -v mkfs.ext4 >/dev/null 2>&1 || fs_pkgs+=(e2fsprogs)
+command -v setpriv >/dev/null 2>&1 || fs_pkgs+=(util-linux)
+if [ "${#fs_pkgs[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing ${fs_pkgs[*]} for the containment tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${fs_pkgs[@]}"
 fi
 # ---------------------------------------------------------------------------
 
@@ -78,9 +89,51 @@ fi
 step tests cargo test --all-targets --no-fail-fast -- --test-threads=2
 step doctests cargo test --doc
 
+# ---------------------------------------------------------------------------
+# The same CLI and crash-matrix tests again as an ordinary user (uid 65534,
+# "nobody"), as most people run stagehand (state in ~/.local/state): the
+# test binaries built above run through setpriv, without rebuilding, with a
+# HOME and a scratch dir that user owns. The binaries read the repository
+# (examples/) and run target/debug/stagehand by absolute path, so those
+# must be readable by that user; the run says so and fails when they are
+# not. Root-only cases (mounts) skip loudly in this pass
+# (STAGEHAND_TEST_UNPRIVILEGED), having run as root above.
+unprivileged_tests=(cli_basic cli_commands crash_matrix containment safety)
+run_unprivileged() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "already an ordinary user ($(id -u)): the run above was unprivileged"
+        return 0
+    fi
+    local args=() t
+    for t in "${unprivileged_tests[@]}"; do args+=(--test "$t"); done
+    local exes
+    exes="$(cargo test --no-run --message-format=json "${args[@]}" 2>/dev/null |
+        grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//')"
+    local scratch
+    scratch="$(mktemp -d "${TMPDIR:-/tmp}/stagehand-nobody.XXXXXX")"
+    mkdir -p "$scratch/home" "$scratch/tmp"
+    chown -R 65534:65534 "$scratch"
+    local as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups --
+        env -u CI HOME="$scratch/home" TMPDIR="$scratch/tmp"
+        STAGEHAND_TEST_UNPRIVILEGED=1 PATH="$PATH")
+    if ! "${as_nobody[@]}" test -r examples/demo/index.json -a -x target/debug/stagehand; then
+        echo "uid 65534 cannot read $(pwd)/examples or run target/debug/stagehand: make the checkout world-readable (chmod o+rx on its path)" >&2
+        rm -rf "$scratch"
+        return 1
+    fi
+    local rc=0 exe
+    for exe in $exes; do
+        echo "--- as uid 65534: $(basename "$exe")"
+        "${as_nobody[@]}" "$exe" --test-threads=2 || rc=1
+    done
+    rm -rf "$scratch"
+    return "$rc"
+}
+step unprivileged run_unprivileged
+
 # Sum the test counts of every `test result:` line.
 read -r passed failed_tests ignored < <(
-    cat "${log_dir}/tests.log" "${log_dir}/doctests.log" 2>/dev/null |
+    cat "${log_dir}/tests.log" "${log_dir}/doctests.log" "${log_dir}/unprivileged.log" 2>/dev/null |
         awk '/^test result:/ {
                 for (i = 1; i <= NF; i++) {
                     if ($(i) ~ /^passed;?$/) p += $(i - 1)

@@ -15,7 +15,8 @@
 //!   whichever way the db went; recovery itself is crashed too here) and the
 //!   plugin upgrade (`…@v1` removed and `…@v2` created in one transaction).
 //! - `verify` after every clean install and after the db upgrade.
-//! - `uninstall db` is refused while the FDW lives inside it.
+//! - `uninstall db` is refused while the FDW lives inside it, and so is a db
+//!   `--db-version` change (it would remove the FDW's directory).
 //! - Platform fallback (darwin/arm64 → darwin-amd64 plugin layer) and the
 //!   error that lists the platforms an artifact has.
 //!

@@ -165,9 +165,15 @@ mod tests {
         std::fs::write(&gz, &gzb).expect("write");
         assert_eq!(estimate(&desc(gzb.len() as u64), Compression::Gzip, Some(&gz)), 300_000);
         let zs = dir.path().join("zs");
-        let zb = zstd::encode_all(&data[..], 3).expect("zstd");
+        // One-shot compression records the content size in the frame header.
+        let zb = zstd::bulk::compress(&data, 3).expect("zstd");
         std::fs::write(&zs, &zb).expect("write");
         assert_eq!(estimate(&desc(zb.len() as u64), Compression::Zstd, Some(&zs)), 300_000);
+        // A streamed frame does not: four times the blob.
+        let streamed = zstd::encode_all(&data[..], 3).expect("zstd");
+        std::fs::write(&zs, &streamed).expect("write");
+        let n = streamed.len() as u64;
+        assert_eq!(estimate(&desc(n), Compression::Zstd, Some(&zs)), 4 * n);
         assert_eq!(estimate(&desc(10), Compression::None, None), 10);
         assert_eq!(estimate(&desc(10), Compression::Zstd, None), 40);
     }
