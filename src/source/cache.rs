@@ -379,6 +379,11 @@ impl BlobWriter {
         self.partial.len()
     }
 
+    /// The partial file being written.
+    pub fn path(&self) -> &Path {
+        self.partial.path()
+    }
+
     /// Where a resumed download picked up (0 for a fresh one).
     pub fn resumed_from(&self) -> u64 {
         self.resumed_from

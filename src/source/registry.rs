@@ -32,7 +32,7 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use super::cache::BlobCache;
+use super::cache::{BlobCache, BlobWriter};
 use super::layout::{host_platform, platform_name};
 use super::manifest::{
     is_index_media_type, is_manifest_media_type, parse_index, parse_manifest, validate_digest,
@@ -682,7 +682,9 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
             }
             match item {
                 Ok(bytes) => {
-                    w.write(&bytes)?;
+                    if let Err(e) = w.write(&bytes) {
+                        return Err(kept_on_full_disk(e, w));
+                    }
                     let n = bytes.len() as u64;
                     counted += n;
                     bar.inc(n);
@@ -719,6 +721,50 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
             }
         }
     }
+}
+
+/// A download that hit a full disk keeps its partial file (a registry
+/// download resumes where it stopped) and says where it is and how to free it.
+fn kept_on_full_disk(e: SourceError, w: BlobWriter) -> SourceError {
+    match e {
+        SourceError::Io { what, source } if source.kind() == std::io::ErrorKind::StorageFull => {
+            let (path, got) = (w.path().display().to_string(), w.offset());
+            let _ = w.suspend();
+            SourceError::Io {
+                what,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "{source}; the partial download {path} ({got} bytes) was kept: the same command resumes \
+                         it once space is freed, and `stagehand cache prune` removes it instead"
+                    ),
+                ),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Refuses a download that cannot fit in the blob cache's filesystem.
+fn check_download_space(cache: &BlobCache, total: u64) -> Result<(), SourceError> {
+    const SPARE: u64 = 1 << 20;
+    let root = cache.root();
+    let (_, free) = crate::fsops::free_space(root)
+        .map_err(|source| SourceError::Io { what: format!("checking free space for {}", root.display()), source })?;
+    if total.saturating_add(SPARE) > free {
+        return Err(SourceError::Io {
+            what: format!("not enough free space for the blob cache {}", root.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "the download needs {total} bytes plus {SPARE} to spare, and {free} bytes are free; \
+                     nothing was downloaded: free space there (`stagehand cache prune` removes unused blobs \
+                     and partial downloads) and run the command again"
+                ),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Pulls `registry/repository` at `selector` into the blob cache of
@@ -834,6 +880,7 @@ async fn pull_async(
     }
     jobs.sort_by_key(|j| std::cmp::Reverse(j.desc.size));
     let total: u64 = jobs.iter().map(|j| j.desc.size).sum();
+    check_download_space(&cache, total)?;
     let bars = Bars::new(progress && !jobs.is_empty(), total);
     let limit = match opts.max_concurrent_downloads {
         0 => DEFAULT_CONCURRENT_DOWNLOADS,
