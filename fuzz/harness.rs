@@ -502,7 +502,10 @@ fn simulate(rec: &TxnRecord, observed: &[Observed], d: &RecoveryDecision) {
                     let is_old = t.old.is_some_and(|o| o.same_as(&x));
                     let is_new = t.new.as_ref().and_then(|n| n.identity).is_some_and(|n| n.same_as(&x));
                     let keeps = (forward && is_new) || (is_old && (!forward || n < first));
-                    assert!(!(only && keeps), "Remove of {path}, the only copy; record {rec:?}, start {start:?}, decision {d:?}");
+                    assert!(
+                        !(only && keeps),
+                        "Remove of {path}, the only copy; record {rec:?}, start {start:?}, decision {d:?}"
+                    );
                 }
                 fs.remove(path);
             }

@@ -44,7 +44,12 @@ fn nested_targets_across_versions_are_refused() {
     let run = sb.run(&args);
     run.expect_clean_failure();
     let app = sb.dest.join("app");
-    assert!(run.stderr.contains(&*app.to_string_lossy()), "the refusal does not name {}:\n{}", app.display(), run.describe());
+    assert!(
+        run.stderr.contains(&*app.to_string_lossy()),
+        "the refusal does not name {}:\n{}",
+        app.display(),
+        run.describe()
+    );
     assert!(run.stderr.contains("nests"), "the refusal does not say the targets nest:\n{}", run.describe());
     let after = sb.world();
     assert!(after == before, "a refused upgrade changed DEST:\n{}", tree_diff(&after, &before, 20));
@@ -104,7 +109,10 @@ fn read_only_tree_as_an_ordinary_user() {
     assert!(node_of(&sb.dest.join("app")).is_none(), "app still there after uninstall");
     assert!(sb.leftovers().is_empty(), "leftovers after uninstall: {:?}", sb.leftovers());
     run(&["status".into()]).ok();
-    println!("read-only tree: install, upgrade, rollback, uninstall as {}", if as_root { "uid 65534" } else { "this user" });
+    println!(
+        "read-only tree: install, upgrade, rollback, uninstall as {}",
+        if as_root { "uid 65534" } else { "this user" }
+    );
 }
 
 #[test]
@@ -123,7 +131,11 @@ fn a_mount_inside_a_target_is_never_crossed() {
     for args in [sb.install_demo_args("v2"), sb.uninstall_args(DEMO)] {
         let run = sb.run(&args);
         run.expect_clean_failure();
-        assert!(run.stderr.contains(&*mnt.to_string_lossy()), "the refusal does not name the mount:\n{}", run.describe());
+        assert!(
+            run.stderr.contains(&*mnt.to_string_lossy()),
+            "the refusal does not name the mount:\n{}",
+            run.describe()
+        );
         assert!(run.stderr.contains("umount"), "the refusal does not say what to do:\n{}", run.describe());
         let after = sb.world();
         assert!(after == before, "a refused command changed DEST:\n{}", tree_diff(&after, &before, 20));
@@ -220,7 +232,11 @@ fn a_full_disk_is_refused_early_and_left_as_it_was() {
     run.expect_clean_failure();
     assert!(run.stderr.contains("not enough free space"), "{}", run.describe());
     assert!(run.stderr.contains("bytes are free"), "the refusal does not give the free bytes:\n{}", run.describe());
-    assert!(run.stderr.contains(&*disk.at.to_string_lossy()), "the refusal does not name the path:\n{}", run.describe());
+    assert!(
+        run.stderr.contains(&*disk.at.to_string_lossy()),
+        "the refusal does not name the path:\n{}",
+        run.describe()
+    );
     let after_free = disk.free_bytes();
     assert!(
         after_free + (1 << 20) >= base_free,
@@ -235,4 +251,52 @@ fn a_full_disk_is_refused_early_and_left_as_it_was() {
     assert!(pending_of(&sb.status_json()).is_empty());
     sb.run(&["verify", DEMO]).ok();
     println!("full disk: refused with {after_free} bytes free; {}", run.stderr.lines().last().unwrap_or(""));
+}
+
+/// A committed upgrade whose cleanup cannot remove the old tree (EACCES,
+/// injected at the first cleanup removal): the upgrade still finishes, the
+/// message names the path and the fix, nothing stays pending, and every later
+/// command works; once the user removes the path, nothing is left.
+#[test]
+fn a_cleanup_that_cannot_remove_keeps_every_command_usable() {
+    let sb = Sandbox::new();
+    sb.install_demo("v1").ok();
+    let base = without_demo(&sb.world());
+    let run =
+        sb.run_env(&sb.install_demo_args("v2"), &[("STAGEHAND_FAIL_AT", "fsops.remove.cleanup:1=EACCES".as_ref())]);
+    run.ok();
+    let left = sb.leftovers();
+    let tops: Vec<&String> = left
+        .iter()
+        .filter(|k| !Path::new(k).parent().is_some_and(|p| p.to_string_lossy().contains("stagehand-")))
+        .collect();
+    assert_eq!(tops.len(), 1, "expected the one path cleanup could not remove: {left:?}\n{}", run.describe());
+    let path = sb.dest.join(tops[0]);
+    assert!(
+        run.stderr.contains(&*path.to_string_lossy()),
+        "the warning does not name {}:\n{}",
+        path.display(),
+        run.describe()
+    );
+    assert!(run.stderr.contains("rm -rf"), "the warning does not say how to remove it:\n{}", run.describe());
+    assert!(pending_of(&sb.status_json()).is_empty(), "the finished upgrade is still pending");
+    let w = normalize(&without_prefix_leftovers(&sb.world()));
+    let want = normalize(&demo_world(&base, Some("v2")));
+    assert!(w == want, "after the upgrade:\n{}", tree_diff(&w, &want, 20));
+    sb.run(&["verify", DEMO]).ok();
+    let history = sb.run(&["history"]).ok().stdout.clone();
+    assert!(history.contains(&*path.to_string_lossy()), "history does not record the leftover:\n{history}");
+    // Unrelated and related commands alike still work, and nothing retries it.
+    sb.run(&["list"]).ok();
+    sb.run(&["rollback", DEMO]).ok();
+    sb.run(&["verify", DEMO]).ok();
+    assert_eq!(sb.leftovers(), left, "a later command touched the leftover");
+    // The fix the message gives.
+    fs::remove_dir_all(&path).unwrap();
+    assert!(sb.leftovers().is_empty());
+}
+
+/// The world without `.stagehand-` paths (what `leftovers` lists).
+fn without_prefix_leftovers(w: &Tree) -> Tree {
+    w.iter().filter(|(k, _)| !k.contains(".stagehand-")).map(|(k, v)| (k.clone(), v.clone())).collect()
 }

@@ -646,7 +646,11 @@ fn db_version_change_is_refused_while_fdw_is_inside() {
         assert!(run.stderr.contains(want), "the refusal does not say {want:?}:\n{}", run.describe());
     }
     let after = sb.world();
-    assert!(after == before_world, "a refused db bump changed the install dir:\n{}", tree_diff(&after, &before_world, 25));
+    assert!(
+        after == before_world,
+        "a refused db bump changed the install dir:\n{}",
+        tree_diff(&after, &before_world, 25)
+    );
     assert_eq!(sb.run(&["list", "--json"]).ok().json(), before_list, "a refused db bump changed the registry");
     assert!(pending_of(&sb.status_json()).is_empty());
     check_world(&sb, &base, pkgs, "after the refused db bump");

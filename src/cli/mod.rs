@@ -545,6 +545,9 @@ fn run_command(
                         new,
                         e.outcome.name()
                     );
+                    if let Some(note) = &e.error {
+                        println!("        {note}");
+                    }
                 }
             }
             Ok(EXIT_OK)

@@ -40,10 +40,8 @@ pub struct SpaceCheck {
 impl SpaceCheck {
     /// Adds `bytes` needed at `at` (which may not exist yet).
     pub fn add(&mut self, at: &Path, bytes: u64, what: String) -> Result<()> {
-        let (dev, _) = fsops::free_space(at).map_err(|source| Error::Io {
-            context: format!("checking free space for {}", at.display()),
-            source,
-        })?;
+        let (dev, _) = fsops::free_space(at)
+            .map_err(|source| Error::Io { context: format!("checking free space for {}", at.display()), source })?;
         let n = self.by_dev.entry(dev).or_insert_with(|| Need { at: at.to_path_buf(), ..Need::default() });
         n.bytes = n.bytes.saturating_add(bytes);
         n.what.push(what);

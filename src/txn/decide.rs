@@ -275,7 +275,9 @@ fn keeps_every_only_copy(rec: &TxnRecord, observed: &[Observed], d: &RecoveryDec
         }
     }
     let (forward, first, then): (bool, Vec<&Action>, &[Action]) = match d {
-        RecoveryDecision::RollForward { swaps, cleanup } => (true, swaps.iter().flat_map(|s| &s.actions).collect(), cleanup),
+        RecoveryDecision::RollForward { swaps, cleanup } => {
+            (true, swaps.iter().flat_map(|s| &s.actions).collect(), cleanup)
+        }
         RecoveryDecision::RollBack { moves, cleanup, .. } => (false, moves.iter().collect(), cleanup),
         RecoveryDecision::Refuse { .. } => return true,
     };

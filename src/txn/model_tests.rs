@@ -261,7 +261,10 @@ fn every_state_converges_or_refuses() {
                     }
                     if !step.is_committed() {
                         let forward = matches!(d, RecoveryDecision::RollForward { .. });
-                        assert_eq!(forward, ahead, "{step:?} {l0:?} {l1:?}: before commit, forward only when ahead: {d:?}");
+                        assert_eq!(
+                            forward, ahead,
+                            "{step:?} {l0:?} {l1:?}: before commit, forward only when ahead: {d:?}"
+                        );
                     }
                     let n_actions = plan(&d).map(|(_, v)| v.len()).unwrap_or(0);
                     for can_exchange in [true, false] {

@@ -990,7 +990,10 @@ pub fn run_bin_as<S: AsRef<OsStr>>(uid: u32, state: &Path, cwd: &Path, args: &[S
     cmd.current_dir(cwd).stdin(Stdio::null());
     let out = cmd.output().unwrap_or_else(|e| panic!("spawn setpriv: {e}"));
     Run {
-        argv: format!("(as uid {uid}) {}", args.iter().map(|a| a.as_ref().to_string_lossy()).collect::<Vec<_>>().join(" ")),
+        argv: format!(
+            "(as uid {uid}) {}",
+            args.iter().map(|a| a.as_ref().to_string_lossy()).collect::<Vec<_>>().join(" ")
+        ),
         env: String::new(),
         code: out.status.code(),
         signal: out.status.signal(),
