@@ -105,11 +105,12 @@ fn clean(actions: &[Action]) -> Result<Vec<String>, Error> {
                     Action::Remove { path } | Action::RemoveEmptyDir { path } => path.clone(),
                     other => format!("{other:?}"),
                 };
-                tracing::warn!(%path, error = %e, "cleanup could not remove a leftover");
-                left.push(format!(
+                let note = format!(
                     "{path} was left behind ({e}); it holds nothing stagehand needs: remove it by hand \
                      (`chmod -R u+w {path} && rm -rf {path}`, after `umount` of anything mounted inside it)"
-                ));
+                );
+                tracing::warn!("cleanup could not remove a leftover: {note}");
+                left.push(note);
             }
             Err(source) => return Err(Error::Io { context: format!("{a:?}"), source }),
         }
