@@ -108,14 +108,13 @@ run_unprivileged() {
     for t in "${unprivileged_tests[@]}"; do args+=(--test "$t"); done
     local exes
     exes="$(cargo test --no-run --message-format=json "${args[@]}" 2>/dev/null |
-        grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//')"
+        grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//' | grep '/deps/')"
     local scratch
     scratch="$(mktemp -d "${TMPDIR:-/tmp}/stagehand-nobody.XXXXXX")"
     mkdir -p "$scratch/home" "$scratch/tmp"
     chown -R 65534:65534 "$scratch"
     local as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups --
-        env -u CI HOME="$scratch/home" TMPDIR="$scratch/tmp"
-        STAGEHAND_TEST_UNPRIVILEGED=1 PATH="$PATH")
+        env HOME="$scratch/home" TMPDIR="$scratch/tmp" STAGEHAND_TEST_UNPRIVILEGED=1 PATH="$PATH")
     if ! "${as_nobody[@]}" test -r examples/demo/index.json -a -x target/debug/stagehand; then
         echo "uid 65534 cannot read $(pwd)/examples or run target/debug/stagehand: make the checkout world-readable (chmod o+rx on its path)" >&2
         rm -rf "$scratch"
