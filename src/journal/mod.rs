@@ -17,6 +17,7 @@
 
 pub mod codec;
 pub mod leftovers;
+pub mod salvage;
 pub mod seal;
 
 use std::collections::BTreeSet;
@@ -33,15 +34,15 @@ pub use codec::MAX_RECORD_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, move that directory and the journal.seal beside it aside: installed files are left as they are, but stagehand then forgets what it installed")]
+    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, `stagehand repair --set-aside-journal` moves it and the journal.seal beside it aside (deleting nothing) and lists the staging and backup paths it names; installed files are left as they are, but stagehand then forgets what it installed")]
     Open { path: PathBuf, source: sled::Error },
     #[error("journal record {key} is corrupt: {reason}. Nothing was changed or deleted; `stagehand journal` shows the records, and restoring the state dir from a backup is the safe fix")]
     Corrupt { key: String, reason: DecodeError },
     #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
     NewerFormat { found: u8 },
-    #[error("the journal at {path} is behind its seal: {detail} ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), move both {path} and {path_seal} aside")]
+    #[error("the journal at {path} is behind its seal: {detail} ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), `stagehand repair --set-aside-journal` moves both {path} and {path_seal} aside")]
     BehindSeal { path: PathBuf, path_seal: PathBuf, detail: String },
-    #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun")]
+    #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun; else `stagehand repair --set-aside-journal` moves the journal and its seal aside")]
     BadSeal { path: PathBuf, reason: String },
     #[error("cannot prepare the journal at {path} for opening: {source}. Nothing else was changed; fix the cause (permissions, a full disk) and rerun")]
     Prepare { path: PathBuf, source: std::io::Error },
@@ -53,6 +54,20 @@ pub enum JournalError {
     Injected { point: String, source: std::io::Error },
     #[error("cannot encode a journal record: {0}")]
     Encode(String),
+}
+
+impl JournalError {
+    /// True when the journal as a whole cannot be opened (as opposed to one
+    /// record or one write failing): `repair --set-aside-journal` applies.
+    pub fn is_unopenable(&self) -> bool {
+        matches!(
+            self,
+            JournalError::Open { .. }
+                | JournalError::Prepare { .. }
+                | JournalError::BehindSeal { .. }
+                | JournalError::BadSeal { .. }
+        )
+    }
 }
 
 impl From<sled::transaction::TransactionError<()>> for JournalError {
@@ -170,6 +185,25 @@ impl Journal {
         })?;
         let bytes = next.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).unwrap_or([0; 8]);
         Ok(u64::from_be_bytes(bytes))
+    }
+
+    /// Raises `meta/next_txn` to at least `min` (durably), so new
+    /// transactions never reuse a staging or backup name a journal that was
+    /// set aside may still have on disk.
+    pub fn raise_txn_counter(&self, min: TxnId) -> Result<()> {
+        let cur = self
+            .meta
+            .get("next_txn")?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if cur < min {
+            point("journal.counter")?;
+            self.meta.insert("next_txn", &min.to_be_bytes())?;
+            point("journal.counter.flush")?;
+            self.flush("counter")?;
+        }
+        Ok(())
     }
 
     /// Writes a transaction record and flushes it. `what` names the step for
