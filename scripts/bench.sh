@@ -3,8 +3,9 @@
 # a table of medians and ratios (see BENCHMARKS.md). Machines here are shared
 # and noisy: read the ratios, not the absolute times.
 #
-# Usage: scripts/bench.sh [--quick] [--runs N]
-#   --quick   20 MiB payload, no 1 GiB RSS row (a smoke run of the script)
+# Usage: scripts/bench.sh [--quick] [--small-files] [--runs N]
+#   --quick        20 MiB payload, no 1 GiB RSS row (a smoke run of the script)
+#   --small-files  the 20,000 small-file shape: 20,000 files, ~5 KB each
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -12,8 +13,9 @@ runs=3 mib=200 files=2000 big=1
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) mib=20; files=400; big=0 ;;
+    --small-files) mib=98; files=20000 ;;
     --runs) runs=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--runs N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--small-files] [--runs N]" >&2; exit 2 ;;
   esac
   shift
 done

@@ -168,3 +168,71 @@ fn truncated_journal_is_refused_by_its_seal() {
         assert!(sb.world() == world, "`{cmd}` on a truncated journal changed DEST");
     }
 }
+
+/// A journal that cannot be opened does not brick the tool: `status`,
+/// `list`, `verify` and `repair --dry-run` exit 6 saying what is wrong and
+/// what to do (`--json`: the error object); `repair --set-aside-journal`
+/// moves the journal and its seal aside (deleting nothing), reports the
+/// staging paths of the transaction it was in the middle of, and a fresh
+/// journal then works, numbering transactions past the old ones. DEST is
+/// hashed before and after: nothing there changes.
+#[test]
+fn unopenable_journal_is_set_aside() {
+    let (sb, _) = installed_v1();
+    // An upgrade killed after staging, before its commit record: its staging
+    // paths hold v2 content that only the journal knows about.
+    let crash = [("STAGEHAND_CRASH_AT", std::ffi::OsStr::new("journal.commit"))];
+    let run = sb.run_env(&sb.install_demo_args("v2"), &crash);
+    assert!(!run.success(), "the upgrade was to be killed:\n{}", run.describe());
+    let staged = sb.leftovers();
+    assert!(!staged.is_empty(), "no staging paths after the kill");
+    let world = sb.world();
+    // The seal outside sled is damaged: the journal cannot be opened.
+    let seal = sb.state.join("journal.seal");
+    std::fs::write(&seal, b"garbage\n").unwrap();
+    for cmd in [&["status"][..], &["list"], &["verify"], &["repair", "--dry-run"]] {
+        let run = sb.run(cmd);
+        assert_eq!(run.code, Some(6), "`{cmd:?}` on an unopenable journal:\n{}", run.describe());
+        assert!(
+            run.stderr.contains("repair --set-aside-journal"),
+            "`{cmd:?}` does not say what to do:\n{}",
+            run.describe()
+        );
+        let mut json_cmd = cmd.to_vec();
+        json_cmd.push("--json");
+        let run = sb.run(&json_cmd);
+        assert_eq!(run.json()["exit_code"], 6, "`{json_cmd:?}`:\n{}", run.describe());
+        assert!(sb.world() == world, "`{cmd:?}` changed DEST");
+    }
+    let run = sb.run(&["repair", "--set-aside-journal", "--json"]);
+    run.ok();
+    let rep = run.json();
+    let moved: Vec<String> =
+        rep["moved"].as_array().unwrap().iter().map(|m| m["to"].as_str().unwrap().into()).collect();
+    assert_eq!(moved.len(), 2, "journal and seal moved: {rep}");
+    for m in &moved {
+        assert!(std::path::Path::new(m).exists(), "{m} is gone");
+    }
+    assert_eq!(std::fs::read(&moved[1]).unwrap(), b"garbage\n", "the seal was moved as it was");
+    let reported: Vec<String> =
+        rep["stagehand_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    // Every staging path itself (not what is inside a staging tree).
+    for s in staged.iter().filter(|s| s.rsplit('/').next().is_some_and(|n| n.contains(".stagehand-"))) {
+        assert!(reported.iter().any(|r| r.ends_with(s.as_str())), "staging path {s} not reported: {reported:?}");
+    }
+    assert!(sb.world() == world, "setting the journal aside changed DEST");
+    // A fresh journal: nothing pending, nothing listed, and a new transaction
+    // numbered past the set-aside one (whose names are still on disk).
+    assert!(pending_of(&sb.status_json()).is_empty());
+    assert!(sb.list_json().is_empty());
+    let other = Sandbox::new();
+    let args = demo_install_args(&other.dest, &demo_source("v1"));
+    let run = sb.run(&[args.as_slice(), &["--json".into()]].concat());
+    run.ok();
+    let txn = run.json()["result"]["txn"].as_u64().unwrap_or(0);
+    assert!(txn >= 3, "the fresh journal reused transaction id {txn}:\n{}", run.describe());
+    assert!(sb.world() == world, "DEST changed");
+    // Asked again, with a journal that opens: refused, nothing moved.
+    let again = sb.run(&["repair", "--set-aside-journal"]);
+    assert_eq!(again.code, Some(1), "{}", again.describe());
+}

@@ -20,7 +20,7 @@ mod proof_common;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use proof_common::*;
@@ -329,4 +329,165 @@ fn random_kills_short() {
          finished first; after recovery old {ended_old}, new {ended_new}"
     );
     assert!(killed > 0, "no kill landed while the operation was running");
+}
+
+/// One version of the large artifact: the tar tree (`app/...`) and the three
+/// mapped files, as (path under DEST, bytes).
+type Files<N> = Vec<(N, Vec<u8>)>;
+
+fn large_version(files: usize, ver: u8) -> (Files<String>, Files<&'static str>) {
+    let mut tree = Vec::new();
+    for i in 0..files + if ver == 2 { 100 } else { 0 } {
+        let changed = ver == 2 && (i % 10 == 0 || i >= files);
+        if ver == 2 && i % 20 == 5 {
+            continue;
+        }
+        let len = 64 + (i * 37) % 192;
+        let tag = if changed { 2 } else { 1 };
+        let mut bytes = format!("v{tag} file {i} ").into_bytes();
+        bytes.resize(len, b'a' + (i % 26) as u8);
+        tree.push((format!("d{}/e{}/f{i}.dat", i % 40, i % 7), bytes));
+    }
+    let mapped = vec![
+        ("big.so", vec![ver; 256 * 1024]),
+        ("big.control", format!("default_version = '{ver}.0'\n").into_bytes()),
+        ("big--1.0.sql", format!("-- version {ver}\n").into_bytes()),
+    ];
+    (tree, mapped)
+}
+
+/// The tree DEST must hash to with `ver` installed, written here by plain
+/// `fs::write` (not by stagehand) and hashed.
+fn large_world(root: &Path, files: usize, ver: u8) -> Tree {
+    let dir = root.join(format!("expect-v{ver}"));
+    let (tree, mapped) = large_version(files, ver);
+    for (rel, bytes) in &tree {
+        let p = dir.join("app").join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, bytes).unwrap();
+    }
+    for (title, bytes) in &mapped {
+        let sub = if title.ends_with(".so") { "lib" } else { "share/extension" };
+        fs::create_dir_all(dir.join(sub)).unwrap();
+        fs::write(dir.join(sub).join(title), bytes).unwrap();
+    }
+    let t = hash_tree(&dir);
+    remove_if_exists(&dir);
+    t
+}
+
+/// A SIGKILL soak of a large artifact (2,000 files by default,
+/// `STAGEHAND_SOAK_FILES`; its journal records are far above sled's 128 KiB
+/// blob threshold without the content-addressed file lists): upgrades and
+/// downgrades, each SIGKILLed at a random instant up to 1.3 times its
+/// duration (so some land during the process's exit, some after it),
+/// `STAGEHAND_SOAK_KILLS` times (100). After each: the next command must
+/// open the journal, recover, and leave DEST exactly v1 or v2 (hashed here
+/// against trees written independently), with no `.stagehand-` leftovers,
+/// the registry agreeing. Counts journals that failed to open and other
+/// violations, and asserts both are 0.
+#[test]
+fn random_kills_large() {
+    let files = env_num("STAGEHAND_SOAK_FILES", 2000) as usize;
+    let kills = env_num("STAGEHAND_SOAK_KILLS", 100);
+    let mut rng = Rng::from_env("STAGEHAND_KILL_SEED", 0x5eed_0003);
+    let tmp = tempdir();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let (layout, state, dest) = (root.join("layout"), root.join("state"), root.join("dest"));
+    let mut versions = Vec::new();
+    for ver in [1u8, 2] {
+        let (tree, mapped) = large_version(files, ver);
+        versions.push((if ver == 1 { "v1" } else { "v2" }, Some(tar_of(&tree)), mapped));
+    }
+    make_layout(&layout, &versions);
+    let worlds = [large_world(&root, files, 1), large_world(&root, files, 2)];
+    let digests = ["v1", "v2"].map(|t| layout_tag_digest(&layout, t));
+    let args =
+        |ver: usize| demo_install_args(&dest, &format!("oci-layout:{}:v{}", layout.display(), ver + 1), Some("big"));
+    let run = |a: &[OsString]| run_bin(&state, &root, a, &[]);
+    // Fresh start (also after a journal that cannot be opened, counted).
+    let reset = || {
+        remove_if_exists(&state);
+        remove_if_exists(&dest);
+        fs::create_dir_all(&dest).unwrap();
+        run(&args(0)).ok();
+    };
+    reset();
+    let t0 = Instant::now();
+    run(&args(1)).ok();
+    let op_time = t0.elapsed();
+    run(&args(0)).ok();
+    let mut cur = 0usize;
+    let (mut killed, mut finished, mut unopenable, mut violations, mut ended_new) = (0, 0, 0, 0, 0);
+    let mut first_failures = Vec::new();
+    let started = Instant::now();
+    for k in 0..kills {
+        let new = 1 - cur;
+        let delay = Duration::from_micros(rng.below(op_time.as_micros() as u64 * 13 / 10 + 1));
+        let (mut child, argv) = spawn_bin(&state, &root, &args(new), &[]);
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let r = finish(child, argv);
+        match r.signal {
+            Some(libc::SIGKILL) => killed += 1,
+            None if r.success() => finished += 1,
+            _ => panic!("kill {k}: the upgrade failed by itself:\n{}", r.describe()),
+        }
+        let ctx = format!("kill {k} ({delay:?} into v{} -> v{})", cur + 1, new + 1);
+        let st = run(&["status".into(), "--json".into()]);
+        if !st.success() {
+            unopenable += 1;
+            first_failures.push(format!("{ctx}: the journal does not open:\n{}", st.describe()));
+            reset();
+            cur = 0;
+            continue;
+        }
+        let problem = (|| -> Result<usize, String> {
+            let pending = pending_of(&st.json()?)?;
+            if !pending.is_empty() {
+                return Err(format!("pending after recovery: {pending:?}"));
+            }
+            let left = leftovers_under(&dest);
+            if !left.is_empty() {
+                return Err(format!("leftovers: {left:?}"));
+            }
+            let now = hash_tree(&dest);
+            let after = worlds
+                .iter()
+                .position(|w| *w == now)
+                .ok_or_else(|| format!("DEST is neither v1 nor v2:\n{}", tree_diff(&now, &worlds[cur], 10)))?;
+            if r.success() && after != new {
+                return Err("the upgrade reported success, yet DEST holds the old version".into());
+            }
+            let listed = parse_list(&run(&["list".into(), "--json".into()]))?;
+            let digest = listed.get("big").map(|l| l.digest.clone());
+            if digest.as_deref() != Some(digests[after].as_str()) {
+                return Err(format!("the registry lists {digest:?}, DEST holds v{}", after + 1));
+            }
+            Ok(after)
+        })();
+        match problem {
+            Ok(after) => {
+                ended_new += usize::from(after == new);
+                cur = after;
+            }
+            Err(e) => {
+                violations += 1;
+                first_failures.push(format!("{ctx}: {e}"));
+                reset();
+                cur = 0;
+            }
+        }
+    }
+    println!(
+        "random kills, large: {kills} SIGKILLs of {files}-file upgrades (one takes {op_time:?}) in {:.0?}: {killed} \
+         killed mid-run, {finished} finished first; ended new {ended_new}; journals that failed to open \
+         {unopenable}; invariant violations {violations}",
+        started.elapsed()
+    );
+    for f in first_failures.iter().take(3) {
+        println!("  {f}");
+    }
+    assert_eq!((unopenable, violations), (0, 0), "see the failures above");
+    assert!(killed > kills / 2, "too few kills landed while the upgrade was running");
 }

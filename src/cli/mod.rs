@@ -108,11 +108,17 @@ pub enum Command {
     #[command(after_help = "Example:\n  stagehand uninstall demo")]
     Uninstall { name: String },
     /// Finish or undo interrupted transactions and report what was done.
-    #[command(after_help = "Example:\n  stagehand repair --dry-run")]
+    #[command(after_help = "Examples:\n  stagehand repair --dry-run\n  stagehand repair --set-aside-journal")]
     Repair {
         /// Say what recovery would do without doing it.
         #[arg(long)]
         dry_run: bool,
+        /// Only when the journal cannot be opened (exit 6): move it and its
+        /// seal aside (nothing is deleted), list the staging and backup paths
+        /// it names that exist on disk, and start a fresh journal. Installed
+        /// files stay; stagehand forgets what it installed.
+        #[arg(long, conflicts_with = "dry_run")]
+        set_aside_journal: bool,
     },
     /// Show unfinished transactions (after recovery) and counts.
     #[command(after_help = "Example:\n  stagehand status --json")]
@@ -288,7 +294,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         _ => {}
     }
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    let dry_run = matches!(cli.command, Command::Repair { dry_run: true });
+    let dry_run = matches!(cli.command, Command::Repair { dry_run: true, .. });
     let quiet = cli.quiet;
     let opts = OpenOptions {
         lock_timeout: Duration::from_secs(cli.lock_timeout),
@@ -316,6 +322,30 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         }
         _ => None,
     };
+    if matches!(cli.command, Command::Repair { set_aside_journal: true, .. }) {
+        let rep = installer::set_aside_journal(&state_dir, &opts)?;
+        if cli.json {
+            print_json(&json!({
+                "moved": rep.moved.iter().map(|(f, t)| json!({"from": f, "to": t})).collect::<Vec<_>>(),
+                "stagehand_paths": rep.stagehand_paths,
+                "named": rep.named,
+                "next_txn_after": rep.max_txn,
+            }));
+        } else if !cli.quiet {
+            for (f, t) in &rep.moved {
+                println!("moved {f} to {t}");
+            }
+            for p in &rep.stagehand_paths {
+                println!("left on disk: {p}");
+            }
+            println!(
+                "a fresh journal is in place; nothing was deleted. Inspect the paths above: a `.staging` path holds \
+                 new content, a `.backup` path old content; move back what you need, then remove them by hand. \
+                 Installed packages are no longer listed: install them again with --adopt"
+            );
+        }
+        return Ok(EXIT_OK);
+    }
     let (mut inst, recovered) = Installer::open(&state_dir, &opts)?;
     if !cli.json && !cli.quiet {
         for r in recovered.iter().filter(|r| r.reason.is_none()) {
@@ -406,7 +436,7 @@ fn run_command(
             let rep = inst.uninstall(name)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
-        Command::Repair { dry_run: true } => {
+        Command::Repair { dry_run: true, .. } => {
             let preview = inst.preview_recovery()?;
             let items: Vec<_> = preview
                 .iter()
@@ -436,7 +466,7 @@ fn run_command(
             }
             Ok(EXIT_OK)
         }
-        Command::Repair { dry_run: false } => {
+        Command::Repair { dry_run: false, .. } => {
             if cli.json {
                 print_json(&json!({"recovered": recovered}));
             } else if recovered.is_empty() {

@@ -3,14 +3,18 @@
 //!
 //! With `STAGEHAND_RECORD_OPS=DIR`, each successful mutation appends one JSON
 //! line to `DIR/ops.jsonl` (`write_file` carries its bytes as hex), each
-//! fsync appends a barrier line, and each journal flush appends a
-//! `journal_flush` line after copying the journal directory to
-//! `DIR/journal-<n>` (the durable journal at that instant). A checker replays
+//! fsync appends a barrier line, and each journal flush, once our fsyncs of sled's files and
+//! directories are done, appends a `journal_flush` line after copying the
+//! journal directory to `DIR/journal-<n>` (the durable journal at that
+//! instant). A checker replays
 //! prefixes of the log onto a copy of the starting tree, dropping what power
 //! loss may drop, and runs recovery on each result.
 //!
 //! `STAGEHAND_SKIP_FSYNC=POINT[:N]` skips the Nth fsync passing kill point
-//! POINT, so a test can prove the checker notices a missing barrier.
+//! POINT (`POINT:*`: every one), so a test can prove the checker notices a
+//! missing barrier. The journal's copy is taken after our own fsyncs of
+//! sled's files, and not at all across a skipped one: sled's `flush()` alone
+//! counts for nothing.
 //! Neither variable has any effect when unset.
 
 use std::io::Write;
@@ -82,15 +86,25 @@ pub fn journal_flushed(journal_dir: &Path, what: &str) {
     }
 }
 
-/// Whether the fsync at kill point `point` (its `count`th hit) is to be skipped.
+static SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many fsyncs [`skip_fsync`] has skipped so far in this process: the
+/// journal takes no durable snapshot across a skipped fsync of its own.
+pub fn skipped_fsyncs() -> u64 {
+    SKIPPED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Whether the fsync at kill point `point` (its `count`th hit) is to be
+/// skipped. `POINT:*` skips every hit of POINT.
 pub fn skip_fsync(point: &str) -> bool {
-    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SPEC: OnceLock<Option<(String, Option<u64>)>> = OnceLock::new();
     static COUNT: Mutex<u64> = Mutex::new(0);
     let spec = SPEC.get_or_init(|| {
         let s = std::env::var(ENV_SKIP_FSYNC).ok()?;
         match s.rsplit_once(':') {
-            Some((p, n)) => Some((p.to_string(), n.parse().ok()?)),
-            None => Some((s, 1)),
+            Some((p, "*")) => Some((p.to_string(), None)),
+            Some((p, n)) => Some((p.to_string(), Some(n.parse().ok()?))),
+            None => Some((s, Some(1))),
         }
     });
     let Some((p, n)) = spec else { return false };
@@ -102,5 +116,9 @@ pub fn skip_fsync(point: &str) -> bool {
         Err(e) => e.into_inner(),
     };
     *c += 1;
-    *c == *n
+    let skip = n.is_none_or(|n| *c == n);
+    if skip {
+        SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    skip
 }

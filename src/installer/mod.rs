@@ -63,12 +63,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// Process exit code: 1 general, 4 locked, 5 recovery refused.
+    /// Process exit code: 1 general, 4 locked, 5 recovery refused, 6 the
+    /// journal cannot be opened.
     /// (2 is usage, 3 is verify mismatch: set by the CLI.)
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Locked { .. } => 4,
             Error::RecoveryRefused { .. } => 5,
+            Error::Journal(j) if j.is_unopenable() => EXIT_JOURNAL_UNOPENABLE,
             Error::Interrupted => interrupt::EXIT_INTERRUPTED,
             // Malformed arguments are usage errors, like clap's own.
             Error::Source(SourceError::BadReference { .. }) | Error::Plan(PlanError::BadMap { .. }) => 2,
@@ -82,6 +84,9 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Exit code when the journal cannot be opened at all.
+pub const EXIT_JOURNAL_UNOPENABLE: i32 = 6;
 
 /// How to open a state dir.
 pub struct OpenOptions {
@@ -278,17 +283,47 @@ pub fn resolve_destination(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+fn lock_state_dir(state_dir: &Path, opts: &OpenOptions) -> Result<lock::StateLock> {
+    fsops::create_dir_all_durable(state_dir, "state")
+        .map_err(io(format!("creating the state dir {}", state_dir.display())))?;
+    let lock_path = state_dir.join("lock");
+    lock::acquire(&lock_path, opts.lock_timeout, opts.on_lock_wait.as_deref()).map_err(|e| match e {
+        lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
+        lock::LockError::Io(e) => Error::Io { context: format!("locking {}", lock_path.display()), source: e },
+    })
+}
+
+/// `repair --set-aside-journal`: under the lock, and only if the journal
+/// cannot be opened, renames it and its seal to `*.damaged-<unix time>`
+/// (deleting nothing), reports the `.stagehand-` paths it names that exist
+/// on disk (left for the user to inspect), and opens a fresh journal whose
+/// transaction counter starts past every id those names carry.
+pub fn set_aside_journal(state_dir: &Path, opts: &OpenOptions) -> Result<crate::journal::salvage::SetAside> {
+    let _lock = lock_state_dir(state_dir, opts)?;
+    let dir = state_dir.join("journal");
+    match Journal::open(&dir) {
+        Ok(_) => {
+            return Err(Error::Refused(format!(
+                "the journal at {} opens; there is nothing to set aside. Nothing was changed; `stagehand repair` finishes or undoes what is pending",
+                dir.display()
+            )))
+        }
+        Err(e) if e.is_unopenable() => tracing::warn!(error = %e, "setting the journal aside"),
+        Err(e) => return Err(e.into()),
+    }
+    let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let report = crate::journal::salvage::set_aside(&dir, &suffix.to_string())
+        .map_err(io(format!("setting the journal {} aside", dir.display())))?;
+    let fresh = Journal::open(&dir)?;
+    fresh.raise_txn_counter(report.max_txn)?;
+    Ok(report)
+}
+
 impl Installer {
     /// Opens `state_dir` (creating it), takes the lock, opens the journal,
     /// and recovers every unfinished transaction.
     pub fn open(state_dir: &Path, opts: &OpenOptions) -> Result<(Installer, Vec<RecoveryReport>)> {
-        fsops::create_dir_all_durable(state_dir, "state")
-            .map_err(io(format!("creating the state dir {}", state_dir.display())))?;
-        let lock_path = state_dir.join("lock");
-        let lock = lock::acquire(&lock_path, opts.lock_timeout, opts.on_lock_wait.as_deref()).map_err(|e| match e {
-            lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
-            lock::LockError::Io(e) => Error::Io { context: format!("locking {}", lock_path.display()), source: e },
-        })?;
+        let lock = lock_state_dir(state_dir, opts)?;
         let journal = Journal::open(&state_dir.join("journal"))?;
         let inst = Installer { state_dir: state_dir.to_path_buf(), journal, _lock: lock };
         let reports = if opts.recover { exec::recover_all(&inst.journal)? } else { Vec::new() };

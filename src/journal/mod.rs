@@ -4,22 +4,29 @@
 //! code that opens it. Trees: `meta` (format version), `txns` (transactions
 //! in flight, key = txn id as u64 big-endian), `history` (finished
 //! transactions, same keys) and `packages` (key = package name). Every value
-//! is a record encoded by [`codec`]. Every write is followed by `flush()`,
-//! which fsyncs, before the caller may run the step it announces; each write
-//! passes the kill points `journal.<what>` (before the insert) and
-//! `journal.<what>.flush` (before the flush).
+//! is a record encoded by [`codec`]. Every write is followed by sled's
+//! `flush()` and then our own fsyncs of sled's files and directories (sled's
+//! flush is no fsync on Linux), before the caller may run the step it
+//! announces; each write passes the kill points `journal.<what>` (before the
+//! insert) and `journal.<what>.flush` (before the flush). Before sled opens
+//! its directory, [`leftovers`] clears what a kill leaves that sled
+//! mishandles.
 //!
 //! Callers must hold the state-dir lock before [`Journal::open`]: sled takes
 //! an exclusive lock of its own and a second opener would fail obscurely.
 
 pub mod codec;
+pub mod leftovers;
+pub mod salvage;
 pub mod seal;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sled::Transactional;
 
-use crate::fsops::killpoint;
+use crate::fsops::{self, killpoint};
 use crate::txn::{HistoryEntry, Outcome, PackageRecord, TxnId, TxnRecord};
 use codec::{DecodeError, RecordKind, FORMAT_VERSION};
 
@@ -27,22 +34,40 @@ pub use codec::MAX_RECORD_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, move that directory and the journal.seal beside it aside: installed files are left as they are, but stagehand then forgets what it installed")]
+    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, `stagehand repair --set-aside-journal` moves it and the journal.seal beside it aside (deleting nothing) and lists the staging and backup paths it names; installed files are left as they are, but stagehand then forgets what it installed")]
     Open { path: PathBuf, source: sled::Error },
     #[error("journal record {key} is corrupt: {reason}. Nothing was changed or deleted; `stagehand journal` shows the records, and restoring the state dir from a backup is the safe fix")]
     Corrupt { key: String, reason: DecodeError },
     #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
     NewerFormat { found: u8 },
-    #[error("the journal at {path} is behind its seal: {detail} ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), move both {path} and {path_seal} aside")]
+    #[error("the journal at {path} is behind its seal: {detail} ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), `stagehand repair --set-aside-journal` moves both {path} and {path_seal} aside")]
     BehindSeal { path: PathBuf, path_seal: PathBuf, detail: String },
-    #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun")]
+    #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun; else `stagehand repair --set-aside-journal` moves the journal and its seal aside")]
     BadSeal { path: PathBuf, reason: String },
+    #[error("cannot prepare the journal at {path} for opening: {source}. Nothing else was changed; fix the cause (permissions, a full disk) and rerun")]
+    Prepare { path: PathBuf, source: std::io::Error },
     #[error("journal write failed: {0}")]
     Storage(#[from] sled::Error),
+    #[error("cannot make the journal durable at {point}: {source}")]
+    Sync { point: String, source: std::io::Error },
     #[error("journal write failed at {point}: {source}")]
     Injected { point: String, source: std::io::Error },
     #[error("cannot encode a journal record: {0}")]
     Encode(String),
+}
+
+impl JournalError {
+    /// True when the journal as a whole cannot be opened (as opposed to one
+    /// record or one write failing): `repair --set-aside-journal` applies.
+    pub fn is_unopenable(&self) -> bool {
+        matches!(
+            self,
+            JournalError::Open { .. }
+                | JournalError::Prepare { .. }
+                | JournalError::BehindSeal { .. }
+                | JournalError::BadSeal { .. }
+        )
+    }
 }
 
 impl From<sled::transaction::TransactionError<()>> for JournalError {
@@ -66,6 +91,9 @@ pub struct Journal {
     txns: sled::Tree,
     history: sled::Tree,
     packages: sled::Tree,
+    /// sled's files (relative names, `blobs/<lsn>` for blobs) as of our last
+    /// fsync of the directory: see [`Journal::sync_files`].
+    synced: Mutex<Option<BTreeSet<String>>>,
 }
 
 fn txn_key(id: TxnId) -> [u8; 8] {
@@ -89,8 +117,14 @@ fn point(name: &str) -> Result<()> {
 impl Journal {
     /// Opens (creating if needed) the journal in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
+        let fixed =
+            leftovers::prepare(dir).map_err(|source| JournalError::Prepare { path: dir.to_path_buf(), source })?;
+        for what in &fixed {
+            tracing::warn!(journal = %dir.display(), "{what}");
+        }
         let db = sled::Config::new()
             .path(dir)
+            .segment_size(leftovers::SEGMENT_SIZE)
             .flush_every_ms(None)
             .open()
             .map_err(|source| JournalError::Open { path: dir.to_path_buf(), source })?;
@@ -103,13 +137,14 @@ impl Journal {
             history: open("history")?,
             packages: open("packages")?,
             db,
+            synced: Mutex::new(None),
         };
         match j.meta.get("format")? {
             Some(v) if v.first() == Some(&FORMAT_VERSION) => {}
             Some(v) => return Err(JournalError::NewerFormat { found: v.first().copied().unwrap_or(0) }),
             None => {
                 j.meta.insert("format", &[FORMAT_VERSION])?;
-                j.db.flush()?;
+                j.flush("format")?;
             }
         }
         j.check_seal()?;
@@ -150,6 +185,25 @@ impl Journal {
         })?;
         let bytes = next.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).unwrap_or([0; 8]);
         Ok(u64::from_be_bytes(bytes))
+    }
+
+    /// Raises `meta/next_txn` to at least `min` (durably), so new
+    /// transactions never reuse a staging or backup name a journal that was
+    /// set aside may still have on disk.
+    pub fn raise_txn_counter(&self, min: TxnId) -> Result<()> {
+        let cur = self
+            .meta
+            .get("next_txn")?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if cur < min {
+            point("journal.counter")?;
+            self.meta.insert("next_txn", &min.to_be_bytes())?;
+            point("journal.counter.flush")?;
+            self.flush("counter")?;
+        }
+        Ok(())
     }
 
     /// Writes a transaction record and flushes it. `what` names the step for
@@ -217,11 +271,68 @@ impl Journal {
         Ok(())
     }
 
-    /// fsyncs everything written so far (sled's `flush`), then lets the
-    /// test-only recorder snapshot the durable journal.
+    /// Makes everything written so far durable: sled's `flush()` (on Linux a
+    /// `sync_file_range`, no metadata and no device cache flush), then our own
+    /// fsyncs of sled's files and directories ([`Journal::sync_files`]).
+    /// Only then the test-only recorder snapshots the durable journal, and
+    /// not at all if one of those fsyncs was skipped on purpose.
     fn flush(&self, what: &str) -> Result<()> {
         self.db.flush()?;
-        crate::fsops::record::journal_flushed(&self.dir, what);
+        let skipped = crate::fsops::record::skipped_fsyncs();
+        self.sync_files()?;
+        if crate::fsops::record::skipped_fsyncs() == skipped {
+            crate::fsops::record::journal_flushed(&self.dir, what);
+        }
+        Ok(())
+    }
+
+    /// fsyncs `db` always, every other file of sled's (`conf`, snapshots,
+    /// `blobs/<lsn>`) the first time it is seen, and the journal directory
+    /// and `blobs/` whenever their entries changed since the last call.
+    /// Kill points `fsops.fsync.journal` and `fsops.fsync_dir.journal`.
+    fn sync_files(&self) -> Result<()> {
+        let err = |point: &str| {
+            let point = point.to_string();
+            move |source| JournalError::Sync { point, source }
+        };
+        let blobs = self.dir.join("blobs");
+        let mut now = BTreeSet::new();
+        for (dir, prefix) in [(&self.dir, ""), (&blobs, "blobs/")] {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err("read_dir")(e)),
+            };
+            for e in entries {
+                let e = e.map_err(err("read_dir"))?;
+                if e.file_type().map_err(err("read_dir"))?.is_file() {
+                    now.insert(format!("{prefix}{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        let mut guard = match self.synced.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let before = guard.take().unwrap_or_default();
+        for name in &now {
+            if name == "db" || !before.contains(name) {
+                match fsops::fsync_file(&self.dir.join(name), "journal") {
+                    // sled may remove an old snapshot or blob meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r.map_err(err("fsops.fsync.journal"))?,
+                }
+            }
+        }
+        let top = |set: &BTreeSet<String>| set.iter().filter(|n| !n.starts_with("blobs/")).cloned().collect::<Vec<_>>();
+        let low = |set: &BTreeSet<String>| set.iter().filter(|n| n.starts_with("blobs/")).cloned().collect::<Vec<_>>();
+        if top(&now) != top(&before) || before.is_empty() {
+            fsops::fsync_dir(&self.dir, "journal").map_err(err("fsops.fsync_dir.journal"))?;
+        }
+        if (low(&now) != low(&before) || before.is_empty()) && blobs.is_dir() {
+            fsops::fsync_dir(&blobs, "journal").map_err(err("fsops.fsync_dir.journal"))?;
+        }
+        *guard = Some(now);
         Ok(())
     }
 

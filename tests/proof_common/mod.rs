@@ -116,8 +116,15 @@ impl Run {
 
 /// A `stagehand --state-dir STATE ARGS...` command with a scrubbed
 /// environment, no stdin and core dumps disabled.
+/// The binary under test: `STAGEHAND_TEST_BIN` if set (to run a proof
+/// against another build, e.g. an older commit, for before/after numbers),
+/// else this build's.
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("STAGEHAND_TEST_BIN").unwrap_or_else(|| BIN.into())
+}
+
 pub fn command<S: AsRef<OsStr>>(state: &Path, cwd: &Path, args: &[S], env: &[(&str, &OsStr)]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("--state-dir").arg(state);
     cmd.args(args);
     for k in SCRUBBED_ENV {
@@ -598,20 +605,63 @@ pub type FileVersion<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>);
 /// file one title-annotated `application/octet-stream` layer (so each file
 /// becomes one file target, placed by `--map GLOB=DIR`).
 pub fn make_file_layout(out: &Path, versions: &[FileVersion]) {
+    let versions: Vec<_> = versions.iter().map(|(t, f)| (*t, None, f.clone())).collect();
+    make_layout(out, &versions);
+}
+
+/// An uncompressed tar of regular files `(relative path, bytes)`, mode 0644,
+/// parent directories first.
+pub fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dirs = BTreeSet::new();
+    for (rel, _) in files {
+        let mut p = Path::new(rel).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    for d in &dirs {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    for (rel, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(bytes.len() as u64);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, rel, bytes.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// One version of a layout: its tag, an optional tar layer, its (title, bytes) files.
+pub type LayoutVersion<'a> = (&'a str, Option<Vec<u8>>, Vec<(&'a str, Vec<u8>)>);
+
+/// Like [`make_file_layout`], with an optional uncompressed tar layer first
+/// in each manifest (placed by `--to DIR`), as the demo has.
+pub fn make_layout(out: &Path, versions: &[LayoutVersion]) {
     remove_if_exists(out);
     fs::create_dir_all(out).unwrap();
     fs::write(out.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let (cfg, cfg_size) = put_blob(out, b"{}");
     let mut index = Vec::new();
-    for (tag, files) in versions {
-        let layers: Vec<serde_json::Value> = files
-            .iter()
-            .map(|(title, bytes)| {
-                let (d, s) = put_blob(out, bytes);
-                serde_json::json!({"mediaType": "application/octet-stream", "digest": d, "size": s,
-                    "annotations": {"org.opencontainers.image.title": title}})
-            })
-            .collect();
+    for (tag, tar, files) in versions {
+        let mut layers: Vec<serde_json::Value> = Vec::new();
+        if let Some(tar) = tar {
+            let (d, s) = put_blob(out, tar);
+            layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d,
+                "size": s}));
+        }
+        layers.extend(files.iter().map(|(title, bytes)| {
+            let (d, s) = put_blob(out, bytes);
+            serde_json::json!({"mediaType": "application/octet-stream", "digest": d, "size": s,
+                "annotations": {"org.opencontainers.image.title": title}})
+        }));
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
