@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Largest record accepted (a package with thousands of files fits easily).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
@@ -132,6 +132,7 @@ mod tests {
             }],
             placement: Default::default(),
             previous: vec![],
+            signed_by: None,
         }
     }
 
