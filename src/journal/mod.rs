@@ -332,4 +332,24 @@ mod tests {
             other => panic!("expected corrupt, got {other:?}"),
         }
     }
+
+    #[test]
+    fn older_format_is_refused_with_what_to_do_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        {
+            let j = Journal::open(&path).expect("open");
+            j.meta.insert("format", &[FORMAT_VERSION - 1]).expect("insert");
+            j.db.flush().expect("flush");
+        }
+        match Journal::open(&path) {
+            Err(e @ JournalError::OlderFormat { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("older stagehand") && msg.contains("--adopt"), "{msg}");
+            }
+            other => panic!("expected OlderFormat, got {:?}", other.map(|_| ())),
+        }
+        // Still refused the second time: nothing was rewritten.
+        assert!(matches!(Journal::open(&path), Err(JournalError::OlderFormat { .. })));
+    }
 }

@@ -88,7 +88,8 @@ impl VerifyKey {
     /// Parses a PEM `PUBLIC KEY` holding an ECDSA P-256 key.
     pub fn from_pem(pem: &[u8], path: &str) -> Result<VerifyKey, SignatureError> {
         let bad = |reason: String| SignatureError::BadKey { path: path.to_string(), reason };
-        let (label, der) = p256::pkcs8::der::pem::decode_vec(pem).map_err(|e| bad(format!("not a PEM file ({e})")))?;
+        let (label, der) = p256::pkcs8::der::pem::decode_vec(pem)
+            .map_err(|_| bad("not a PEM file (no \"-----BEGIN PUBLIC KEY-----\" block)".into()))?;
         if label.contains("PRIVATE") {
             return Err(bad(format!("it holds a private key ({label}), which stays with the signer")));
         }
@@ -349,4 +350,89 @@ pub fn verify_layout(layout: &OciLayout, digest: &str, display: &str, key: &Veri
     let i = decide(key, digest, display, &found)?;
     tracing::info!(origin = %found.candidates[i].origin, key = %key.fingerprint, "cosign signature verified");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:5a3ad1a6bbe0cbbb1ed8c1ffa20e5fba0de0a85fde62c0ba4d0a8e43c6a6dc44";
+    /// Made by `openssl ecparam -genkey -name prime256v1` + `openssl ec -pubout`.
+    const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEphW02OWj7mUG6MC+0zb5KJTJJPaC
+7ksq6sXiN8tHNe4tvD0iu54DFT7cSn0MGxEoeZWUvvEQSjhIXchqZUleHA==
+-----END PUBLIC KEY-----
+";
+
+    fn payload(digest: &str, kind: &str) -> Vec<u8> {
+        format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"r/demo"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"{kind}"}},"optional":null}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn tags_are_cosigns() {
+        assert_eq!(sig_tag(DIGEST), format!("sha256-{}.sig", &DIGEST[7..]));
+        assert_eq!(referrers_tag(DIGEST), format!("sha256-{}", &DIGEST[7..]));
+    }
+
+    #[test]
+    fn payload_must_name_exactly_the_digest() {
+        assert_eq!(check_payload(&payload(DIGEST, PAYLOAD_TYPE), DIGEST), Ok(()));
+        let other = format!("sha256:{}", "0".repeat(64));
+        assert!(check_payload(&payload(&other, PAYLOAD_TYPE), DIGEST).unwrap_err().contains("another artifact"));
+        assert!(check_payload(&payload(DIGEST, "something else"), DIGEST).unwrap_err().contains("critical.type"));
+        assert!(check_payload(b"{}", DIGEST).is_err());
+        assert!(check_payload(&[b' '; MAX_PAYLOAD_BYTES as usize + 1], DIGEST).unwrap_err().contains("limit"));
+    }
+
+    #[test]
+    fn key_fingerprint_is_sha256_of_the_der() {
+        let k = VerifyKey::from_pem(KEY.as_bytes(), "k.pub").expect("parses");
+        let (_, der) = p256::pkcs8::der::pem::decode_vec(KEY.as_bytes()).expect("pem");
+        assert_eq!(k.fingerprint(), format!("sha256:{}", hex::encode(Sha256::digest(&der))));
+        let err = VerifyKey::from_pem(b"hello", "x").unwrap_err().to_string();
+        assert!(err.contains("not a PEM file") && err.contains("Nothing was changed"), "{err}");
+    }
+
+    #[test]
+    fn signatures_that_are_not_base64_or_der_are_named() {
+        let k = VerifyKey::from_pem(KEY.as_bytes(), "k.pub").expect("parses");
+        assert!(k.check_signature(b"x", "!!!").unwrap_err().contains("not base64"));
+        assert!(k.check_signature(b"x", "AAAA").unwrap_err().contains("not a DER"));
+    }
+
+    #[test]
+    fn only_annotated_layers_are_signatures() {
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{DIGEST}","size":1}},"layers":[
+            {{"mediaType":"{MEDIA_TYPE_SIMPLE_SIGNING}","digest":"{DIGEST}","size":1,"annotations":{{"{ANNOTATION_SIGNATURE}":"c2ln"}}}},
+            {{"mediaType":"x","digest":"{DIGEST}","size":1}}]}}"#
+        );
+        let layers = parse_signature_manifest(m.as_bytes()).expect("parses");
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].signature, "c2ln");
+        assert!(parse_signature_manifest(b"[]").is_err());
+    }
+
+    #[test]
+    fn nothing_found_is_unsigned_and_bad_candidates_are_all_named() {
+        let k = VerifyKey::from_pem(KEY.as_bytes(), "k.pub").expect("parses");
+        let none = Found { looked: vec!["tag t".into()], ..Found::default() };
+        assert!(matches!(decide(&k, DIGEST, "d", &none), Err(SignatureError::Unsigned { .. })));
+        let found = Found {
+            candidates: vec![
+                Candidate { origin: "one".into(), payload: Err("missing".into()), signature: String::new() },
+                Candidate {
+                    origin: "two".into(),
+                    payload: Ok(payload(DIGEST, PAYLOAD_TYPE)),
+                    signature: "AAAA".into(),
+                },
+            ],
+            ..Found::default()
+        };
+        let err = decide(&k, DIGEST, "d", &found).unwrap_err().to_string();
+        assert!(err.contains("one: missing") && err.contains("two: its signature is not a DER"), "{err}");
+    }
 }
