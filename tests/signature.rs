@@ -216,7 +216,7 @@ fn run_cases(what: &str, sb: &Sandbox, source: &dyn Fn(&str) -> String, publishe
 
     // Valid, found through the OCI 1.1 referrers index (the tag sha256-<hex>).
     let v1_sig = (payload(&d1), sign(&a_key, &payload(&d1), false));
-    let m = sig_manifest(sig_layout, &[v1_sig.clone()], Some(&d1));
+    let m = sig_manifest(sig_layout, std::slice::from_ref(&v1_sig), Some(&d1));
     publisher.publish(&referrers_tag(&d1), &referrers_index(sig_layout, &[m]));
     let k = with_key(&a_pub);
     let r = install("v1", &[k[0].as_str(), k[1].as_str()]);
@@ -264,7 +264,7 @@ fn run_cases(what: &str, sb: &Sandbox, source: &dyn Fn(&str) -> String, publishe
     unchanged("wrong-key", &install("v2", &[k[0].as_str(), k[1].as_str()]), &["does not verify with the key"], &before);
 
     // A payload naming another digest: v1's valid signature replayed onto v2.
-    let m = sig_manifest(sig_layout, &[v1_sig.clone()], None);
+    let m = sig_manifest(sig_layout, std::slice::from_ref(&v1_sig), None);
     publisher.publish(&sig_tag(&d2), &m);
     let r = install("v2", &[k[0].as_str(), k[1].as_str()]);
     unchanged("replayed", &r, &[&format!("signs {d1}, another artifact")], &before);
