@@ -10,6 +10,11 @@
 //!   decoder); whatever decodes re-encodes to exactly the same bytes.
 //! - `manifest_parse`: `parse_manifest` / `parse_index`; whatever parses
 //!   survives a JSON round trip unchanged.
+//! - `signature_parse`: cosign signature manifests, simple-signing payloads,
+//!   PEM keys and signatures; every signature layer returned carries its
+//!   annotation; a payload is accepted only if it names the expected digest
+//!   (checked by reading the JSON independently); no fuzzed signature
+//!   verifies with a fixed key.
 //! - `tar_guard`: a sequence of arbitrary tar entries through one
 //!   `TarGuard`; every admitted path is relative, normalized, free of `..`
 //!   and of stagehand's reserved names, never listed twice, never beneath an
@@ -29,6 +34,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use stagehand::journal::codec::{self, RecordKind};
 use stagehand::plan::tar_guard::{Admitted, TarGuard, TarKind};
 use stagehand::source::manifest::{parse_index, parse_manifest};
+use stagehand::source::signature::{
+    check_payload, parse_signature_manifest, subject_of, VerifyKey, ANNOTATION_SIGNATURE,
+};
 use stagehand::txn::{
     decide, Action, EntryKind, HistoryEntry, Identity, NewContent, Observed, Op, PackageRecord, RecoveryDecision, Step,
     TargetPlan, TargetProgress, TxnRecord,
@@ -116,6 +124,47 @@ pub fn manifest_parse(data: &[u8]) {
         let again = parse_index(&bytes, "round trip").expect("a re-serialized index parses");
         assert_eq!(again, i, "index JSON round trip changed it");
     }
+}
+
+// ---------------------------------------------------------------------------
+// cosign signature manifests, payloads and keys
+// ---------------------------------------------------------------------------
+
+/// The digest `signature_parse` checks payloads against.
+pub const FUZZ_DIGEST: &str = "sha256:5a3ad1a6bbe0cbbb1ed8c1ffa20e5fba0de0a85fde62c0ba4d0a8e43c6a6dc44";
+
+/// A P-256 public key made by `openssl ecparam -genkey -name prime256v1` +
+/// `openssl ec -pubout`, to check fuzzed signatures against.
+pub const FUZZ_KEY_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEphW02OWj7mUG6MC+0zb5KJTJJPaC
+7ksq6sXiN8tHNe4tvD0iu54DFT7cSn0MGxEoeZWUvvEQSjhIXchqZUleHA==
+-----END PUBLIC KEY-----
+";
+
+pub fn signature_parse(data: &[u8]) {
+    // As a signature manifest: each layer returned carries the annotation it
+    // was found by, and the manifest parses as a manifest too.
+    if let Ok(layers) = parse_signature_manifest(data) {
+        let m = parse_manifest(data, "fuzz input").expect("a signature manifest is a manifest");
+        assert!(layers.len() <= m.layers.len());
+        for l in &layers {
+            assert_eq!(l.payload.annotations.get(ANNOTATION_SIGNATURE), Some(&l.signature));
+        }
+    }
+    // As a payload: accepted only if it names FUZZ_DIGEST, read independently.
+    if check_payload(data, FUZZ_DIGEST).is_ok() {
+        let v: serde_json::Value = serde_json::from_slice(data).expect("an accepted payload is JSON");
+        assert_eq!(v["critical"]["image"]["docker-manifest-digest"], FUZZ_DIGEST);
+        assert_eq!(v["critical"]["type"], "cosign container image signature");
+    }
+    let _ = subject_of(data);
+    let _ = VerifyKey::from_pem(data, "fuzz input");
+    // As a signature (the first half) over a payload (the rest): no fuzzed
+    // input is a valid signature by a key whose private half nobody kept.
+    let key = VerifyKey::from_pem(FUZZ_KEY_PEM.as_bytes(), "fuzz key").expect("the fuzz key parses");
+    let (sig, payload) = data.split_at(data.len() / 2);
+    let sig = String::from_utf8_lossy(sig);
+    assert!(key.check_signature(payload, &sig).is_err(), "a fuzzed signature verified");
 }
 
 // ---------------------------------------------------------------------------

@@ -20,7 +20,10 @@ fi
 # skopeo (pushes the test artifacts) and htpasswd (apache2-utils, for the
 # credentials test). tests/registry.rs skips loudly without them, and fails
 # when CI is set.
+# SIGNATURE TESTS: openssl makes the keys and signs the cosign payloads
+# (tests/signature.rs), an independent signer.
 registry_pkgs=()
+command -v openssl >/dev/null 2>&1 || registry_pkgs+=(openssl)
 command -v docker-registry >/dev/null 2>&1 || registry_pkgs+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || registry_pkgs+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || registry_pkgs+=(apache2-utils)

@@ -41,6 +41,11 @@ fn corpus_manifest_parse() {
 }
 
 #[test]
+fn corpus_signature_parse() {
+    replay("signature_parse", harness::signature_parse);
+}
+
+#[test]
 fn corpus_tar_guard() {
     replay("tar_guard", harness::tar_guard);
 }
@@ -77,6 +82,7 @@ fn write_journal_seeds() {
         targets: vec![InstalledTarget { path: "/opt/demo/app".into(), kind: EntryKind::Dir, entries: vec![entry] }],
         placement: Default::default(),
         previous: vec![],
+        signed_by: Some(format!("sha256:{}", "5e".repeat(32))),
     };
     let txn = TxnRecord {
         id: 3,
@@ -107,6 +113,7 @@ fn write_journal_seeds() {
         new_digest: None,
         outcome: Outcome::RolledBackByRecovery,
         error: Some("interrupted".into()),
+        signed_by: None,
     };
     fs::write(dir.join("seed-txn"), encode(RecordKind::Txn, &txn).unwrap()).unwrap();
     fs::write(dir.join("seed-package"), encode(RecordKind::Package, &pkg).unwrap()).unwrap();

@@ -264,38 +264,46 @@ fn flipped_bit_in_a_pending_record_stops_recovery_untouched() {
     );
 }
 
+/// The format this stagehand writes (journal-format.md).
+const FORMAT: u8 = 2;
+
+/// Sets the journal's `meta/format` byte, checking what it was.
+fn set_format(sb: &Sb, expected: u8, new: u8) {
+    {
+        let db = sled::open(sb.state.join("journal")).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        assert_eq!(meta.get("format").unwrap().as_deref(), Some(&[expected][..]), "format {expected} expected");
+        meta.insert("format", &[new]).unwrap();
+        db.flush().unwrap();
+    }
+    wait_sled_unlocked(&sb.state.join("journal"));
+}
+
 #[test]
-fn newer_journal_format_is_refused() {
+fn newer_and_older_journal_formats_are_refused() {
     let sb = Sb::new();
     sb.install("v1").ok();
     let before = hash_tree(&sb.dest);
-    {
-        let db = sled::open(sb.state.join("journal")).unwrap();
-        let meta = db.open_tree("meta").unwrap();
-        assert_eq!(meta.get("format").unwrap().as_deref(), Some(&[1u8][..]), "format 1 expected");
-        meta.insert("format", &[2u8]).unwrap();
-        db.flush().unwrap();
+    for (other, needle) in [(FORMAT + 1, "newer stagehand"), (FORMAT - 1, "older stagehand")] {
+        set_format(&sb, FORMAT, other);
+        for args in [vec!["list"], vec!["status"], vec!["verify", "demo"], vec!["uninstall", "demo"]] {
+            let r = sb.run(&args);
+            assert_clean_error(&r, &[needle], &format!("{args:?} on a format-{other} journal"));
+            assert!(
+                r.stderr.contains(&format!("format {other}")),
+                "the error does not name the format:\n{}",
+                r.describe()
+            );
+            assert_untouched(&sb, &before, &format!("format {other}"));
+        }
+        let inst = sb.install("v2");
+        assert_clean_error(&inst, &[needle], &format!("install on a format-{other} journal"));
+        assert_untouched(&sb, &before, &format!("install on format {other}"));
+        // Refused, not rewritten: putting the byte back makes it readable again.
+        set_format(&sb, other, FORMAT);
+        sb.run(&["verify", "demo"]).ok();
     }
-    wait_sled_unlocked(&sb.state.join("journal"));
-    for args in [vec!["list"], vec!["status"], vec!["verify", "demo"], vec!["uninstall", "demo"]] {
-        let r = sb.run(&args);
-        assert_clean_error(&r, &["newer stagehand"], &format!("{args:?} on a format-2 journal"));
-        assert!(r.stderr.contains("format 2"), "the error does not name the format:\n{}", r.describe());
-        assert_untouched(&sb, &before, "format 2");
-    }
-    let inst = sb.install("v2");
-    assert_clean_error(&inst, &["newer stagehand"], "install on a format-2 journal");
-    assert_untouched(&sb, &before, "install on format 2");
-    {
-        let db = sled::open(sb.state.join("journal")).unwrap();
-        let meta = db.open_tree("meta").unwrap();
-        assert_eq!(meta.get("format").unwrap().as_deref(), Some(&[2u8][..]), "stagehand rewrote the format");
-        meta.insert("format", &[1u8]).unwrap();
-        db.flush().unwrap();
-    }
-    wait_sled_unlocked(&sb.state.join("journal"));
-    sb.run(&["verify", "demo"]).ok();
-    println!("newer format: 5 commands refused a format-2 journal, naming it; nothing touched");
+    println!("newer and older format: 5 commands each refused, naming the format; nothing touched");
 }
 
 #[test]

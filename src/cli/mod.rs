@@ -95,6 +95,13 @@ pub enum Command {
         /// Read the registry password or token from stdin (with --username).
         #[arg(long, requires = "username")]
         password_stdin: bool,
+        /// Install only if a cosign signature by this public key (PEM, ECDSA P-256, as in cosign.pub)
+        /// names the artifact's manifest digest; checked before anything is downloaded or staged.
+        #[arg(long, value_name = "PATH")]
+        verify_key: Option<PathBuf>,
+        /// Refuse to install without --verify-key (the default when STATE/require-signature exists).
+        #[arg(long)]
+        require_signature: bool,
     },
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
     #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
@@ -235,6 +242,14 @@ fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
 }
 
+/// `verify`'s note on whether a package's signature was checked at install.
+fn signed_note(r: &installer::VerifyReport) -> String {
+    match &r.signed_by {
+        Some(fp) => format!("; cosign signature checked at install, key {fp}"),
+        None => "; no signature checked at install".to_string(),
+    }
+}
+
 fn package_json(p: &PackageRecord) -> serde_json::Value {
     json!({
         "name": p.name,
@@ -243,6 +258,7 @@ fn package_json(p: &PackageRecord) -> serde_json::Value {
         "installed_at": p.installed_at,
         "txn": p.txn,
         "targets": p.targets.iter().map(|t| t.path.clone()).collect::<Vec<_>>(),
+        "signed_by": p.signed_by,
     })
 }
 
@@ -385,6 +401,8 @@ fn run_command(
             plain_http,
             username,
             password_stdin,
+            verify_key,
+            require_signature,
             ..
         } => {
             use std::io::IsTerminal as _;
@@ -402,6 +420,7 @@ fn run_command(
                 },
                 progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
                 max_concurrent_downloads: 0,
+                verify_key: None,
             };
             let profile = match profile {
                 None => None,
@@ -424,6 +443,13 @@ fn run_command(
                 registry,
                 keep_versions: cli.keep_versions,
                 rollback: false,
+                verify_key: match verify_key {
+                    None => None,
+                    Some(p) => Some(
+                        crate::source::signature::VerifyKey::load(p).map_err(|e| installer::Error::Source(e.into()))?,
+                    ),
+                },
+                require_signature: *require_signature,
             };
             let rep = inst.install(&req)?;
             Ok(print_txn_report(cli, &rep, recovered))
@@ -539,10 +565,10 @@ fn run_command(
                 for r in &reports {
                     if r.mismatches.is_empty() {
                         if !cli.quiet {
-                            println!("{}: ok ({} files)", r.name, r.files_checked);
+                            println!("{}: ok ({} files){}", r.name, r.files_checked, signed_note(r));
                         }
                     } else {
-                        println!("{}: {} differences", r.name, r.mismatches.len());
+                        println!("{}: {} differences{}", r.name, r.mismatches.len(), signed_note(r));
                         for m in &r.mismatches {
                             println!("  {:10} {}", m.problem, m.path);
                         }
@@ -559,7 +585,7 @@ fn run_command(
             if cli.json {
                 let v: Vec<_> = h
                     .iter()
-                    .map(|e| json!({"id": e.id, "op": history_op(e), "package": e.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": e.old_digest, "new_digest": e.new_digest, "outcome": e.outcome.name(), "error": e.error}))
+                    .map(|e| json!({"id": e.id, "op": history_op(e), "package": e.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": e.old_digest, "new_digest": e.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": e.signed_by}))
                     .collect();
                 print_json(&serde_json::Value::Array(v));
             } else if !cli.quiet {

@@ -124,7 +124,16 @@ pub struct InstallRequest {
     pub keep_versions: usize,
     /// Set by `rollback`: journal the transaction as a rollback.
     pub rollback: bool,
+    /// `--verify-key`: install only with a cosign signature by this key,
+    /// checked before anything is downloaded or staged.
+    pub verify_key: Option<source::signature::VerifyKey>,
+    /// `--require-signature`: refuse to install without `verify_key`
+    /// (also the default when the state dir holds [`REQUIRE_SIGNATURE_FILE`]).
+    pub require_signature: bool,
 }
+
+/// A file in the state dir whose presence makes `--require-signature` the default.
+pub const REQUIRE_SIGNATURE_FILE: &str = "require-signature";
 
 /// The default of `InstallRequest::keep_versions` (used when it is 0).
 pub const DEFAULT_KEEP_VERSIONS: usize = 2;
@@ -390,22 +399,29 @@ impl Installer {
     /// Installs (or upgrades) a package in one transaction.
     pub fn install(&mut self, req: &InstallRequest) -> Result<TxnReport> {
         let source_ref = source::reference::parse(&req.source)?;
+        self.check_signature_policy(&source_ref, req)?;
         let (artifact, blobs): (source::ResolvedArtifact, Box<dyn source::BlobSource>) = match &source_ref {
             SourceRef::Layout { path, selector } => {
                 let layout = source::OciLayout::open(path)?;
                 let platform = req.registry.platform.clone().unwrap_or_else(source::layout::host_platform);
-                (layout.resolve_for_platform(selector, &req.source, &platform)?, Box::new(layout))
+                let artifact = layout.resolve_for_platform(selector, &req.source, &platform)?;
+                if let Some(key) = &req.verify_key {
+                    source::signature::verify_layout(&layout, &artifact.manifest_digest, &req.source, key)?;
+                }
+                (artifact, Box::new(layout))
             }
             // The whole pull (into the blob cache) happens here, before anything
             // is planned; staging then reads only from the cache.
             SourceRef::Registry { registry, repository, selector } => {
+                let opts =
+                    source::registry::RegistryOptions { verify_key: req.verify_key.clone(), ..req.registry.clone() };
                 let pulled = source::registry::pull(
                     &self.state_dir,
                     registry,
                     repository,
                     selector,
                     &req.source,
-                    &req.registry,
+                    &opts,
                     interrupt::requested,
                 );
                 match pulled {
@@ -452,6 +468,38 @@ impl Installer {
         };
         space::add_targets(&mut check, planned, &blob_file)?;
         check.check()
+    }
+
+    /// `--require-signature` (or the state dir's default) without a key is
+    /// an error; an install without a key over a package whose installed
+    /// version was signature-checked warns that the check is being dropped.
+    /// Runs before anything is fetched.
+    fn check_signature_policy(&self, source_ref: &SourceRef, req: &InstallRequest) -> Result<()> {
+        if req.verify_key.is_some() {
+            return Ok(());
+        }
+        let name = req.name.clone().unwrap_or_else(|| source_ref.default_name());
+        let signed_by = self.journal.package(&name)?.and_then(|p| p.signed_by);
+        let default_file = self.state_dir.join(REQUIRE_SIGNATURE_FILE);
+        let required = req.require_signature || default_file.exists();
+        if required {
+            let why = if req.require_signature {
+                "--require-signature is set".to_string()
+            } else {
+                format!("{} exists, so every install must be signature-checked", default_file.display())
+            };
+            let was =
+                signed_by.map(|fp| format!(" (its installed version was signed by key {fp})")).unwrap_or_default();
+            return Err(Error::Refused(format!(
+                "{why}: pass --verify-key PATH (the signer's cosign.pub) to install {name:?}{was}. Nothing was changed"
+            )));
+        }
+        if let Some(fp) = signed_by {
+            tracing::warn!(
+                "{name:?} was installed with a cosign signature verified by key {fp}; this install checks no signature, so signature verification is being dropped. Pass --verify-key PATH to keep it, or --require-signature to make this an error"
+            );
+        }
+        Ok(())
     }
 
     /// Installs an artifact whose manifest is resolved and whose blobs are
@@ -618,6 +666,7 @@ impl Installer {
             targets: Vec::new(),
             placement: placement_record,
             previous,
+            signed_by: req.verify_key.as_ref().map(|k| k.fingerprint().to_string()),
         };
         let total: u64 = planned
             .iter()
@@ -897,6 +946,10 @@ impl Installer {
             registry,
             keep_versions: keep,
             rollback: true,
+            // Rollback reinstalls a kept version from the blob cache; its
+            // signature is not checked again, and the record says so.
+            verify_key: None,
+            require_signature: false,
         };
         let source_ref = source::reference::parse(&version.source)?;
         self.install_resolved(&source_ref, artifact, Box::new(cache), &req)

@@ -23,6 +23,9 @@ pub struct VerifyReport {
     pub digest: String,
     pub files_checked: usize,
     pub mismatches: Vec<Mismatch>,
+    /// The fingerprint of the key whose cosign signature was checked when
+    /// this version was installed (`None`: installed without `--verify-key`).
+    pub signed_by: Option<String>,
 }
 
 fn read_entry(path: &Path, rel: &str) -> Result<Option<FileEntry>> {
@@ -133,5 +136,11 @@ pub fn verify_package(pkg: &PackageRecord, foreign: &BTreeSet<String>) -> Result
             }
         }
     }
-    Ok(VerifyReport { name: pkg.name.clone(), digest: pkg.manifest_digest.clone(), files_checked: checked, mismatches })
+    Ok(VerifyReport {
+        name: pkg.name.clone(),
+        digest: pkg.manifest_digest.clone(),
+        files_checked: checked,
+        mismatches,
+        signed_by: pkg.signed_by.clone(),
+    })
 }

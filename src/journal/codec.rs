@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Largest record accepted (a package with thousands of files fits easily).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
@@ -132,6 +132,7 @@ mod tests {
             }],
             placement: Default::default(),
             previous: vec![],
+            signed_by: None,
         }
     }
 
@@ -200,7 +201,7 @@ mod layout_tests {
             created_dirs: vec![],
         };
         let b = encode(RecordKind::Txn, &rec).expect("encodes");
-        let mut want = vec![1u8, 1];
+        let mut want = vec![2u8, 1];
         want.extend(7u64.to_le_bytes()); // id
         want.extend(1u32.to_le_bytes()); // op: Uninstall = variant 1
         want.extend(2u64.to_le_bytes()); // package length
@@ -213,6 +214,44 @@ mod layout_tests {
         want.push(0); // new_package: None
         want.extend(0u64.to_le_bytes()); // targets: empty
         want.extend(0u64.to_le_bytes()); // created_dirs: empty
+        let crc = crc32fast::hash(&want);
+        want.extend(crc.to_le_bytes());
+        assert_eq!(b, want);
+    }
+
+    /// Pins `HistoryEntry`'s layout, `signed_by` (format 2) last.
+    #[test]
+    fn history_entry_bytes_match_the_documentation() {
+        use crate::txn::{HistoryEntry, Outcome};
+        let e = HistoryEntry {
+            id: 3,
+            op: Op::Install,
+            package: "p".into(),
+            started_at: 1,
+            finished_at: 2,
+            old_digest: None,
+            new_digest: Some("d".into()),
+            outcome: Outcome::Done,
+            error: None,
+            signed_by: Some("k".into()),
+        };
+        let b = encode(RecordKind::History, &e).expect("encodes");
+        let mut want = vec![2u8, 3];
+        want.extend(3u64.to_le_bytes()); // id
+        want.extend(0u32.to_le_bytes()); // op: Install
+        want.extend(1u64.to_le_bytes()); // package length
+        want.extend(b"p");
+        want.extend(1u64.to_le_bytes()); // started_at
+        want.extend(2u64.to_le_bytes()); // finished_at
+        want.push(0); // old_digest: None
+        want.push(1); // new_digest: Some
+        want.extend(1u64.to_le_bytes());
+        want.extend(b"d");
+        want.extend(0u32.to_le_bytes()); // outcome: Done
+        want.push(0); // error: None
+        want.push(1); // signed_by: Some
+        want.extend(1u64.to_le_bytes());
+        want.extend(b"k");
         let crc = crc32fast::hash(&want);
         want.extend(crc.to_le_bytes());
         assert_eq!(b, want);

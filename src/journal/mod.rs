@@ -40,6 +40,8 @@ pub enum JournalError {
     Corrupt { key: String, reason: DecodeError },
     #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
     NewerFormat { found: u8 },
+    #[error("the journal at {path} was written by an older stagehand (format {found}, this one reads {FORMAT_VERSION}) and is not converted. Nothing was changed. Finish any pending transaction with the older stagehand (`stagehand repair`), then move {path} and the journal.seal beside it aside and install the packages again with --adopt (installed files stay where they are)")]
+    OlderFormat { path: PathBuf, found: u8 },
     #[error("the journal at {path} is behind its seal: {detail} ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), `stagehand repair --set-aside-journal` moves both {path} and {path_seal} aside")]
     BehindSeal { path: PathBuf, path_seal: PathBuf, detail: String },
     #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun; else `stagehand repair --set-aside-journal` moves the journal and its seal aside")]
@@ -141,6 +143,9 @@ impl Journal {
         };
         match j.meta.get("format")? {
             Some(v) if v.first() == Some(&FORMAT_VERSION) => {}
+            Some(v) if v.first().is_some_and(|&f| f < FORMAT_VERSION) => {
+                return Err(JournalError::OlderFormat { path: dir.to_path_buf(), found: v[0] })
+            }
             Some(v) => return Err(JournalError::NewerFormat { found: v.first().copied().unwrap_or(0) }),
             None => {
                 j.meta.insert("format", &[FORMAT_VERSION])?;
@@ -237,6 +242,7 @@ impl Journal {
             new_digest: rec.new_package.as_ref().map(|p| p.manifest_digest.clone()),
             outcome,
             error,
+            signed_by: rec.new_package.as_ref().and_then(|p| p.signed_by.clone()),
         };
         let hist = codec::encode(RecordKind::History, &entry).map_err(JournalError::Encode)?;
         let pkg = match (&rec.new_package, completed) {
@@ -436,5 +442,25 @@ mod tests {
             Err(JournalError::Corrupt { key, .. }) => assert_eq!(key, "txns/42"),
             other => panic!("expected corrupt, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn older_format_is_refused_with_what_to_do_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        {
+            let j = Journal::open(&path).expect("open");
+            j.meta.insert("format", &[FORMAT_VERSION - 1]).expect("insert");
+            j.db.flush().expect("flush");
+        }
+        match Journal::open(&path) {
+            Err(e @ JournalError::OlderFormat { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("older stagehand") && msg.contains("--adopt"), "{msg}");
+            }
+            other => panic!("expected OlderFormat, got {:?}", other.map(|_| ())),
+        }
+        // Still refused the second time: nothing was rewritten.
+        assert!(matches!(Journal::open(&path), Err(JournalError::OlderFormat { .. })));
     }
 }

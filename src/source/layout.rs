@@ -190,7 +190,7 @@ impl OciLayout {
 
     /// Reads a manifest or index blob whole, refusing anything over
     /// [`MAX_MANIFEST_BYTES`] before reading it, and verifying its digest.
-    fn read_small_blob(&self, desc: &Descriptor, what: &str) -> Result<Vec<u8>, SourceError> {
+    pub(crate) fn read_small_blob(&self, desc: &Descriptor, what: &str) -> Result<Vec<u8>, SourceError> {
         if desc.size > MAX_MANIFEST_BYTES {
             return Err(SourceError::Malformed {
                 what: what.to_string(),

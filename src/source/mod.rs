@@ -17,6 +17,7 @@ pub mod layout;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
+pub mod signature;
 pub mod verify;
 
 pub use layout::OciLayout;
@@ -124,6 +125,8 @@ pub enum SourceError {
     Credentials { registry: String, reason: String },
     #[error("{what}: the download from {registry} stopped after {got} of {size} bytes: {reason}. Nothing was installed; run the same command again to resume the download")]
     DownloadInterrupted { what: String, registry: String, got: u64, size: u64, reason: String },
+    #[error(transparent)]
+    Signature(#[from] signature::SignatureError),
     #[error("interrupted")]
     Interrupted,
 }

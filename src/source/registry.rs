@@ -44,6 +44,8 @@ use super::{
     MEDIA_TYPE_MANIFEST,
 };
 
+mod sig;
+
 /// Layers downloaded at once unless [`RegistryOptions::max_concurrent_downloads`] says otherwise.
 pub const DEFAULT_CONCURRENT_DOWNLOADS: usize = 4;
 /// Environment variable overriding the Docker config directory (as Docker does).
@@ -52,6 +54,7 @@ pub const ENV_DOCKER_CONFIG: &str = "DOCKER_CONFIG";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Give up on a response that sends nothing for this long.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Resume attempts within one pull after a transfer breaks off having made progress.
 const RESUME_RETRIES: u32 = 2;
 /// Media types we ask a registry for when fetching a manifest.
@@ -83,6 +86,8 @@ pub struct RegistryOptions {
     pub progress: bool,
     /// Layers downloaded at once; 0 means [`DEFAULT_CONCURRENT_DOWNLOADS`].
     pub max_concurrent_downloads: usize,
+    /// `--verify-key`: accept the manifest only with a cosign signature by this key.
+    pub verify_key: Option<super::signature::VerifyKey>,
 }
 
 /// Parses `OS/ARCH` or `OS/ARCH/VARIANT` (e.g. `linux/arm64/v8`).
@@ -855,6 +860,12 @@ async fn pull_async(
     }
     let what = format!("manifest {digest} of {display}");
     let manifest = parse_manifest(&bytes, &what)?;
+    if let Some(key) = &opts.verify_key {
+        // Before a single layer is downloaded.
+        let found = ctx.find_signatures(&digest).await?;
+        let i = super::signature::decide(key, &digest, display, &found)?;
+        tracing::info!(origin = %found.candidates[i].origin, key = %key.fingerprint(), "cosign signature verified");
+    }
     cache.put_small(&digest, &bytes)?;
 
     // Every blob the manifest names, once each, largest first.

@@ -226,6 +226,10 @@ pub struct PackageRecord {
     pub placement: PlacementRecord,
     /// Earlier versions, newest first (at most `keep_versions - 1`).
     pub previous: Vec<VersionRecord>,
+    /// The fingerprint (`sha256:<hex>` of the DER SubjectPublicKeyInfo) of
+    /// the key whose cosign signature was verified before this version was
+    /// staged; `None` if no signature was checked.
+    pub signed_by: Option<String>,
 }
 
 /// How a transaction ended.
@@ -262,4 +266,6 @@ pub struct HistoryEntry {
     /// Why it rolled back, if it did; or what its cleanup had to leave
     /// behind (a path it could not remove, with the fix).
     pub error: Option<String>,
+    /// The new version's `PackageRecord::signed_by`.
+    pub signed_by: Option<String>,
 }

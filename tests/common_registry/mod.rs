@@ -75,7 +75,7 @@ pub fn require(test: &str, tools: &[&str]) -> bool {
         return true;
     }
     let msg = format!(
-        "{test}: {} not installed (Debian packages docker-registry, skopeo, apache2-utils; scripts/test.sh installs them)",
+        "{test}: {} not installed (Debian packages docker-registry, skopeo, apache2-utils, openssl; scripts/test.sh installs them)",
         missing.join(", ")
     );
     if in_ci() {

@@ -1,0 +1,438 @@
+//! Cosign signatures: who published a manifest, checked before anything is staged.
+//!
+//! This module owns loading the public key a user trusts (PEM ECDSA P-256, as
+//! `cosign generate-key-pair` writes `cosign.pub`) and its fingerprint, parsing
+//! cosign signature manifests and their simple-signing payloads, and deciding
+//! whether one of the signatures found for a manifest digest verifies. It also
+//! finds signatures in an OCI layout on disk; `registry::sig` finds them in a
+//! registry. Parsing and deciding are pure and never panic on any input (they
+//! are fuzzed). It does not do keyless (Fulcio/Rekor) verification: only a key
+//! the user names.
+//!
+//! A signature is accepted only if a layer of a signature manifest carries a
+//! `dev.cosignproject.cosign/signature` annotation (base64 of a DER ECDSA
+//! signature) that verifies with the key over the layer's bytes, and those
+//! bytes are a simple-signing payload whose `critical.image.docker-manifest-digest`
+//! is exactly the digest being installed.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use base64::Engine as _;
+use p256::ecdsa::signature::Verifier as _;
+use p256::ecdsa::{DerSignature, VerifyingKey};
+use p256::pkcs8::DecodePublicKey as _;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use super::manifest::{self, is_index_media_type, is_manifest_media_type};
+use super::{Descriptor, OciLayout, SourceError, ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES};
+
+/// The layer annotation holding cosign's base64 DER ECDSA signature.
+pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
+/// The media type cosign gives a signature layer (its simple-signing payload).
+pub const MEDIA_TYPE_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The `critical.type` of a cosign container image signature payload.
+pub const PAYLOAD_TYPE: &str = "cosign container image signature";
+/// Largest simple-signing payload we read (cosign's are a few hundred bytes).
+pub const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
+/// Most signature layers considered for one artifact, all manifests together.
+pub const MAX_SIGNATURES: usize = 64;
+/// Most signature manifests (the `.sig` tag plus referrers) read for one artifact.
+pub const MAX_SIGNATURE_MANIFESTS: usize = 32;
+/// Largest key file we read.
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
+/// The tag cosign pushes an artifact's signatures to: `sha256-<hex>.sig`.
+pub fn sig_tag(digest: &str) -> String {
+    format!("{}.sig", referrers_tag(digest))
+}
+
+/// The OCI 1.1 referrers fallback tag: `sha256-<hex>`.
+pub fn referrers_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+/// A trusted public key and its fingerprint.
+#[derive(Clone)]
+pub struct VerifyKey {
+    key: VerifyingKey,
+    /// `sha256:<hex>` of the DER SubjectPublicKeyInfo.
+    fingerprint: String,
+    /// The file it came from, for messages.
+    path: String,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey").field("path", &self.path).field("fingerprint", &self.fingerprint).finish()
+    }
+}
+
+impl VerifyKey {
+    /// Reads a PEM public key file (`--verify-key PATH`).
+    pub fn load(path: &Path) -> Result<VerifyKey, SignatureError> {
+        let shown = path.display().to_string();
+        let bad = |reason: String| SignatureError::BadKey { path: shown.clone(), reason };
+        let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        if meta.len() > MAX_KEY_BYTES {
+            return Err(bad(format!("{} bytes, larger than any public key file", meta.len())));
+        }
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        VerifyKey::from_pem(&bytes, &shown)
+    }
+
+    /// Parses a PEM `PUBLIC KEY` holding an ECDSA P-256 key.
+    pub fn from_pem(pem: &[u8], path: &str) -> Result<VerifyKey, SignatureError> {
+        let bad = |reason: String| SignatureError::BadKey { path: path.to_string(), reason };
+        let (label, der) = p256::pkcs8::der::pem::decode_vec(pem)
+            .map_err(|_| bad("not a PEM file (no \"-----BEGIN PUBLIC KEY-----\" block)".into()))?;
+        if label.contains("PRIVATE") {
+            return Err(bad(format!("it holds a private key ({label}), which stays with the signer")));
+        }
+        if label != "PUBLIC KEY" {
+            return Err(bad(format!("it holds a PEM {label:?}, not a \"PUBLIC KEY\"")));
+        }
+        let key =
+            VerifyingKey::from_public_key_der(&der).map_err(|e| bad(format!("not an ECDSA P-256 public key ({e})")))?;
+        let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(&der)));
+        Ok(VerifyKey { key, fingerprint, path: path.to_string() })
+    }
+
+    /// `sha256:<hex>` of the key's DER SubjectPublicKeyInfo (what
+    /// `openssl pkey -pubin -outform DER | sha256sum` prints).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Checks `signature_b64` (base64 of a DER ECDSA signature over the
+    /// SHA-256 of `payload`) with this key.
+    pub fn check_signature(&self, payload: &[u8], signature_b64: &str) -> Result<(), String> {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(signature_b64.trim())
+            .map_err(|e| format!("its signature annotation is not base64 ({e})"))?;
+        let sig =
+            DerSignature::from_bytes(&der).map_err(|_| "its signature is not a DER ECDSA signature".to_string())?;
+        self.key.verify(payload, &sig).map_err(|_| "its signature does not verify with the key".to_string())
+    }
+}
+
+/// Why a signature check refused, or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SignatureError {
+    #[error("--verify-key {path}: {reason}. Pass the public key cosign wrote (cosign.pub: a PEM \"PUBLIC KEY\", ECDSA P-256). Nothing was changed")]
+    BadKey { path: String, reason: String },
+    #[error("{display} ({digest}) has no cosign signature (looked for {looked}); sign it with `cosign sign --key cosign.key`, or install without --verify-key. Nothing was changed")]
+    Unsigned { display: String, digest: String, looked: String },
+    #[error("{display} ({digest}): no signature verifies with the key {key} ({fingerprint}): {reasons}. Nothing was changed")]
+    Rejected { display: String, digest: String, key: String, fingerprint: String, reasons: String },
+}
+
+/// One signature layer named by a signature manifest; its payload not yet read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureLayer {
+    /// The layer: its bytes are the simple-signing payload.
+    pub payload: Descriptor,
+    /// The `dev.cosignproject.cosign/signature` annotation, as found.
+    pub signature: String,
+}
+
+/// Parses a signature manifest and returns its layers that carry a cosign
+/// signature annotation (others, like an attestation, are ignored).
+pub fn parse_signature_manifest(bytes: &[u8]) -> Result<Vec<SignatureLayer>, String> {
+    let m = manifest::parse_manifest(bytes, "signature manifest").map_err(|e| e.to_string())?;
+    Ok(m.layers
+        .into_iter()
+        .filter_map(|l| {
+            let signature = l.annotations.get(ANNOTATION_SIGNATURE)?.clone();
+            Some(SignatureLayer { payload: l, signature })
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    critical: Critical,
+}
+
+#[derive(Deserialize)]
+struct Critical {
+    #[serde(rename = "type")]
+    kind: String,
+    image: Image,
+}
+
+#[derive(Deserialize)]
+struct Image {
+    #[serde(rename = "docker-manifest-digest")]
+    docker_manifest_digest: String,
+}
+
+/// Checks that a simple-signing payload is a cosign image signature naming
+/// exactly `digest`.
+pub fn check_payload(payload: &[u8], digest: &str) -> Result<(), String> {
+    if payload.len() as u64 > MAX_PAYLOAD_BYTES {
+        return Err(format!("its payload is {} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit", payload.len()));
+    }
+    let p: Payload = serde_json::from_slice(payload)
+        .map_err(|e| format!("its payload is not a cosign simple-signing document ({e})"))?;
+    if p.critical.kind != PAYLOAD_TYPE {
+        return Err(format!("its payload's critical.type is {:?}, not {PAYLOAD_TYPE:?}", p.critical.kind));
+    }
+    let named = p.critical.image.docker_manifest_digest;
+    if named != digest {
+        return Err(format!("its payload signs {named}, another artifact"));
+    }
+    Ok(())
+}
+
+/// A signature found for an artifact, with its payload read (or why not).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Where it was found, for messages (`tag sha256-….sig, layer 2`).
+    pub origin: String,
+    pub payload: Result<Vec<u8>, String>,
+    pub signature: String,
+}
+
+/// What [`find_in_layout`] and the registry finder return.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub candidates: Vec<Candidate>,
+    /// The places looked in, for the "unsigned" message.
+    pub looked: Vec<String>,
+    /// Problems met on the way that did not stop the search.
+    pub problems: Vec<String>,
+}
+
+/// Accepts if one candidate names `digest` and verifies with `key`;
+/// returns the accepted candidate's index.
+pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Result<usize, SignatureError> {
+    if found.candidates.is_empty() {
+        let mut looked = found.looked.join(", ");
+        if !found.problems.is_empty() {
+            looked = format!("{looked}; {}", found.problems.join("; "));
+        }
+        return Err(SignatureError::Unsigned { display: display.to_string(), digest: digest.to_string(), looked });
+    }
+    let mut reasons = Vec::new();
+    for (i, c) in found.candidates.iter().enumerate() {
+        let outcome = c
+            .payload
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|p| key.check_signature(p, &c.signature).map(|()| p))
+            .and_then(|p| check_payload(p, digest));
+        match outcome {
+            Ok(()) => return Ok(i),
+            Err(why) => reasons.push(format!("{}: {why}", c.origin)),
+        }
+    }
+    reasons.extend(found.problems.iter().cloned());
+    Err(SignatureError::Rejected {
+        display: display.to_string(),
+        digest: digest.to_string(),
+        key: key.path.clone(),
+        fingerprint: key.fingerprint.clone(),
+        reasons: reasons.join("; "),
+    })
+}
+
+/// Reads a payload blob: refuses a descriptor over [`MAX_PAYLOAD_BYTES`]
+/// and checks the bytes against its digest and size.
+pub fn check_payload_blob(desc: &Descriptor, bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() as u64 != desc.size {
+        return Err(format!("its payload is {} bytes, the manifest says {}", bytes.len(), desc.size));
+    }
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+    if actual != desc.digest {
+        return Err(format!("its payload's digest is {actual}, the manifest says {}", desc.digest));
+    }
+    Ok(())
+}
+
+/// Finds the signatures of `digest` in an OCI layout: the manifest tagged
+/// `sha256-<hex>.sig`, the referrers index tagged `sha256-<hex>`, and any
+/// manifest in `index.json` whose `subject` is `digest` (OCI 1.1 referrers).
+pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceError> {
+    manifest::validate_digest(digest)?;
+    let (sig_tag, ref_tag) = (sig_tag(digest), referrers_tag(digest));
+    let mut found = Found {
+        looked: vec![format!("tag {sig_tag}"), format!("tag {ref_tag}"), "manifests whose subject is it".into()],
+        ..Found::default()
+    };
+    let index = layout.index()?;
+    let mut sig_manifests: Vec<(Descriptor, String)> = Vec::new();
+    for entry in &index.manifests {
+        let tag = entry.annotations.get(ANNOTATION_REF_NAME).map(String::as_str);
+        if entry.digest == digest || entry.size > MAX_MANIFEST_BYTES {
+            continue;
+        }
+        if tag == Some(sig_tag.as_str()) && is_manifest_media_type(&entry.media_type) {
+            sig_manifests.push((entry.clone(), format!("tag {sig_tag}")));
+        } else if tag == Some(ref_tag.as_str()) && is_index_media_type(&entry.media_type) {
+            match layout.read_small_blob(entry, &format!("referrers index tagged {ref_tag}")) {
+                Ok(bytes) => match manifest::parse_index(&bytes, &format!("referrers index tagged {ref_tag}")) {
+                    Ok(refs) => sig_manifests.extend(
+                        refs.manifests
+                            .into_iter()
+                            .filter(|d| is_manifest_media_type(&d.media_type))
+                            .map(|d| (d, format!("referrer in tag {ref_tag}"))),
+                    ),
+                    Err(e) => found.problems.push(e.to_string()),
+                },
+                Err(e) => found.problems.push(e.to_string()),
+            }
+        } else if is_manifest_media_type(&entry.media_type) {
+            // An untagged (or otherwise tagged) manifest may be a referrer.
+            if let Ok(bytes) = layout.read_small_blob(entry, "manifest") {
+                if subject_of(&bytes).as_deref() == Some(digest) {
+                    sig_manifests.push((entry.clone(), format!("referrer {}", entry.digest)));
+                }
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    sig_manifests.retain(|(d, _)| seen.insert(d.digest.clone()));
+    sig_manifests.truncate(MAX_SIGNATURE_MANIFESTS);
+    for (desc, origin) in sig_manifests {
+        let bytes = match layout.read_small_blob(&desc, &format!("signature manifest ({origin})")) {
+            Ok(b) => b,
+            Err(e) => {
+                found.problems.push(e.to_string());
+                continue;
+            }
+        };
+        let layers = match parse_signature_manifest(&bytes) {
+            Ok(l) => l,
+            Err(e) => {
+                found.problems.push(format!("{origin}: {e}"));
+                continue;
+            }
+        };
+        for (i, layer) in layers.into_iter().enumerate() {
+            if found.candidates.len() >= MAX_SIGNATURES {
+                break;
+            }
+            let origin = format!("{origin}, layer {}", i + 1);
+            let payload = if layer.payload.size > MAX_PAYLOAD_BYTES {
+                Err(format!("its payload is {} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit", layer.payload.size))
+            } else {
+                layout
+                    .read_small_blob(&layer.payload, &format!("signature payload ({origin})"))
+                    .map_err(|e| e.to_string())
+            };
+            found.candidates.push(Candidate { origin, payload, signature: layer.signature });
+        }
+    }
+    Ok(found)
+}
+
+/// The `subject.digest` of a manifest, if it names one (OCI 1.1 referrers).
+pub fn subject_of(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct WithSubject {
+        subject: Option<Descriptor>,
+    }
+    serde_json::from_slice::<WithSubject>(bytes).ok()?.subject.map(|s| s.digest)
+}
+
+/// Finds and checks the signatures of an artifact in a layout.
+pub fn verify_layout(layout: &OciLayout, digest: &str, display: &str, key: &VerifyKey) -> Result<(), SourceError> {
+    let found = find_in_layout(layout, digest)?;
+    let i = decide(key, digest, display, &found)?;
+    tracing::info!(origin = %found.candidates[i].origin, key = %key.fingerprint, "cosign signature verified");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:5a3ad1a6bbe0cbbb1ed8c1ffa20e5fba0de0a85fde62c0ba4d0a8e43c6a6dc44";
+    /// Made by `openssl ecparam -genkey -name prime256v1` + `openssl ec -pubout`.
+    const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEphW02OWj7mUG6MC+0zb5KJTJJPaC
+7ksq6sXiN8tHNe4tvD0iu54DFT7cSn0MGxEoeZWUvvEQSjhIXchqZUleHA==
+-----END PUBLIC KEY-----
+";
+
+    fn payload(digest: &str, kind: &str) -> Vec<u8> {
+        format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"r/demo"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"{kind}"}},"optional":null}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn tags_are_cosigns() {
+        assert_eq!(sig_tag(DIGEST), format!("sha256-{}.sig", &DIGEST[7..]));
+        assert_eq!(referrers_tag(DIGEST), format!("sha256-{}", &DIGEST[7..]));
+    }
+
+    #[test]
+    fn payload_must_name_exactly_the_digest() {
+        assert_eq!(check_payload(&payload(DIGEST, PAYLOAD_TYPE), DIGEST), Ok(()));
+        let other = format!("sha256:{}", "0".repeat(64));
+        assert!(check_payload(&payload(&other, PAYLOAD_TYPE), DIGEST).unwrap_err().contains("another artifact"));
+        assert!(check_payload(&payload(DIGEST, "something else"), DIGEST).unwrap_err().contains("critical.type"));
+        assert!(check_payload(b"{}", DIGEST).is_err());
+        assert!(check_payload(&[b' '; MAX_PAYLOAD_BYTES as usize + 1], DIGEST).unwrap_err().contains("limit"));
+    }
+
+    #[test]
+    fn key_fingerprint_is_sha256_of_the_der() {
+        let k = VerifyKey::from_pem(KEY.as_bytes(), "k.pub").expect("parses");
+        let (_, der) = p256::pkcs8::der::pem::decode_vec(KEY.as_bytes()).expect("pem");
+        assert_eq!(k.fingerprint(), format!("sha256:{}", hex::encode(Sha256::digest(&der))));
+        let err = VerifyKey::from_pem(b"hello", "x").unwrap_err().to_string();
+        assert!(err.contains("not a PEM file") && err.contains("Nothing was changed"), "{err}");
+    }
+
+    #[test]
+    fn signatures_that_are_not_base64_or_der_are_named() {
+        let k = VerifyKey::from_pem(KEY.as_bytes(), "k.pub").expect("parses");
+        assert!(k.check_signature(b"x", "!!!").unwrap_err().contains("not base64"));
+        assert!(k.check_signature(b"x", "AAAA").unwrap_err().contains("not a DER"));
+    }
+
+    #[test]
+    fn only_annotated_layers_are_signatures() {
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{DIGEST}","size":1}},"layers":[
+            {{"mediaType":"{MEDIA_TYPE_SIMPLE_SIGNING}","digest":"{DIGEST}","size":1,"annotations":{{"{ANNOTATION_SIGNATURE}":"c2ln"}}}},
+            {{"mediaType":"x","digest":"{DIGEST}","size":1}}]}}"#
+        );
+        let layers = parse_signature_manifest(m.as_bytes()).expect("parses");
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].signature, "c2ln");
+        assert!(parse_signature_manifest(b"[]").is_err());
+    }
+
+    #[test]
+    fn nothing_found_is_unsigned_and_bad_candidates_are_all_named() {
+        let k = VerifyKey::from_pem(KEY.as_bytes(), "k.pub").expect("parses");
+        let none = Found { looked: vec!["tag t".into()], ..Found::default() };
+        assert!(matches!(decide(&k, DIGEST, "d", &none), Err(SignatureError::Unsigned { .. })));
+        let found = Found {
+            candidates: vec![
+                Candidate { origin: "one".into(), payload: Err("missing".into()), signature: String::new() },
+                Candidate {
+                    origin: "two".into(),
+                    payload: Ok(payload(DIGEST, PAYLOAD_TYPE)),
+                    signature: "AAAA".into(),
+                },
+            ],
+            ..Found::default()
+        };
+        let err = decide(&k, DIGEST, "d", &found).unwrap_err().to_string();
+        assert!(err.contains("one: missing") && err.contains("two: its signature is not a DER"), "{err}");
+    }
+}

@@ -1,0 +1,342 @@
+//! `install --verify-key`: cosign signatures checked before anything is
+//! staged, against signers that are not stagehand. Keys are made and payloads
+//! signed by `openssl` (`ecparam -genkey -name prime256v1`, `ec -pubout`,
+//! `dgst -sha256 -sign`); signature manifests are laid out as cosign lays
+//! them out (a simple-signing layer per signature, the base64 DER signature in
+//! the `dev.cosignproject.cosign/signature` annotation) under the tag
+//! `sha256-<hex>.sig` or in an OCI 1.1 referrers index under the tag
+//! `sha256-<hex>`, both in an OCI layout on disk and pushed with `skopeo` to a
+//! real `docker-registry` (which has no referrers API, so the referrers tag is
+//! the path taken there).
+//!
+//! Cases, for each source: valid (by referrers, then by the `.sig` tag), the
+//! wrong key, a payload naming another digest, a flipped bit in the
+//! signature, an unsigned artifact, two signatures where only the second is
+//! valid, a key file that is not a key (and a private key), and
+//! `--require-signature` / the state-dir default / the "verification dropped"
+//! warning. Every refusal is checked to change nothing: the destination's
+//! independent hashes, `list`, `history` and the blob cache.
+
+mod common_registry;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common_registry::*;
+use serde_json::{json, Value};
+
+const TOOLS: &[&str] = &["docker-registry", "skopeo", "openssl"];
+const SIG_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+const MT_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl").args(args).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// An ECDSA P-256 key pair made by openssl: (private PEM, public PEM).
+fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (private, public) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
+    let (p, q) = (private.to_str().expect("utf-8"), public.to_str().expect("utf-8"));
+    openssl(&["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", p]);
+    openssl(&["ec", "-in", p, "-pubout", "-out", q]);
+    (private, public)
+}
+
+/// sha256 of the DER SubjectPublicKeyInfo, computed by openssl.
+fn fingerprint(public: &Path) -> String {
+    let der = openssl(&["pkey", "-pubin", "-in", public.to_str().expect("utf-8"), "-outform", "DER"]);
+    format!("sha256:{}", sha256_hex(&der))
+}
+
+/// A cosign simple-signing payload naming `digest`.
+fn payload(digest: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "critical": {
+            "identity": {"docker-reference": "127.0.0.1/demo"},
+            "image": {"docker-manifest-digest": digest},
+            "type": "cosign container image signature"
+        },
+        "optional": null
+    }))
+    .expect("json")
+}
+
+/// `openssl dgst -sha256 -sign KEY payload | base64`, with one bit flipped
+/// in the DER signature's last byte if `flip`.
+fn sign(private: &Path, payload: &[u8], flip: bool) -> String {
+    let tmp = tempdir("sig-sign");
+    let (p, s) = (tmp.path().join("payload"), tmp.path().join("sig"));
+    fs::write(&p, payload).expect("write payload");
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        private.to_str().expect("utf-8"),
+        "-out",
+        s.to_str().expect("utf-8"),
+        p.to_str().expect("utf-8"),
+    ]);
+    if flip {
+        let mut der = fs::read(&s).expect("read sig");
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        fs::write(&s, der).expect("write sig");
+    }
+    let b64 = openssl(&["base64", "-A", "-in", s.to_str().expect("utf-8")]);
+    String::from_utf8(b64).expect("base64 is ASCII").trim().to_string()
+}
+
+/// Stores a blob in an OCI layout; returns its descriptor.
+fn put_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value {
+    let hex = sha256_hex(bytes);
+    fs::create_dir_all(layout.join("blobs/sha256")).expect("blobs dir");
+    fs::write(layout.join("blobs/sha256").join(&hex), bytes).expect("write blob");
+    json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+}
+
+/// A signature manifest as cosign writes it: one simple-signing layer per
+/// `(payload, base64 signature)`, a config naming the layers' diff ids.
+fn sig_manifest(layout: &Path, sigs: &[(Vec<u8>, String)], subject: Option<&str>) -> Value {
+    let layers: Vec<Value> = sigs
+        .iter()
+        .map(|(p, s)| {
+            let mut d = put_blob(layout, MT_SIMPLE_SIGNING, p);
+            d["annotations"] = json!({ SIG_ANNOTATION: s });
+            d
+        })
+        .collect();
+    let diff_ids: Vec<Value> = layers.iter().map(|l| l["digest"].clone()).collect();
+    let config = json!({
+        "architecture": "", "os": "", "created": "0001-01-01T00:00:00Z",
+        "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    });
+    let config =
+        put_blob(layout, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).expect("json"));
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "config": config,
+        "layers": layers,
+    });
+    if let Some(d) = subject {
+        m["subject"] = json!({"mediaType": MT_MANIFEST, "digest": d, "size": 1});
+        m["artifactType"] = json!("application/vnd.dev.cosign.artifact.sig.v1+json");
+    }
+    put_blob(layout, MT_MANIFEST, &serde_json::to_vec(&m).expect("json"))
+}
+
+/// An OCI 1.1 referrers index listing `manifests`.
+fn referrers_index(layout: &Path, manifests: &[Value]) -> Value {
+    let mut entries = manifests.to_vec();
+    for e in &mut entries {
+        e["artifactType"] = json!("application/vnd.dev.cosign.artifact.sig.v1+json");
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries});
+    put_blob(layout, MT_INDEX, &serde_json::to_vec(&index).expect("json"))
+}
+
+/// Points `tag` at `desc` in the layout's index.json (replacing it).
+fn set_tag(layout: &Path, tag: &str, desc: &Value) {
+    let path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&fs::read(&path).expect("read index.json")).expect("parse");
+    let manifests = index["manifests"].as_array_mut().expect("manifests");
+    manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() != Some(tag));
+    let mut d = desc.clone();
+    d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    manifests.push(d);
+    fs::write(&path, serde_json::to_vec(&index).expect("json")).expect("write index.json");
+}
+
+/// An empty OCI layout.
+fn empty_layout(dir: &Path) {
+    fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
+    fs::write(dir.join("index.json"), r#"{"schemaVersion":2,"manifests":[]}"#).expect("index.json");
+}
+
+fn sig_tag(digest: &str) -> String {
+    format!("{}.sig", digest.replacen(':', "-", 1))
+}
+
+fn referrers_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+/// Where signatures are published: the artifact's own layout, or a scratch
+/// layout whose tags are pushed with skopeo to the registry.
+struct Publisher {
+    layout: PathBuf,
+    registry: Option<String>,
+}
+
+impl Publisher {
+    fn publish(&self, tag: &str, desc: &Value) {
+        set_tag(&self.layout, tag, desc);
+        if let Some(host) = &self.registry {
+            let all = desc["mediaType"] == MT_INDEX;
+            skopeo_push(&self.layout, tag, &format!("{host}/demo:{tag}"), None, all);
+        }
+    }
+}
+
+/// What a refused install must leave exactly as it was.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    world: Tree,
+    list: Value,
+    history: Value,
+    cache: Tree,
+}
+
+fn snapshot(sb: &Sandbox) -> Snapshot {
+    Snapshot {
+        world: sb.world(),
+        list: sb.run(&["list", "--json"]).ok().json(),
+        history: sb.run(&["history", "--json"]).ok().json(),
+        cache: hash_tree(&sb.state.join("blobs")),
+    }
+}
+
+/// Runs every case against one source. `source(tag)` names the demo's
+/// artifact at tag; `publisher` puts signature manifests where that source
+/// finds them.
+fn run_cases(what: &str, sb: &Sandbox, source: &dyn Fn(&str) -> String, publisher: &Publisher, keys: &Path) {
+    let (a_key, a_pub) = keypair(keys, "trusted");
+    let (b_key, _b_pub) = keypair(keys, "other");
+    let a_fp = fingerprint(&a_pub);
+    let not_a_key = keys.join("not-a-key.pub");
+    fs::write(&not_a_key, "this is not a key\n").expect("write");
+    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
+    let sig_layout = &publisher.layout;
+    let install = |tag: &str, extra: &[&str]| sb.run(&sb.demo_args(&source(tag), extra));
+    let with_key = |k: &Path| vec!["--verify-key".to_string(), k.display().to_string()];
+
+    // Valid, found through the OCI 1.1 referrers index (the tag sha256-<hex>).
+    let v1_sig = (payload(&d1), sign(&a_key, &payload(&d1), false));
+    let m = sig_manifest(sig_layout, std::slice::from_ref(&v1_sig), Some(&d1));
+    publisher.publish(&referrers_tag(&d1), &referrers_index(sig_layout, &[m]));
+    let k = with_key(&a_pub);
+    let r = install("v1", &[k[0].as_str(), k[1].as_str()]);
+    r.ok();
+    assert_eq!(sb.world(), demo_world("v1"), "{what}: valid signature (referrers)");
+    let list = sb.run(&["list", "--json"]).ok().json();
+    assert_eq!(list[0]["signed_by"], a_fp, "{what}: list --json shows the key's fingerprint");
+    let hist = sb.run(&["history", "--json"]).ok().json();
+    assert_eq!(hist.as_array().and_then(|h| h.last()).map(|e| e["signed_by"].clone()), Some(json!(a_fp)));
+    let v = sb.run(&["verify"]).ok().stdout.clone();
+    assert!(v.contains(&format!("cosign signature checked at install, key {a_fp}")), "{what}: verify says: {v}");
+
+    let unchanged = |case: &str, r: &Run, needles: &[&str], before: &Snapshot| {
+        r.fails_with(needles);
+        assert!(r.stderr.contains("Nothing was changed"), "{what}/{case}: {}", r.describe());
+        assert_eq!(&snapshot(sb), before, "{what}/{case}: a refused install changed something");
+        println!("{what}/{case}: refused: {}", r.stderr.lines().last().unwrap_or_default());
+    };
+    let before = snapshot(sb);
+    assert_eq!(before.world, demo_world("v1"));
+
+    // Unsigned: nothing published for v2.
+    let r = install("v2", &[k[0].as_str(), k[1].as_str()]);
+    unchanged("unsigned", &r, &["has no cosign signature", &sig_tag(&d2)], &before);
+
+    // A key file that is not a key, and a private key.
+    let nk = with_key(&not_a_key);
+    unchanged(
+        "not-a-key",
+        &install("v2", &[nk[0].as_str(), nk[1].as_str()]),
+        &["not a PEM file", "Nothing was changed"],
+        &before,
+    );
+    let pk = with_key(&a_key);
+    unchanged(
+        "private-key",
+        &install("v2", &[pk[0].as_str(), pk[1].as_str()]),
+        &["holds a private key", "Pass the public key"],
+        &before,
+    );
+
+    // The wrong key.
+    let m = sig_manifest(sig_layout, &[(payload(&d2), sign(&b_key, &payload(&d2), false))], None);
+    publisher.publish(&sig_tag(&d2), &m);
+    unchanged("wrong-key", &install("v2", &[k[0].as_str(), k[1].as_str()]), &["does not verify with the key"], &before);
+
+    // A payload naming another digest: v1's valid signature replayed onto v2.
+    let m = sig_manifest(sig_layout, std::slice::from_ref(&v1_sig), None);
+    publisher.publish(&sig_tag(&d2), &m);
+    let r = install("v2", &[k[0].as_str(), k[1].as_str()]);
+    unchanged("replayed", &r, &[&format!("signs {d1}, another artifact")], &before);
+
+    // A flipped bit in the signature.
+    let m = sig_manifest(sig_layout, &[(payload(&d2), sign(&a_key, &payload(&d2), true))], None);
+    publisher.publish(&sig_tag(&d2), &m);
+    unchanged(
+        "flipped-bit",
+        &install("v2", &[k[0].as_str(), k[1].as_str()]),
+        &["does not verify with the key"],
+        &before,
+    );
+
+    // --require-signature without a key, and the state-dir default.
+    unchanged("require-signature", &install("v2", &["--require-signature"]), &["--require-signature is set"], &before);
+    fs::write(sb.state.join("require-signature"), "").expect("touch");
+    let r = install("v2", &[]);
+    unchanged("state-default", &r, &["so every install must be signature-checked"], &before);
+    fs::remove_file(sb.state.join("require-signature")).expect("rm");
+
+    // Two signatures where only the second is valid: accepted.
+    let bad = (payload(&d2), sign(&b_key, &payload(&d2), false));
+    let good = (payload(&d2), sign(&a_key, &payload(&d2), false));
+    let m = sig_manifest(sig_layout, &[bad, good], None);
+    publisher.publish(&sig_tag(&d2), &m);
+    install("v2", &[k[0].as_str(), k[1].as_str()]).ok();
+    assert_eq!(sb.world(), demo_world("v2"), "{what}: two signatures, the second valid");
+    assert_eq!(sb.run(&["list", "--json"]).ok().json()[0]["signed_by"], a_fp);
+
+    // Installing without --verify-key over a signature-checked package warns.
+    let r = install("v1", &[]);
+    r.ok();
+    assert!(r.stderr.contains("signature verification is being dropped"), "{what}: {}", r.describe());
+    assert_eq!(sb.world(), demo_world("v1"));
+    assert_eq!(sb.run(&["list", "--json"]).ok().json()[0]["signed_by"], Value::Null);
+    let v = sb.run(&["verify"]).ok().stdout.clone();
+    assert!(v.contains("no signature checked at install"), "{what}: verify says: {v}");
+}
+
+#[test]
+fn signatures_in_an_oci_layout() {
+    if !require("signatures_in_an_oci_layout", &["openssl"]) {
+        return;
+    }
+    let tmp = tempdir("sig-layout");
+    let layout = tmp.path().join("demo");
+    copy_tree(&demo_layout(), &layout);
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let keys = tmp.path().join("keys");
+    fs::create_dir_all(&keys).expect("keys dir");
+    let l = layout.display().to_string();
+    let publisher = Publisher { layout: layout.clone(), registry: None };
+    run_cases("layout", &sb, &|tag| format!("oci-layout:{l}:{tag}"), &publisher, &keys);
+}
+
+#[test]
+fn signatures_in_a_registry() {
+    if !require("signatures_in_a_registry", TOOLS) {
+        return;
+    }
+    let tmp = tempdir("sig-registry");
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let host = reg.host();
+    for tag in ["v1", "v2"] {
+        skopeo_push(&demo_layout(), tag, &format!("{host}/demo:{tag}"), None, false);
+    }
+    let sig_layout = tmp.path().join("signatures");
+    empty_layout(&sig_layout);
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let keys = tmp.path().join("keys");
+    fs::create_dir_all(&keys).expect("keys dir");
+    let publisher = Publisher { layout: sig_layout, registry: Some(host.clone()) };
+    run_cases("registry", &sb, &|tag| format!("{host}/demo:{tag}"), &publisher, &keys);
+}
