@@ -7,6 +7,7 @@
 //! and journal work only through `journal`; every decision about recovery
 //! comes from `txn`.
 
+mod checks;
 pub mod exec;
 pub mod interrupt;
 pub mod lock;
@@ -29,6 +30,7 @@ use crate::txn::{
     self, EntryKind, InstalledTarget, NewContent, Op, Outcome, PackageRecord, PlacementRecord, Step, TargetPlan,
     TargetProgress, TxnId, TxnRecord, VersionRecord,
 };
+use checks::{check_ownership, check_removal, mounts_at_or_under, nests};
 
 pub use exec::RecoveryReport;
 pub use verify::{Mismatch, VerifyReport};
@@ -1012,35 +1014,6 @@ fn old_identity(p: &Path) -> Result<Option<txn::Identity>> {
     Ok(old)
 }
 
-/// Mount points at or beneath `dir`, from `/proc/self/mountinfo` (none if
-/// it cannot be read: `fsops::remove_tree` still refuses to cross a mount).
-fn mounts_at_or_under(dir: &Path) -> Vec<String> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|m| Path::new(m).starts_with(dir))
-        .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, …).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0');
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
     let p = Path::new(path);
     let old = old_identity(p)?;
@@ -1056,57 +1029,6 @@ fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
 
 fn is_empty_dir(p: &Path) -> bool {
     std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
-}
-
-/// True if one of two absolute paths is the other or lies beneath it.
-fn nests(a: &str, b: &str) -> bool {
-    Path::new(a).starts_with(b) || Path::new(b).starts_with(a)
-}
-
-/// Checks a path that package `name` is about to remove against every other
-/// package: none may have a target at or beneath it. Refuses naming both,
-/// and what to run.
-fn check_removal(others: &[PackageRecord], path: &str, name: &str) -> Result<()> {
-    for other in others {
-        if let Some(t) = other.targets.iter().find(|t| Path::new(&t.path).starts_with(path)) {
-            return Err(Error::Refused(format!(
-                "this would remove {path} of package {name:?}, but package {:?} has files inside it ({}); \
-                 nothing was changed: uninstall {:?} first (`stagehand uninstall {}`), run this command \
-                 again, then install {:?} again into the new place (for a Steampipe FDW: \
-                 `--profile steampipe-fdw --db-version NEW`)",
-                other.name, t.path, other.name, other.name, other.name
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a new target against other packages' targets. A file target may
-/// sit inside another package's directory target (Steampipe's FDW inside its
-/// db); a directory target may contain other packages' file targets, which
-/// are then carried over into the new directory (returned). Any other
-/// overlap is refused.
-fn check_ownership(others: &[PackageRecord], path: &str, kind: EntryKind) -> Result<Vec<stage::Carried>> {
-    let p = Path::new(path);
-    let mut carry = Vec::new();
-    for pkg in others {
-        for t in &pkg.targets {
-            let tp = Path::new(&t.path);
-            let nested_file_in_dir =
-                p != tp && p.starts_with(tp) && kind == EntryKind::File && t.kind == EntryKind::Dir;
-            let dir_holds_file = p != tp && tp.starts_with(p) && kind == EntryKind::Dir && t.kind == EntryKind::File;
-            if dir_holds_file {
-                let rel = tp.strip_prefix(p).map_err(|_| Error::Refused(format!("{} is not inside {path}", t.path)))?;
-                carry.push(stage::Carried { rel: path_str(rel)?, live: tp.to_path_buf(), owner: pkg.name.clone() });
-            } else if !nested_file_in_dir && (p.starts_with(tp) || tp.starts_with(p)) {
-                return Err(Error::Refused(format!(
-                    "{path} overlaps {} of package {:?}; uninstall it first or choose another destination",
-                    t.path, pkg.name
-                )));
-            }
-        }
-    }
-    Ok(carry)
 }
 
 /// Plans a Steampipe profile install.
