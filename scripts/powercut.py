@@ -388,7 +388,7 @@ def one_cut(cfg, k, args, kernel, initrd, hashes, digests, rng):
         t_start, _ = g.wait_for("POWERCUT-START", args.boot_timeout)
         cfg.boot_s.append(t_start - g.started)
         if after_success:
-            t_done, ln = g.wait_for("POWERCUT-DONE", args.boot_timeout + 600)
+            t_done, _ = g.wait_for("POWERCUT-DONE", args.boot_timeout + 600)
             if cfg.upgrade_s is None:
                 cfg.upgrade_s = t_done - t_start
             time.sleep(rng.uniform(0, 0.05))
