@@ -27,9 +27,16 @@ command -v openssl >/dev/null 2>&1 || registry_pkgs+=(openssl)
 command -v docker-registry >/dev/null 2>&1 || registry_pkgs+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || registry_pkgs+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || registry_pkgs+=(apache2-utils)
+# POWER-CUT TEST (tests/powercut.rs, scripts/powercut.sh): qemu, busybox
+# for the guest's /init, btrfs-progs for the btrfs state disk. The guest's
+# kernel is Debian's linux-image-amd64 .deb, which the script downloads
+# (apt-get download) and extracts; nothing of it is installed on the host.
+command -v qemu-system-x86_64 >/dev/null 2>&1 || registry_pkgs+=(qemu-system-x86)
+command -v busybox >/dev/null 2>&1 || registry_pkgs+=(busybox-static)
+command -v mkfs.btrfs >/dev/null 2>&1 || registry_pkgs+=(btrfs-progs)
 if [ "${#registry_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "test.sh: installing ${registry_pkgs[*]} for the registry tests"
+        echo "test.sh: installing ${registry_pkgs[*]} for the registry and power-cut tests"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${registry_pkgs[@]}"
     else

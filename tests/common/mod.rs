@@ -1001,3 +1001,34 @@ pub fn run_bin_as<S: AsRef<OsStr>>(uid: u32, state: &Path, cwd: &Path, args: &[S
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Tests that need the machine (root, Debian tools)
+// ---------------------------------------------------------------------------
+
+/// True when running in CI (`CI` set, and not `false`/`0`), where a test
+/// that cannot run is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| !v.is_empty() && v != "false" && v != "0").unwrap_or(false)
+}
+
+/// A test that cannot run here: panics in CI; elsewhere prints a loud
+/// SKIPPED banner straight to fd 2 (past the harness's capture).
+pub fn skip_unless_ci(test: &str, why: &str) {
+    if in_ci() {
+        panic!("{test}: {why}; CI is set, so this is a failure, not a skip");
+    }
+    let bar = "!".repeat(76);
+    let _ = std::io::stderr().write_all(format!("\n{bar}\n!!! SKIPPED {test}: {why}\n{bar}\n\n").as_bytes());
+}
+
+/// Whether `tool` is an executable file on `PATH`.
+pub fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths).any(|d| {
+                fs::metadata(d.join(tool)).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
