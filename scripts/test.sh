@@ -125,7 +125,22 @@ run_unprivileged() {
     chown -R 65534:65534 "$scratch"
     local as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups --
         env HOME="$scratch/home" TMPDIR="$scratch/tmp" STAGEHAND_TEST_UNPRIVILEGED=1 PATH="$PATH")
+    # A checkout under a private directory (e.g. /root/...) cannot be
+    # reached by that user: grant search (o+x, not read) on each ancestor
+    # that lacks it, for this pass only, and put the modes back after.
+    local d restore=()
+    d="$(pwd)"
+    while [ "$d" != / ]; do
+        if [ "$(( $(stat -c '%#a' "$d") & 1 ))" = 0 ]; then
+            restore+=("$(stat -c '%a' "$d"):$d")
+            chmod o+x "$d"
+        fi
+        d="$(dirname "$d")"
+    done
+    # shellcheck disable=SC2317
+    restore_modes() { local r; for r in "${restore[@]}"; do chmod "${r%%:*}" "${r#*:}"; done; }
     if ! "${as_nobody[@]}" test -r examples/demo/index.json -a -x target/debug/stagehand; then
+        restore_modes
         echo "uid 65534 cannot read $(pwd)/examples or run target/debug/stagehand: make the checkout world-readable (chmod o+rx on its path)" >&2
         rm -rf "$scratch"
         return 1
@@ -135,6 +150,7 @@ run_unprivileged() {
         echo "--- as uid 65534: $(basename "$exe")"
         "${as_nobody[@]}" "$exe" --test-threads=2 || rc=1
     done
+    restore_modes
     rm -rf "$scratch"
     return "$rc"
 }
