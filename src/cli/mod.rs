@@ -95,6 +95,18 @@ pub enum Command {
         /// Read the registry password or token from stdin (with --username).
         #[arg(long, requires = "username")]
         password_stdin: bool,
+        /// Give up on any one registry request (a manifest, a token, a blob) after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::source::registry::DEFAULT_REQUEST_TIMEOUT_SECS)]
+        request_timeout: u64,
+        /// Refuse a tar layer holding more entries than this.
+        #[arg(long, value_name = "N", default_value_t = crate::plan::limits::DEFAULT_MAX_ENTRIES)]
+        max_entries: u64,
+        /// Refuse a layer whose files add up to more bytes than this.
+        #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_LAYER_BYTES)]
+        max_layer_bytes: u64,
+        /// Refuse an entry whose path or link name (long names included) is longer than this, in bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_PATH_BYTES)]
+        max_path_bytes: u64,
     },
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
     #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
@@ -206,10 +218,10 @@ fn init_tracing(verbose: u8, quiet: bool) {
         (_, 1) => "debug",
         _ => "trace",
     };
-    // -vv also shows oci-client's own request log.
+    // -vv also shows the HTTP client's own request log.
     let client_level = if verbose >= 2 && !quiet { "debug" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("stagehand={level},oci_client={client_level},warn"))
+        tracing_subscriber::EnvFilter::new(format!("stagehand={level},reqwest={client_level},warn"))
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -355,6 +367,10 @@ fn run_command(
             plain_http,
             username,
             password_stdin,
+            request_timeout,
+            max_entries,
+            max_layer_bytes,
+            max_path_bytes,
             ..
         } => {
             use std::io::IsTerminal as _;
@@ -372,6 +388,7 @@ fn run_command(
                 },
                 progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
                 max_concurrent_downloads: 0,
+                request_timeout: std::time::Duration::from_secs(*request_timeout),
             };
             let profile = match profile {
                 None => None,
@@ -394,6 +411,11 @@ fn run_command(
                 registry,
                 keep_versions: cli.keep_versions,
                 rollback: false,
+                limits: crate::plan::limits::Limits {
+                    max_entries: *max_entries,
+                    max_layer_bytes: *max_layer_bytes,
+                    max_path_bytes: *max_path_bytes,
+                },
             };
             let rep = inst.install(&req)?;
             Ok(print_txn_report(cli, &rep, recovered))

@@ -12,6 +12,7 @@ pub mod interrupt;
 pub mod lock;
 pub mod progress;
 pub mod stage;
+pub mod statedir;
 pub mod verify;
 
 use std::collections::BTreeSet;
@@ -118,6 +119,8 @@ pub struct InstallRequest {
     pub keep_versions: usize,
     /// Set by `rollback`: journal the transaction as a rollback.
     pub rollback: bool,
+    /// Caps on what one layer may expand to (`--max-entries` and friends).
+    pub limits: plan::limits::Limits,
 }
 
 /// The default of `InstallRequest::keep_versions` (used when it is 0).
@@ -131,9 +134,20 @@ fn keep_versions(asked: usize) -> usize {
     }
 }
 
+/// True if `path` is a regular file owned by the current user that group
+/// and others cannot write, so a hard link to it in the cache shares its
+/// inode with nobody else who could change it.
+fn only_we_can_write(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == uid && m.mode() & 0o022 == 0)
+}
+
 /// Puts a layout version's manifest and blobs into the blob cache (a hard
-/// link where the layout is on the same filesystem, else a verified copy),
-/// so `rollback` can reinstall it offline later.
+/// link where the layout is on the same filesystem and its blob is writable
+/// only by us, else a verified copy, so the cache never shares an inode with
+/// a file someone else can write), so `rollback` can reinstall it offline later.
 fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &source::ResolvedArtifact) -> Result<()> {
     let cache = source::cache::BlobCache::new(state_dir);
     cache.ensure_dirs()?;
@@ -148,7 +162,7 @@ fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &source::Resol
         }
         let dst = cache.blob_path(&desc.digest)?;
         let src = layout.blob_path(&desc.digest)?;
-        if fsops::hard_link(&src, &dst, "cache").is_ok() {
+        if only_we_can_write(&src) && fsops::hard_link(&src, &dst, "cache").is_ok() {
             fsops::fsync_dir(cache.root().join("sha256").as_path(), "cache").map_err(io("syncing the blob cache"))?;
             continue;
         }
@@ -269,8 +283,7 @@ impl Installer {
     /// Opens `state_dir` (creating it), takes the lock, opens the journal,
     /// and recovers every unfinished transaction.
     pub fn open(state_dir: &Path, opts: &OpenOptions) -> Result<(Installer, Vec<RecoveryReport>)> {
-        fsops::create_dir_all_durable(state_dir, "state")
-            .map_err(io(format!("creating the state dir {}", state_dir.display())))?;
+        statedir::prepare(state_dir)?;
         let lock_path = state_dir.join("lock");
         let lock = lock::acquire(&lock_path, opts.lock_timeout, opts.on_lock_wait.as_deref()).map_err(|e| match e {
             lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
@@ -526,7 +539,7 @@ impl Installer {
             })
             .sum();
         let shown = progress::Progress::new(blobs.as_ref(), total, req.registry.progress);
-        let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template);
+        let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template, req.limits);
         shown.finish();
         if let Err(e) = staged {
             return Err(self.roll_back(rec, e));
@@ -553,9 +566,10 @@ impl Installer {
         carry: &[Vec<stage::Carried>],
         blobs: &dyn source::BlobSource,
         template: PackageRecord,
+        limits: plan::limits::Limits,
     ) -> Result<()> {
         for d in &rec.created_dirs {
-            fsops::create_dir_all_durable(Path::new(d), "parent").map_err(io(format!("creating {d}")))?;
+            fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent").map_err(io(format!("creating {d}")))?;
         }
         let mut installed = Vec::new();
         for (i, pt) in planned.iter().enumerate() {
@@ -566,7 +580,7 @@ impl Installer {
             debug_assert_eq!(Path::new(&t.path), pt.path.as_path());
             let staging = PathBuf::from(&t.staging);
             let staged = match &pt.content {
-                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs)?,
+                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs, limits)?,
                 PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs)?,
             };
             let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
@@ -796,6 +810,7 @@ impl Installer {
             registry,
             keep_versions: keep,
             rollback: true,
+            limits: plan::limits::Limits::default(),
         };
         let source_ref = source::reference::parse(&version.source)?;
         self.install_resolved(&source_ref, artifact, Box::new(cache), &req)
@@ -884,7 +899,13 @@ fn check_ownership(others: &[PackageRecord], path: &str, kind: EntryKind) -> Res
             let dir_holds_file = p != tp && tp.starts_with(p) && kind == EntryKind::Dir && t.kind == EntryKind::File;
             if dir_holds_file {
                 let rel = tp.strip_prefix(p).map_err(|_| Error::Refused(format!("{} is not inside {path}", t.path)))?;
-                carry.push(stage::Carried { rel: path_str(rel)?, live: tp.to_path_buf(), owner: pkg.name.clone() });
+                let sha256 = t.entries.iter().find(|e| e.rel.is_empty()).map(|e| e.sha256.clone()).unwrap_or_default();
+                carry.push(stage::Carried {
+                    rel: path_str(rel)?,
+                    live: tp.to_path_buf(),
+                    owner: pkg.name.clone(),
+                    sha256,
+                });
             } else if !nested_file_in_dir && (p.starts_with(tp) || tp.starts_with(p)) {
                 return Err(Error::Refused(format!(
                     "{path} overlaps {} of package {:?}; uninstall it first or choose another destination",
