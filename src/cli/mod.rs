@@ -252,6 +252,12 @@ fn package_json(p: &PackageRecord) -> serde_json::Value {
     })
 }
 
+/// An error message as printed: control characters (terminal escapes from
+/// a registry's or an artifact's text) escaped, line breaks kept.
+fn shown(message: &str) -> String {
+    message.split('\n').map(crate::source::printable).collect::<Vec<_>>().join("\n")
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -276,7 +282,7 @@ pub fn main() -> i32 {
             if cli.json {
                 print_json(&json!({"error": e.to_string(), "exit_code": e.exit_code()}));
             }
-            eprintln!("stagehand: error: {e}");
+            eprintln!("stagehand: error: {}", shown(&e.to_string()));
             e.exit_code()
         }
     }
@@ -343,7 +349,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
             package: r.package.clone(),
             reason: r.reason.clone().unwrap_or_default(),
         };
-        eprintln!("stagehand: error: {e}");
+        eprintln!("stagehand: error: {}", shown(&e.to_string()));
         return Ok(e.exit_code());
     }
     Ok(code)

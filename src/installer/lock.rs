@@ -30,8 +30,7 @@ pub enum LockError {
 /// Takes the lock at `path`, waiting up to `timeout` for a holder to finish.
 /// `on_wait` is told (once) when the lock is busy and a wait begins.
 pub fn acquire(path: &Path, timeout: Duration, on_wait: Option<&dyn Fn(Option<u32>)>) -> Result<StateLock, LockError> {
-    let mut file =
-        OpenOptions::new()
+    let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)

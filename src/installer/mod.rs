@@ -569,7 +569,8 @@ impl Installer {
         limits: plan::limits::Limits,
     ) -> Result<()> {
         for d in &rec.created_dirs {
-            fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent").map_err(io(format!("creating {d}")))?;
+            fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent")
+                .map_err(io(format!("creating {d}")))?;
         }
         let mut installed = Vec::new();
         for (i, pt) in planned.iter().enumerate() {

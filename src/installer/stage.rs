@@ -301,9 +301,7 @@ struct Bounded<R> {
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.bounds
-            .feed(&buf[..n])
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.0))?;
+        self.bounds.feed(&buf[..n]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.0))?;
         Ok(n)
     }
 }

@@ -50,10 +50,8 @@ fn untrusted(path: &Path, meta: &std::fs::Metadata, uid: u32) -> Option<Error> {
 /// Creates `state_dir` (0700) if it is missing, then checks that it and
 /// everything in it belong to the current user and nobody else can write them.
 pub fn prepare(state_dir: &Path) -> Result<()> {
-    fsops::create_dir_all_durable(state_dir, 0o700, "state").map_err(|source| Error::Io {
-        context: format!("creating the state dir {}", state_dir.display()),
-        source,
-    })?;
+    fsops::create_dir_all_durable(state_dir, 0o700, "state")
+        .map_err(|source| Error::Io { context: format!("creating the state dir {}", state_dir.display()), source })?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     let stat = |p: &Path, follow: bool| {
@@ -70,7 +68,8 @@ pub fn prepare(state_dir: &Path) -> Result<()> {
     let mut stack = vec![state_dir.to_path_buf()];
     let mut checked = 0usize;
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|source| Error::Io { context: format!("reading {}", dir.display()), source })?;
+        let rd = std::fs::read_dir(&dir)
+            .map_err(|source| Error::Io { context: format!("reading {}", dir.display()), source })?;
         for entry in rd {
             let entry = entry.map_err(|source| Error::Io { context: format!("reading {}", dir.display()), source })?;
             let path = entry.path();

@@ -117,10 +117,8 @@ impl TarBounds {
                     *remaining -= n as u64;
                     bytes = &bytes[n..];
                     if *remaining == 0 {
-                        let done = std::mem::replace(
-                            &mut self.state,
-                            State::Header { buf: Box::new([0; 512]), filled: 0 },
-                        );
+                        let done =
+                            std::mem::replace(&mut self.state, State::Header { buf: Box::new([0; 512]), filled: 0 });
                         if let State::Data { keep: Some((kind, data)), .. } = done {
                             self.extension(kind, &data)?;
                         }

@@ -182,8 +182,9 @@ pub async fn read_capped(resp: &mut Response, cap: u64, what: &str) -> Result<Ve
     if resp.content_length().is_some_and(|n| n > cap) {
         return Err(too_large());
     }
+    let at = shown_url(resp.url());
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_at(e, &at))? {
         if body.len() as u64 + chunk.len() as u64 > cap {
             return Err(too_large());
         }
@@ -195,6 +196,21 @@ pub async fn read_capped(resp: &mut Response, cap: u64, what: &str) -> Result<Ve
 fn transport(e: reqwest::Error) -> HttpFailure {
     let timeout = e.is_timeout();
     HttpFailure::Transport { reason: error_chain(e), timeout }
+}
+
+/// A failure while reading the body of the response from `at` (a shown
+/// URL: the last one, after redirects), which the error itself does not name.
+fn transport_at(e: reqwest::Error, at: &str) -> HttpFailure {
+    let (reason, timeout) = body_error(e, at);
+    HttpFailure::Transport { reason, timeout }
+}
+
+/// The message for a failure while reading the body of the response from
+/// `at` (a shown URL), and whether it was the deadline.
+pub fn body_error(e: reqwest::Error, at: &str) -> (String, bool) {
+    let timeout = e.is_timeout();
+    let reason = if e.url().is_some() { error_chain(e) } else { format!("{at}: {}", error_chain(e)) };
+    (reason, timeout)
 }
 
 /// The message in an OCI error body (`{"errors":[{"code","message"}]}`),
@@ -347,8 +363,9 @@ impl Session {
             Challenge::Basic => return Ok(self.basic_header()),
             Challenge::Bearer { realm, service, scope } => (realm, service, scope),
         };
-        let realm_url = Url::parse(&realm)
-            .map_err(|_| HttpFailure::Refused(format!("the registry named a token realm that is not a URL: {}", printable(&realm))))?;
+        let realm_url = Url::parse(&realm).map_err(|_| {
+            HttpFailure::Refused(format!("the registry named a token realm that is not a URL: {}", printable(&realm)))
+        })?;
         if self.basic.is_some() && !realm_allowed(&realm_url, self.plain_http_loopback) {
             return Err(HttpFailure::Refused(format!(
                 "the registry sends us for a token to {}, which is not https; stagehand will not send credentials there",
@@ -397,7 +414,9 @@ mod tests {
     fn challenges_parse() {
         assert_eq!(parse_challenge("Basic realm=\"x\""), Some(Challenge::Basic));
         assert_eq!(
-            parse_challenge("Bearer realm=\"https://auth.example/token\",service=\"reg\",scope=\"repository:a/b:pull\""),
+            parse_challenge(
+                "Bearer realm=\"https://auth.example/token\",service=\"reg\",scope=\"repository:a/b:pull\""
+            ),
             Some(Challenge::Bearer {
                 realm: "https://auth.example/token".into(),
                 service: Some("reg".into()),

@@ -654,6 +654,7 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
                 tracing::debug!(blob = %desc.digest, total, expected = desc.size, "the registry offers more bytes than the descriptor says");
             }
         }
+        let at = http::shown_url(stream.url());
         let mut failure: Option<String> = None;
         loop {
             let item = stream.chunk().await;
@@ -671,8 +672,7 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
                     bars.overall.inc(n);
                 }
                 Err(e) => {
-                    let timeout = e.is_timeout();
-                    let mut reason = http::error_chain(e);
+                    let (mut reason, timeout) = http::body_error(e, &at);
                     if timeout {
                         reason = format!(
                             "timed out (the deadline is --request-timeout, {} s, plus {} s for its size): {reason}",
