@@ -112,3 +112,13 @@ fn write_journal_seeds() {
     fs::write(dir.join("seed-package"), encode(RecordKind::Package, &pkg).unwrap()).unwrap();
     fs::write(dir.join("seed-history"), encode(RecordKind::History, &hist).unwrap()).unwrap();
 }
+
+#[test]
+fn corpus_registry_http() {
+    replay("registry_http", harness::registry_http);
+}
+
+#[test]
+fn corpus_tar_bounds() {
+    replay("tar_bounds", harness::tar_bounds);
+}
