@@ -80,8 +80,11 @@ fn a_512_mib_long_name_fails_fast_in_little_memory() {
     assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());
 }
 
+/// Files of a tar layer: name and content.
+type Files = [(String, Vec<u8>)];
+
 /// A tar with long names and many entries, written by the `tar` crate.
-fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+fn tar_of(files: &Files) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut h = tar::Header::new_gnu();
@@ -98,7 +101,7 @@ fn exceeding_a_cap_fails_before_the_commit_point_naming_it() {
     let many: Vec<(String, Vec<u8>)> = (0..30).map(|i| (format!("f{i}.txt"), b"x".to_vec())).collect();
     let big = vec![("big.bin".to_string(), vec![7u8; 5000])];
     let long = vec![(format!("{}file.txt", "d/".repeat(145)), b"deep\n".to_vec())];
-    let cases: [(&str, &[(String, Vec<u8>)], [&str; 2]); 3] = [
+    let cases: [(&str, &Files, [&str; 2]); 3] = [
         ("entries", &many, ["--max-entries", "10"]),
         ("bytes", &big, ["--max-layer-bytes", "4096"]),
         ("path", &long, ["--max-path-bytes", "200"]),

@@ -52,6 +52,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of `Install`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Install or upgrade a package from an OCI artifact, in one transaction.

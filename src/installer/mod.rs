@@ -582,7 +582,7 @@ impl Installer {
             let staging = PathBuf::from(&t.staging);
             let staged = match &pt.content {
                 PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs, limits)?,
-                PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs)?,
+                PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs, limits)?,
             };
             let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
             let mut identity = staged.identity;

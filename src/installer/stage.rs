@@ -209,7 +209,7 @@ impl DirBuilder {
         self.guard.admit_root_file(name)?;
         let mut raw = blobs.open_blob(desc)?;
         {
-            let mut src = file_bytes(&mut raw, bytes);
+            let mut src = file_bytes(&mut raw, bytes, self.limits.max_layer_bytes);
             self.file(name, &mut src, installed_mode(bytes.mode, self.umask))?;
         }
         verify::drain(&mut raw).map_err(io_err(format!("layer {name}")))?;
@@ -374,12 +374,33 @@ pub fn stage_dir(
     Ok(Staged { identity, entries: b.entries })
 }
 
-/// The bytes a single-file layer installs: as they are, or gunzipped.
-fn file_bytes<'a>(raw: &'a mut Box<dyn Read + Send>, bytes: FileBytes) -> Box<dyn Read + 'a> {
+/// The bytes a single-file layer installs: as they are, or gunzipped (then
+/// at most `max_bytes` of them, the `--max-layer-bytes` cap).
+fn file_bytes<'a>(raw: &'a mut Box<dyn Read + Send>, bytes: FileBytes, max_bytes: u64) -> Box<dyn Read + 'a> {
     if bytes.gunzip {
-        Box::new(flate2::read::MultiGzDecoder::new(raw))
+        Box::new(Capped { inner: flate2::read::MultiGzDecoder::new(raw), left: max_bytes, cap: max_bytes })
     } else {
         Box::new(raw)
+    }
+}
+
+/// A reader that fails once more than `cap` bytes came through.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    cap: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the layer expands to more than {} bytes, the --max-layer-bytes cap", self.cap),
+            )
+        })?;
+        Ok(n)
     }
 }
 
@@ -389,11 +410,12 @@ pub fn stage_file(
     desc: &Descriptor,
     bytes: FileBytes,
     blobs: &dyn BlobSource,
+    limits: Limits,
 ) -> Result<Staged, Error> {
     let mode = installed_mode(bytes.mode, fsops::umask());
     let mut raw = blobs.open_blob(desc)?;
     let w = {
-        let mut src = file_bytes(&mut raw, bytes);
+        let mut src = file_bytes(&mut raw, bytes, limits.max_layer_bytes);
         fsops::write_file(staging, &mut src, mode, ROLE)
             .map_err(io_err(format!("staging {}", desc.title().unwrap_or(&desc.digest))))?
     };

@@ -118,7 +118,7 @@ pub fn client(plain_http: bool) -> Result<reqwest::Client, String> {
         // leave the machine through a proxy, in clear text.
         b = b.no_proxy();
     }
-    b.build().map_err(|e| error_chain(e))
+    b.build().map_err(error_chain)
 }
 
 /// True if the URL's host is loopback.

@@ -1,7 +1,8 @@
 //! Pulling an artifact from an OCI registry into the blob cache.
 //!
-//! This module owns talking to registries (through `oci-client` on a tokio
-//! runtime it creates for the pull; the rest of stagehand is synchronous):
+//! This module owns talking to registries (through [`super::http`], whose
+//! client carries the policy for untrusted servers, on a tokio runtime it
+//! creates for the pull; the rest of stagehand is synchronous):
 //! resolving a tag or digest to a manifest (following an image index to one
 //! platform), finding credentials the way Docker keeps them, streaming every
 //! blob the manifest names into the [`BlobCache`] — hashed while it streams,

@@ -890,6 +890,7 @@ pub struct RunOpts {
 
 /// [`run_bin`] with [`RunOpts`]; also returns the child's peak RSS in KiB
 /// and its wall time, measured by `wait4` on the child itself.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
 pub fn run_bin_opts<S: AsRef<OsStr>>(
     state: &Path,
     cwd: &Path,
