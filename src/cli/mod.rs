@@ -97,7 +97,7 @@ pub enum Command {
         /// Read the registry password or token from stdin (with --username).
         #[arg(long, requires = "username")]
         password_stdin: bool,
-        /// Give up on any one registry request (a manifest, a token, a blob) after this many seconds.
+        /// Give up on any one registry request (a manifest, a token) after this many seconds; a blob gets one more second per 64 KiB of its size.
         #[arg(long, value_name = "SECONDS", default_value_t = crate::source::registry::DEFAULT_REQUEST_TIMEOUT_SECS)]
         request_timeout: u64,
         /// Refuse a tar layer holding more entries than this.
