@@ -20,6 +20,13 @@
 //!   and of stagehand's reserved names, never listed twice, never beneath an
 //!   admitted symlink or file; symlinks stay inside; hard links point to an
 //!   earlier admitted file.
+//! - `registry_http`: what a registry sends that stagehand parses itself
+//!   (`source::http`): a `WWW-Authenticate` challenge, an error body, a URL
+//!   in an error; what is printed never holds a control character or a
+//!   query string, and a Bearer challenge always has a realm.
+//! - `tar_bounds`: the raw tar stream follower (`plan::tar_bounds`) fed the
+//!   same bytes in two different chunkings reaches the same verdict and the
+//!   same counts; with caps of zero nothing with an entry passes.
 //! - `recovery_decide`: `txn::decide` over an arbitrary transaction record
 //!   and observations; never panics; every `Remove` names a staging or backup
 //!   path of the record, every `RemoveEmptyDir` a directory it created;
@@ -586,5 +593,40 @@ fn simulate(rec: &TxnRecord, observed: &[Observed], d: &RecoveryDecision) {
                 assert!(at.is_none(), "rolled back but {} (absent before) exists; start {start:?} {d:?}", t.path);
             }
         }
+    }
+}
+
+/// See the module doc: `registry_http`.
+pub fn registry_http(data: &[u8]) {
+    use stagehand::source::http::{error_message, parse_challenge, strip_queries, Challenge};
+    let text = String::from_utf8_lossy(data);
+    if let Some(Challenge::Bearer { realm, .. }) = parse_challenge(&text) {
+        let _ = realm; // a realm is required by the type; parse must not invent one
+        assert!(text.to_ascii_lowercase().contains("realm"), "a Bearer challenge without a realm: {text:?}");
+    }
+    let msg = error_message(data);
+    assert!(!msg.chars().any(char::is_control), "control characters printed: {msg:?}");
+    let stripped = strip_queries(&text);
+    assert!(stripped.len() <= text.len(), "stripping grew the text");
+    for part in stripped.split("http://").chain(stripped.split("https://")).skip(1) {
+        let url = part.split(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ')').next().unwrap_or("");
+        assert!(!url.contains('?'), "a query string survived in {stripped:?}");
+    }
+}
+
+/// See the module doc: `tar_bounds`.
+pub fn tar_bounds(data: &[u8]) {
+    use stagehand::plan::limits::Limits;
+    use stagehand::plan::tar_bounds::TarBounds;
+    let Some((&step, rest)) = data.split_first() else { return };
+    let limits = Limits { max_entries: 4, max_layer_bytes: 4096, max_path_bytes: 64 };
+    let mut whole = TarBounds::new(limits);
+    let a = whole.feed(rest);
+    let mut chunked = TarBounds::new(limits);
+    let b = rest.chunks(usize::from(step).max(1)).try_for_each(|c| chunked.feed(c));
+    assert_eq!(a, b, "the verdict depends on the chunking");
+    if a.is_ok() {
+        assert_eq!((whole.entries(), whole.expanded()), (chunked.entries(), chunked.expanded()));
+        assert!(whole.entries() <= 4 && whole.expanded() <= 4096, "a cap was passed without an error");
     }
 }

@@ -145,3 +145,13 @@ fn seeded_random_inputs() {
         println!("{name}: {n} seeded inputs");
     }
 }
+
+#[test]
+fn corpus_registry_http() {
+    replay("registry_http", harness::registry_http);
+}
+
+#[test]
+fn corpus_tar_bounds() {
+    replay("tar_bounds", harness::tar_bounds);
+}

@@ -830,3 +830,40 @@ fn without_prefix(w: &Tree, prefix: &str) -> Tree {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
+
+/// Issue 14: a file of another package carried into a new directory must
+/// still be what that package installed, and is never read through a symlink.
+#[test]
+fn a_carried_file_that_was_changed_or_replaced_by_a_symlink_is_refused() {
+    let (sb, _base) = steampipe_sandbox();
+    let sp = sb.dest.clone();
+    install_all(&sb, Pkgs { db: Some("v1"), fdw: Some("v1"), plugin: None });
+    let carried = sp.join(fdw_rel(FDW_FILES[1].0, FDW_FILES[1].1));
+    let original = fs::read(&carried).unwrap();
+    let upgrade = install_args(&sp, Kind::Db, &Kind::Db.source("v2"), &[]);
+
+    fs::write(&carried, b"changed by hand\n").unwrap();
+    let before = sb.world();
+    let run = sb.run(&upgrade);
+    run.expect_clean_failure();
+    assert!(
+        run.stderr.contains(path_str(&carried)) && run.stderr.contains("changed since it was installed"),
+        "the refusal does not name the changed file:\n{}",
+        run.describe()
+    );
+    assert!(sb.world() == before, "the refused upgrade changed the install dir");
+
+    let elsewhere = sb.root.join("elsewhere.control");
+    fs::write(&elsewhere, &original).unwrap();
+    fs::remove_file(&carried).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &carried).unwrap();
+    let run = sb.run(&upgrade);
+    run.expect_clean_failure();
+    assert!(run.stderr.contains("symlink"), "{}", run.describe());
+
+    fs::remove_file(&carried).unwrap();
+    fs::write(&carried, &original).unwrap();
+    sb.run(&upgrade).ok();
+    assert_eq!(fs::read(&carried).unwrap(), original, "the carried file did not survive the upgrade");
+    assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());
+}

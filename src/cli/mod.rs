@@ -52,6 +52,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of `Install`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Install or upgrade a package from an OCI artifact, in one transaction.
@@ -102,6 +104,18 @@ pub enum Command {
         /// Refuse to install without --verify-key (the default when STATE/require-signature exists).
         #[arg(long)]
         require_signature: bool,
+        /// Give up on any one registry request (a manifest, a token) after this many seconds; a blob gets one more second per 64 KiB of its size.
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::source::registry::DEFAULT_REQUEST_TIMEOUT_SECS)]
+        request_timeout: u64,
+        /// Refuse a tar layer holding more entries than this.
+        #[arg(long, value_name = "N", default_value_t = crate::plan::limits::DEFAULT_MAX_ENTRIES)]
+        max_entries: u64,
+        /// Refuse a layer whose files add up to more bytes than this.
+        #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_LAYER_BYTES)]
+        max_layer_bytes: u64,
+        /// Refuse an entry whose path or link name (long names included) is longer than this, in bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_PATH_BYTES)]
+        max_path_bytes: u64,
     },
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
     #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
@@ -219,10 +233,10 @@ fn init_tracing(verbose: u8, quiet: bool) {
         (_, 1) => "debug",
         _ => "trace",
     };
-    // -vv also shows oci-client's own request log.
+    // -vv also shows the HTTP client's own request log.
     let client_level = if verbose >= 2 && !quiet { "debug" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("stagehand={level},oci_client={client_level},warn"))
+        tracing_subscriber::EnvFilter::new(format!("stagehand={level},reqwest={client_level},warn"))
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -262,6 +276,12 @@ fn package_json(p: &PackageRecord) -> serde_json::Value {
     })
 }
 
+/// An error message as printed: control characters (terminal escapes from
+/// a registry's or an artifact's text) escaped, line breaks kept.
+fn shown(message: &str) -> String {
+    message.split('\n').map(crate::source::printable).collect::<Vec<_>>().join("\n")
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -286,7 +306,7 @@ pub fn main() -> i32 {
             if cli.json {
                 print_json(&json!({"error": e.to_string(), "exit_code": e.exit_code()}));
             }
-            eprintln!("stagehand: error: {e}");
+            eprintln!("stagehand: error: {}", shown(&e.to_string()));
             e.exit_code()
         }
     }
@@ -377,7 +397,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
             package: r.package.clone(),
             reason: r.reason.clone().unwrap_or_default(),
         };
-        eprintln!("stagehand: error: {e}");
+        eprintln!("stagehand: error: {}", shown(&e.to_string()));
         return Ok(e.exit_code());
     }
     Ok(code)
@@ -403,6 +423,10 @@ fn run_command(
             password_stdin,
             verify_key,
             require_signature,
+            request_timeout,
+            max_entries,
+            max_layer_bytes,
+            max_path_bytes,
             ..
         } => {
             use std::io::IsTerminal as _;
@@ -421,6 +445,7 @@ fn run_command(
                 progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
                 max_concurrent_downloads: 0,
                 verify_key: None,
+                request_timeout: std::time::Duration::from_secs(*request_timeout),
             };
             let profile = match profile {
                 None => None,
@@ -450,6 +475,11 @@ fn run_command(
                     ),
                 },
                 require_signature: *require_signature,
+                limits: crate::plan::limits::Limits {
+                    max_entries: *max_entries,
+                    max_layer_bytes: *max_layer_bytes,
+                    max_path_bytes: *max_path_bytes,
+                },
             };
             let rep = inst.install(&req)?;
             Ok(print_txn_report(cli, &rep, recovered))

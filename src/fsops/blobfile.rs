@@ -48,7 +48,8 @@ pub fn create_partial(path: &Path, role: &str) -> io::Result<PartialFile> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o644)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| with_path(e, "create", path))?;
     rec(|| json!({"op": "create_partial", "path": p2s(path)}));
@@ -58,7 +59,7 @@ pub fn create_partial(path: &Path, role: &str) -> io::Result<PartialFile> {
 /// Opens an existing partial file to append to its end. Read-only until
 /// something is appended; `Ok(None)` if there is no file at `path`.
 pub fn reopen_partial(path: &Path, role: &str) -> io::Result<Option<PartialFile>> {
-    let file = match OpenOptions::new().append(true).open(path) {
+    let file = match OpenOptions::new().append(true).custom_flags(libc::O_NOFOLLOW).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(with_path(e, "open", path)),

@@ -165,20 +165,35 @@ pub fn create_dir(path: &Path, mode: u32, role: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates `path` and any missing ancestors, fsyncing each parent whose
-/// entries changed, so the new directories survive power loss.
-pub fn create_dir_all_durable(path: &Path, role: &str) -> io::Result<()> {
+/// Creates `path` and any missing ancestors with `mode` (an existing
+/// directory's mode is never changed), fsyncing each parent whose entries
+/// changed, so the new directories survive power loss.
+pub fn create_dir_all_durable(path: &Path, mode: u32, role: &str) -> io::Result<()> {
     if path.is_dir() {
         return Ok(());
     }
     let parent = parent_of(path)?;
-    create_dir_all_durable(parent, role)?;
-    match create_dir(path, 0o755, role) {
+    create_dir_all_durable(parent, mode, role)?;
+    match create_dir(path, mode, role) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
         Err(e) => return Err(e),
     }
     fsync_dir(parent, role)
+}
+
+/// The process's umask, read once (from `/proc/self/status`, which reads it
+/// without changing it; 022 where that is unavailable).
+pub fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("Umask:")).and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
 }
 
 /// Sets a directory's permission bits (after its contents are written).
@@ -461,7 +476,7 @@ mod tests {
     fn remove_tree_and_dirs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let t = dir.path().join("x/y/z");
-        create_dir_all_durable(&t, "test").expect("mkdirs");
+        create_dir_all_durable(&t, 0o755, "test").expect("mkdirs");
         write_file(&t.join("f"), &mut &b"1"[..], 0o644, "test").expect("write");
         remove_tree(&dir.path().join("x"), "test").expect("remove");
         assert!(identity(&dir.path().join("x")).expect("stat").is_none());
@@ -474,7 +489,7 @@ mod tests {
         // changed before reading: check they were, and the tree is gone.
         let dir = tempfile::tempdir().expect("tempdir");
         let t = dir.path().join("ro/sub");
-        create_dir_all_durable(&t, "test").expect("mkdirs");
+        create_dir_all_durable(&t, 0o755, "test").expect("mkdirs");
         write_file(&t.join("f"), &mut &b"1"[..], 0o444, "test").expect("write");
         set_mode(&t, 0o000, "test").expect("chmod");
         set_mode(&dir.path().join("ro"), 0o555, "test").expect("chmod");

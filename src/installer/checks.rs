@@ -47,7 +47,13 @@ pub(super) fn check_ownership(others: &[PackageRecord], path: &str, kind: EntryK
             let dir_holds_file = p != tp && tp.starts_with(p) && kind == EntryKind::Dir && t.kind == EntryKind::File;
             if dir_holds_file {
                 let rel = tp.strip_prefix(p).map_err(|_| Error::Refused(format!("{} is not inside {path}", t.path)))?;
-                carry.push(stage::Carried { rel: path_str(rel)?, live: tp.to_path_buf(), owner: pkg.name.clone() });
+                let sha256 = t.entries.iter().find(|e| e.rel.is_empty()).map(|e| e.sha256.clone()).unwrap_or_default();
+                carry.push(stage::Carried {
+                    rel: path_str(rel)?,
+                    live: tp.to_path_buf(),
+                    owner: pkg.name.clone(),
+                    sha256,
+                });
             } else if !nested_file_in_dir && (p.starts_with(tp) || tp.starts_with(p)) {
                 return Err(Error::Refused(format!(
                     "{path} overlaps {} of package {:?}; uninstall it first or choose another destination",

@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,15 @@ pub enum LockError {
 /// Takes the lock at `path`, waiting up to `timeout` for a holder to finish.
 /// `on_wait` is told (once) when the lock is busy and a wait begins.
 pub fn acquire(path: &Path, timeout: Duration, on_wait: Option<&dyn Fn(Option<u32>)>) -> Result<StateLock, LockError> {
-    let mut file =
-        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(LockError::Io)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(LockError::Io)?;
     let start = Instant::now();
     let mut told = false;
     loop {

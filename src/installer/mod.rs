@@ -14,6 +14,7 @@ pub mod lock;
 pub mod progress;
 pub mod space;
 pub mod stage;
+pub mod statedir;
 pub mod verify;
 
 use std::collections::BTreeSet;
@@ -132,6 +133,8 @@ pub struct InstallRequest {
     /// `--require-signature`: refuse to install without `verify_key`
     /// (also the default when the state dir holds [`REQUIRE_SIGNATURE_FILE`]).
     pub require_signature: bool,
+    /// Caps on what one layer may expand to (`--max-entries` and friends).
+    pub limits: plan::limits::Limits,
 }
 
 /// A file in the state dir whose presence makes `--require-signature` the default.
@@ -148,9 +151,20 @@ fn keep_versions(asked: usize) -> usize {
     }
 }
 
+/// True if `path` is a regular file owned by the current user that group
+/// and others cannot write, so a hard link to it in the cache shares its
+/// inode with nobody else who could change it.
+fn only_we_can_write(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == uid && m.mode() & 0o022 == 0)
+}
+
 /// Puts a layout version's manifest and blobs into the blob cache (a hard
-/// link where the layout is on the same filesystem, else a verified copy),
-/// so `rollback` can reinstall it offline later.
+/// link where the layout is on the same filesystem and its blob is writable
+/// only by us, else a verified copy, so the cache never shares an inode with
+/// a file someone else can write), so `rollback` can reinstall it offline later.
 fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &source::ResolvedArtifact) -> Result<()> {
     let cache = source::cache::BlobCache::new(state_dir);
     cache.ensure_dirs()?;
@@ -165,7 +179,7 @@ fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &source::Resol
         }
         let dst = cache.blob_path(&desc.digest)?;
         let src = layout.blob_path(&desc.digest)?;
-        if fsops::hard_link(&src, &dst, "cache").is_ok() {
+        if only_we_can_write(&src) && fsops::hard_link(&src, &dst, "cache").is_ok() {
             fsops::fsync_dir(cache.root().join("sha256").as_path(), "cache").map_err(io("syncing the blob cache"))?;
             continue;
         }
@@ -295,8 +309,7 @@ pub fn resolve_destination(p: &Path) -> Result<PathBuf> {
 }
 
 fn lock_state_dir(state_dir: &Path, opts: &OpenOptions) -> Result<lock::StateLock> {
-    fsops::create_dir_all_durable(state_dir, "state")
-        .map_err(io(format!("creating the state dir {}", state_dir.display())))?;
+    statedir::prepare(state_dir)?;
     let lock_path = state_dir.join("lock");
     lock::acquire(&lock_path, opts.lock_timeout, opts.on_lock_wait.as_deref()).map_err(|e| match e {
         lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
@@ -678,7 +691,7 @@ impl Installer {
             })
             .sum();
         let shown = progress::Progress::new(blobs.as_ref(), total, req.registry.progress);
-        let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template);
+        let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template, req.limits);
         shown.finish();
         if let Err(e) = staged {
             return Err(self.roll_back(rec, e));
@@ -705,9 +718,11 @@ impl Installer {
         carry: &[Vec<stage::Carried>],
         blobs: &dyn source::BlobSource,
         template: PackageRecord,
+        limits: plan::limits::Limits,
     ) -> Result<()> {
         for d in &rec.created_dirs {
-            fsops::create_dir_all_durable(Path::new(d), "parent").map_err(io(format!("creating {d}")))?;
+            fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent")
+                .map_err(io(format!("creating {d}")))?;
         }
         let mut installed = Vec::new();
         for (i, pt) in planned.iter().enumerate() {
@@ -718,8 +733,8 @@ impl Installer {
             debug_assert_eq!(Path::new(&t.path), pt.path.as_path());
             let staging = PathBuf::from(&t.staging);
             let staged = match &pt.content {
-                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs)?,
-                PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs)?,
+                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs, limits)?,
+                PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs, limits)?,
             };
             let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
             let mut identity = staged.identity;
@@ -952,6 +967,7 @@ impl Installer {
             // signature is not checked again, and the record says so.
             verify_key: None,
             require_signature: false,
+            limits: plan::limits::Limits::default(),
         };
         let source_ref = source::reference::parse(&version.source)?;
         self.install_resolved(&source_ref, artifact, Box::new(cache), &req)

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::Error;
 use crate::fsops;
+use crate::plan::limits::{installed_mode, Limits};
+use crate::plan::tar_bounds::TarBounds;
 use crate::plan::tar_guard::{Admitted, TarGuard, TarKind};
 use crate::plan::{Compression, FileBytes, LayerUse};
 use crate::source::{verify, BlobSource, Descriptor};
@@ -30,6 +32,8 @@ pub struct Carried {
     pub live: PathBuf,
     /// The package that owns it.
     pub owner: String,
+    /// Its sha256 (lowercase hex) as that package installed it.
+    pub sha256: String,
 }
 
 /// What staging produced.
@@ -57,6 +61,8 @@ fn tar_kind(t: tar::EntryType) -> TarKind {
 
 struct DirBuilder {
     root: PathBuf,
+    umask: u32,
+    limits: Limits,
     guard: TarGuard,
     files: Vec<PathBuf>,
     dirs: Vec<(PathBuf, u32)>,
@@ -110,11 +116,11 @@ impl DirBuilder {
             Admitted::Skip => return Ok(()),
         };
         for p in parents {
-            self.mkdir(&p, 0o755)?;
+            self.mkdir(&p, installed_mode(0o755, self.umask))?;
         }
         match admitted {
-            Admitted::Dir { rel, mode, .. } => self.mkdir(&rel, mode),
-            Admitted::File { rel, mode, .. } => self.file(&rel, entry, mode & 0o777),
+            Admitted::Dir { rel, mode, .. } => self.mkdir(&rel, installed_mode(mode, self.umask)),
+            Admitted::File { rel, mode, .. } => self.file(&rel, entry, installed_mode(mode, self.umask)),
             Admitted::Symlink { rel, target, .. } => {
                 let path = self.root.join(&rel);
                 fsops::symlink(Path::new(&target), &path, ROLE).map_err(io_err(format!("staging {rel}")))?;
@@ -162,7 +168,7 @@ impl DirBuilder {
                     Box::new(zstd::Decoder::new(&mut raw).map_err(io_err(format!("layer {}: zstd", desc.digest)))?)
                 }
             };
-            let mut archive = tar::Archive::new(decoded);
+            let mut archive = tar::Archive::new(Bounded { inner: decoded, bounds: TarBounds::new(self.limits) });
             let bad = |e: std::io::Error| Error::Io {
                 context: format!("layer {}: reading the tar stream", desc.digest),
                 source: e,
@@ -175,6 +181,15 @@ impl DirBuilder {
                     path = [subdir.as_bytes(), b"/", &path].concat();
                 }
                 let link = entry.link_name_bytes().map(|l| l.into_owned());
+                let cap = self.limits.max_path_bytes;
+                for (what, len) in [("path", path.len()), ("link name", link.as_ref().map_or(0, Vec::len))] {
+                    if len as u64 > cap {
+                        return Err(Error::Refused(format!(
+                            "layer {}: an entry's {what} is {len} bytes, over the --max-path-bytes cap of {cap}",
+                            desc.digest
+                        )));
+                    }
+                }
                 let mode = entry.header().mode().unwrap_or(0o644);
                 let admitted = self.guard.admit(&path, kind, link.as_deref(), mode)?;
                 self.apply(admitted, &mut entry)?;
@@ -194,30 +209,60 @@ impl DirBuilder {
         self.guard.admit_root_file(name)?;
         let mut raw = blobs.open_blob(desc)?;
         {
-            let mut src = file_bytes(&mut raw, bytes);
-            self.file(name, &mut src, bytes.mode)?;
+            let mut src = file_bytes(&mut raw, bytes, self.limits.max_layer_bytes);
+            self.file(name, &mut src, installed_mode(bytes.mode, self.umask))?;
         }
         verify::drain(&mut raw).map_err(io_err(format!("layer {name}")))?;
         Ok(())
     }
 
-    /// Copies another package's nested file into the new tree.
+    /// Copies another package's nested file into the new tree: opened
+    /// without following a symlink, copied without special bits, and
+    /// refused unless its bytes are the ones its package installed.
     fn carry(&mut self, c: &Carried) -> Result<(), Error> {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let admitted = self.guard.admit(c.rel.as_bytes(), TarKind::File, None, 0o644).map_err(|r| {
             Error::Refused(format!(
                 "the new version puts its own entry at {} ({}), which belongs to package {:?}",
                 c.rel, r.reason, c.owner
             ))
         })?;
-        let meta = std::fs::metadata(&c.live).map_err(io_err(format!("reading {}", c.live.display())))?;
-        let mut f = std::fs::File::open(&c.live).map_err(io_err(format!("reading {}", c.live.display())))?;
-        use std::os::unix::fs::PermissionsExt;
+        let live = c.live.display();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&c.live)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    Error::Refused(format!("{live} (of package {:?}) is now a symlink; stagehand will not copy it into the new version. Reinstall {:?} first", c.owner, c.owner))
+                } else {
+                    Error::Io { context: format!("reading {live}"), source: e }
+                }
+            })?;
+        let meta = f.metadata().map_err(io_err(format!("reading {live}")))?;
+        if !meta.is_file() {
+            return Err(Error::Refused(format!(
+                "{live} (of package {:?}) is no longer a regular file; reinstall {:?} first",
+                c.owner, c.owner
+            )));
+        }
         let mode = meta.permissions().mode() & 0o7777;
-        let admitted = match admitted {
-            Admitted::File { rel, implicit_parents, .. } => Admitted::File { rel, mode, implicit_parents },
-            other => other,
+        let rel = match admitted {
+            Admitted::File { rel, implicit_parents, .. } => {
+                let rel_copy = rel.clone();
+                self.apply(Admitted::File { rel, mode, implicit_parents }, &mut f)?;
+                rel_copy
+            }
+            other => return self.apply(other, &mut f),
         };
-        self.apply(admitted, &mut f)
+        let written = self.entries.iter().rev().find(|e| e.rel == rel).map(|e| e.sha256.clone()).unwrap_or_default();
+        if written != c.sha256 {
+            return Err(Error::Refused(format!(
+                "{live} (of package {:?}) was changed since it was installed (sha256 {written}, recorded {}); stagehand will not carry it into the new version. Run `stagehand verify {}` and reinstall it",
+                c.owner, c.sha256, c.owner
+            )));
+        }
+        Ok(())
     }
 
     /// Sets directory modes (deepest first, after their children exist)
@@ -243,6 +288,21 @@ impl DirBuilder {
             fsops::fsync_dir(&self.root, ROLE).map_err(io_err(format!("fsync {}", self.root.display())))?;
         }
         Ok(())
+    }
+}
+
+/// A tar stream whose every byte is shown to a [`TarBounds`] on its way to
+/// the tar reader, so a cap fails before the reader buffers what exceeds it.
+struct Bounded<R> {
+    inner: R,
+    bounds: TarBounds,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bounds.feed(&buf[..n]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.0))?;
+        Ok(n)
     }
 }
 
@@ -280,10 +340,15 @@ pub fn stage_dir(
     layers: &[(Descriptor, LayerUse)],
     carry: &[Carried],
     blobs: &dyn BlobSource,
+    limits: Limits,
 ) -> Result<Staged, Error> {
-    fsops::create_dir(staging, 0o755, ROLE).map_err(io_err(format!("staging {}", staging.display())))?;
+    let umask = fsops::umask();
+    fsops::create_dir(staging, installed_mode(0o755, umask), ROLE)
+        .map_err(io_err(format!("staging {}", staging.display())))?;
     let mut b = DirBuilder {
         root: staging.to_path_buf(),
+        umask,
+        limits,
         guard: TarGuard::new(),
         files: vec![],
         dirs: vec![],
@@ -309,12 +374,33 @@ pub fn stage_dir(
     Ok(Staged { identity, entries: b.entries })
 }
 
-/// The bytes a single-file layer installs: as they are, or gunzipped.
-fn file_bytes<'a>(raw: &'a mut Box<dyn Read + Send>, bytes: FileBytes) -> Box<dyn Read + 'a> {
+/// The bytes a single-file layer installs: as they are, or gunzipped (then
+/// at most `max_bytes` of them, the `--max-layer-bytes` cap).
+fn file_bytes<'a>(raw: &'a mut Box<dyn Read + Send>, bytes: FileBytes, max_bytes: u64) -> Box<dyn Read + 'a> {
     if bytes.gunzip {
-        Box::new(flate2::read::MultiGzDecoder::new(raw))
+        Box::new(Capped { inner: flate2::read::MultiGzDecoder::new(raw), left: max_bytes, cap: max_bytes })
     } else {
         Box::new(raw)
+    }
+}
+
+/// A reader that fails once more than `cap` bytes came through.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    cap: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the layer expands to more than {} bytes, the --max-layer-bytes cap", self.cap),
+            )
+        })?;
+        Ok(n)
     }
 }
 
@@ -324,11 +410,13 @@ pub fn stage_file(
     desc: &Descriptor,
     bytes: FileBytes,
     blobs: &dyn BlobSource,
+    limits: Limits,
 ) -> Result<Staged, Error> {
+    let mode = installed_mode(bytes.mode, fsops::umask());
     let mut raw = blobs.open_blob(desc)?;
     let w = {
-        let mut src = file_bytes(&mut raw, bytes);
-        fsops::write_file(staging, &mut src, bytes.mode, ROLE)
+        let mut src = file_bytes(&mut raw, bytes, limits.max_layer_bytes);
+        fsops::write_file(staging, &mut src, mode, ROLE)
             .map_err(io_err(format!("staging {}", desc.title().unwrap_or(&desc.digest))))?
     };
     verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;
@@ -340,7 +428,7 @@ pub fn stage_file(
     let entry = FileEntry {
         rel: String::new(),
         kind: EntryKind::File,
-        mode: bytes.mode,
+        mode,
         size: w.size,
         sha256: w.sha256,
         link: String::new(),

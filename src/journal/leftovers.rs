@@ -48,7 +48,7 @@ pub fn conf_bytes() -> Vec<u8> {
 /// durably if they are missing; returns what was fixed, for the log.
 pub fn prepare(dir: &Path) -> io::Result<Vec<String>> {
     let mut fixed = Vec::new();
-    fsops::create_dir_all_durable(dir, "journal_leftover")?;
+    fsops::create_dir_all_durable(dir, 0o700, "journal_leftover")?;
     let entries =
         std::fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", dir.display())))?;
     for entry in entries {

@@ -8,7 +8,9 @@
 //!
 //! It does no I/O: paths are computed, never looked at.
 
+pub mod limits;
 pub mod profile;
+pub mod tar_bounds;
 pub mod tar_guard;
 
 use std::path::{Path, PathBuf};

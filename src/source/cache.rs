@@ -100,7 +100,7 @@ impl BlobCache {
     /// Creates the cache's directories (durably) if they are missing.
     pub fn ensure_dirs(&self) -> Result<(), SourceError> {
         for d in [self.store_dir(), self.partial_dir()] {
-            fsops::create_dir_all_durable(&d, ROLE).map_err(io_err(format!("creating {}", d.display())))?;
+            fsops::create_dir_all_durable(&d, 0o700, ROLE).map_err(io_err(format!("creating {}", d.display())))?;
         }
         Ok(())
     }

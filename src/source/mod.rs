@@ -13,6 +13,7 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 
 pub mod cache;
+pub mod http;
 pub mod layout;
 pub mod manifest;
 pub mod reference;
@@ -34,6 +35,15 @@ pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Largest manifest or index we parse (they are small JSON documents).
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// `text` with every control character (terminal escapes, newlines)
+/// escaped, for printing anything a registry or an artifact supplied.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
 
 /// An OCI content descriptor: what a manifest says about one blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,8 @@
 //! Pulling an artifact from an OCI registry into the blob cache.
 //!
-//! This module owns talking to registries (through `oci-client` on a tokio
-//! runtime it creates for the pull; the rest of stagehand is synchronous):
+//! This module owns talking to registries (through [`super::http`], whose
+//! client carries the policy for untrusted servers, on a tokio runtime it
+//! creates for the pull; the rest of stagehand is synchronous):
 //! resolving a tag or digest to a manifest (following an image index to one
 //! platform), finding credentials the way Docker keeps them, streaming every
 //! blob the manifest names into the [`BlobCache`] — hashed while it streams,
@@ -23,16 +24,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use reqwest::StatusCode;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::cache::{BlobCache, BlobWriter};
+use super::http::{self, Basic, HttpFailure, Session};
 use super::layout::{host_platform, platform_name};
 use super::manifest::{
     is_index_media_type, is_manifest_media_type, parse_index, parse_manifest, validate_digest,
@@ -40,7 +38,7 @@ use super::manifest::{
 };
 use super::verify::blob_label;
 use super::{
-    Descriptor, Platform, ResolvedArtifact, Selector, SourceError, MAX_MANIFEST_BYTES, MEDIA_TYPE_INDEX,
+    printable, Descriptor, Platform, ResolvedArtifact, Selector, SourceError, MAX_MANIFEST_BYTES, MEDIA_TYPE_INDEX,
     MEDIA_TYPE_MANIFEST,
 };
 
@@ -50,11 +48,11 @@ mod sig;
 pub const DEFAULT_CONCURRENT_DOWNLOADS: usize = 4;
 /// Environment variable overriding the Docker config directory (as Docker does).
 pub const ENV_DOCKER_CONFIG: &str = "DOCKER_CONFIG";
-/// Give up connecting after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Give up on a response that sends nothing for this long.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
+/// Default overall deadline of one registry request, in seconds.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+/// The slowest transfer a blob download is given time for (bytes/second):
+/// its deadline is the request timeout plus its size at this rate.
+pub const MIN_BLOB_RATE: u64 = 64 * 1024;
 /// Resume attempts within one pull after a transfer breaks off having made progress.
 const RESUME_RETRIES: u32 = 2;
 /// Media types we ask a registry for when fetching a manifest.
@@ -88,6 +86,10 @@ pub struct RegistryOptions {
     pub max_concurrent_downloads: usize,
     /// `--verify-key`: accept the manifest only with a cosign signature by this key.
     pub verify_key: Option<super::signature::VerifyKey>,
+    /// Overall deadline of one request (`--request-timeout`); zero means
+    /// [`DEFAULT_REQUEST_TIMEOUT_SECS`]. A blob download gets more time in
+    /// proportion to its size (see [`MIN_BLOB_RATE`]).
+    pub request_timeout: Duration,
 }
 
 /// Parses `OS/ARCH` or `OS/ARCH/VARIANT` (e.g. `linux/arm64/v8`).
@@ -138,12 +140,14 @@ impl fmt::Display for CredSource {
     }
 }
 
-/// The parts of Docker's `config.json` we read.
+/// The parts of Docker's `config.json` we read. Each `auths` entry is
+/// parsed only when its registry is pulled from, so a malformed entry
+/// affects only its own registry.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DockerConfig {
     #[serde(default)]
-    auths: BTreeMap<String, DockerAuth>,
+    auths: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     cred_helpers: BTreeMap<String, String>,
     #[serde(default)]
@@ -235,17 +239,18 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<(String, String)>, 
 
 /// Finds credentials for `registry`: the flags, else Docker's config
 /// (`credHelpers[registry]`, then `credsStore`, then `auths`), else anonymous.
-fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(RegistryAuth, CredSource), SourceError> {
+fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(Option<Basic>, CredSource), SourceError> {
+    let basic = |user: String, password: String| Some(Basic { user, password });
     if let (Some(user), Some(pass)) = (&opts.username, &opts.password) {
-        return Ok((RegistryAuth::Basic(user.clone(), pass.0.clone()), CredSource::Flags));
+        return Ok((basic(user.clone(), pass.0.clone()), CredSource::Flags));
     }
     let Some(path) = docker_config_path() else {
-        return Ok((RegistryAuth::Anonymous, CredSource::Anonymous));
+        return Ok((None, CredSource::Anonymous));
     };
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((RegistryAuth::Anonymous, CredSource::Anonymous));
+            return Ok((None, CredSource::Anonymous));
         }
         Err(e) => {
             return Err(SourceError::Credentials {
@@ -263,7 +268,7 @@ fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(RegistryAuth,
     if let Some(h) = helper.filter(|h| !h.is_empty()) {
         for key in [registry.to_string(), format!("https://{registry}")] {
             if let Some((user, secret)) = run_helper(h, &key)? {
-                return Ok((RegistryAuth::Basic(user, secret), CredSource::Helper(h.clone())));
+                return Ok((basic(user, secret), CredSource::Helper(h.clone())));
             }
         }
     }
@@ -272,12 +277,19 @@ fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(RegistryAuth,
         .find_map(|k| config.auths.get(k))
         .or_else(|| config.auths.iter().find(|(k, _)| normalize_key(k) == registry).map(|(_, v)| v));
     let Some(entry) = entry else {
-        return Ok((RegistryAuth::Anonymous, CredSource::Anonymous));
+        return Ok((None, CredSource::Anonymous));
     };
+    // Reported without the entry's value: it holds a password.
     let bad = |why: &str| SourceError::Credentials {
         registry: registry.to_string(),
-        reason: format!("the auths entry in {} {why}", path.display()),
+        reason: format!(
+            "the auths entry for {} in {} {why}; fix or remove it (other registries are not affected)",
+            printable(registry),
+            path.display()
+        ),
     };
+    let entry: DockerAuth = serde_json::from_value(entry.clone())
+        .map_err(|_| bad("is malformed (expected an object with string \"auth\", or \"username\" and \"password\")"))?;
     if let Some(b64) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD
@@ -286,10 +298,10 @@ fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(RegistryAuth,
         let text = String::from_utf8(decoded).map_err(|_| bad("has an \"auth\" value that is not UTF-8"))?;
         let (user, pass) =
             text.split_once(':').ok_or_else(|| bad("has an \"auth\" value that is not USER:PASSWORD"))?;
-        return Ok((RegistryAuth::Basic(user.to_string(), pass.to_string()), CredSource::ConfigFile(path)));
+        return Ok((basic(user.to_string(), pass.to_string()), CredSource::ConfigFile(path)));
     }
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-        return Ok((RegistryAuth::Basic(u.clone(), p.clone()), CredSource::ConfigFile(path)));
+        return Ok((basic(u.clone(), p.clone()), CredSource::ConfigFile(path)));
     }
     if entry.identitytoken.is_some() {
         tracing::warn!(
@@ -297,17 +309,17 @@ fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(RegistryAuth,
             "the Docker config holds only an identity token, which stagehand cannot use; pulling anonymously"
         );
     }
-    Ok((RegistryAuth::Anonymous, CredSource::Anonymous))
+    Ok((None, CredSource::Anonymous))
 }
 
 /// Everything one pull needs, shared by its tasks.
 struct Ctx {
-    client: Client,
-    auth: RegistryAuth,
+    session: Session,
     cred_source: CredSource,
     registry: String,
     repository: String,
     plain_http: bool,
+    request_timeout: Duration,
     interrupted: fn() -> bool,
 }
 
@@ -319,24 +331,8 @@ enum Failure {
 }
 
 impl Ctx {
-    fn scheme(&self) -> &'static str {
-        if self.plain_http {
-            "http"
-        } else {
-            "https"
-        }
-    }
-
     fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
-    }
-
-    fn reference(&self, sel: &Selector) -> Reference {
-        match sel {
-            Selector::Digest(d) => Reference::with_digest(self.registry.clone(), self.repository.clone(), d.clone()),
-            Selector::Tag(t) => Reference::with_tag(self.registry.clone(), self.repository.clone(), t.clone()),
-            Selector::Only => Reference::with_tag(self.registry.clone(), self.repository.clone(), "latest".into()),
-        }
+        printable(&format!("{}/{}", self.registry, self.repository))
     }
 
     fn login_hint(&self) -> String {
@@ -359,62 +355,43 @@ impl Ctx {
         }
     }
 
-    fn classify(&self, e: OciDistributionError) -> Failure {
+    /// What a failed request means, as a message naming the registry.
+    fn classify(&self, e: HttpFailure) -> Failure {
+        let registry = printable(&self.registry);
         match e {
-            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
-                Failure::Other(self.unauthorized("401 Unauthorized"))
-            }
-            OciDistributionError::RegistryError { envelope, url } => {
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized)) {
-                    Failure::Other(self.unauthorized("401 Unauthorized"))
-                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
-                    Failure::Other(self.unauthorized("403 denied"))
-                } else if codes.iter().any(|c| matches!(c, OciErrorCode::NameUnknown)) {
+            HttpFailure::Status { status, message } => match status {
+                StatusCode::UNAUTHORIZED => Failure::Other(self.unauthorized("401 Unauthorized")),
+                StatusCode::FORBIDDEN => Failure::Other(self.unauthorized("403 Forbidden")),
+                StatusCode::NOT_FOUND if message.starts_with("NAME_UNKNOWN") => {
                     Failure::Other(SourceError::RepositoryNotFound {
-                        registry: self.registry.clone(),
-                        repository: self.repository.clone(),
-                    })
-                } else if codes.iter().any(|c| {
-                    matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NotFound)
-                }) {
-                    Failure::NotFound
-                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
-                    Failure::Other(SourceError::Registry {
-                        registry: self.registry.clone(),
-                        reason: "too many requests (rate limited); try again later".into(),
-                    })
-                } else {
-                    let msgs: Vec<String> =
-                        envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect();
-                    Failure::Other(SourceError::Registry {
-                        registry: self.registry.clone(),
-                        reason: format!("{url}: {}", msgs.join("; ")),
+                        registry,
+                        repository: printable(&self.repository),
                     })
                 }
-            }
-            OciDistributionError::ServerError { code, url, message } => match code {
-                401 => Failure::Other(self.unauthorized("401 Unauthorized")),
-                403 => Failure::Other(self.unauthorized("403 Forbidden")),
-                404 => Failure::NotFound,
-                _ => Failure::Other(SourceError::Registry {
-                    registry: self.registry.clone(),
-                    reason: format!("HTTP {code} from {url}: {}", message.trim()),
+                StatusCode::NOT_FOUND => Failure::NotFound,
+                StatusCode::TOO_MANY_REQUESTS => Failure::Other(SourceError::Registry {
+                    registry,
+                    reason: "too many requests (rate limited); try again later".into(),
                 }),
+                _ => Failure::Other(SourceError::Registry { registry, reason: format!("HTTP {status}: {message}") }),
             },
-            OciDistributionError::RequestError(re) => {
-                let mut reason = error_chain(&re);
-                if re.is_timeout() {
-                    reason = format!("timed out: {reason}");
+            HttpFailure::Transport { mut reason, timeout } => {
+                if timeout {
+                    reason = format!(
+                        "timed out (the deadline is --request-timeout, {} s, plus time for a blob's size): {reason}",
+                        self.request_timeout.as_secs()
+                    );
                 }
                 if !self.plain_http && is_loopback(&self.registry) {
                     reason.push_str("; if this registry serves plain HTTP, pass --plain-http");
                 }
-                Failure::Other(SourceError::Unreachable { registry: self.registry.clone(), reason })
+                Failure::Other(SourceError::Unreachable { registry, reason })
             }
-            other => {
-                Failure::Other(SourceError::Registry { registry: self.registry.clone(), reason: other.to_string() })
-            }
+            HttpFailure::TooLarge { what, cap } => Failure::Other(SourceError::Registry {
+                registry,
+                reason: format!("its {what} is larger than the {cap}-byte limit; refusing to read it"),
+            }),
+            HttpFailure::Refused(reason) => Failure::Other(SourceError::Registry { registry, reason }),
         }
     }
 
@@ -436,18 +413,26 @@ impl Ctx {
         if (self.interrupted)() {
             return Err(SourceError::Interrupted);
         }
-        let reference = self.reference(sel);
         let target = match sel {
             Selector::Digest(d) => d.clone(),
             Selector::Tag(t) => t.clone(),
             Selector::Only => "latest".into(),
         };
-        tracing::debug!(
-            url = %format!("{}://{}/v2/{}/manifests/{target}", self.scheme(), self.registry, self.repository),
-            "GET manifest"
-        );
-        let (body, _header_digest) = match self.client.pull_manifest_raw(&reference, &self.auth, ACCEPT).await {
-            Ok(r) => r,
+        let path = format!("manifests/{target}");
+        tracing::debug!(url = %self.session.url(&path), "GET manifest");
+        let what = format!("manifest {target} of {}", self.name());
+        let fetched = match self.session.get(&path, Some(&ACCEPT.join(", ")), 0, None).await {
+            Ok(mut resp) => http::read_capped(&mut resp, MAX_MANIFEST_BYTES, "manifest").await,
+            Err(e) => Err(e),
+        };
+        let body = match fetched {
+            Ok(b) => b,
+            Err(HttpFailure::TooLarge { cap, .. }) => {
+                return Err(SourceError::Malformed {
+                    what,
+                    reason: format!("larger than the {cap}-byte limit; refusing to read it"),
+                });
+            }
             Err(e) => {
                 return Err(match self.classify(e) {
                     Failure::Other(e) => e,
@@ -456,13 +441,6 @@ impl Ctx {
             }
         };
         tracing::debug!(bytes = body.len(), "manifest received");
-        let what = format!("manifest {target} of {}", self.name());
-        if body.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(SourceError::Malformed {
-                what,
-                reason: format!("{} bytes, larger than the {MAX_MANIFEST_BYTES}-byte limit", body.len()),
-            });
-        }
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         if let Selector::Digest(d) = sel {
             if &actual != d {
@@ -474,27 +452,19 @@ impl Ctx {
                 return Err(SourceError::SizeMismatch { what, expected: size, actual: body.len() as u64 });
             }
         }
-        Ok((body.to_vec(), actual))
+        Ok((body, actual))
     }
 
     /// The message for a manifest the registry does not have: tells an
     /// unknown repository from an unknown tag, listing the tags there are.
     async fn not_found(&self, sel: &Selector) -> SourceError {
-        let reference = self.reference(sel);
-        tracing::debug!(
-            url = %format!("{}://{}/v2/{}/tags/list", self.scheme(), self.registry, self.repository),
-            "GET tags"
-        );
-        let available = match self.client.list_tags(&reference, &self.auth, None, None).await {
-            Ok(resp) => {
-                let mut tags = resp.tags;
-                tags.sort();
-                if tags.is_empty() {
-                    "none".to_string()
-                } else {
-                    tags.join(", ")
-                }
-            }
+        tracing::debug!(url = %self.session.url("tags/list"), "GET tags");
+        let listed = match self.session.get("tags/list", None, 0, None).await {
+            Ok(mut resp) => http::read_capped(&mut resp, http::MAX_TAG_LIST_BYTES, "tag list").await,
+            Err(e) => Err(e),
+        };
+        let available = match listed {
+            Ok(body) => shown_tags(&body),
             Err(e) => match self.classify(e) {
                 Failure::Other(e @ SourceError::RepositoryNotFound { .. }) => return e,
                 Failure::NotFound => {
@@ -508,24 +478,37 @@ impl Ctx {
         };
         match sel {
             Selector::Digest(d) => SourceError::DigestNotFound { digest: d.clone(), layout: self.name() },
-            Selector::Tag(t) => SourceError::TagNotFound { tag: t.clone(), layout: self.name(), available },
+            Selector::Tag(t) => SourceError::TagNotFound { tag: printable(t), layout: self.name(), available },
             Selector::Only => SourceError::TagNotFound { tag: "latest".into(), layout: self.name(), available },
         }
     }
 }
 
-/// `e` and its sources, joined by `: `.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = s.source();
+/// Tags shown when a tag is not found.
+const SHOWN_TAGS: usize = 50;
+
+/// A tag list (`{"tags": [...]}`) as shown in a message: sorted, escaped,
+/// at most [`SHOWN_TAGS`] of them.
+fn shown_tags(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct TagList {
+        #[serde(default)]
+        tags: Option<Vec<String>>,
     }
-    parts.join(": ")
+    let Ok(list) = serde_json::from_slice::<TagList>(body) else {
+        return "unknown (the registry's tag list is not JSON)".to_string();
+    };
+    let mut tags = list.tags.unwrap_or_default();
+    if tags.is_empty() {
+        return "none".to_string();
+    }
+    tags.sort();
+    let more = tags.len().saturating_sub(SHOWN_TAGS);
+    let mut shown: Vec<String> = tags.iter().take(SHOWN_TAGS).map(|t| printable(t)).collect();
+    if more > 0 {
+        shown.push(format!("and {more} more"));
+    }
+    shown.join(", ")
 }
 
 /// The entry of an image index for `platform`: os and architecture match,
@@ -622,8 +605,8 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
     };
     let short = desc.digest.get(..19).unwrap_or(&desc.digest);
     let bar = bars.layer(desc.title().unwrap_or(short), desc.size);
-    let reference = ctx.reference(&Selector::Only);
     let digest = desc.digest.as_str();
+    let deadline = ctx.request_timeout + Duration::from_secs(desc.size / MIN_BLOB_RATE);
     let mut retries = 0;
     let mut counted = w.offset();
     bar.set_position(counted);
@@ -634,8 +617,8 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
             return Err(SourceError::Interrupted);
         }
         let offset = w.offset();
-        let url = format!("{}://{}/v2/{}/blobs/{digest}", ctx.scheme(), ctx.registry, ctx.repository);
-        tracing::debug!(%url, range = %format!("bytes={offset}-"), "GET blob");
+        let path = format!("blobs/{digest}");
+        tracing::debug!(url = %ctx.session.url(&path), range = %format!("bytes={offset}-"), "GET blob");
         let broken = |reason: String, got: u64| SourceError::DownloadInterrupted {
             what: what.clone(),
             registry: ctx.registry.clone(),
@@ -643,7 +626,7 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
             size: desc.size,
             reason,
         };
-        let response = match ctx.client.pull_blob_stream_partial(&reference, &digest, offset, None).await {
+        let response = match ctx.session.get(&path, None, offset, Some(deadline)).await {
             Ok(r) => r,
             Err(e) => {
                 let err = match ctx.classify(e) {
@@ -655,13 +638,11 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
                 return Err(err);
             }
         };
-        let mut stream = match response {
-            BlobResponse::Partial(s) => {
-                tracing::debug!(status = 206, content_length = ?s.content_length, "blob response");
-                s
-            }
-            BlobResponse::Full(s) => {
-                tracing::debug!(status = 200, content_length = ?s.content_length, "blob response");
+        let mut stream = response;
+        tracing::debug!(status = %stream.status(), content_length = ?stream.content_length(), "blob response");
+        match stream.status() {
+            StatusCode::PARTIAL_CONTENT if offset > 0 => {}
+            _ => {
                 if offset > 0 {
                     tracing::debug!(blob = %desc.digest, "the registry ignored the range request; downloading the whole blob again");
                     w.restart()?;
@@ -669,24 +650,26 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
                     counted = 0;
                     bar.set_position(0);
                 }
-                s
             }
-        };
-        if let Some(len) = stream.content_length {
+        }
+        if let Some(len) = stream.content_length() {
             let total = w.offset().saturating_add(len);
             if total > desc.size {
                 // Too much on offer: write() refuses it, discarding the partial.
                 tracing::debug!(blob = %desc.digest, total, expected = desc.size, "the registry offers more bytes than the descriptor says");
             }
         }
+        let at = http::shown_url(stream.url());
         let mut failure: Option<String> = None;
-        while let Some(item) = stream.next().await {
+        loop {
+            let item = stream.chunk().await;
             if (ctx.interrupted)() {
                 w.suspend()?;
                 return Err(SourceError::Interrupted);
             }
             match item {
-                Ok(bytes) => {
+                Ok(None) => break,
+                Ok(Some(bytes)) => {
                     if let Err(e) = w.write(&bytes) {
                         return Err(kept_on_full_disk(e, w));
                     }
@@ -696,12 +679,15 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
                     bars.overall.inc(n);
                 }
                 Err(e) => {
-                    // oci-client's own check fails at the end of a full,
-                    // wrong blob: ours (in finish) names the layer.
-                    if w.offset() == desc.size {
-                        break;
+                    let (mut reason, timeout) = http::body_error(e, &at);
+                    if timeout {
+                        reason = format!(
+                            "timed out (the deadline is --request-timeout, {} s, plus {} s for its size): {reason}",
+                            ctx.request_timeout.as_secs(),
+                            desc.size / MIN_BLOB_RATE
+                        );
                     }
-                    failure = Some(error_chain(&e));
+                    failure = Some(reason);
                     break;
                 }
             }
@@ -801,22 +787,20 @@ pub fn pull(
     cache.ensure_dirs()?;
     let (auth, cred_source) = resolve_auth(registry, opts)?;
     tracing::debug!(registry, credentials = %cred_source, "pulling");
-    let config = ClientConfig {
-        protocol: if opts.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
-        platform_resolver: None,
-        connect_timeout: Some(CONNECT_TIMEOUT),
-        read_timeout: Some(READ_TIMEOUT),
-        ..Default::default()
-    };
-    let client = Client::try_from(config)
+    let client = http::client(opts.plain_http)
         .map_err(|e| SourceError::Registry { registry: registry.to_string(), reason: format!("HTTP client: {e}") })?;
+    let request_timeout = match opts.request_timeout {
+        t if t.is_zero() => Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
+        t => t,
+    };
+    let session = Session::new(client, opts.plain_http, registry, repository, request_timeout, auth);
     let ctx = Arc::new(Ctx {
-        client,
-        auth,
+        session,
         cred_source,
         registry: registry.to_string(),
         repository: repository.to_string(),
         plain_http: opts.plain_http,
+        request_timeout,
         interrupted,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -837,7 +821,6 @@ async fn pull_async(
     opts: &RegistryOptions,
     progress: bool,
 ) -> Result<ResolvedArtifact, SourceError> {
-    ctx.client.store_auth_if_needed(&ctx.registry, &ctx.auth).await;
     let (mut bytes, mut digest) = ctx.fetch_manifest(&cache, selector, None).await?;
     if looks_like_index(&bytes) {
         let what = format!("index {digest} of {display}");

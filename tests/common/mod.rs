@@ -18,6 +18,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -822,6 +823,12 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> String {
 /// copied as they are, so the layout follows the demo's conventions exactly.
 /// Returns the `oci-layout:` source string.
 pub fn hostile_demo_layout(out: &Path, tag: &str, tar: &[u8]) -> String {
+    hostile_demo_layout_with(out, tag, &|mt| encode_layer(mt, tar))
+}
+
+/// [`hostile_demo_layout`] with the replaced layer's bytes made by `encode`
+/// from its media type (e.g. a tar bomb streamed into gzip, never held whole).
+pub fn hostile_demo_layout_with(out: &Path, tag: &str, encode: &dyn Fn(&str) -> Vec<u8>) -> String {
     let demo = demo_layout();
     let digest = demo_digest("v1");
     let blob = |d: &str| demo.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
@@ -836,7 +843,7 @@ pub fn hostile_demo_layout(out: &Path, tag: &str, tar: &[u8]) -> String {
         let d = layer["digest"].as_str().unwrap().to_string();
         let mt = layer["mediaType"].as_str().unwrap_or("").to_string();
         if !replaced && mt.contains("tar") {
-            let bytes = encode_layer(&mt, tar);
+            let bytes = encode(&mt);
             layer["digest"] = serde_json::Value::String(write_blob(out, &bytes));
             layer["size"] = serde_json::Value::from(bytes.len() as u64);
             replaced = true;
@@ -864,6 +871,118 @@ pub fn hostile_demo_layout(out: &Path, tag: &str, tar: &[u8]) -> String {
 /// The relative path bytes of a path, for raw tar names.
 pub fn path_str(p: &Path) -> &str {
     std::str::from_utf8(p.as_os_str().as_bytes()).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Hostile neighbours and servers (issue 14)
+// ---------------------------------------------------------------------------
+
+/// How [`run_bin_opts`] runs the binary, beyond [`run_bin`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOpts {
+    /// The child's umask.
+    pub umask: Option<u32>,
+    /// Run as uid/gid 65534 (nobody) through `setpriv` (the test must be root).
+    pub as_nobody: bool,
+    /// Bytes on stdin (else /dev/null).
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// [`run_bin`] with [`RunOpts`]; also returns the child's peak RSS in KiB
+/// and its wall time, measured by `wait4` on the child itself.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+pub fn run_bin_opts<S: AsRef<OsStr>>(
+    state: &Path,
+    cwd: &Path,
+    args: &[S],
+    env: &[(&str, &OsStr)],
+    opts: &RunOpts,
+) -> (Run, u64, Duration) {
+    let mut cmd = if opts.as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    cmd.arg("--state-dir").arg(state);
+    cmd.args(args);
+    for k in SCRUBBED_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd.env("STAGEHAND_DEFAULT_REGISTRY", "127.0.0.1:9");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.current_dir(cwd);
+    cmd.stdin(if opts.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let umask = opts.umask;
+    // SAFETY: setrlimit and umask are async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &zero);
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
+            }
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    if let (Some(bytes), Some(mut stdin)) = (opts.stdin.clone(), child.stdin.take()) {
+        stdin.write_all(&bytes).unwrap();
+    }
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
+    let elapsed = start.elapsed();
+    let stdout = t_out.join().unwrap();
+    let stderr = t_err.join().unwrap();
+    let run = Run {
+        argv: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "),
+        env: env.iter().map(|(k, v)| format!("{k}={}", v.to_string_lossy())).collect::<Vec<_>>().join(" "),
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    (run, usage.ru_maxrss as u64, elapsed)
+}
+
+/// True when running in CI, where a missing prerequisite fails a test
+/// instead of skipping it.
+pub fn ci() -> bool {
+    in_ci()
+}
+
+/// True if `tool --version`-style `probe` runs. Outside CI a missing tool
+/// skips the calling test loudly; in CI it fails.
+pub fn tool_or_skip(test: &str, tool: &str, probe: &[&str]) -> bool {
+    if Command::new(tool).args(probe).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+        return true;
+    }
+    let msg = format!("{test}: {tool} is not installed (scripts/test.sh installs it)");
+    assert!(!ci(), "{msg}");
+    eprintln!("SKIPPED: {msg}");
+    false
 }
 
 // ---------------------------------------------------------------------------
@@ -1031,4 +1150,54 @@ pub fn on_path(tool: &str) -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+/// A hostile HTTP server on loopback (`tests/common/hostile_registry.py`),
+/// killed on drop. It logs every request line to [`HostileServer::log`].
+pub struct HostileServer {
+    child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HostileServer {
+    /// Starts the server in `mode`; with `tls` = (cert, key) it speaks https.
+    pub fn start(mode: &str, tls: Option<(&Path, &Path)>) -> HostileServer {
+        let dir = tempdir();
+        let log = dir.path().join("requests.log");
+        fs::write(&log, b"").unwrap();
+        let script = repo_root().join("tests/common/hostile_registry.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script).arg(mode).arg(&log);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn python3");
+        let mut line = String::new();
+        {
+            use std::io::BufRead as _;
+            let mut r = std::io::BufReader::new(child.stdout.as_mut().unwrap());
+            r.read_line(&mut line).unwrap();
+        }
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("hostile server printed {line:?}"));
+        HostileServer { child, port, log, _dir: dir }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The request lines it received so far.
+    pub fn requests(&self) -> Vec<String> {
+        fs::read_to_string(&self.log).unwrap().lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for HostileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

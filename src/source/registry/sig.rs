@@ -1,20 +1,20 @@
 //! Finding an artifact's cosign signatures in a registry: the tag
 //! `sha256-<hex>.sig`, and OCI 1.1 referrers (the API, or the referrers tag
-//! `sha256-<hex>` where the registry has none; oci-client falls back by
-//! itself). Every manifest and payload read here is checked against its
-//! digest and capped in size; checking the signatures is
-//! [`signature::decide`]'s job.
+//! `sha256-<hex>` where the registry has none). Every manifest and payload
+//! read here is checked against its digest and capped in size before it is
+//! read; checking the signatures is [`signature::decide`]'s job.
 
-use futures_util::StreamExt as _;
-use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 
-use super::{Ctx, Failure, ACCEPT};
-use crate::source::manifest::{is_manifest_media_type, validate_digest};
+use super::{http, Ctx, Failure, HttpFailure, ACCEPT};
+use crate::source::manifest::{is_manifest_media_type, parse_index, validate_digest};
 use crate::source::signature::{
     self, parse_signature_manifest, Candidate, Found, MAX_PAYLOAD_BYTES, MAX_SIGNATURES, MAX_SIGNATURE_MANIFESTS,
 };
 use crate::source::{SourceError, MAX_MANIFEST_BYTES};
+
+/// The media type of an OCI 1.1 referrers response (an image index).
+const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 impl Ctx {
     /// Collects the signatures of `digest` in this repository.
@@ -25,45 +25,35 @@ impl Ctx {
             looked: vec![format!("tag {sig_tag}"), "OCI referrers (API, else the referrers tag)".into()],
             ..Found::default()
         };
-        // (reference, expected digest, where it was found)
-        let mut manifests: Vec<(Reference, Option<String>, String)> = vec![(
-            Reference::with_tag(self.registry.clone(), self.repository.clone(), sig_tag.clone()),
-            None,
-            format!("tag {sig_tag}"),
-        )];
-        let subject = Reference::with_digest(self.registry.clone(), self.repository.clone(), digest.to_string());
-        match self.client.pull_referrers(&subject, None).await {
-            Ok(index) => {
+        // (tag or digest, expected digest, where it was found)
+        let mut manifests: Vec<(String, Option<String>, String)> =
+            vec![(sig_tag.clone(), None, format!("tag {sig_tag}"))];
+        match self.referrers(digest).await {
+            Ok(Some(index)) => {
                 for d in index.manifests {
                     if !is_manifest_media_type(&d.media_type) || validate_digest(&d.digest).is_err() {
                         continue;
                     }
-                    let r = Reference::with_digest(self.registry.clone(), self.repository.clone(), d.digest.clone());
-                    manifests.push((r, Some(d.digest.clone()), format!("referrer {}", d.digest)));
+                    manifests.push((d.digest.clone(), Some(d.digest.clone()), format!("referrer {}", d.digest)));
                 }
             }
-            Err(e) => match self.classify(e) {
-                Failure::NotFound => {}
-                Failure::Other(e) => found.problems.push(format!("listing referrers: {e}")),
-            },
+            Ok(None) => {}
+            Err(e) => found.problems.push(format!("listing referrers: {e}")),
         }
         manifests.truncate(MAX_SIGNATURE_MANIFESTS);
         let mut seen = std::collections::BTreeSet::new();
-        for (reference, expected, origin) in manifests {
-            let bytes = match self.client.pull_manifest_raw(&reference, &self.auth, ACCEPT).await {
-                Ok((body, _)) => body,
+        for (target, expected, origin) in manifests {
+            let bytes = match self
+                .get_capped(&format!("manifests/{target}"), Some(&ACCEPT.join(", ")), MAX_MANIFEST_BYTES, "manifest")
+                .await
+            {
+                Ok(Some(body)) => body,
+                Ok(None) => continue,
                 Err(e) => {
-                    match self.classify(e) {
-                        Failure::NotFound => {}
-                        Failure::Other(e) => found.problems.push(format!("{origin}: {e}")),
-                    }
+                    found.problems.push(format!("{origin}: {e}"));
                     continue;
                 }
             };
-            if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-                found.problems.push(format!("{origin}: over the {MAX_MANIFEST_BYTES}-byte manifest limit"));
-                continue;
-            }
             let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
             if expected.as_ref().is_some_and(|e| e != &actual) {
                 found.problems.push(format!("{origin}: the registry sent a manifest with digest {actual}"));
@@ -91,28 +81,65 @@ impl Ctx {
         Ok(found)
     }
 
+    /// The referrers of `digest`: the OCI 1.1 API, else the referrers tag
+    /// `sha256-<hex>`; `None` where the registry has neither.
+    async fn referrers(&self, digest: &str) -> Result<Option<crate::source::manifest::ImageIndex>, SourceError> {
+        let what = format!("referrers of {digest}");
+        // A registry without the API answers 404 (or 400/405): use the tag.
+        let api = self
+            .get_capped(&format!("referrers/{digest}"), Some(INDEX_MEDIA_TYPE), MAX_MANIFEST_BYTES, "referrers index")
+            .await;
+        let body = match api {
+            Ok(Some(b)) => Some(b),
+            Ok(None) | Err(_) => {
+                let tag = digest.replacen(':', "-", 1);
+                self.get_capped(
+                    &format!("manifests/{tag}"),
+                    Some(INDEX_MEDIA_TYPE),
+                    MAX_MANIFEST_BYTES,
+                    "referrers tag",
+                )
+                .await?
+            }
+        };
+        body.map(|b| parse_index(&b, &what)).transpose()
+    }
+
+    /// GETs `path` and reads its body, refusing one over `cap` bytes before
+    /// reading it; `None` when the registry says it is not there.
+    async fn get_capped(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        cap: u64,
+        what: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        let fetched = match self.session.get(path, accept, 0, None).await {
+            Ok(mut resp) => http::read_capped(&mut resp, cap, what).await,
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok(b) => Ok(Some(b)),
+            Err(HttpFailure::Status { status, .. }) if status == reqwest::StatusCode::NOT_FOUND => Ok(None),
+            Err(e) => match self.classify(e) {
+                Failure::NotFound => Ok(None),
+                Failure::Other(e) => Err(e),
+            },
+        }
+    }
+
     /// Reads a small payload blob whole, capped and checked against its descriptor.
     async fn fetch_payload(&self, desc: &crate::source::Descriptor) -> Result<Vec<u8>, String> {
         if desc.size > MAX_PAYLOAD_BYTES {
             return Err(format!("its payload is {} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit", desc.size));
         }
         validate_digest(&desc.digest).map_err(|e| e.to_string())?;
-        let reference = Reference::with_digest(self.registry.clone(), self.repository.clone(), desc.digest.clone());
-        let sized = self.client.pull_blob_stream(&reference, desc.digest.as_str()).await.map_err(|e| {
-            match self.classify(e) {
-                Failure::NotFound => format!("its payload {} is missing from the registry", desc.digest),
-                Failure::Other(e) => e.to_string(),
-            }
-        })?;
-        let mut stream = sized.stream;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("reading its payload: {e}"))?;
-            if (bytes.len() + chunk.len()) as u64 > desc.size {
-                return Err(format!("its payload is longer than the {} bytes the manifest says", desc.size));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = match self.get_capped(&format!("blobs/{}", desc.digest), None, desc.size, "signature payload").await
+        {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(format!("its payload {} is missing from the registry", desc.digest)),
+            Err(e) => return Err(e.to_string()),
+        };
         signature::check_payload_blob(desc, &bytes)?;
         Ok(bytes)
     }

@@ -1,0 +1,460 @@
+//! HTTP to one registry repository, under stagehand's policy for servers it
+//! does not trust.
+//!
+//! This module owns the HTTP client (reqwest) and what it may do: no
+//! redirect from https to http, no proxy for a plain-http loopback registry,
+//! an overall deadline on every request, a cap on every body read into
+//! memory (manifest, tag list, token, error), and the registry token flow
+//! (`WWW-Authenticate: Bearer` or `Basic`), which never sends credentials to
+//! a token realm that is not https unless the registry itself is the
+//! loopback plain-http one and so is the realm. It does not interpret
+//! manifests or write files; `registry` does.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Response, StatusCode, Url};
+use serde::Deserialize;
+
+use super::printable;
+
+/// Largest token response we read.
+pub const MAX_TOKEN_BYTES: u64 = 1 << 20;
+/// Largest error body we read (the rest is not read at all).
+pub const MAX_ERROR_BYTES: u64 = 64 << 10;
+/// Largest tag list we read.
+pub const MAX_TAG_LIST_BYTES: u64 = 1 << 20;
+/// Redirects followed for one request.
+const MAX_REDIRECTS: usize = 10;
+/// Give up connecting after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Give up on a response that sends nothing for this long.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a request failed.
+#[derive(Debug)]
+pub enum HttpFailure {
+    /// The registry answered with this status (after authenticating, if it asked).
+    Status { status: StatusCode, message: String },
+    /// The request did not complete: connection, TLS, deadline, redirect policy.
+    Transport { reason: String, timeout: bool },
+    /// A body was larger than its cap.
+    TooLarge { what: String, cap: u64 },
+    /// Our policy refused to do what the server asked.
+    Refused(String),
+}
+
+/// A URL as it may be shown: without its query (signed URLs carry
+/// credentials there) or fragment, control characters escaped.
+pub fn shown_url(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    printable(u.as_str())
+}
+
+/// `e` and its sources joined by `: `, without any URL's query string.
+pub fn error_chain(e: reqwest::Error) -> String {
+    let url = e.url().map(shown_url);
+    let e = e.without_url();
+    let mut parts = vec![e.to_string()];
+    let mut cur = std::error::Error::source(&e);
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    let joined = printable(&strip_queries(&parts.join(": ")));
+    match url {
+        Some(u) => format!("{u}: {joined}"),
+        None => joined,
+    }
+}
+
+/// Removes the query string from every `http(s)://` URL in `text`.
+pub fn strip_queries(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("http") {
+        let (before, from) = rest.split_at(i);
+        out.push_str(before);
+        if !(from.starts_with("http://") || from.starts_with("https://")) {
+            out.push_str("http");
+            rest = &from[4..];
+            continue;
+        }
+        let end = from.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ')').unwrap_or(from.len());
+        let url = &from[..end];
+        out.push_str(url.split(['?', '#']).next().unwrap_or(url));
+        rest = &from[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The client every request of a pull goes through, with the policy.
+pub fn client(plain_http: bool) -> Result<reqwest::Client, String> {
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
+        if from_https && attempt.url().scheme() != "https" {
+            let to = shown_url(attempt.url());
+            return attempt.error(format!("refused a redirect from https to {to}, which is not https"));
+        }
+        attempt.follow()
+    });
+    let mut b = reqwest::Client::builder()
+        .redirect(redirects)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("stagehand/", env!("CARGO_PKG_VERSION")));
+    if plain_http {
+        // Plain HTTP is only for a loopback registry: what we send must not
+        // leave the machine through a proxy, in clear text.
+        b = b.no_proxy();
+    }
+    b.build().map_err(error_chain)
+}
+
+/// True if the URL's host is loopback.
+fn url_is_loopback(u: &Url) -> bool {
+    let Some(host) = u.host_str() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a token may be fetched from `realm` with credentials: only over
+/// https, except from a loopback realm for a plain-http loopback registry.
+pub fn realm_allowed(realm: &Url, plain_http_loopback: bool) -> bool {
+    realm.scheme() == "https" || (plain_http_loopback && realm.scheme() == "http" && url_is_loopback(realm))
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+}
+
+/// Parses `Basic ...` or `Bearer realm="...",service="...",scope="..."`.
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
+    let value = value.trim();
+    let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let (mut realm, mut service, mut scope) = (None, None, None);
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (val, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            (q[..end].to_string(), &q[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        match key.as_str() {
+            "realm" => realm = Some(val),
+            "service" => service = Some(val),
+            "scope" => scope = Some(val),
+            _ => {}
+        }
+        rest = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge::Bearer { realm: realm?, service, scope })
+}
+
+/// Reads at most `cap` bytes of `resp`'s body; more is an error, refused
+/// before it is read (by its Content-Length) or as soon as it arrives.
+pub async fn read_capped(resp: &mut Response, cap: u64, what: &str) -> Result<Vec<u8>, HttpFailure> {
+    let too_large = || HttpFailure::TooLarge { what: what.to_string(), cap };
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(too_large());
+    }
+    let at = shown_url(resp.url());
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_at(e, &at))? {
+        if body.len() as u64 + chunk.len() as u64 > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn transport(e: reqwest::Error) -> HttpFailure {
+    let timeout = e.is_timeout();
+    HttpFailure::Transport { reason: error_chain(e), timeout }
+}
+
+/// A failure while reading the body of the response from `at` (a shown
+/// URL: the last one, after redirects), which the error itself does not name.
+fn transport_at(e: reqwest::Error, at: &str) -> HttpFailure {
+    let (reason, timeout) = body_error(e, at);
+    HttpFailure::Transport { reason, timeout }
+}
+
+/// The message for a failure while reading the body of the response from
+/// `at` (a shown URL), and whether it was the deadline.
+pub fn body_error(e: reqwest::Error, at: &str) -> (String, bool) {
+    let timeout = e.is_timeout();
+    let reason = if e.url().is_some() { error_chain(e) } else { format!("{at}: {}", error_chain(e)) };
+    (reason, timeout)
+}
+
+/// The message in an OCI error body (`{"errors":[{"code","message"}]}`),
+/// else the body's first line; escaped, at most a few hundred characters.
+pub fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Envelope {
+        errors: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let text = match serde_json::from_slice::<Envelope>(body) {
+        Ok(env) if !env.errors.is_empty() => {
+            env.errors.iter().map(|e| format!("{}: {}", e.code, e.message)).collect::<Vec<_>>().join("; ")
+        }
+        _ => String::from_utf8_lossy(body).lines().next().unwrap_or("").to_string(),
+    };
+    let text: String = strip_queries(&text).chars().take(300).collect();
+    printable(text.trim())
+}
+
+/// A token endpoint's answer.
+#[derive(Deserialize)]
+struct TokenReply {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+/// Credentials for the registry.
+#[derive(Clone)]
+pub struct Basic {
+    pub user: String,
+    pub password: String,
+}
+
+/// Requests to one repository of one registry, authenticated as it asks.
+pub struct Session {
+    client: reqwest::Client,
+    base: String,
+    repository: String,
+    plain_http_loopback: bool,
+    timeout: Duration,
+    basic: Option<Basic>,
+    /// The `Authorization` value to send, once the registry asked for one.
+    authorization: Mutex<Option<HeaderValue>>,
+}
+
+impl Session {
+    pub fn new(
+        client: reqwest::Client,
+        plain_http: bool,
+        registry: &str,
+        repository: &str,
+        timeout: Duration,
+        basic: Option<Basic>,
+    ) -> Session {
+        let scheme = if plain_http { "http" } else { "https" };
+        Session {
+            client,
+            base: format!("{scheme}://{registry}/v2/{repository}"),
+            repository: repository.to_string(),
+            plain_http_loopback: plain_http,
+            timeout,
+            basic,
+            authorization: Mutex::new(None),
+        }
+    }
+
+    /// The URL of `path` under the repository (e.g. `manifests/v1`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    fn current_auth(&self) -> Option<HeaderValue> {
+        self.authorization.lock().map(|a| a.clone()).unwrap_or(None)
+    }
+
+    fn basic_header(&self) -> Option<HeaderValue> {
+        use base64::Engine as _;
+        let b = self.basic.as_ref()?;
+        let raw = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", b.user, b.password));
+        let mut v = HeaderValue::from_str(&format!("Basic {raw}")).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
+    /// GETs `path` with `accept` (and a range from `offset` if non-zero),
+    /// authenticating once if the registry asks, within `timeout` (the
+    /// session's when `None`). Returns a success response (body unread);
+    /// any other status is read (capped) into [`HttpFailure::Status`].
+    pub async fn get(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        offset: u64,
+        timeout: Option<Duration>,
+    ) -> Result<Response, HttpFailure> {
+        let url = self.url(path);
+        let timeout = timeout.unwrap_or(self.timeout);
+        let send = |auth: Option<HeaderValue>| {
+            let mut headers = HeaderMap::new();
+            if let Some(a) = accept.and_then(|a| HeaderValue::from_str(a).ok()) {
+                headers.insert(ACCEPT, a);
+            }
+            if offset > 0 {
+                if let Ok(r) = HeaderValue::from_str(&format!("bytes={offset}-")) {
+                    headers.insert(RANGE, r);
+                }
+            }
+            if let Some(a) = auth {
+                headers.insert(AUTHORIZATION, a);
+            }
+            self.client.get(&url).headers(headers).timeout(timeout).send()
+        };
+        let mut resp = send(self.current_auth()).await.map_err(transport)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge =
+                resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(parse_challenge);
+            if let Some(c) = challenge {
+                if let Some(auth) = self.authenticate(c).await? {
+                    if let Ok(mut slot) = self.authorization.lock() {
+                        *slot = Some(auth.clone());
+                    }
+                    resp = send(Some(auth)).await.map_err(transport)?;
+                }
+            }
+        }
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let message = match read_capped(&mut resp, MAX_ERROR_BYTES, "error body").await {
+            Ok(body) => error_message(&body),
+            Err(HttpFailure::TooLarge { .. }) => format!("(an error body over {MAX_ERROR_BYTES} bytes, not read)"),
+            Err(_) => String::new(),
+        };
+        Err(HttpFailure::Status { status, message })
+    }
+
+    /// The `Authorization` value a challenge asks for, if we can give one.
+    async fn authenticate(&self, challenge: Challenge) -> Result<Option<HeaderValue>, HttpFailure> {
+        let (realm, service, scope) = match challenge {
+            Challenge::Basic => return Ok(self.basic_header()),
+            Challenge::Bearer { realm, service, scope } => (realm, service, scope),
+        };
+        let realm_url = Url::parse(&realm).map_err(|_| {
+            HttpFailure::Refused(format!("the registry named a token realm that is not a URL: {}", printable(&realm)))
+        })?;
+        if self.basic.is_some() && !realm_allowed(&realm_url, self.plain_http_loopback) {
+            return Err(HttpFailure::Refused(format!(
+                "the registry sends us for a token to {}, which is not https; stagehand will not send credentials there",
+                shown_url(&realm_url)
+            )));
+        }
+        if realm_url.scheme() != "https" && realm_url.scheme() != "http" {
+            return Err(HttpFailure::Refused(format!("unsupported token realm {}", shown_url(&realm_url))));
+        }
+        let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        let mut query: Vec<(&str, &str)> = vec![("scope", &scope)];
+        if let Some(s) = &service {
+            query.push(("service", s));
+        }
+        let mut req = self.client.get(realm_url.clone()).query(&query).timeout(self.timeout);
+        if let Some(b) = self.basic_header() {
+            req = req.header(AUTHORIZATION, b);
+        }
+        let mut resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let body = read_capped(&mut resp, MAX_TOKEN_BYTES, "token response").await?;
+        if !status.is_success() {
+            return Err(HttpFailure::Status { status, message: error_message(&body) });
+        }
+        let reply: TokenReply = serde_json::from_slice(&body).map_err(|_| HttpFailure::Status {
+            status: StatusCode::UNAUTHORIZED,
+            message: format!("the token realm {} answered with something that is not a token", shown_url(&realm_url)),
+        })?;
+        let Some(token) = reply.token.or(reply.access_token).filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| HttpFailure::Status {
+            status: StatusCode::UNAUTHORIZED,
+            message: "the token realm answered with a token that is not a header value".into(),
+        })?;
+        v.set_sensitive(true);
+        Ok(Some(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        assert_eq!(parse_challenge("Basic realm=\"x\""), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(
+                "Bearer realm=\"https://auth.example/token\",service=\"reg\",scope=\"repository:a/b:pull\""
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("reg".into()),
+                scope: Some("repository:a/b:pull".into())
+            })
+        );
+        assert_eq!(parse_challenge("Bearer service=\"x\""), None);
+        assert_eq!(parse_challenge("Negotiate"), None);
+    }
+
+    #[test]
+    fn realms_need_https_unless_all_loopback_plain_http() {
+        let u = |s: &str| Url::parse(s).expect("url");
+        assert!(realm_allowed(&u("https://auth.example/token"), false));
+        assert!(realm_allowed(&u("https://auth.example/token"), true));
+        assert!(!realm_allowed(&u("http://auth.example/token"), false));
+        assert!(!realm_allowed(&u("http://auth.example/token"), true));
+        assert!(!realm_allowed(&u("http://127.0.0.1:5000/token"), false));
+        assert!(realm_allowed(&u("http://127.0.0.1:5000/token"), true));
+        assert!(realm_allowed(&u("http://localhost:5000/token"), true));
+    }
+
+    #[test]
+    fn query_strings_are_stripped() {
+        assert_eq!(
+            strip_queries("error sending request for url (https://s3.example/blob?sig=SECRET&x=1): boom"),
+            "error sending request for url (https://s3.example/blob): boom"
+        );
+        assert_eq!(strip_queries("no url here, http is a word"), "no url here, http is a word");
+        let u = Url::parse("https://cdn.example/a/b?X-Amz-Signature=abc#frag").expect("url");
+        assert_eq!(shown_url(&u), "https://cdn.example/a/b");
+    }
+
+    #[test]
+    fn error_bodies_are_escaped_and_short() {
+        let m = error_message(br#"{"errors":[{"code":"DENIED","message":"no \u001b[31mway"}]}"#);
+        assert!(!m.contains('\u{1b}'), "{m:?}");
+        assert!(m.starts_with("DENIED: no "), "{m:?}");
+        assert!(error_message(&[b'a'; 10_000]).len() <= 300);
+    }
+}
