@@ -46,7 +46,7 @@ if [ "${#pkgs[@]}" -gt 0 ] || ! apt-cache show linux-image-amd64 > /dev/null 2>&
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" > /dev/null
     fi
 fi
-if ! busybox --list | grep -qx depmod; then
+if ! busybox --list | grep -x depmod > /dev/null; then
     echo "powercut: this busybox has no depmod applet; install busybox-static" >&2
     exit 2
 fi

@@ -63,9 +63,21 @@ pub enum RecoveryDecision {
 }
 
 /// Which of old/new/neither is at `id`, for target `t`.
+///
+/// When old and new are files with the same bytes (a reinstall of the same
+/// version, or a file v2 did not change), both match by digest; the object
+/// is then told apart by its inode first, so the old file at the target is
+/// `Old` and the staged copy `New`, and a record is never taken to be
+/// behind the disk merely because two versions agree.
 pub fn place(id: Option<Identity>, t: &TargetPlan) -> Place {
     let Some(id) = id else { return Place::Absent };
-    if t.new.as_ref().and_then(|n| n.identity).is_some_and(|n| n.same_as(&id)) {
+    let new = t.new.as_ref().and_then(|n| n.identity);
+    let same_object = |r: &Identity| r.ino == id.ino && r.same_as(&id);
+    if new.is_some_and(|n| same_object(&n)) {
+        Place::New
+    } else if t.old.is_some_and(|o| same_object(&o)) {
+        Place::Old
+    } else if new.is_some_and(|n| n.same_as(&id)) {
         Place::New
     } else if t.old.is_some_and(|o| o.same_as(&id)) {
         Place::Old
@@ -115,8 +127,14 @@ pub fn decide(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
 fn before_commit(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
     let mut ahead = Vec::new();
     for (t, o) in rec.targets.iter().zip(observed) {
-        if place(o.target, t) == Place::New {
+        let at_target = place(o.target, t);
+        if at_target == Place::New {
             ahead.push(format!("{} already holds the new content", t.path));
+        }
+        // Old content still at its target makes any copy elsewhere (the same
+        // bytes staged again, as a reinstall does) a spare, not evidence.
+        if at_target == Place::Old {
+            continue;
         }
         for (p, id) in [(&t.staging, o.staging), (&t.backup, o.backup)] {
             if place(id, t) == Place::Old {

@@ -380,3 +380,32 @@ fn staged_record_behind_a_swapped_disk_rolls_forward_and_keeps_the_old_copy() {
         other => panic!("expected refuse, got {other:?}"),
     }
 }
+
+#[test]
+fn a_reinstall_of_the_same_bytes_rolls_back_before_commit() {
+    // Installing v2 over v2: the old file and the staged copy hold the same
+    // bytes. Before the commit point (staging failed half way, the new
+    // identity not yet recorded, or recorded), the copy at the staging path
+    // is a spare, not the old content moved there: roll back, keeping the
+    // old file at its target.
+    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]) };
+    for staged in [false, true] {
+        let mut t = target(0, true, Some(staged));
+        t.old = Some(file(100, 7));
+        t.new = Some(NewContent { kind: EntryKind::File, identity: staged.then(|| file(200, 7)) });
+        assert_eq!(super::place(Some(file(100, 7)), &t), super::Place::Old, "the old object by its inode");
+        if staged {
+            assert_eq!(super::place(Some(file(200, 7)), &t), super::Place::New, "the staged object by its inode");
+        }
+        let step = if staged { Step::Staged } else { Step::Planned };
+        let rec = record(step, vec![t]);
+        let obs = vec![Observed { target: Some(file(100, 7)), staging: Some(file(200, 7)), backup: None }];
+        match decide(&rec, &obs) {
+            RecoveryDecision::RollBack { after_commit: false, moves, cleanup } => {
+                assert!(moves.is_empty(), "{moves:?}");
+                assert!(cleanup.contains(&Action::Remove { path: "/d/.t0.stagehand-1.staging".into() }));
+            }
+            other => panic!("staged={staged}: expected a plain rollback, got {other:?}"),
+        }
+    }
+}
