@@ -15,7 +15,7 @@
 //! Long campaign: `PROPTEST_CASES=1000 cargo test --release --test model_ops -- --nocapture`.
 //! A failure shrinks to a short sequence, printed by proptest.
 
-mod proof_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -23,7 +23,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use proof_common::*;
+use common::proof::*;
 use proptest::prelude::*;
 
 const PKGS: [&str; 2] = ["a", "b"];
@@ -140,7 +140,7 @@ impl World {
         if !status.success() {
             return Err(format!("recovery failed:\n{}", status.describe()));
         }
-        let pending = pending_of(&status.json()?)?;
+        let pending = pending_of(&status.try_json()?)?;
         if !pending.is_empty() {
             return Err(format!("pending after recovery: {pending:?}"));
         }

@@ -42,7 +42,7 @@
 //! barrier at all. One of its cases skips every fsync of sled's files (what
 //! stagehand did before it issued them: it trusted sled's `flush()`).
 
-mod proof_common;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -51,7 +51,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use proof_common::*;
+use common::proof::*;
 use stagehand::journal::codec::{self, RecordKind};
 use stagehand::txn::{Identity, TxnRecord};
 
@@ -876,7 +876,7 @@ impl Checker {
         if !status.success() {
             return Err(format!("recovery (`status --json`) failed:\n{}", status.describe()));
         }
-        let pending = pending_of(&status.json()?)?;
+        let pending = pending_of(&status.try_json()?)?;
         if !pending.is_empty() {
             return Err(format!("still pending after recovery: {pending:?}"));
         }

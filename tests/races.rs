@@ -15,7 +15,7 @@
 //!   upgrades and uninstalls of the demo, recovering in between
 //!   (`scripts/stress-kill.sh` is the long version, with a large artifact).
 
-mod proof_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -23,7 +23,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use proof_common::*;
+use common::proof::*;
 
 const PKGS: [&str; 2] = ["a", "b"];
 
@@ -59,7 +59,7 @@ impl Sb {
     fn check(&self, ctx: &str) -> [Option<&'static str>; 2] {
         let st = self.run(&["status", "--json"]);
         assert!(st.success(), "{ctx}: status failed:\n{}", st.describe());
-        let pending = pending_of(&st.json().unwrap()).unwrap();
+        let pending = pending_of(&st.try_json().unwrap()).unwrap();
         assert!(pending.is_empty(), "{ctx}: pending after recovery: {pending:?}");
         let listed = parse_list(&self.run(&["list", "--json"])).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let empty = Tree::new();
@@ -79,7 +79,7 @@ impl Sb {
     fn history(&self) -> Vec<serde_json::Value> {
         let h = self.run(&["history", "--json"]);
         h.ok();
-        h.json().unwrap().as_array().cloned().unwrap()
+        h.try_json().unwrap().as_array().cloned().unwrap()
     }
 }
 
@@ -443,7 +443,7 @@ fn random_kills_large() {
             continue;
         }
         let problem = (|| -> Result<usize, String> {
-            let pending = pending_of(&st.json()?)?;
+            let pending = pending_of(&st.try_json()?)?;
             if !pending.is_empty() {
                 return Err(format!("pending after recovery: {pending:?}"));
             }

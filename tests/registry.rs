@@ -9,7 +9,7 @@
 //! Skipped with a loud message if the tools are missing, except in CI
 //! (`CI` set), where that is a failure.
 
-mod common_registry;
+mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -17,7 +17,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common_registry::*;
+use common::registry::*;
 
 const TOOLS: &[&str] = &["docker-registry", "skopeo"];
 

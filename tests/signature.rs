@@ -17,13 +17,13 @@
 //! warning. Every refusal is checked to change nothing: the destination's
 //! independent hashes, `list`, `history` and the blob cache.
 
-mod common_registry;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common_registry::*;
+use common::registry::*;
 use serde_json::{json, Value};
 
 const TOOLS: &[&str] = &["docker-registry", "skopeo", "openssl"];

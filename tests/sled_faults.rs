@@ -10,7 +10,7 @@
 //! recovery, which stagehand cannot see) and checks that nothing was
 //! touched and that stagehand then refuses to overwrite the unowned files.
 
-mod proof_common;
+mod common;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -18,7 +18,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use proof_common::*;
+use common::proof::*;
 
 struct Sb {
     _tmp: tempfile::TempDir,
@@ -419,7 +419,7 @@ fn kills_inside_sled_writes() {
             evidence.push(format!("kill {k} after {delay:?}: {} (state kept at {})", st.stderr.trim(), keep.display()));
             continue;
         }
-        let pending = pending_of(&st.json().unwrap()).unwrap();
+        let pending = pending_of(&st.try_json().unwrap()).unwrap();
         assert!(pending.is_empty(), "kill {k}: pending after recovery: {pending:?}");
         assert!(leftovers_under(&sb.dest).is_empty(), "kill {k}: leftovers {:?}", leftovers_under(&sb.dest));
         let on_disk = fs::read(&target).ok();
