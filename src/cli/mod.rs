@@ -502,7 +502,7 @@ fn run_command(
                         RecoveryDecision::RollBack { .. } => "would roll back".to_string(),
                         RecoveryDecision::Refuse { reason } => format!("cannot decide: {reason}"),
                     };
-                    json!({"txn": rec.id, "package": rec.package, "step": rec.step.name(), "action": what})
+                    json!({"txn": rec.id, "package": rec.package_names(), "step": rec.step.name(), "action": what})
                 })
                 .collect();
             if cli.json {
@@ -547,7 +547,7 @@ fn run_command(
                     .iter()
                     .map(|r| {
                         let refused = recovered.iter().find(|x| x.txn == r.id).and_then(|x| x.reason.clone());
-                        json!({"id": r.id, "op": format!("{:?}", r.op).to_lowercase(), "name": r.package, "step": r.step.name(), "refused": refused})
+                        json!({"id": r.id, "op": format!("{:?}", r.op).to_lowercase(), "name": r.package_names(), "step": r.step.name(), "refused": refused})
                     })
                     .collect();
                 print_json(&json!({
@@ -608,30 +608,31 @@ fn run_command(
             Ok(if bad { EXIT_MISMATCH } else { EXIT_OK })
         }
         Command::History { name } => {
-            let mut h = inst.history()?;
-            if let Some(n) = name {
-                h.retain(|e| &e.package == n);
-            }
+            // One row per package change; an apply's rows share its txn id.
+            let h = inst.history()?;
+            let rows: Vec<(&crate::txn::HistoryEntry, &crate::txn::ChangeSummary)> = h
+                .iter()
+                .flat_map(|e| e.changes.iter().map(move |c| (e, c)))
+                .filter(|(_, c)| name.as_ref().is_none_or(|n| &c.package == n))
+                .collect();
             if cli.json {
-                let v: Vec<_> = h
+                let v: Vec<_> = rows
                     .iter()
-                    .map(|e| json!({"id": e.id, "op": history_op(e), "package": e.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": e.old_digest, "new_digest": e.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": e.signed_by}))
+                    .map(|(e, c)| json!({"id": e.id, "op": history_op(c), "txn_op": e.op.name(), "package": c.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": c.old_digest(), "new_digest": c.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": c.signed_by}))
                     .collect();
                 print_json(&serde_json::Value::Array(v));
             } else if !cli.quiet {
-                for e in &h {
-                    let old = e.old_digest.as_deref().map(short).unwrap_or("-");
-                    let new = e.new_digest.as_deref().map(short).unwrap_or("-");
-                    println!(
-                        "{:>6}  {:10}  {:9}  {} -> {}  {}",
-                        e.id,
-                        e.package,
-                        history_op(e),
-                        old,
-                        new,
-                        e.outcome.name()
-                    );
-                    if let Some(note) = &e.error {
+                for (i, (e, c)) in rows.iter().enumerate() {
+                    let old = c.old_digest().map(short).unwrap_or("-");
+                    let new = c.new_digest.as_deref().map(short).unwrap_or("-");
+                    let op = if e.op == crate::txn::Op::Apply {
+                        format!("{} (apply)", history_op(c))
+                    } else {
+                        history_op(c).to_string()
+                    };
+                    println!("{:>6}  {:10}  {:9}  {} -> {}  {}", e.id, c.package, op, old, new, e.outcome.name());
+                    let last_of_txn = rows.get(i + 1).is_none_or(|(n, _)| n.id != e.id);
+                    if let (true, Some(note)) = (last_of_txn, &e.error) {
                         println!("        {note}");
                     }
                 }
@@ -721,12 +722,10 @@ fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installe
     EXIT_OK
 }
 
-fn history_op(e: &crate::txn::HistoryEntry) -> &'static str {
-    match (e.op, &e.old_digest) {
+fn history_op(c: &crate::txn::ChangeSummary) -> &'static str {
+    match (c.op, &c.old) {
         (crate::txn::Op::Install, Some(_)) => "upgrade",
-        (crate::txn::Op::Install, None) => "install",
-        (crate::txn::Op::Uninstall, _) => "uninstall",
-        (crate::txn::Op::Rollback, _) => "rollback",
+        (op, _) => op.name(),
     }
 }
 
