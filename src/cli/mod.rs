@@ -5,6 +5,8 @@
 //! Exit codes: 0 success, 1 error, 2 usage, 3 verify found differences,
 //! 4 state dir locked by another process, 5 recovery could not decide.
 
+mod apply;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -120,10 +122,38 @@ pub enum Command {
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
     #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
     Rollback {
-        name: String,
+        #[arg(required_unless_present = "apply")]
+        name: Option<String>,
         /// The manifest digest of a kept version (see `stagehand history NAME`).
         #[arg(long, value_name = "DIGEST")]
         to: Option<String>,
+        /// Undo the last `stagehand apply` as a whole: every package it changed
+        /// goes back to its earlier version, in one transaction.
+        #[arg(long, conflicts_with_all = ["name", "to"])]
+        apply: bool,
+    },
+    /// Switch the installed packages to a desired-state file's, in ONE transaction.
+    #[command(after_help = apply::APPLY_HELP)]
+    Apply {
+        /// The desired-state file.
+        #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
+        file: PathBuf,
+        /// Print the plan (`+ name digest`, `~ name old → new`, `- name`); change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also uninstall installed packages the file does not list.
+        #[arg(long)]
+        prune: bool,
+        /// Install exactly the digests pinned in stagehand.lock; fail if it and the file disagree.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Resolve every reference of a desired-state file and pin it in stagehand.lock (installs nothing).
+    #[command(after_help = "Example:\n  stagehand lock --file stagehand.toml && stagehand apply --locked")]
+    Lock {
+        /// The desired-state file.
+        #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
+        file: PathBuf,
     },
     /// Remove an installed package, in one transaction.
     #[command(after_help = "Example:\n  stagehand uninstall demo")]
@@ -252,7 +282,7 @@ fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn print_json(v: &serde_json::Value) {
+pub(crate) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
 }
 
@@ -484,9 +514,32 @@ fn run_command(
             let rep = inst.install(&req)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
-        Command::Rollback { name, to } => {
+        Command::Rollback { apply: true, .. } => {
+            let rep = inst.rollback_apply(cli.keep_versions)?;
+            Ok(apply::print_report(cli, &rep, recovered))
+        }
+        Command::Rollback { name, to, .. } => {
+            let name = name.as_deref().unwrap_or_default();
             let rep = inst.rollback(name, to.as_deref(), cli.keep_versions)?;
             Ok(print_txn_report(cli, &rep, recovered))
+        }
+        Command::Apply { file, dry_run, prune, locked } => {
+            use std::io::IsTerminal as _;
+            let set = installer::desired::DesiredSet::load(file)?;
+            let opts = installer::ApplyOptions {
+                dry_run: *dry_run,
+                prune: *prune,
+                locked: *locked,
+                progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
+                keep_versions: cli.keep_versions,
+            };
+            let rep = inst.apply(&set, opts)?;
+            Ok(apply::print_report(cli, &rep, recovered))
+        }
+        Command::Lock { file } => {
+            let set = installer::desired::DesiredSet::load(file)?;
+            let (lock, path) = inst.lock(&set)?;
+            Ok(apply::print_lock(cli, &lock, &path))
         }
         Command::Uninstall { name } => {
             let rep = inst.uninstall(name)?;

@@ -74,6 +74,19 @@ impl Installer {
                 }
             }
         }
+        // The versions the last apply replaced or pruned: `rollback --apply`
+        // restores them from the cache.
+        let history = self.journal.history()?;
+        if let Some(last) = history.iter().rev().find(|e| e.op == crate::txn::Op::Apply) {
+            for c in &last.changes {
+                if let Some(v) = &c.old {
+                    roots.push((
+                        v.manifest_digest.clone(),
+                        format!("txn {} (for rollback --apply of {})", last.id, c.package),
+                    ));
+                }
+            }
+        }
         let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (digest, who) in roots {
             for d in cache.closure_of([digest.as_str()])? {

@@ -7,6 +7,7 @@
 //! and journal work only through `journal`; every decision about recovery
 //! comes from `txn`.
 
+mod apply;
 mod cacheuse;
 mod checks;
 pub mod exec;
@@ -30,6 +31,7 @@ use crate::plan::tar_guard::Refused;
 use crate::plan::{self, Placement, PlanError};
 use crate::source::{self, SourceError};
 use crate::txn::{self, Op, PackageRecord, TxnId, TxnRecord};
+pub use apply::{desired, lockfile, ApplyOptions, ApplyReport, PlannedChange};
 use planner::ChangeRequest;
 pub use resolve::resolve_destination;
 
@@ -358,6 +360,14 @@ impl Installer {
                 ))
             })?,
         };
+        let put = self.rollback_put(name, &version, keep)?;
+        let rec = self.run_changes(Op::Rollback, vec![ChangeRequest::Put(Box::new(put))], false)?;
+        Ok(TxnReport::of(&rec))
+    }
+
+    /// The planner's input for returning `name` to a kept `version`, read
+    /// only from the blob cache (refused, naming the source, if pruned).
+    fn rollback_put(&self, name: &str, version: &txn::VersionRecord, keep: usize) -> Result<planner::PutRequest> {
         let cache = source::cache::BlobCache::new(&self.state_dir);
         let pruned = || {
             Error::Refused(format!(
@@ -412,9 +422,7 @@ impl Installer {
             limits: plan::limits::Limits::default(),
         };
         let source_ref = source::reference::parse(&version.source)?;
-        let put = self.put_request(&source_ref, artifact, Box::new(cache), &req)?;
-        let rec = self.run_changes(Op::Rollback, vec![ChangeRequest::Put(Box::new(put))], false)?;
-        Ok(TxnReport::of(&rec))
+        self.put_request(&source_ref, artifact, Box::new(cache), &req)
     }
 
     /// Removes a package's targets in one transaction.
