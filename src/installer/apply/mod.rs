@@ -50,6 +50,9 @@ impl PlannedChange {
         let d = |x: &Option<String>| x.clone().unwrap_or_default();
         match self.action {
             "install" => format!("+ {} {}", self.name, d(&self.new_digest)),
+            "upgrade" if self.old_digest == self.new_digest => {
+                format!("~ {} {} (same digest, new placement)", self.name, d(&self.new_digest))
+            }
             "upgrade" => format!("~ {} {} → {}", self.name, d(&self.old_digest), d(&self.new_digest)),
             _ => format!("- {}", self.name),
         }
