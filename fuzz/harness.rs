@@ -45,8 +45,8 @@ use stagehand::source::signature::{
     check_payload, parse_signature_manifest, subject_of, VerifyKey, ANNOTATION_SIGNATURE,
 };
 use stagehand::txn::{
-    decide, Action, EntryKind, HistoryEntry, Identity, NewContent, Observed, Op, PackageRecord, RecoveryDecision, Step,
-    TargetPlan, TargetProgress, TxnRecord,
+    decide, Action, EntryKind, HistoryEntry, Identity, NewContent, Observed, Op, PackageChange, PackageRecord,
+    RecoveryDecision, Step, TargetPlan, TargetProgress, TxnRecord,
 };
 
 /// A byte reader that never fails: past the end it yields zeros.
@@ -399,7 +399,7 @@ pub fn gen_decide_input(data: &[u8]) -> (TxnRecord, Vec<Observed>) {
         let old = b.bool().then(|| gen_ident(&mut b, kind));
         let new = b.bool().then(|| NewContent { kind, identity: b.bool().then(|| gen_ident(&mut b, kind)) });
         let progress = *b.pick(&[TargetProgress::Pending, TargetProgress::Swapping, TargetProgress::Swapped]);
-        targets.push(TargetPlan { path, staging, backup, old, new, progress });
+        targets.push(TargetPlan { path, staging, backup, old, new, progress, change: 0 });
         let mut obs = || b.bool().then(|| gen_ident(&mut b, kind));
         observed.push(Observed { target: obs(), staging: obs(), backup: obs() });
     }
@@ -407,12 +407,10 @@ pub fn gen_decide_input(data: &[u8]) -> (TxnRecord, Vec<Observed>) {
     let rec = TxnRecord {
         id: 1,
         op: if b.bool() { Op::Install } else { Op::Uninstall },
-        package: "p".into(),
         step,
         started_at: 0,
         recovered: b.bool(),
-        old_digest: None,
-        new_package: None,
+        changes: vec![PackageChange { name: "p".into(), op: Op::Install, old: None, new_package: None }],
         targets,
         created_dirs,
     };

@@ -87,12 +87,20 @@ fn write_journal_seeds() {
     let txn = TxnRecord {
         id: 3,
         op: Op::Install,
-        package: "demo".into(),
         step: Step::Committed,
         started_at: 1_700_000_000,
         recovered: false,
-        old_digest: Some(format!("sha256:{}", "ef".repeat(32))),
-        new_package: Some(pkg.clone()),
+        changes: vec![PackageChange {
+            name: "demo".into(),
+            op: Op::Install,
+            old: Some(VersionRecord {
+                manifest_digest: format!("sha256:{}", "ef".repeat(32)),
+                source: "oci-layout:examples/demo:v1".into(),
+                installed_at: 1,
+                placement: Default::default(),
+            }),
+            new_package: Some(pkg.clone()),
+        }],
         targets: vec![TargetPlan {
             path: "/opt/demo/app".into(),
             staging: "/opt/demo/.app.stagehand-3.staging".into(),
@@ -100,20 +108,24 @@ fn write_journal_seeds() {
             old: Some(id),
             new: Some(NewContent { kind: EntryKind::Dir, identity: Some(Identity { ino: 99, ..id }) }),
             progress: TargetProgress::Swapping,
+            change: 0,
         }],
         created_dirs: vec!["/opt/demo".into()],
     };
     let hist = HistoryEntry {
         id: 3,
         op: Op::Uninstall,
-        package: "demo".into(),
         started_at: 1,
         finished_at: 2,
-        old_digest: None,
-        new_digest: None,
+        changes: vec![ChangeSummary {
+            package: "demo".into(),
+            op: Op::Uninstall,
+            old: None,
+            new_digest: None,
+            signed_by: None,
+        }],
         outcome: Outcome::RolledBackByRecovery,
         error: Some("interrupted".into()),
-        signed_by: None,
     };
     fs::write(dir.join("seed-txn"), encode(RecordKind::Txn, &txn).unwrap()).unwrap();
     fs::write(dir.join("seed-package"), encode(RecordKind::Package, &pkg).unwrap()).unwrap();

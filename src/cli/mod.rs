@@ -5,6 +5,8 @@
 //! Exit codes: 0 success, 1 error, 2 usage, 3 verify found differences,
 //! 4 state dir locked by another process, 5 recovery could not decide.
 
+mod apply;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -120,10 +122,38 @@ pub enum Command {
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
     #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
     Rollback {
-        name: String,
+        #[arg(required_unless_present = "apply")]
+        name: Option<String>,
         /// The manifest digest of a kept version (see `stagehand history NAME`).
         #[arg(long, value_name = "DIGEST")]
         to: Option<String>,
+        /// Undo the last `stagehand apply` as a whole: every package it changed
+        /// goes back to its earlier version, in one transaction.
+        #[arg(long, conflicts_with_all = ["name", "to"])]
+        apply: bool,
+    },
+    /// Switch the installed packages to a desired-state file's, in ONE transaction.
+    #[command(after_help = apply::APPLY_HELP)]
+    Apply {
+        /// The desired-state file.
+        #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
+        file: PathBuf,
+        /// Print the plan (`+ name digest`, `~ name old → new`, `- name`); change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also uninstall installed packages the file does not list.
+        #[arg(long)]
+        prune: bool,
+        /// Install exactly the digests pinned in stagehand.lock; fail if it and the file disagree.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Resolve every reference of a desired-state file and pin it in stagehand.lock (installs nothing).
+    #[command(after_help = "Example:\n  stagehand lock --file stagehand.toml && stagehand apply --locked")]
+    Lock {
+        /// The desired-state file.
+        #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
+        file: PathBuf,
     },
     /// Remove an installed package, in one transaction.
     #[command(after_help = "Example:\n  stagehand uninstall demo")]
@@ -252,7 +282,7 @@ fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn print_json(v: &serde_json::Value) {
+pub(crate) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
 }
 
@@ -484,9 +514,32 @@ fn run_command(
             let rep = inst.install(&req)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
-        Command::Rollback { name, to } => {
+        Command::Rollback { apply: true, .. } => {
+            let rep = inst.rollback_apply(cli.keep_versions)?;
+            Ok(apply::print_report(cli, &rep, recovered))
+        }
+        Command::Rollback { name, to, .. } => {
+            let name = name.as_deref().unwrap_or_default();
             let rep = inst.rollback(name, to.as_deref(), cli.keep_versions)?;
             Ok(print_txn_report(cli, &rep, recovered))
+        }
+        Command::Apply { file, dry_run, prune, locked } => {
+            use std::io::IsTerminal as _;
+            let set = installer::desired::DesiredSet::load(file)?;
+            let opts = installer::ApplyOptions {
+                dry_run: *dry_run,
+                prune: *prune,
+                locked: *locked,
+                progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
+                keep_versions: cli.keep_versions,
+            };
+            let rep = inst.apply(&set, opts)?;
+            Ok(apply::print_report(cli, &rep, recovered))
+        }
+        Command::Lock { file } => {
+            let set = installer::desired::DesiredSet::load(file)?;
+            let (lock, path) = inst.lock(&set)?;
+            Ok(apply::print_lock(cli, &lock, &path))
         }
         Command::Uninstall { name } => {
             let rep = inst.uninstall(name)?;
@@ -502,7 +555,7 @@ fn run_command(
                         RecoveryDecision::RollBack { .. } => "would roll back".to_string(),
                         RecoveryDecision::Refuse { reason } => format!("cannot decide: {reason}"),
                     };
-                    json!({"txn": rec.id, "package": rec.package, "step": rec.step.name(), "action": what})
+                    json!({"txn": rec.id, "package": rec.package_names(), "step": rec.step.name(), "action": what})
                 })
                 .collect();
             if cli.json {
@@ -547,7 +600,7 @@ fn run_command(
                     .iter()
                     .map(|r| {
                         let refused = recovered.iter().find(|x| x.txn == r.id).and_then(|x| x.reason.clone());
-                        json!({"id": r.id, "op": format!("{:?}", r.op).to_lowercase(), "name": r.package, "step": r.step.name(), "refused": refused})
+                        json!({"id": r.id, "op": format!("{:?}", r.op).to_lowercase(), "name": r.package_names(), "step": r.step.name(), "refused": refused})
                     })
                     .collect();
                 print_json(&json!({
@@ -608,30 +661,31 @@ fn run_command(
             Ok(if bad { EXIT_MISMATCH } else { EXIT_OK })
         }
         Command::History { name } => {
-            let mut h = inst.history()?;
-            if let Some(n) = name {
-                h.retain(|e| &e.package == n);
-            }
+            // One row per package change; an apply's rows share its txn id.
+            let h = inst.history()?;
+            let rows: Vec<(&crate::txn::HistoryEntry, &crate::txn::ChangeSummary)> = h
+                .iter()
+                .flat_map(|e| e.changes.iter().map(move |c| (e, c)))
+                .filter(|(_, c)| name.as_ref().is_none_or(|n| &c.package == n))
+                .collect();
             if cli.json {
-                let v: Vec<_> = h
+                let v: Vec<_> = rows
                     .iter()
-                    .map(|e| json!({"id": e.id, "op": history_op(e), "package": e.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": e.old_digest, "new_digest": e.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": e.signed_by}))
+                    .map(|(e, c)| json!({"id": e.id, "op": history_op(c), "txn_op": e.op.name(), "package": c.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": c.old_digest(), "new_digest": c.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": c.signed_by}))
                     .collect();
                 print_json(&serde_json::Value::Array(v));
             } else if !cli.quiet {
-                for e in &h {
-                    let old = e.old_digest.as_deref().map(short).unwrap_or("-");
-                    let new = e.new_digest.as_deref().map(short).unwrap_or("-");
-                    println!(
-                        "{:>6}  {:10}  {:9}  {} -> {}  {}",
-                        e.id,
-                        e.package,
-                        history_op(e),
-                        old,
-                        new,
-                        e.outcome.name()
-                    );
-                    if let Some(note) = &e.error {
+                for (i, (e, c)) in rows.iter().enumerate() {
+                    let old = c.old_digest().map(short).unwrap_or("-");
+                    let new = c.new_digest.as_deref().map(short).unwrap_or("-");
+                    let op = if e.op == crate::txn::Op::Apply {
+                        format!("{} (apply)", history_op(c))
+                    } else {
+                        history_op(c).to_string()
+                    };
+                    println!("{:>6}  {:10}  {:9}  {} -> {}  {}", e.id, c.package, op, old, new, e.outcome.name());
+                    let last_of_txn = rows.get(i + 1).is_none_or(|(n, _)| n.id != e.id);
+                    if let (true, Some(note)) = (last_of_txn, &e.error) {
                         println!("        {note}");
                     }
                 }
@@ -721,12 +775,10 @@ fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installe
     EXIT_OK
 }
 
-fn history_op(e: &crate::txn::HistoryEntry) -> &'static str {
-    match (e.op, &e.old_digest) {
+fn history_op(c: &crate::txn::ChangeSummary) -> &'static str {
+    match (c.op, &c.old) {
         (crate::txn::Op::Install, Some(_)) => "upgrade",
-        (crate::txn::Op::Install, None) => "install",
-        (crate::txn::Op::Uninstall, _) => "uninstall",
-        (crate::txn::Op::Rollback, _) => "rollback",
+        (op, _) => op.name(),
     }
 }
 

@@ -139,7 +139,7 @@ pub fn drive(
     }
     match decision {
         RecoveryDecision::Refuse { reason } => {
-            Err(Error::RecoveryRefused { txn: rec.id, package: rec.package.clone(), reason })
+            Err(Error::RecoveryRefused { txn: rec.id, package: rec.package_names(), reason })
         }
         RecoveryDecision::RollForward { swaps, cleanup } => {
             // A record behind the disk (it says pre-commit, but a swap
@@ -210,10 +210,10 @@ pub fn recover_all(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> {
         let op = format!("{:?}", rec.op).to_lowercase();
         let outcome = match drive(journal, &mut rec, true, None) {
             Err(Error::RecoveryRefused { reason, .. }) => {
-                tracing::error!(txn = rec.id, package = %rec.package, %reason, "recovery refused");
+                tracing::error!(txn = rec.id, package = %rec.package_names(), %reason, "recovery refused");
                 reports.push(RecoveryReport {
                     txn: rec.id,
-                    package: rec.package.clone(),
+                    package: rec.package_names(),
                     op,
                     outcome: "refused".into(),
                     step_found,
@@ -227,10 +227,10 @@ pub fn recover_all(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> {
             Outcome::Done | Outcome::RolledForwardByRecovery => "rolled forward",
             Outcome::RolledBack | Outcome::RolledBackByRecovery => "rolled back",
         };
-        tracing::info!(txn = rec.id, package = %rec.package, outcome, "recovered");
+        tracing::info!(txn = rec.id, package = %rec.package_names(), outcome, "recovered");
         reports.push(RecoveryReport {
             txn: rec.id,
-            package: rec.package.clone(),
+            package: rec.package_names(),
             op,
             outcome: outcome.to_string(),
             step_found,

@@ -7,31 +7,33 @@
 //! and journal work only through `journal`; every decision about recovery
 //! comes from `txn`.
 
+mod apply;
+mod cacheuse;
 mod checks;
 pub mod exec;
 pub mod interrupt;
 pub mod lock;
+mod planner;
 pub mod progress;
+mod resolve;
+mod run;
 pub mod space;
 pub mod stage;
 pub mod statedir;
 pub mod verify;
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::fsops;
 use crate::journal::{Journal, JournalError};
 use crate::plan::tar_guard::Refused;
-use crate::plan::{self, Placement, PlanError, PlannedContent};
-use crate::source::{self, SourceError, SourceRef};
-use crate::txn::{
-    self, EntryKind, InstalledTarget, NewContent, Op, Outcome, PackageRecord, PlacementRecord, Step, TargetPlan,
-    TargetProgress, TxnId, TxnRecord, VersionRecord,
-};
-use checks::{check_ownership, check_removal, mounts_at_or_under, nests};
+use crate::plan::{self, Placement, PlanError};
+use crate::source::{self, SourceError};
+use crate::txn::{self, Op, PackageRecord, TxnId, TxnRecord};
+pub use apply::{desired, lockfile, ApplyOptions, ApplyReport, PlannedChange};
+use planner::ChangeRequest;
+pub use resolve::resolve_destination;
 
 pub use exec::RecoveryReport;
 pub use verify::{Mismatch, VerifyReport};
@@ -151,70 +153,6 @@ fn keep_versions(asked: usize) -> usize {
     }
 }
 
-/// True if `path` is a regular file owned by the current user that group
-/// and others cannot write, so a hard link to it in the cache shares its
-/// inode with nobody else who could change it.
-fn only_we_can_write(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == uid && m.mode() & 0o022 == 0)
-}
-
-/// Puts a layout version's manifest and blobs into the blob cache (a hard
-/// link where the layout is on the same filesystem and its blob is writable
-/// only by us, else a verified copy, so the cache never shares an inode with
-/// a file someone else can write), so `rollback` can reinstall it offline later.
-fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &source::ResolvedArtifact) -> Result<()> {
-    let cache = source::cache::BlobCache::new(state_dir);
-    cache.ensure_dirs()?;
-    let layout = source::OciLayout::open(layout)?;
-    let manifest_path = layout.blob_path(&artifact.manifest_digest)?;
-    let manifest_bytes = std::fs::read(&manifest_path).map_err(io(format!("reading {}", manifest_path.display())))?;
-    cache.put_small(&artifact.manifest_digest, &manifest_bytes)?;
-    let m = &artifact.manifest;
-    for desc in std::iter::once(&m.config).chain(&m.layers) {
-        if cache.contains(desc)? {
-            continue;
-        }
-        let dst = cache.blob_path(&desc.digest)?;
-        let src = layout.blob_path(&desc.digest)?;
-        if only_we_can_write(&src) && fsops::hard_link(&src, &dst, "cache").is_ok() {
-            fsops::fsync_dir(cache.root().join("sha256").as_path(), "cache").map_err(io("syncing the blob cache"))?;
-            continue;
-        }
-        let what = source::verify::blob_label(desc);
-        if let Some(mut w) = cache.begin(desc, &what)? {
-            if w.offset() != 0 {
-                w.restart()?;
-            }
-            let mut r = source::BlobSource::open_blob(&layout, desc)?;
-            let mut buf = vec![0u8; 1 << 20];
-            let copied = loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => n,
-                    Err(e) => break Err(Error::Io { context: format!("reading {what}"), source: e }),
-                };
-                if let Err(e) = w.write(&buf[..n]) {
-                    break Err(e.into());
-                }
-            };
-            if let Err(e) = copied {
-                // A copy from a layout is never resumed (it starts over):
-                // its partial file would only fill the disk. Remove it.
-                let partial = w.abandon()?;
-                return Err(Error::Refused(format!(
-                    "{e}\nThe partial copy {} was removed (a copy from a layout starts over); nothing else was changed",
-                    partial.display()
-                )));
-            }
-            w.finish()?;
-        }
-    }
-    Ok(())
-}
-
 /// `--profile NAME` and what it needs.
 #[derive(Debug, Clone)]
 pub struct ProfileRequest {
@@ -275,37 +213,6 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 
 fn path_str(p: &Path) -> Result<String> {
     p.to_str().map(str::to_string).ok_or_else(|| Error::Refused(format!("{} is not valid UTF-8", p.display())))
-}
-
-/// Makes a destination path absolute, resolving symlinks in its parent's
-/// existing ancestors but not in its final component (so a symlinked target
-/// is seen, and refused, rather than followed). Refuses `..` where it
-/// cannot be resolved.
-pub fn resolve_destination(p: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(p).map_err(io(format!("resolving {}", p.display())))?;
-    let (Some(name), Some(parent)) = (abs.file_name(), abs.parent()) else {
-        return Err(Error::Refused(format!("{} cannot be a destination", p.display())));
-    };
-    let mut existing = parent.to_path_buf();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (existing.file_name(), existing.parent()) {
-            (Some(n), Some(pp)) => {
-                rest.push(n.to_os_string());
-                existing = pp.to_path_buf();
-            }
-            _ => return Err(Error::Refused(format!("{} climbs out with `..`", p.display()))),
-        }
-    }
-    let mut out = existing.canonicalize().map_err(io(format!("resolving {}", existing.display())))?;
-    for n in rest.iter().rev() {
-        out.push(n);
-    }
-    out.push(name);
-    if out.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(Error::Refused(format!("{} climbs out with `..`", p.display())));
-    }
-    Ok(out)
 }
 
 fn lock_state_dir(state_dir: &Path, opts: &OpenOptions) -> Result<lock::StateLock> {
@@ -413,484 +320,21 @@ impl Installer {
 
     /// Installs (or upgrades) a package in one transaction.
     pub fn install(&mut self, req: &InstallRequest) -> Result<TxnReport> {
-        let source_ref = source::reference::parse(&req.source)?;
-        self.check_signature_policy(&source_ref, req)?;
-        let (artifact, blobs): (source::ResolvedArtifact, Box<dyn source::BlobSource>) = match &source_ref {
-            SourceRef::Layout { path, selector } => {
-                let layout = source::OciLayout::open(path)?;
-                let platform = req.registry.platform.clone().unwrap_or_else(source::layout::host_platform);
-                let artifact = layout.resolve_for_platform(selector, &req.source, &platform)?;
-                if let Some(key) = &req.verify_key {
-                    source::signature::verify_layout(&layout, &artifact.manifest_digest, &req.source, key)?;
-                }
-                (artifact, Box::new(layout))
-            }
-            // The whole pull (into the blob cache) happens here, before anything
-            // is planned; staging then reads only from the cache.
-            SourceRef::Registry { registry, repository, selector } => {
-                let opts =
-                    source::registry::RegistryOptions { verify_key: req.verify_key.clone(), ..req.registry.clone() };
-                let pulled = source::registry::pull(
-                    &self.state_dir,
-                    registry,
-                    repository,
-                    selector,
-                    &req.source,
-                    &opts,
-                    interrupt::requested,
-                );
-                match pulled {
-                    Ok((artifact, cache)) => (artifact, Box::new(cache)),
-                    Err(SourceError::Interrupted) => return Err(Error::Interrupted),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
+        let (source_ref, artifact, blobs) = self.fetch(req)?;
         // A layout's blobs are imported into the cache (for a later offline
-        // rollback) by `install_resolved`, once free space is checked.
-        self.install_resolved(&source_ref, artifact, blobs, req)
+        // rollback) by the executor, once free space is checked.
+        let put = self.put_request(&source_ref, artifact, blobs, req)?;
+        let rec = self.run_changes(Op::Install, vec![ChangeRequest::Put(Box::new(put))], req.registry.progress)?;
+        Ok(TxnReport::of(&rec))
     }
 
-    /// Refuses early when a filesystem involved lacks the space this install
-    /// needs: the blob cache's, for a layout's blobs copied into it (hard
-    /// links on the same filesystem need none), and each target's.
-    fn check_space(
-        &self,
-        layout: Option<&Path>,
-        artifact: &source::ResolvedArtifact,
-        planned: &[plan::PlannedTarget],
-    ) -> Result<()> {
-        let cache = source::cache::BlobCache::new(&self.state_dir);
-        let layout = layout.map(source::OciLayout::open).transpose()?;
-        let mut check = space::SpaceCheck::default();
-        if let Some(l) = &layout {
-            let (cache_dev, _) = fsops::free_space(cache.root()).map_err(io("checking the blob cache's free space"))?;
-            let m = &artifact.manifest;
-            for desc in std::iter::once(&m.config).chain(&m.layers) {
-                let src = l.blob_path(&desc.digest)?;
-                let same_fs = fsops::free_space(&src).is_ok_and(|(dev, _)| dev == cache_dev);
-                if !same_fs && !cache.contains(desc)? {
-                    check.add(cache.root(), desc.size, format!("a copy of blob {} in the blob cache", desc.digest))?;
-                }
-            }
-        }
-        let blob_file = |d: &source::Descriptor| -> Option<PathBuf> {
-            let p = match &layout {
-                Some(l) => l.blob_path(&d.digest).ok()?,
-                None => cache.blob_path(&d.digest).ok()?,
-            };
-            p.is_file().then_some(p)
-        };
-        space::add_targets(&mut check, planned, &blob_file)?;
-        check.check()
-    }
-
-    /// `--require-signature` (or the state dir's default) without a key is
-    /// an error; an install without a key over a package whose installed
-    /// version was signature-checked warns that the check is being dropped.
-    /// Runs before anything is fetched.
-    fn check_signature_policy(&self, source_ref: &SourceRef, req: &InstallRequest) -> Result<()> {
-        if req.verify_key.is_some() {
-            return Ok(());
-        }
-        let name = req.name.clone().unwrap_or_else(|| source_ref.default_name());
-        let signed_by = self.journal.package(&name)?.and_then(|p| p.signed_by);
-        let default_file = self.state_dir.join(REQUIRE_SIGNATURE_FILE);
-        let required = req.require_signature || default_file.exists();
-        if required {
-            let why = if req.require_signature {
-                "--require-signature is set".to_string()
-            } else {
-                format!("{} exists, so every install must be signature-checked", default_file.display())
-            };
-            let was =
-                signed_by.map(|fp| format!(" (its installed version was signed by key {fp})")).unwrap_or_default();
-            return Err(Error::Refused(format!(
-                "{why}: pass --verify-key PATH (the signer's cosign.pub) to install {name:?}{was}. Nothing was changed"
-            )));
-        }
-        if let Some(fp) = signed_by {
-            tracing::warn!(
-                "{name:?} was installed with a cosign signature verified by key {fp}; this install checks no signature, so signature verification is being dropped. Pass --verify-key PATH to keep it, or --require-signature to make this an error"
-            );
-        }
-        Ok(())
-    }
-
-    /// Installs an artifact whose manifest is resolved and whose blobs are
-    /// at hand (a layout, the cache after a pull, or the cache for a rollback).
-    fn install_resolved(
-        &mut self,
-        source_ref: &SourceRef,
-        artifact: source::ResolvedArtifact,
-        blobs: Box<dyn source::BlobSource>,
-        req: &InstallRequest,
-    ) -> Result<TxnReport> {
-        let name = req.name.clone().unwrap_or_else(|| source_ref.default_name());
-        if !plan::is_plain_file_name(&name) || name.starts_with('.') {
-            return Err(Error::Refused(format!(
-                "{name:?} is not a valid package name (use letters, digits, '.', '_', '-')"
-            )));
-        }
-        let mut placement_record = PlacementRecord::default();
-        let planned = match &req.profile {
-            Some(p) => {
-                placement_record.profile = Some(p.profile.name().to_string());
-                placement_record.install_dir = Some(path_str(&resolve_destination(&p.install_dir)?)?);
-                placement_record.db_version = p.db_version.clone();
-                plan_profile(p, &artifact.manifest, source_ref)?
-            }
-            None => {
-                let mut placement = req.placement.clone();
-                if let Some(to) = &placement.to {
-                    let to = resolve_destination(to)?;
-                    placement_record.to = Some(path_str(&to)?);
-                    placement.to = Some(to);
-                }
-                for m in placement.maps.iter_mut() {
-                    m.dir = resolve_destination(&m.dir)?;
-                    placement_record.maps.push(format!("{}={}", m.glob, path_str(&m.dir)?));
-                }
-                plan::place(&artifact.manifest, &placement)?
-            }
-        };
-        placement_record.platform = req.registry.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture));
-        let old_pkg = self.journal.package(&name)?;
-        let others: Vec<PackageRecord> = self.journal.packages()?.into_iter().filter(|p| p.name != name).collect();
-
+    /// Plans and runs one transaction over `changes` (the planner decides
+    /// every refusal first; the executor then stages, commits and finishes).
+    fn run_changes(&mut self, op: Op, changes: Vec<ChangeRequest>, progress: bool) -> Result<TxnRecord> {
+        let installed = self.journal.packages()?;
         let id = self.journal.new_txn_id()?;
-        let mut targets = Vec::new();
-        let mut created = BTreeSet::new();
-        let old_paths: BTreeSet<String> =
-            old_pkg.iter().flat_map(|p| p.targets.iter().map(|t| t.path.clone())).collect();
-        let mut carry = Vec::new();
-        for pt in &planned {
-            let path = path_str(&pt.path)?;
-            let kind = match pt.content {
-                PlannedContent::Dir(_) => EntryKind::Dir,
-                PlannedContent::File(..) => EntryKind::File,
-            };
-            carry.push(check_ownership(&others, &path, kind)?);
-            let old = old_identity(&pt.path)?;
-            if let Some(o) = old {
-                if o.kind == EntryKind::Symlink {
-                    return Err(Error::Refused(format!(
-                        "{path} is a symlink; stagehand replaces real files and directories only"
-                    )));
-                }
-                if !old_paths.contains(&path) && !req.adopt && !is_empty_dir(&pt.path) {
-                    return Err(Error::Refused(format!(
-                        "{path} already exists and no package owns it; pass --adopt to replace it (its current contents become the old version that a failed install rolls back to)"
-                    )));
-                }
-                if o.kind != kind && !(req.adopt || old_paths.contains(&path)) {
-                    return Err(Error::Refused(format!("{path} exists but is not a {kind:?}")));
-                }
-            }
-            let parent = pt.path.parent().ok_or_else(|| Error::Refused(format!("{path} has no parent")))?;
-            let mut missing = Vec::new();
-            let mut p = parent;
-            while !p.exists() {
-                missing.push(path_str(p)?);
-                match p.parent() {
-                    Some(pp) => p = pp,
-                    None => break,
-                }
-            }
-            created.extend(missing);
-            targets.push(TargetPlan {
-                staging: path_str(
-                    &txn::staging_path(&pt.path, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?,
-                )?,
-                backup: path_str(
-                    &txn::backup_path(&pt.path, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?,
-                )?,
-                path,
-                old,
-                new: Some(NewContent { kind, identity: None }),
-                progress: TargetProgress::Pending,
-            });
-        }
-        // Targets of the old version that the new one no longer has are removed:
-        // only if no other package has files inside them, and never one that
-        // nests with a new target (its swap would act on paths the other's
-        // swap already moved).
-        for old_t in old_pkg.iter().flat_map(|p| &p.targets) {
-            if targets.iter().any(|t| t.path == old_t.path) {
-                continue;
-            }
-            check_removal(&others, &old_t.path, &name)?;
-            if let Some(t) = targets.iter().find(|t| nests(&t.path, &old_t.path)) {
-                return Err(Error::Refused(format!(
-                    "the new version of {name:?} installs {}, which nests with {} of the installed version, \
-                     which this upgrade would remove; nothing was changed: uninstall it first \
-                     (`stagehand uninstall {name}`), then install the new version",
-                    t.path, old_t.path
-                )));
-            }
-            targets.push(removal_target(&old_t.path, id)?);
-        }
-        let layout_path = match source_ref {
-            SourceRef::Layout { path, .. } if !req.rollback => Some(path.clone()),
-            _ => None,
-        };
-        self.check_space(layout_path.as_deref(), &artifact, &planned)?;
-        if let Some(path) = &layout_path {
-            // Keep the version's blobs in the cache, so a later rollback is offline.
-            import_layout_blobs(&self.state_dir, path, &artifact)?;
-        }
-        let mut created_dirs: Vec<String> = created.into_iter().collect();
-        created_dirs.sort_by_key(|d| d.len());
-        let mut rec = TxnRecord {
-            id,
-            op: if req.rollback { Op::Rollback } else { Op::Install },
-            package: name.clone(),
-            step: Step::Planned,
-            started_at: now(),
-            recovered: false,
-            old_digest: old_pkg.as_ref().map(|p| p.manifest_digest.clone()),
-            new_package: None,
-            targets,
-            created_dirs,
-        };
-        self.journal.write_txn(&rec, "planned")?;
-        tracing::debug!(txn = id, targets = rec.targets.len(), "planned");
-
-        // Everything from here until the commit point rolls back on error.
-        // The versions to keep for rollback: the one replaced, then older ones.
-        let previous: Vec<VersionRecord> = old_pkg
-            .iter()
-            .flat_map(|p| {
-                let replaced = VersionRecord {
-                    manifest_digest: p.manifest_digest.clone(),
-                    source: p.source.clone(),
-                    installed_at: p.installed_at,
-                    placement: p.placement.clone(),
-                };
-                std::iter::once(replaced).chain(p.previous.iter().cloned())
-            })
-            .filter(|v| v.manifest_digest != artifact.manifest_digest)
-            .take(keep_versions(req.keep_versions) - 1)
-            .collect();
-        let template = PackageRecord {
-            name: name.clone(),
-            manifest_digest: artifact.manifest_digest.clone(),
-            source: req.source.clone(),
-            installed_at: 0,
-            txn: id,
-            targets: Vec::new(),
-            placement: placement_record,
-            previous,
-            signed_by: req.verify_key.as_ref().map(|k| k.fingerprint().to_string()),
-        };
-        let total: u64 = planned
-            .iter()
-            .map(|pt| match &pt.content {
-                PlannedContent::Dir(layers) => layers.iter().map(|(d, _)| d.size).sum(),
-                PlannedContent::File(d, _) => d.size,
-            })
-            .sum();
-        let shown = progress::Progress::new(blobs.as_ref(), total, req.registry.progress);
-        let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template, req.limits);
-        shown.finish();
-        if let Err(e) = staged {
-            return Err(self.roll_back(rec, e));
-        }
-        self.journal.write_txn(&rec, "staged").map_err(|e| self.roll_back(rec.clone(), e.into()))?;
-        // The last boundary before the commit point: a Ctrl-C here still rolls back.
-        if interrupt::requested() {
-            return Err(self.roll_back(rec, Error::Interrupted));
-        }
-        tracing::debug!(txn = id, "staged");
-        rec.step = Step::Committed;
-        if let Err(e) = self.journal.write_txn(&rec, "commit") {
-            return Err(self.commit_failed(rec, e));
-        }
-        let report = self.finish_committed(rec)?;
-        self.prune_quietly();
-        Ok(report)
-    }
-
-    fn stage_all(
-        &mut self,
-        rec: &mut TxnRecord,
-        planned: &[plan::PlannedTarget],
-        carry: &[Vec<stage::Carried>],
-        blobs: &dyn source::BlobSource,
-        template: PackageRecord,
-        limits: plan::limits::Limits,
-    ) -> Result<()> {
-        for d in &rec.created_dirs {
-            fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent")
-                .map_err(io(format!("creating {d}")))?;
-        }
-        let mut installed = Vec::new();
-        for (i, pt) in planned.iter().enumerate() {
-            if interrupt::requested() {
-                return Err(Error::Interrupted);
-            }
-            let t = &mut rec.targets[i];
-            debug_assert_eq!(Path::new(&t.path), pt.path.as_path());
-            let staging = PathBuf::from(&t.staging);
-            let staged = match &pt.content {
-                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs, limits)?,
-                PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs, limits)?,
-            };
-            let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
-            let mut identity = staged.identity;
-            if kind == EntryKind::File {
-                identity.sha256 = staged.entries.first().map(|e| exec::digest_bytes(&e.sha256));
-            }
-            t.new = Some(NewContent { kind, identity: Some(identity) });
-            installed.push(InstalledTarget { path: t.path.clone(), kind, entries: staged.entries });
-        }
-        let staged_paths: Vec<PathBuf> =
-            rec.targets.iter().filter(|t| t.new.is_some()).map(|t| PathBuf::from(&t.staging)).collect();
-        tracing::debug!(txn = rec.id, "written; making durable");
-        stage::make_durable(&staged_paths)?;
-        rec.step = Step::Staged;
-        rec.new_package = Some(PackageRecord { installed_at: now(), txn: rec.id, targets: installed, ..template });
-        Ok(())
-    }
-
-    /// The commit record could not be written (it may or may not be on
-    /// disk). No target has moved yet, so rolling back is right either way:
-    /// if the record did land, the rollback record written now supersedes it,
-    /// and if even that fails, recovery finds the old content at every target.
-    fn commit_failed(&self, mut rec: TxnRecord, e: JournalError) -> Error {
-        rec.step = Step::Staged;
-        self.roll_back(rec, e.into())
-    }
-
-    /// Rolls back a live transaction that failed before its commit point.
-    fn roll_back(&self, mut rec: TxnRecord, cause: Error) -> Error {
-        debug_assert!(!rec.step.is_committed(), "live rollback only before the commit point");
-        let msg = cause.to_string();
-        match exec::drive(&self.journal, &mut rec, false, Some(msg)) {
-            Ok(_) => Error::RolledBack { cause: Box::new(cause) },
-            Err(e) => Error::Refused(format!(
-                "{cause}\nRolling back also failed ({e}); the next stagehand command (or `stagehand repair`) finishes the rollback."
-            )),
-        }
-    }
-
-    /// After the commit point: finish, retrying once through recovery.
-    fn finish_committed(&self, mut rec: TxnRecord) -> Result<TxnReport> {
-        let report = TxnReport {
-            txn: rec.id,
-            name: rec.package.clone(),
-            op: match rec.op {
-                Op::Install if rec.old_digest.is_some() => "upgrade".into(),
-                Op::Install => "install".into(),
-                Op::Uninstall => "uninstall".into(),
-                Op::Rollback => "rollback".into(),
-            },
-            old_digest: rec.old_digest.clone(),
-            new_digest: rec.new_package.as_ref().map(|p| p.manifest_digest.clone()),
-            targets: rec.targets.iter().filter(|t| t.new.is_some()).map(|t| t.path.clone()).collect(),
-            interrupted: false,
-        };
-        let done = |mut r: TxnReport| {
-            r.interrupted = interrupt::requested();
-            Ok(r)
-        };
-        let first = match exec::drive(&self.journal, &mut rec, false, None) {
-            Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => return done(report),
-            Ok(_) => {
-                return Err(Error::Refused(
-                    "the transaction was rolled back after its commit point because its new content was lost".into(),
-                ))
-            }
-            Err(e @ Error::RecoveryRefused { .. }) => return Err(e),
-            Err(e) => e,
-        };
-        tracing::warn!(error = %first, "finishing the committed transaction failed; retrying once");
-        // Re-read the record: the journal has the truth of how far it got.
-        let again = self.journal.pending()?.into_iter().find(|r| r.id == rec.id);
-        match again {
-            None => done(report),
-            Some(mut r) => match exec::drive(&self.journal, &mut r, false, None) {
-                Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => done(report),
-                Ok(_) => Err(Error::Refused("the transaction was rolled back after its commit point".into())),
-                Err(_) => Err(Error::LeftForRecovery { cause: Box::new(first) }),
-            },
-        }
-    }
-
-    /// The blob cache's contents, each blob with the installed packages and
-    /// pending transactions that reference it.
-    pub fn cache_list(&self) -> Result<CacheListing> {
-        let cache = source::cache::BlobCache::new(&self.state_dir);
-        let contents = cache.list()?;
-        let users = self.cache_users(&cache)?;
-        let blobs = contents
-            .blobs
-            .into_iter()
-            .map(|b| CacheEntry { used_by: users.get(&b.digest).cloned().unwrap_or_default(), blob: b })
-            .collect::<Vec<_>>();
-        let total_bytes =
-            blobs.iter().map(|b| b.blob.size).sum::<u64>() + contents.partials.iter().map(|p| p.size).sum::<u64>();
-        Ok(CacheListing { dir: cache.root().display().to_string(), blobs, partials: contents.partials, total_bytes })
-    }
-
-    /// Removes every cached blob that no installed package and no pending
-    /// transaction references, and every partial download.
-    pub fn cache_prune(&self, dry_run: bool) -> Result<source::cache::PruneReport> {
-        let cache = source::cache::BlobCache::new(&self.state_dir);
-        let keep: BTreeSet<String> = self.cache_users(&cache)?.into_keys().collect();
-        Ok(cache.prune(&keep, dry_run)?)
-    }
-
-    /// After a successful transaction: drop cached blobs no installed or kept
-    /// version needs. A failure here is only worth a warning: the
-    /// transaction is done, and the next prune tries again.
-    fn prune_quietly(&self) {
-        let cache = source::cache::BlobCache::new(&self.state_dir);
-        if !cache.root().exists() {
-            return;
-        }
-        let keep = match self.cache_users(&cache) {
-            Ok(users) => users.into_keys().collect::<BTreeSet<String>>(),
-            Err(e) => {
-                tracing::warn!(error = %e, "not pruning the blob cache");
-                return;
-            }
-        };
-        if let Err(e) = cache.prune_blobs(&keep) {
-            tracing::warn!(error = %e, "pruning the blob cache failed");
-        }
-    }
-
-    /// Digest → who needs it ("package NAME", "txn ID"): each installed
-    /// package's manifest and, read from the cached manifest, its config and
-    /// layers; the same for the old and new versions of pending transactions.
-    fn cache_users(&self, cache: &source::cache::BlobCache) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
-        let mut roots: Vec<(String, String)> = Vec::new();
-        for p in self.journal.packages()? {
-            roots.push((p.manifest_digest.clone(), format!("package {}", p.name)));
-            for v in &p.previous {
-                roots.push((v.manifest_digest.clone(), format!("package {} (kept for rollback)", p.name)));
-            }
-        }
-        for r in self.journal.pending()? {
-            let who = format!("txn {} ({})", r.id, r.package);
-            if let Some(d) = &r.old_digest {
-                roots.push((d.clone(), who.clone()));
-            }
-            if let Some(p) = &r.new_package {
-                roots.push((p.manifest_digest.clone(), who));
-            }
-        }
-        let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for (digest, who) in roots {
-            for d in cache.closure_of([digest.as_str()])? {
-                let list = users.entry(d).or_default();
-                if !list.contains(&who) {
-                    list.push(who.clone());
-                }
-            }
-        }
-        Ok(users)
+        let plan = planner::plan(&self.state_dir, &installed, id, op, changes)?;
+        self.execute(plan, progress)
     }
 
     /// Switches a package back to an earlier version — the one it replaced,
@@ -916,6 +360,14 @@ impl Installer {
                 ))
             })?,
         };
+        let put = self.rollback_put(name, &version, keep)?;
+        let rec = self.run_changes(Op::Rollback, vec![ChangeRequest::Put(Box::new(put))], false)?;
+        Ok(TxnReport::of(&rec))
+    }
+
+    /// The planner's input for returning `name` to a kept `version`, read
+    /// only from the blob cache (refused, naming the source, if pruned).
+    fn rollback_put(&self, name: &str, version: &txn::VersionRecord, keep: usize) -> Result<planner::PutRequest> {
         let cache = source::cache::BlobCache::new(&self.state_dir);
         let pruned = || {
             Error::Refused(format!(
@@ -970,143 +422,40 @@ impl Installer {
             limits: plan::limits::Limits::default(),
         };
         let source_ref = source::reference::parse(&version.source)?;
-        self.install_resolved(&source_ref, artifact, Box::new(cache), &req)
+        self.put_request(&source_ref, artifact, Box::new(cache), &req)
     }
 
     /// Removes a package's targets in one transaction.
     pub fn uninstall(&mut self, name: &str) -> Result<TxnReport> {
-        let pkg = self.journal.package(name)?.ok_or_else(|| Error::NotInstalled(name.to_string()))?;
-        let others: Vec<PackageRecord> = self.journal.packages()?.into_iter().filter(|p| p.name != name).collect();
-        for mine in &pkg.targets {
-            check_removal(&others, &mine.path, name)?;
+        if self.journal.package(name)?.is_none() {
+            return Err(Error::NotInstalled(name.to_string()));
         }
-        let id = self.journal.new_txn_id()?;
-        let targets = pkg.targets.iter().map(|t| removal_target(&t.path, id)).collect::<Result<Vec<_>>>()?;
-        let mut rec = TxnRecord {
-            id,
-            op: Op::Uninstall,
-            package: name.to_string(),
-            step: Step::Planned,
-            started_at: now(),
-            recovered: false,
-            old_digest: Some(pkg.manifest_digest.clone()),
-            new_package: None,
-            targets,
-            created_dirs: Vec::new(),
+        let rec = self.run_changes(Op::Uninstall, vec![ChangeRequest::Remove { name: name.to_string() }], false)?;
+        Ok(TxnReport::of(&rec))
+    }
+}
+
+impl TxnReport {
+    /// The report of a finished one-package transaction (its first change).
+    fn of(rec: &TxnRecord) -> TxnReport {
+        let c = rec.changes.first();
+        let old_digest = c.and_then(|c| c.old.as_ref()).map(|v| v.manifest_digest.clone());
+        let op = match c.map(|c| c.op) {
+            Some(Op::Install) if old_digest.is_some() => "upgrade".to_string(),
+            Some(o) => o.name().to_string(),
+            None => rec.op.name().to_string(),
         };
-        self.journal.write_txn(&rec, "planned")?;
-        rec.step = Step::Committed;
-        if let Err(e) = self.journal.write_txn(&rec, "commit") {
-            return Err(self.commit_failed(rec, e));
-        }
-        let mut report = self.finish_committed(rec)?;
-        self.prune_quietly();
-        report.targets = pkg.targets.iter().map(|t| t.path.clone()).collect();
-        Ok(report)
-    }
-}
-
-/// What is at a target when a txn is planned: its identity, with the
-/// sha256 of a regular file so recovery can recognise it by content.
-/// A directory with a filesystem mounted inside it is refused: the
-/// transaction would move the mount aside with the old version, and its
-/// files with it.
-fn old_identity(p: &Path) -> Result<Option<txn::Identity>> {
-    let mut old = fsops::identity(p).map_err(io(format!("observing {}", p.display())))?;
-    if old.is_some_and(|o| o.kind == EntryKind::Dir) {
-        if let Some(m) = mounts_at_or_under(p).into_iter().next() {
-            return Err(Error::Refused(format!(
-                "{m} is a mount point inside {}: replacing or removing {} would move the mounted filesystem \
-                 aside with the old version; nothing was changed: unmount it first (`umount {m}`)",
-                p.display(),
-                p.display()
-            )));
-        }
-    }
-    if let Some(o) = old.as_mut().filter(|o| o.kind == EntryKind::File) {
-        let (_, hex) = fsops::sha256_file(p).map_err(io(format!("hashing {}", p.display())))?;
-        o.sha256 = Some(exec::digest_bytes(&hex));
-    }
-    Ok(old)
-}
-
-fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
-    let p = Path::new(path);
-    let old = old_identity(p)?;
-    Ok(TargetPlan {
-        path: path.to_string(),
-        staging: path_str(&txn::staging_path(p, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?)?,
-        backup: path_str(&txn::backup_path(p, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?)?,
-        old,
-        new: None,
-        progress: TargetProgress::Pending,
-    })
-}
-
-fn is_empty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
-}
-
-/// Plans a Steampipe profile install.
-fn plan_profile(
-    p: &ProfileRequest,
-    manifest: &source::manifest::ImageManifest,
-    source_ref: &SourceRef,
-) -> Result<Vec<plan::PlannedTarget>> {
-    use plan::profile::{place_profile, Profile, ProfileContext};
-    let install_dir = resolve_destination(&p.install_dir)?;
-    let (os, arch) = p.platform.clone().unwrap_or_else(|| {
-        let h = source::layout::host_platform();
-        (h.os, h.architecture)
-    });
-    let mut db_version = p.db_version.clone();
-    if db_version.is_none() && p.profile == Profile::SteampipeFdw {
-        // The FDW goes into the one installed database, if there is exactly one.
-        let versions: Vec<String> = std::fs::read_dir(install_dir.join("db"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.path().join("postgres").is_dir())
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        match versions.as_slice() {
-            [one] => db_version = Some(one.clone()),
-            [] => {
-                return Err(Error::Refused(format!(
-                    "no database is installed under {}/db; install one with --profile steampipe-db first, or pass --db-version",
-                    install_dir.display()
-                )))
-            }
-            many => {
-                return Err(Error::Refused(format!(
-                    "several databases are installed ({}); pass --db-version",
-                    many.join(", ")
-                )))
-            }
-        }
-    }
-    let ctx = ProfileContext { install_dir, plugin_path: plugin_path(source_ref), db_version, os, arch };
-    Ok(place_profile(manifest, p.profile, &ctx)?)
-}
-
-/// Where a plugin lives under `plugins/`: `<registry>/<repository>@<tag>`
-/// (Steampipe's layout); an OCI layout counts as registry `local`.
-fn plugin_path(source_ref: &SourceRef) -> String {
-    match source_ref {
-        SourceRef::Layout { selector, .. } => {
-            let tag = match selector {
-                source::Selector::Tag(t) => t.clone(),
-                _ => "latest".to_string(),
-            };
-            format!("local/{}@{tag}", source_ref.default_name())
-        }
-        SourceRef::Registry { registry, repository, selector } => {
-            let tag = match selector {
-                source::Selector::Tag(t) => t.clone(),
-                _ => "latest".to_string(),
-            };
-            format!("{registry}/{repository}@{tag}")
+        TxnReport {
+            txn: rec.id,
+            name: c.map(|c| c.name.clone()).unwrap_or_default(),
+            op,
+            old_digest,
+            new_digest: c.and_then(|c| c.new_package.as_ref()).map(|p| p.manifest_digest.clone()),
+            targets: match c.and_then(|c| c.new_package.as_ref()) {
+                Some(p) => p.targets.iter().map(|t| t.path.clone()).collect(),
+                None => rec.targets.iter().map(|t| t.path.clone()).collect(),
+            },
+            interrupted: interrupt::requested(),
         }
     }
 }

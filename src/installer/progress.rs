@@ -9,22 +9,33 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::source::{verify::blob_label, BlobSource, Descriptor, SourceError};
 
-/// Wraps a blob source; every opened blob advances the bar as it is read.
-pub struct Progress<'a> {
+/// One bar for a transaction; [`Progress::over`] wraps each blob source
+/// staging reads from, and every opened blob advances the bar as it is read.
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+/// A blob source whose reads advance a [`Progress`] bar.
+pub struct Counted<'a> {
     inner: &'a dyn BlobSource,
     bar: ProgressBar,
 }
 
-impl<'a> Progress<'a> {
+impl Progress {
     /// `total` is the sum of the blob sizes staging will read.
-    pub fn new(inner: &'a dyn BlobSource, total: u64, enabled: bool) -> Self {
+    pub fn new(total: u64, enabled: bool) -> Self {
         let target = if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
         let bar = ProgressBar::with_draw_target(Some(total), target);
         if let Ok(style) = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}") {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix("extracting");
-        Progress { inner, bar }
+        Progress { bar }
+    }
+
+    /// `inner`, counted into this bar.
+    pub fn over<'a>(&self, inner: &'a dyn BlobSource) -> Counted<'a> {
+        Counted { inner, bar: self.bar.clone() }
     }
 
     /// Clears the bar (staging is done or failed).
@@ -46,7 +57,7 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-impl BlobSource for Progress<'_> {
+impl BlobSource for Counted<'_> {
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, SourceError> {
         let inner = self.inner.open_blob(desc)?;
         self.bar.set_message(blob_label(desc));

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 /// Largest record accepted (a package with thousands of files fits easily).
 pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
@@ -183,75 +183,109 @@ mod tests {
 #[cfg(test)]
 mod layout_tests {
     use super::*;
-    use crate::txn::{Op, Step, TxnRecord};
+    use crate::txn::{Op, PackageChange, Step, TargetPlan, TargetProgress, TxnRecord};
 
-    /// Pins the byte layout that journal-format.md documents.
+    fn string(want: &mut Vec<u8>, s: &str) {
+        want.extend((s.len() as u64).to_le_bytes());
+        want.extend(s.as_bytes());
+    }
+
+    /// Pins the byte layout that journal-format.md documents (format 3:
+    /// `changes` in place of format 2's package/old_digest/new_package, and
+    /// `TargetPlan::change`).
     #[test]
     fn txn_record_bytes_match_the_documentation() {
         let rec = TxnRecord {
             id: 7,
-            op: Op::Uninstall,
-            package: "ab".into(),
+            op: Op::Apply,
             step: Step::RollingBack { after_commit: true },
             started_at: 9,
             recovered: true,
-            old_digest: None,
-            new_package: None,
-            targets: vec![],
+            changes: vec![PackageChange { name: "ab".into(), op: Op::Uninstall, old: None, new_package: None }],
+            targets: vec![TargetPlan {
+                path: "/t".into(),
+                staging: "/s".into(),
+                backup: "/b".into(),
+                old: None,
+                new: None,
+                progress: TargetProgress::Swapped,
+                change: 0,
+            }],
             created_dirs: vec![],
         };
         let b = encode(RecordKind::Txn, &rec).expect("encodes");
-        let mut want = vec![2u8, 1];
+        let mut want = vec![3u8, 1];
         want.extend(7u64.to_le_bytes()); // id
-        want.extend(1u32.to_le_bytes()); // op: Uninstall = variant 1
-        want.extend(2u64.to_le_bytes()); // package length
-        want.extend(b"ab");
+        want.extend(3u32.to_le_bytes()); // op: Apply = variant 3
         want.extend(4u32.to_le_bytes()); // step: RollingBack = variant 4
         want.push(1); // after_commit = true
         want.extend(9u64.to_le_bytes()); // started_at
         want.push(1); // recovered
-        want.push(0); // old_digest: None
-        want.push(0); // new_package: None
-        want.extend(0u64.to_le_bytes()); // targets: empty
+        want.extend(1u64.to_le_bytes()); // changes: 1
+        string(&mut want, "ab"); //   name
+        want.extend(1u32.to_le_bytes()); //   op: Uninstall
+        want.push(0); //   old: None
+        want.push(0); //   new_package: None
+        want.extend(1u64.to_le_bytes()); // targets: 1
+        string(&mut want, "/t"); //   path
+        string(&mut want, "/s"); //   staging
+        string(&mut want, "/b"); //   backup
+        want.push(0); //   old: None
+        want.push(0); //   new: None
+        want.extend(2u32.to_le_bytes()); //   progress: Swapped
+        want.extend(0u32.to_le_bytes()); //   change: 0
         want.extend(0u64.to_le_bytes()); // created_dirs: empty
         let crc = crc32fast::hash(&want);
         want.extend(crc.to_le_bytes());
         assert_eq!(b, want);
     }
 
-    /// Pins `HistoryEntry`'s layout, `signed_by` (format 2) last.
+    /// Pins `HistoryEntry`'s layout (format 3: one `ChangeSummary` per package).
     #[test]
     fn history_entry_bytes_match_the_documentation() {
-        use crate::txn::{HistoryEntry, Outcome};
+        use crate::txn::{ChangeSummary, HistoryEntry, Outcome, VersionRecord};
         let e = HistoryEntry {
             id: 3,
             op: Op::Install,
-            package: "p".into(),
             started_at: 1,
             finished_at: 2,
-            old_digest: None,
-            new_digest: Some("d".into()),
+            changes: vec![ChangeSummary {
+                package: "p".into(),
+                op: Op::Install,
+                old: Some(VersionRecord {
+                    manifest_digest: "o".into(),
+                    source: "s".into(),
+                    installed_at: 5,
+                    placement: Default::default(),
+                }),
+                new_digest: Some("d".into()),
+                signed_by: Some("k".into()),
+            }],
             outcome: Outcome::Done,
             error: None,
-            signed_by: Some("k".into()),
         };
         let b = encode(RecordKind::History, &e).expect("encodes");
-        let mut want = vec![2u8, 3];
+        let mut want = vec![3u8, 3];
         want.extend(3u64.to_le_bytes()); // id
         want.extend(0u32.to_le_bytes()); // op: Install
-        want.extend(1u64.to_le_bytes()); // package length
-        want.extend(b"p");
         want.extend(1u64.to_le_bytes()); // started_at
         want.extend(2u64.to_le_bytes()); // finished_at
-        want.push(0); // old_digest: None
-        want.push(1); // new_digest: Some
-        want.extend(1u64.to_le_bytes());
-        want.extend(b"d");
+        want.extend(1u64.to_le_bytes()); // changes: 1
+        string(&mut want, "p"); //   package
+        want.extend(0u32.to_le_bytes()); //   op: Install
+        want.push(1); //   old: Some(VersionRecord)
+        string(&mut want, "o"); //     manifest_digest
+        string(&mut want, "s"); //     source
+        want.extend(5u64.to_le_bytes()); //     installed_at
+        want.push(0); //     placement.to: None
+        want.extend(0u64.to_le_bytes()); //     placement.maps: empty
+        want.extend([0u8; 4]); //     placement.profile, install_dir, db_version, platform: None
+        want.push(1); //   new_digest: Some
+        string(&mut want, "d");
+        want.push(1); //   signed_by: Some
+        string(&mut want, "k");
         want.extend(0u32.to_le_bytes()); // outcome: Done
         want.push(0); // error: None
-        want.push(1); // signed_by: Some
-        want.extend(1u64.to_le_bytes());
-        want.extend(b"k");
         let crc = crc32fast::hash(&want);
         want.extend(crc.to_le_bytes());
         assert_eq!(b, want);

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use sled::Transactional;
 
 use crate::fsops::{self, killpoint};
-use crate::txn::{HistoryEntry, Outcome, PackageRecord, TxnId, TxnRecord};
+use crate::txn::{ChangeSummary, HistoryEntry, Outcome, PackageRecord, TxnId, TxnRecord};
 use codec::{DecodeError, RecordKind, FORMAT_VERSION};
 
 pub use codec::MAX_RECORD_BYTES;
@@ -228,40 +228,53 @@ impl Journal {
     }
 
     /// Ends a transaction in one atomic sled transaction: removes it from
-    /// `txns`, appends it to `history`, and for a completed (not rolled back)
-    /// txn writes or removes its package entry. Then flushes.
+    /// `txns`, appends it to `history` (one entry naming every package
+    /// change), and for a completed (not rolled back) txn writes or removes
+    /// every changed package's entry. Then flushes.
     pub fn finish_txn(&self, rec: &TxnRecord, outcome: Outcome, error: Option<String>, now: u64) -> Result<()> {
         let completed = matches!(outcome, Outcome::Done | Outcome::RolledForwardByRecovery);
         let entry = HistoryEntry {
             id: rec.id,
             op: rec.op,
-            package: rec.package.clone(),
             started_at: rec.started_at,
             finished_at: now,
-            old_digest: rec.old_digest.clone(),
-            new_digest: rec.new_package.as_ref().map(|p| p.manifest_digest.clone()),
+            changes: rec
+                .changes
+                .iter()
+                .map(|c| ChangeSummary {
+                    package: c.name.clone(),
+                    op: c.op,
+                    old: c.old.clone(),
+                    new_digest: c.new_package.as_ref().map(|p| p.manifest_digest.clone()),
+                    signed_by: c.new_package.as_ref().and_then(|p| p.signed_by.clone()),
+                })
+                .collect(),
             outcome,
             error,
-            signed_by: rec.new_package.as_ref().and_then(|p| p.signed_by.clone()),
         };
         let hist = codec::encode(RecordKind::History, &entry).map_err(JournalError::Encode)?;
-        let pkg = match (&rec.new_package, completed) {
-            (Some(p), true) => Some(codec::encode(RecordKind::Package, p).map_err(JournalError::Encode)?),
-            _ => None,
-        };
+        let mut pkgs: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        if completed {
+            for c in &rec.changes {
+                let bytes = match &c.new_package {
+                    Some(p) => Some(codec::encode(RecordKind::Package, p).map_err(JournalError::Encode)?),
+                    None => None,
+                };
+                pkgs.push((c.name.as_bytes().to_vec(), bytes));
+            }
+        }
         let key = txn_key(rec.id);
-        let name = rec.package.as_bytes();
         point(if completed { "journal.done" } else { "journal.rolled_back" })?;
         (&self.txns, &self.history, &self.packages).transaction(|(t, h, p)| {
             t.remove(&key)?;
             h.insert(&key, hist.as_slice())?;
-            if completed {
-                match &pkg {
+            for (name, bytes) in &pkgs {
+                match bytes {
                     Some(bytes) => {
-                        p.insert(name, bytes.as_slice())?;
+                        p.insert(name.as_slice(), bytes.as_slice())?;
                     }
                     None => {
-                        p.remove(name)?;
+                        p.remove(name.as_slice())?;
                     }
                 }
             }
@@ -395,18 +408,16 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::txn::{Op, Step};
+    use crate::txn::{Op, PackageChange, Step};
 
     fn rec(id: TxnId) -> TxnRecord {
         TxnRecord {
             id,
             op: Op::Uninstall,
-            package: "demo".into(),
             step: Step::Planned,
             started_at: 1,
             recovered: false,
-            old_digest: None,
-            new_package: None,
+            changes: vec![PackageChange { name: "demo".into(), op: Op::Uninstall, old: None, new_package: None }],
             targets: vec![],
             created_dirs: vec![],
         }

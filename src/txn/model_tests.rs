@@ -33,19 +33,22 @@ fn target(i: usize, old: bool, new: Option<bool>) -> TargetPlan {
         old: old.then(|| ident(old_ino(i))),
         new: new.map(|staged| NewContent { kind: EntryKind::Dir, identity: staged.then(|| ident(new_ino(i))) }),
         progress: TargetProgress::Pending,
+        // Targets alternate between two package changes: every model case
+        // is a two-package transaction, whose targets must still end all
+        // old or all new together.
+        change: (i % 2) as u32,
     }
 }
 
 fn record(step: Step, targets: Vec<TargetPlan>) -> TxnRecord {
+    let change = |name: &str, op| PackageChange { name: name.into(), op, old: None, new_package: None };
     TxnRecord {
         id: 1,
-        op: Op::Install,
-        package: "p".into(),
+        op: Op::Apply,
         step,
         started_at: 0,
         recovered: false,
-        old_digest: None,
-        new_package: None,
+        changes: vec![change("p", Op::Install), change("q", Op::Uninstall)],
         targets,
         created_dirs: vec!["/d/made".into()],
     }

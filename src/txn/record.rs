@@ -62,7 +62,9 @@ impl Identity {
     }
 }
 
-/// What a transaction does to its package.
+/// What a transaction does: to one package (`Install`, `Uninstall`,
+/// `Rollback`, also each [`PackageChange`]'s op), or to a set (`Apply`, the
+/// op of a whole transaction only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Fresh install or upgrade: every target gets new content.
@@ -71,6 +73,20 @@ pub enum Op {
     Uninstall,
     /// Like `Install`, back to a kept earlier version, from the blob cache.
     Rollback,
+    /// `stagehand apply` (or the rollback of one): several package changes,
+    /// each with its own op, switched together.
+    Apply,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Install => "install",
+            Op::Uninstall => "uninstall",
+            Op::Rollback => "rollback",
+            Op::Apply => "apply",
+        }
+    }
 }
 
 /// The journaled progress of a transaction. Before `Committed` recovery
@@ -139,28 +155,51 @@ pub struct TargetPlan {
     /// New content, or `None` to remove the target.
     pub new: Option<NewContent>,
     pub progress: TargetProgress,
+    /// Index into [`TxnRecord::changes`]: the package change this target belongs to.
+    pub change: u32,
+}
+
+/// What one transaction does to one package. A transaction holds one (an
+/// install, uninstall or rollback) or several (an apply); recovery still
+/// decides for the transaction as a whole, and finishing it writes every
+/// change's registry entry in the same sled transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageChange {
+    /// Package name.
+    pub name: String,
+    /// `Install` (fresh or upgrade), `Uninstall` or `Rollback`; never `Apply`.
+    pub op: Op,
+    /// The version installed before, if any, with its source and placement
+    /// (so the rollback of an apply can restore it, even a pruned package).
+    pub old: Option<VersionRecord>,
+    /// The registry entry to write when the txn is done (`None` for uninstall).
+    pub new_package: Option<PackageRecord>,
 }
 
 /// A transaction in flight (tree `txns`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnRecord {
     pub id: TxnId,
+    /// The op of a one-package txn (its change's op), or `Apply`.
     pub op: Op,
-    /// Package name.
-    pub package: String,
     pub step: Step,
     /// Unix seconds.
     pub started_at: u64,
     /// Set when recovery (not the process that began it) drove this txn.
     pub recovered: bool,
-    /// Manifest digest installed before, if any.
-    pub old_digest: Option<String>,
-    /// The registry entry to write when the txn is done (`None` for uninstall).
-    pub new_package: Option<PackageRecord>,
+    /// Every package this transaction changes (at least one; names unique).
+    pub changes: Vec<PackageChange>,
     pub targets: Vec<TargetPlan>,
     /// Directories created for this txn's targets (outermost first); removed
     /// again, if empty, when the txn rolls back.
     pub created_dirs: Vec<String>,
+}
+
+impl TxnRecord {
+    /// The names of the packages it changes, comma-separated (for messages).
+    pub fn package_names(&self) -> String {
+        self.changes.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
 }
 
 /// A file inside an installed target, for `verify`.
@@ -257,15 +296,30 @@ impl Outcome {
 pub struct HistoryEntry {
     pub id: TxnId,
     pub op: Op,
-    pub package: String,
     pub started_at: u64,
     pub finished_at: u64,
-    pub old_digest: Option<String>,
-    pub new_digest: Option<String>,
+    /// One per package the transaction changed, in the record's order.
+    pub changes: Vec<ChangeSummary>,
     pub outcome: Outcome,
     /// Why it rolled back, if it did; or what its cleanup had to leave
     /// behind (a path it could not remove, with the fix).
     pub error: Option<String>,
+}
+
+/// One package's part of a finished transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSummary {
+    pub package: String,
+    pub op: Op,
+    /// The version before (digest, source, placement), if any.
+    pub old: Option<VersionRecord>,
+    pub new_digest: Option<String>,
     /// The new version's `PackageRecord::signed_by`.
     pub signed_by: Option<String>,
+}
+
+impl ChangeSummary {
+    pub fn old_digest(&self) -> Option<&str> {
+        self.old.as_ref().map(|v| v.manifest_digest.as_str())
+    }
 }

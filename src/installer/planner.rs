@@ -1,0 +1,439 @@
+//! The planner: package change requests → one transaction plan.
+//!
+//! Every refusal is decided here, for the whole set of changes at once and
+//! before anything is written: ownership against the packages this
+//! transaction leaves alone, nesting between its targets, adoption of
+//! unowned paths, containment (symlinked targets, mounts inside a target)
+//! and free space. Paths owned by a package that this same transaction
+//! changes are movable: replacing or removing them needs no `--adopt`, and
+//! their owner's files inside a removed or replaced directory go with it.
+//! A new file of one change inside a new directory of another (Steampipe's
+//! FDW inside a new database version) is staged inside that directory.
+//! It reads the disk (identities, free space) but changes nothing; the
+//! executor (`run`) carries the plan out.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::checks::{check_ownership, check_removal, mounts_at_or_under, nests};
+use super::{exec, io, keep_versions, now, path_str, space, stage, Error, Result};
+use crate::fsops;
+use crate::plan::{limits::Limits, PlannedContent, PlannedTarget};
+use crate::source::{self, BlobSource, ResolvedArtifact};
+use crate::txn::{
+    self, EntryKind, NewContent, Op, PackageChange, PackageRecord, PlacementRecord, Step, TargetPlan, TargetProgress,
+    TxnId, TxnRecord, VersionRecord,
+};
+
+/// Install (or upgrade, or roll back to) one version of a package: its
+/// manifest resolved, its blobs at hand, its targets placed.
+pub struct PutRequest {
+    pub name: String,
+    /// `Install` or `Rollback`.
+    pub op: Op,
+    /// The source reference as the user gave it.
+    pub source: String,
+    pub artifact: ResolvedArtifact,
+    pub blobs: Box<dyn BlobSource>,
+    pub planned: Vec<PlannedTarget>,
+    pub placement: PlacementRecord,
+    pub adopt: bool,
+    pub keep_versions: usize,
+    pub signed_by: Option<String>,
+    /// An OCI layout whose blobs are imported into the cache before the
+    /// transaction is journaled (so a later rollback is offline).
+    pub layout: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+/// One package's part of a transaction.
+pub enum ChangeRequest {
+    Put(Box<PutRequest>),
+    Remove { name: String },
+}
+
+impl ChangeRequest {
+    pub fn name(&self) -> &str {
+        match self {
+            ChangeRequest::Put(p) => &p.name,
+            ChangeRequest::Remove { name } => name,
+        }
+    }
+}
+
+/// A file of one change staged inside another change's new directory.
+pub struct Embedded {
+    pub change: usize,
+    /// Relative to the directory target.
+    pub rel: String,
+    /// Its final path.
+    pub path: String,
+    pub content: PlannedContent,
+}
+
+/// One target to stage: `rec.targets[target]`, with what goes into it.
+pub struct StageItem {
+    pub target: usize,
+    pub content: PlannedContent,
+    pub carry: Vec<stage::Carried>,
+    pub embedded: Vec<Embedded>,
+}
+
+/// What one change stages from, and the registry entry it will write.
+pub struct ChangeWork {
+    pub blobs: Option<Box<dyn BlobSource>>,
+    pub template: Option<PackageRecord>,
+    pub limits: Limits,
+    pub layout: Option<(PathBuf, ResolvedArtifact)>,
+}
+
+/// A planned transaction: the record to journal (step `Planned`) and the
+/// work the executor does to stage it.
+pub struct TxnPlan {
+    pub rec: TxnRecord,
+    pub stage: Vec<StageItem>,
+    pub work: Vec<ChangeWork>,
+    /// Sum of the blob sizes staging reads (for the progress bar).
+    pub total_bytes: u64,
+}
+
+struct NewTarget {
+    change: usize,
+    path: String,
+    kind: EntryKind,
+    planned: PlannedTarget,
+    carry: Vec<stage::Carried>,
+    old: Option<txn::Identity>,
+    embedded: Vec<Embedded>,
+}
+
+fn kind_of(c: &PlannedContent) -> EntryKind {
+    match c {
+        PlannedContent::Dir(_) => EntryKind::Dir,
+        PlannedContent::File(..) => EntryKind::File,
+    }
+}
+
+fn strictly_inside(inner: &str, outer: &str) -> bool {
+    inner != outer && Path::new(inner).starts_with(outer)
+}
+
+/// Plans transaction `id` (op `op`) over `changes`, given every installed
+/// package. Refuses, changing nothing, if any part of the set is refused.
+pub fn plan(
+    state_dir: &Path,
+    installed: &[PackageRecord],
+    id: TxnId,
+    op: Op,
+    changes: Vec<ChangeRequest>,
+) -> Result<TxnPlan> {
+    if changes.is_empty() {
+        return Err(Error::Refused("nothing to do: the transaction changes no package".into()));
+    }
+    let mut names = BTreeSet::new();
+    for c in &changes {
+        if !names.insert(c.name().to_string()) {
+            return Err(Error::Refused(format!("package {:?} is named twice; nothing was changed", c.name())));
+        }
+    }
+    let others: Vec<PackageRecord> = installed.iter().filter(|p| !names.contains(&p.name)).cloned().collect();
+    let old_of = |name: &str| installed.iter().find(|p| p.name == name);
+    // Every path a changed package owns now: movable by this transaction.
+    let old_paths: BTreeSet<String> = changes
+        .iter()
+        .filter_map(|c| old_of(c.name()))
+        .flat_map(|p| p.targets.iter().map(|t| t.path.clone()))
+        .collect();
+    let mut news: Vec<NewTarget> = Vec::new();
+    let mut created = BTreeSet::new();
+    for (ci, c) in changes.iter().enumerate() {
+        let ChangeRequest::Put(req) = c else { continue };
+        for pt in &req.planned {
+            let path = path_str(&pt.path)?;
+            let kind = kind_of(&pt.content);
+            let carry = check_ownership(&others, &path, kind)?;
+            let old = old_identity(&pt.path)?;
+            if let Some(o) = old {
+                if o.kind == EntryKind::Symlink {
+                    return Err(Error::Refused(format!(
+                        "{path} is a symlink; stagehand replaces real files and directories only"
+                    )));
+                }
+                let movable = old_paths.contains(&path) || old_paths.iter().any(|p| strictly_inside(&path, p));
+                if !movable && !req.adopt && !is_empty_dir(&pt.path) {
+                    return Err(Error::Refused(format!(
+                        "{path} already exists and no package owns it; pass --adopt to replace it (its current contents become the old version that a failed install rolls back to)"
+                    )));
+                }
+                if o.kind != kind && !(req.adopt || movable) {
+                    return Err(Error::Refused(format!("{path} exists but is not a {kind:?}")));
+                }
+            }
+            let parent = pt.path.parent().ok_or_else(|| Error::Refused(format!("{path} has no parent")))?;
+            let mut p = parent;
+            while !p.exists() {
+                created.insert(path_str(p)?);
+                match p.parent() {
+                    Some(pp) => p = pp,
+                    None => break,
+                }
+            }
+            news.push(NewTarget { change: ci, path, kind, planned: pt.clone(), carry, old, embedded: Vec::new() });
+        }
+    }
+    // A new file of one change inside another change's new directory is
+    // staged inside that directory; its parent dirs are then the directory's.
+    let mut i = 0;
+    while i < news.len() {
+        let host = news.iter().position(|d| {
+            d.kind == EntryKind::Dir && d.change != news[i].change && strictly_inside(&news[i].path, &d.path)
+        });
+        match host {
+            Some(h) if news[i].kind == EntryKind::File && news[i].embedded.is_empty() => {
+                let f = news.remove(i);
+                let h = if h > i { h - 1 } else { h };
+                let rel = path_str(Path::new(&f.path).strip_prefix(&news[h].path).unwrap_or(Path::new("")))?;
+                created.retain(|d| !strictly_inside(d, &news[h].path) && d != &news[h].path);
+                news[h].embedded.push(Embedded { change: f.change, rel, path: f.path, content: f.planned.content });
+            }
+            _ => i += 1,
+        }
+    }
+    for (a, ta) in news.iter().enumerate() {
+        for tb in &news[a + 1..] {
+            if nests(&ta.path, &tb.path) {
+                return Err(Error::Refused(format!(
+                    "{} of package {:?} and {} of package {:?} nest (or are the same path); one transaction \
+                     cannot place both. Nothing was changed",
+                    ta.path,
+                    changes[ta.change].name(),
+                    tb.path,
+                    changes[tb.change].name()
+                )));
+            }
+        }
+    }
+    let mut targets: Vec<TargetPlan> = Vec::new();
+    let mut stage_items = Vec::new();
+    for n in news {
+        let p = Path::new(&n.path);
+        stage_items.push(StageItem {
+            target: targets.len(),
+            content: n.planned.content,
+            carry: n.carry,
+            embedded: n.embedded,
+        });
+        targets.push(TargetPlan {
+            staging: path_str(
+                &txn::staging_path(p, id).ok_or_else(|| Error::Refused(format!("{}: bad name", n.path)))?,
+            )?,
+            backup: path_str(&txn::backup_path(p, id).ok_or_else(|| Error::Refused(format!("{}: bad name", n.path)))?)?,
+            path: n.path,
+            old: n.old,
+            new: Some(NewContent { kind: n.kind, identity: None }),
+            progress: TargetProgress::Pending,
+            change: n.change as u32,
+        });
+    }
+    // Targets the changed packages have now and will not have: removed,
+    // unless a new target replaces them (same path, or an enclosing one) or
+    // they lie inside another removed or replaced directory of the set.
+    let dir_olds: Vec<String> = changes
+        .iter()
+        .filter_map(|c| old_of(c.name()))
+        .flat_map(|p| p.targets.iter().filter(|t| t.kind == EntryKind::Dir).map(|t| t.path.clone()))
+        .collect();
+    let new_count = targets.len();
+    for (ci, c) in changes.iter().enumerate() {
+        let Some(old_pkg) = old_of(c.name()) else { continue };
+        for ot in &old_pkg.targets {
+            let replaced = targets[..new_count].iter().any(|t| t.path == ot.path || strictly_inside(&ot.path, &t.path));
+            if replaced || dir_olds.iter().any(|d| strictly_inside(&ot.path, d)) {
+                continue;
+            }
+            check_removal(&others, &ot.path, c.name())?;
+            if let Some(t) = targets[..new_count].iter().find(|t| nests(&t.path, &ot.path)) {
+                let owner = changes[t.change as usize].name();
+                return Err(Error::Refused(if owner == c.name() {
+                    format!(
+                        "the new version of {owner:?} installs {}, which nests with {} of the installed version, \
+                         which this upgrade would remove; nothing was changed: uninstall it first \
+                         (`stagehand uninstall {owner}`), then install the new version",
+                        t.path, ot.path
+                    )
+                } else {
+                    format!(
+                        "package {owner:?} would install {} inside {} of package {:?}, which this transaction \
+                         removes; nothing was changed",
+                        t.path,
+                        ot.path,
+                        c.name()
+                    )
+                }));
+            }
+            if stage_items.iter().flat_map(|s| &s.embedded).any(|e| nests(&e.path, &ot.path)) {
+                return Err(Error::Refused(format!(
+                    "{} of package {:?} is removed by this transaction, but a new file is placed inside it; nothing was changed",
+                    ot.path,
+                    c.name()
+                )));
+            }
+            let mut t = removal_target(&ot.path, id)?;
+            t.change = ci as u32;
+            targets.push(t);
+        }
+    }
+    if targets.len() > txn::MAX_TARGETS {
+        return Err(Error::Refused(format!(
+            "this transaction has {} targets, over the limit of {}; split it. Nothing was changed",
+            targets.len(),
+            txn::MAX_TARGETS
+        )));
+    }
+    check_space(state_dir, &changes)?;
+
+    let mut created_dirs: Vec<String> = created.into_iter().collect();
+    created_dirs.sort_by_key(|d| d.len());
+    let mut work = Vec::new();
+    let mut recs = Vec::new();
+    let mut total_bytes = 0;
+    for c in changes {
+        let old_pkg = old_of(c.name());
+        let old = old_pkg.map(|p| VersionRecord {
+            manifest_digest: p.manifest_digest.clone(),
+            source: p.source.clone(),
+            installed_at: p.installed_at,
+            placement: p.placement.clone(),
+        });
+        match c {
+            ChangeRequest::Remove { name } => {
+                if old_pkg.is_none() {
+                    return Err(Error::NotInstalled(name));
+                }
+                recs.push(PackageChange { name, op: Op::Uninstall, old, new_package: None });
+                work.push(ChangeWork { blobs: None, template: None, limits: Limits::default(), layout: None });
+            }
+            ChangeRequest::Put(req) => {
+                let req = *req;
+                total_bytes += req
+                    .planned
+                    .iter()
+                    .map(|pt| match &pt.content {
+                        PlannedContent::Dir(layers) => layers.iter().map(|(d, _)| d.size).sum(),
+                        PlannedContent::File(d, _) => d.size,
+                    })
+                    .sum::<u64>();
+                // The versions to keep for rollback: the one replaced, then older ones.
+                let previous: Vec<VersionRecord> = old_pkg
+                    .iter()
+                    .flat_map(|p| old.clone().into_iter().chain(p.previous.iter().cloned()))
+                    .filter(|v| v.manifest_digest != req.artifact.manifest_digest)
+                    .take(keep_versions(req.keep_versions) - 1)
+                    .collect();
+                let template = PackageRecord {
+                    name: req.name.clone(),
+                    manifest_digest: req.artifact.manifest_digest.clone(),
+                    source: req.source.clone(),
+                    installed_at: 0,
+                    txn: id,
+                    targets: Vec::new(),
+                    placement: req.placement,
+                    previous,
+                    signed_by: req.signed_by,
+                };
+                recs.push(PackageChange { name: req.name, op: req.op, old, new_package: None });
+                work.push(ChangeWork {
+                    blobs: Some(req.blobs),
+                    template: Some(template),
+                    limits: req.limits,
+                    layout: req.layout.map(|l| (l, req.artifact)),
+                });
+            }
+        }
+    }
+    let rec = TxnRecord {
+        id,
+        op,
+        step: Step::Planned,
+        started_at: now(),
+        recovered: false,
+        changes: recs,
+        targets,
+        created_dirs,
+    };
+    Ok(TxnPlan { rec, stage: stage_items, work, total_bytes })
+}
+
+/// Refuses early when a filesystem involved lacks the space the set needs:
+/// the blob cache's, for layout blobs copied into it (hard links on the same
+/// filesystem need none), and each target's.
+fn check_space(state_dir: &Path, changes: &[ChangeRequest]) -> Result<()> {
+    let cache = source::cache::BlobCache::new(state_dir);
+    let mut check = space::SpaceCheck::default();
+    for c in changes {
+        let ChangeRequest::Put(req) = c else { continue };
+        let layout = req.layout.as_deref().map(source::OciLayout::open).transpose()?;
+        if let Some(l) = &layout {
+            let (cache_dev, _) = fsops::free_space(cache.root()).map_err(io("checking the blob cache's free space"))?;
+            let m = &req.artifact.manifest;
+            for desc in std::iter::once(&m.config).chain(&m.layers) {
+                let src = l.blob_path(&desc.digest)?;
+                let same_fs = fsops::free_space(&src).is_ok_and(|(dev, _)| dev == cache_dev);
+                if !same_fs && !cache.contains(desc)? {
+                    check.add(cache.root(), desc.size, format!("a copy of blob {} in the blob cache", desc.digest))?;
+                }
+            }
+        }
+        let blob_file = |d: &source::Descriptor| -> Option<PathBuf> {
+            let p = match &layout {
+                Some(l) => l.blob_path(&d.digest).ok()?,
+                None => cache.blob_path(&d.digest).ok()?,
+            };
+            p.is_file().then_some(p)
+        };
+        space::add_targets(&mut check, &req.planned, &blob_file)?;
+    }
+    check.check()
+}
+
+/// What is at a target when a txn is planned: its identity, with the
+/// sha256 of a regular file so recovery can recognise it by content.
+/// A directory with a filesystem mounted inside it is refused: the
+/// transaction would move the mount aside with the old version, and its
+/// files with it.
+fn old_identity(p: &Path) -> Result<Option<txn::Identity>> {
+    let mut old = fsops::identity(p).map_err(io(format!("observing {}", p.display())))?;
+    if old.is_some_and(|o| o.kind == EntryKind::Dir) {
+        if let Some(m) = mounts_at_or_under(p).into_iter().next() {
+            return Err(Error::Refused(format!(
+                "{m} is a mount point inside {}: replacing or removing {} would move the mounted filesystem \
+                 aside with the old version; nothing was changed: unmount it first (`umount {m}`)",
+                p.display(),
+                p.display()
+            )));
+        }
+    }
+    if let Some(o) = old.as_mut().filter(|o| o.kind == EntryKind::File) {
+        let (_, hex) = fsops::sha256_file(p).map_err(io(format!("hashing {}", p.display())))?;
+        o.sha256 = Some(exec::digest_bytes(&hex));
+    }
+    Ok(old)
+}
+
+fn removal_target(path: &str, id: TxnId) -> Result<TargetPlan> {
+    let p = Path::new(path);
+    let old = old_identity(p)?;
+    Ok(TargetPlan {
+        path: path.to_string(),
+        staging: path_str(&txn::staging_path(p, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?)?,
+        backup: path_str(&txn::backup_path(p, id).ok_or_else(|| Error::Refused(format!("{path}: bad name")))?)?,
+        old,
+        new: None,
+        progress: TargetProgress::Pending,
+        change: 0,
+    })
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
+}

@@ -1,0 +1,172 @@
+//! The executor of a planned transaction: import layout blobs into the
+//! cache, journal the plan, stage every target, journal `staged`, commit,
+//! then finish through `exec::drive` — the code recovery runs too. Before
+//! the commit point every error rolls the whole transaction back; after it,
+//! the transaction is finished (retried once, else left for recovery).
+
+use std::path::{Path, PathBuf};
+
+use super::planner::{ChangeWork, StageItem, TxnPlan};
+use super::resolve::import_layout_blobs;
+use super::{exec, interrupt, io, now, progress, stage, Error, Installer, Result};
+use crate::fsops;
+use crate::journal::JournalError;
+use crate::plan::PlannedContent;
+use crate::txn::{EntryKind, InstalledTarget, NewContent, Outcome, PackageRecord, Step, TxnRecord};
+
+impl Installer {
+    /// Runs a planned transaction to its end. Returns the finished record.
+    pub(super) fn execute(&self, plan: TxnPlan, show_progress: bool) -> Result<TxnRecord> {
+        let TxnPlan { mut rec, stage, mut work, total_bytes } = plan;
+        for w in &work {
+            if let Some((layout, artifact)) = &w.layout {
+                // Keep the version's blobs in the cache, so a later rollback is offline.
+                import_layout_blobs(&self.state_dir, layout, artifact)?;
+            }
+        }
+        self.journal.write_txn(&rec, "planned")?;
+        tracing::debug!(txn = rec.id, targets = rec.targets.len(), packages = rec.changes.len(), "planned");
+        let stages_something = rec.targets.iter().any(|t| t.new.is_some());
+        if stages_something {
+            // Everything from here until the commit point rolls back on error.
+            let bar = progress::Progress::new(total_bytes, show_progress);
+            let staged = stage_all(&mut rec, &stage, &mut work, &bar);
+            bar.finish();
+            if let Err(e) = staged {
+                return Err(self.roll_back(rec, e));
+            }
+            self.journal.write_txn(&rec, "staged").map_err(|e| self.roll_back(rec.clone(), e.into()))?;
+            // The last boundary before the commit point: a Ctrl-C here still rolls back.
+            if interrupt::requested() {
+                return Err(self.roll_back(rec, Error::Interrupted));
+            }
+            tracing::debug!(txn = rec.id, "staged");
+        }
+        rec.step = Step::Committed;
+        if let Err(e) = self.journal.write_txn(&rec, "commit") {
+            return Err(self.commit_failed(rec, e));
+        }
+        let rec = self.finish_committed(rec)?;
+        self.prune_quietly();
+        Ok(rec)
+    }
+
+    /// The commit record could not be written (it may or may not be on
+    /// disk). No target has moved yet, so rolling back is right either way:
+    /// if the record did land, the rollback record written now supersedes it,
+    /// and if even that fails, recovery finds the old content at every target.
+    fn commit_failed(&self, mut rec: TxnRecord, e: JournalError) -> Error {
+        rec.step = if rec.targets.iter().any(|t| t.new.is_some()) { Step::Staged } else { Step::Planned };
+        self.roll_back(rec, e.into())
+    }
+
+    /// Rolls back a live transaction that failed before its commit point.
+    fn roll_back(&self, mut rec: TxnRecord, cause: Error) -> Error {
+        debug_assert!(!rec.step.is_committed(), "live rollback only before the commit point");
+        let msg = cause.to_string();
+        match exec::drive(&self.journal, &mut rec, false, Some(msg)) {
+            Ok(_) => Error::RolledBack { cause: Box::new(cause) },
+            Err(e) => Error::Refused(format!(
+                "{cause}\nRolling back also failed ({e}); the next stagehand command (or `stagehand repair`) finishes the rollback."
+            )),
+        }
+    }
+
+    /// After the commit point: finish, retrying once through recovery.
+    fn finish_committed(&self, mut rec: TxnRecord) -> Result<TxnRecord> {
+        let first = match exec::drive(&self.journal, &mut rec, false, None) {
+            Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => return Ok(rec),
+            Ok(_) => {
+                return Err(Error::Refused(
+                    "the transaction was rolled back after its commit point because its new content was lost".into(),
+                ))
+            }
+            Err(e @ Error::RecoveryRefused { .. }) => return Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!(error = %first, "finishing the committed transaction failed; retrying once");
+        // Re-read the record: the journal has the truth of how far it got.
+        let again = self.journal.pending()?.into_iter().find(|r| r.id == rec.id);
+        match again {
+            None => Ok(rec),
+            Some(mut r) => match exec::drive(&self.journal, &mut r, false, None) {
+                Ok(Outcome::Done | Outcome::RolledForwardByRecovery) => Ok(r),
+                Ok(_) => Err(Error::Refused("the transaction was rolled back after its commit point".into())),
+                Err(_) => Err(Error::LeftForRecovery { cause: Box::new(first) }),
+            },
+        }
+    }
+}
+
+/// Stages every target (and the files embedded in directory targets), then
+/// makes them durable and fills in each change's registry entry.
+fn stage_all(
+    rec: &mut TxnRecord,
+    items: &[StageItem],
+    work: &mut [ChangeWork],
+    bar: &progress::Progress,
+) -> Result<()> {
+    for d in &rec.created_dirs {
+        fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent")
+            .map_err(io(format!("creating {d}")))?;
+    }
+    let mut installed: Vec<Vec<InstalledTarget>> = vec![Vec::new(); work.len()];
+    for item in items {
+        if interrupt::requested() {
+            return Err(Error::Interrupted);
+        }
+        let t = &mut rec.targets[item.target];
+        let change = t.change as usize;
+        let w = &work[change];
+        let Some(blobs) = w.blobs.as_deref() else {
+            return Err(Error::Refused(format!("{}: no blob source for new content (a planner bug)", t.path)));
+        };
+        let blobs = bar.over(blobs);
+        let staging = PathBuf::from(&t.staging);
+        let staged = match &item.content {
+            PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &item.carry, &blobs, w.limits)?,
+            PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, &blobs, w.limits)?,
+        };
+        let kind = if matches!(item.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
+        let mut identity = staged.identity;
+        if kind == EntryKind::File {
+            identity.sha256 = staged.entries.first().map(|e| exec::digest_bytes(&e.sha256));
+        }
+        t.new = Some(NewContent { kind, identity: Some(identity) });
+        installed[change].push(InstalledTarget { path: t.path.clone(), kind, entries: staged.entries });
+        for e in &item.embedded {
+            let ew = &work[e.change];
+            let Some(eblobs) = ew.blobs.as_deref() else {
+                return Err(Error::Refused(format!("{}: no blob source for new content (a planner bug)", e.path)));
+            };
+            let eblobs = bar.over(eblobs);
+            let PlannedContent::File(desc, bytes) = &e.content else {
+                return Err(Error::Refused(format!("{}: only files are placed inside another target", e.path)));
+            };
+            let at = staging.join(&e.rel);
+            if let Some(parent) = at.parent().filter(|p| !p.exists()) {
+                fsops::create_dir_all_durable(parent, 0o755 & !fsops::umask(), "staging")
+                    .map_err(io(format!("creating {}", parent.display())))?;
+            }
+            let staged = stage::stage_file(&at, desc, *bytes, &eblobs, ew.limits)?;
+            installed[e.change].push(InstalledTarget {
+                path: e.path.clone(),
+                kind: EntryKind::File,
+                entries: staged.entries,
+            });
+        }
+    }
+    let staged_paths: Vec<PathBuf> =
+        rec.targets.iter().filter(|t| t.new.is_some()).map(|t| PathBuf::from(&t.staging)).collect();
+    tracing::debug!(txn = rec.id, "written; making durable");
+    stage::make_durable(&staged_paths)?;
+    rec.step = Step::Staged;
+    let at = now();
+    for (ci, w) in work.iter_mut().enumerate() {
+        if let Some(template) = w.template.take() {
+            let targets = std::mem::take(&mut installed[ci]);
+            rec.changes[ci].new_package = Some(PackageRecord { installed_at: at, txn: rec.id, targets, ..template });
+        }
+    }
+    Ok(())
+}
