@@ -425,12 +425,14 @@ impl Installer {
                 }
                 (artifact, Box::new(layout))
             }
-            // The whole pull (into the blob cache) happens here, before anything
-            // is planned; staging then reads only from the cache.
+            // The manifest is resolved here and the blobs start downloading
+            // into the cache; staging (after the planned record) reads each
+            // blob while it downloads, and the staged record waits for every
+            // blob to be complete and durable in the cache.
             SourceRef::Registry { registry, repository, selector } => {
                 let opts =
                     source::registry::RegistryOptions { verify_key: req.verify_key.clone(), ..req.registry.clone() };
-                let pulled = source::registry::pull(
+                let resolved = source::registry::resolve(
                     &self.state_dir,
                     registry,
                     repository,
@@ -439,8 +441,14 @@ impl Installer {
                     &opts,
                     interrupt::requested,
                 );
-                match pulled {
-                    Ok((artifact, cache)) => (artifact, Box::new(cache)),
+                match resolved {
+                    Ok(r) => {
+                        let artifact = r.artifact().clone();
+                        // The download bars show progress; no second bar for extracting.
+                        let mut req = req.clone();
+                        req.registry.progress = false;
+                        return self.install_resolved(&source_ref, artifact, Box::new(r.start()), &req);
+                    }
                     Err(SourceError::Interrupted) => return Err(Error::Interrupted),
                     Err(e) => return Err(e.into()),
                 }
@@ -694,7 +702,20 @@ impl Installer {
         let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template, req.limits);
         shown.finish();
         if let Err(e) = staged {
-            return Err(self.roll_back(rec, e));
+            // A blob download that failed is the cause, not the read that saw it.
+            let cause = match source::BlobSource::abort(&shown) {
+                _ if interrupt::requested() => Error::Interrupted,
+                Some(SourceError::Interrupted) => Error::Interrupted,
+                Some(download) => download.into(),
+                None => e,
+            };
+            return Err(self.roll_back(rec, cause));
+        }
+        // Every blob complete in the cache (verified, fsynced) before the staged record.
+        match source::BlobSource::complete(&shown) {
+            Ok(()) => {}
+            Err(SourceError::Interrupted) => return Err(self.roll_back(rec, Error::Interrupted)),
+            Err(e) => return Err(self.roll_back(rec, e.into())),
         }
         self.journal.write_txn(&rec, "staged").map_err(|e| self.roll_back(rec.clone(), e.into()))?;
         // The last boundary before the commit point: a Ctrl-C here still rolls back.
