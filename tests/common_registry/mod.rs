@@ -261,30 +261,57 @@ pub fn write_htpasswd(path: &Path, user: &str, pass: &str) {
 
 /// Forwards connections from its port to `127.0.0.1:upstream`, sending
 /// responses at about `bytes_per_sec`. Stops accepting when dropped.
+/// [`SlowProxy::dropping`] also breaks connections off halfway.
 pub struct SlowProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    /// Connections still to be cut off (see [`SlowProxy::dropping`]).
+    pub cuts_left: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How a [`SlowProxy`] misbehaves.
+#[derive(Debug, Clone, Copy)]
+struct Misbehave {
+    bytes_per_sec: u64,
+    /// Close a connection once it carried this many response bytes, while
+    /// `cuts_left` is above zero (each cut takes one).
+    cut_after: u64,
+    /// Remove `Range:` headers from requests.
+    strip_range: bool,
 }
 
 impl SlowProxy {
     pub fn start(upstream: u16, bytes_per_sec: u64) -> SlowProxy {
+        SlowProxy::dropping(upstream, bytes_per_sec, 0, u64::MAX, false)
+    }
+
+    /// Like [`SlowProxy::start`], and the first `cuts` connections that
+    /// carry more than `cut_after` response bytes are closed right there
+    /// (the registry "drops the connection halfway"). With `strip_range`,
+    /// `Range` headers are removed from requests (a registry that ignores
+    /// range requests and sends the whole blob again).
+    pub fn dropping(upstream: u16, bytes_per_sec: u64, cuts: u64, cut_after: u64, strip_range: bool) -> SlowProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let cuts_left = Arc::new(std::sync::atomic::AtomicU64::new(cuts));
+        let cuts2 = cuts_left.clone();
+        let how = Misbehave { bytes_per_sec, cut_after, strip_range };
         thread::spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
-                        thread::spawn(move || proxy_conn(client, upstream, bytes_per_sec));
+                        let cuts = cuts2.clone();
+                        thread::spawn(move || proxy_conn(client, upstream, how, cuts));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        SlowProxy { port, stop }
+        SlowProxy { port, stop, cuts_left }
     }
 }
 
@@ -294,7 +321,19 @@ impl Drop for SlowProxy {
     }
 }
 
-fn proxy_conn(client: TcpStream, upstream: u16, bytes_per_sec: u64) {
+/// `request` without its `Range:` header lines.
+fn without_range(request: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(request);
+    if !text.to_ascii_lowercase().contains("\r\nrange:") {
+        return request.to_vec();
+    }
+    text.split_inclusive("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("range:"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn proxy_conn(client: TcpStream, upstream: u16, how: Misbehave, cuts: Arc<std::sync::atomic::AtomicU64>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
@@ -306,7 +345,8 @@ fn proxy_conn(client: TcpStream, upstream: u16, bytes_per_sec: u64) {
             match c_read.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if s_write.write_all(&buf[..n]).is_err() {
+                    let out = if how.strip_range { without_range(&buf[..n]) } else { buf[..n].to_vec() };
+                    if s_write.write_all(&out).is_err() {
                         break;
                     }
                 }
@@ -316,13 +356,22 @@ fn proxy_conn(client: TcpStream, upstream: u16, bytes_per_sec: u64) {
     });
     let (mut s_read, mut c_write) = (server, client);
     let chunk = 64 * 1024;
-    let pause = Duration::from_secs_f64(chunk as f64 / bytes_per_sec as f64);
+    let pause = Duration::from_secs_f64(chunk as f64 / how.bytes_per_sec as f64);
     let mut buf = vec![0u8; chunk];
+    let mut sent = 0u64;
     loop {
         match s_read.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                let over = sent + n as u64 > how.cut_after;
+                let cut = over && cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)).is_ok();
+                let n = if cut { (how.cut_after - sent) as usize } else { n };
                 if c_write.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                sent += n as u64;
+                if cut {
+                    let _ = s_read.shutdown(Shutdown::Both);
                     break;
                 }
                 thread::sleep(pause);
@@ -381,28 +430,7 @@ impl Run {
 
 /// Runs `stagehand --state-dir STATE ARGS...` with `env` added and `stdin` fed.
 pub fn run_bin<S: AsRef<OsStr>>(state: &Path, args: &[S], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--state-dir").arg(state).args(args);
-    for k in SCRUBBED_ENV {
-        cmd.env_remove(k);
-    }
-    cmd.env("NO_COLOR", "1");
-    // Never read the developer's own Docker credentials.
-    cmd.env("HOME", state.parent().unwrap_or(state));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            libc::setrlimit(libc::RLIMIT_CORE, &zero);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    let mut child = spawn_bin(state, args, env, stdin.is_some());
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes()).expect("write stdin");
     }
@@ -414,6 +442,33 @@ pub fn run_bin<S: AsRef<OsStr>>(state: &Path, args: &[S], env: &[(&str, &str)], 
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Starts the binary as [`run_bin`] does and returns it running (a test
+/// that SIGKILLs it at a moment of its choosing).
+pub fn spawn_bin<S: AsRef<OsStr>>(state: &Path, args: &[S], env: &[(&str, &str)], stdin: bool) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--state-dir").arg(state).args(args);
+    for k in SCRUBBED_ENV {
+        cmd.env_remove(k);
+    }
+    cmd.env("NO_COLOR", "1");
+    // Never read the developer's own Docker credentials.
+    cmd.env("HOME", state.parent().unwrap_or(state));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &zero);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
 }
 
 /// A state dir and a destination dir under one temp dir.
@@ -655,6 +710,19 @@ impl LayoutBuilder {
         self.blob(MT_MANIFEST, &serde_json::to_vec(&manifest).expect("json"))
     }
 
+    /// A manifest with these layer descriptors (and an empty config).
+    pub fn manifest(&self, layers: &[serde_json::Value]) -> serde_json::Value {
+        let config = self.blob("application/vnd.oci.empty.v1+json", b"{}");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MT_MANIFEST,
+            "artifactType": "application/vnd.stagehand.test.v1",
+            "config": config,
+            "layers": layers,
+        });
+        self.blob(MT_MANIFEST, &serde_json::to_vec(&manifest).expect("json"))
+    }
+
     /// An image index over `(platform os, arch, manifest descriptor)`.
     pub fn index(&self, entries: &[(&str, &str, serde_json::Value)]) -> serde_json::Value {
         let manifests: Vec<serde_json::Value> = entries
@@ -681,6 +749,27 @@ impl LayoutBuilder {
         let index = serde_json::json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": self.entries});
         fs::write(self.dir.join("index.json"), serde_json::to_vec(&index).expect("json")).expect("index.json");
     }
+}
+
+/// A tar archive of regular files (mode 0644, mtime 0), directories implied.
+pub fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data.as_slice()).expect("tar entry");
+    }
+    b.into_inner().expect("tar")
+}
+
+/// `bytes`, gzipped.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip");
+    enc.finish().expect("gzip")
 }
 
 /// `len` bytes from a fixed xorshift stream (incompressible, reproducible).
