@@ -23,6 +23,9 @@ use crate::source::{BlobSource, Descriptor, SourceError};
 
 type Tasks = JoinSet<Result<(), SourceError>>;
 
+/// Buffer between a follower and staging's tar reader.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
 /// The tasks of a pull that has not been waited for yet.
 struct Running {
     runtime: Runtime,
@@ -114,7 +117,9 @@ impl BlobSource for Downloads {
         let open = Box::new(move || {
             cache.open_blob(&cached).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         });
-        Ok(Box::new(Follower::new(feed.clone(), desc.size, blob_label(desc), self.interrupted, open)))
+        let follower = Follower::new(feed.clone(), desc.size, blob_label(desc), self.interrupted, open);
+        // Tar reads in small pieces; one pread per piece would be wasteful.
+        Ok(Box::new(std::io::BufReader::with_capacity(READ_BUFFER_BYTES, follower)))
     }
 
     fn complete(&self) -> Result<(), SourceError> {
