@@ -1,31 +1,56 @@
 #!/usr/bin/env bash
-# Benchmark: pulling a ~200 MiB, 2,000-file artifact from a local registry.
+# Benchmark: installing from a local registry against what a user would run
+# instead, all in the same run on the same throwaway docker-registry.
 #
-# Builds an OCI layout whose one layer is an uncompressed tar of 2,000
-# random 100 KiB files (~200 MiB), pushes it to a throwaway local
-# docker-registry (scripts/registry.sh), then times, RUNS times each (default 3):
-#   stagehand  `stagehand install REG/bench:v1 --to DIR --plain-http` into a
-#              fresh state dir and destination (pull + verify + extract +
-#              fsync + journaled swap)
-#   cached     the same install with the blobs already in the cache (the part
-#              that is not network: extract + fsync + swap)
-#   skopeo     `skopeo copy docker://REG/bench:v1 oci:DIR` into a fresh dir
-# and prints the medians, the stagehand/skopeo ratio (goal <= 1.0) and
-# stagehand's peak RSS (/usr/bin/time -v).
+# Builds artifacts of FILES files of 100 KiB each (default 2,000, ~200 MiB;
+# half of every file is random, half repeats, so gzip halves it), pushes
+# them to a local docker-registry (scripts/registry.sh) in two layer
+# formats, `tar` (uncompressed) and `gz` (tar+gzip), each as v1 and v2
+# (different bytes), then times RUNS times each (default 3):
+#   fresh      `stagehand install REG/bench:KIND-v1 --to DIR --plain-http`
+#              into a fresh state dir and destination
+#   upgrade    then the same with KIND-v2 (its blobs not cached): pull,
+#              verify, extract, fsync, journaled swap, old version removed
+#   skopeo     `skopeo copy docker://REG/bench:KIND-v1 oci:DIR`: only a download
+#   skopeo+tar the same, then `tar -xf` of its layer into a fresh dir, then
+#              `sync`: the unsafe way to get the same files
+#   curl       `curl` of the raw blobs (config + layer), in parallel: the
+#              loopback limit
+# and prints the medians and the ratios stagehand/baseline, for a fresh
+# install and for an upgrade (goals: skopeo <= 1.0, skopeo+tar <= 0.7,
+# curl <= 2). Then installs one BIG_MIB artifact (default 1024 MiB, 1 MiB
+# files) once, to report stagehand's peak RSS (goal <= 64 MiB).
+# `uptime` is printed before and after: the machine may be shared.
 #
-# Usage: scripts/bench-pull.sh [RUNS]      (needs docker-registry, skopeo,
-#        GNU time, python3; uses the release build, building it if needed)
+# Usage: scripts/bench-pull.sh [--quick] [RUNS]
+#   --quick   200 files, a 128 MiB RSS artifact, 1 run unless RUNS is given
+# Environment: FILES, BIG_MIB override the sizes; KINDS="tar gz" the formats.
+# Needs docker-registry, skopeo, curl, GNU time, python3; uses the release
+# build, building it if needed.
 set -euo pipefail
 export LC_ALL=C
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-runs=${1:-3}
-files=2000
+quick=0
+if [ "${1:-}" = "--quick" ]; then
+  quick=1
+  shift
+fi
+if [ "$quick" = 1 ]; then
+  runs=${1:-1}
+  files=${FILES:-200}
+  big_mib=${BIG_MIB:-128}
+else
+  runs=${1:-3}
+  files=${FILES:-2000}
+  big_mib=${BIG_MIB:-1024}
+fi
+kinds=${KINDS:-tar gz}
 file_size=$((100 * 1024))
 
 die() { echo "bench-pull: $*" >&2; exit 1; }
-for tool in docker-registry skopeo python3; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install docker-registry skopeo python3)"
+for tool in docker-registry skopeo python3 curl; do
+  command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install docker-registry skopeo python3 curl)"
 done
 if [ ! -x /usr/bin/time ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -45,50 +70,76 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> building a ${files}-file, $((files * file_size / 1024 / 1024)) MiB artifact in $work"
-python3 - "$work" "$files" "$file_size" <<'EOF'
-import hashlib, io, json, os, sys, tarfile
-work, files, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+echo "==> uptime before: $(uptime)"
+echo "==> building ${files}-file, $((files * file_size / 1024 / 1024)) MiB artifacts (${kinds}) and a ${big_mib} MiB one in $work"
+python3 - "$work" "$files" "$file_size" "$big_mib" <<'EOF'
+import gzip, hashlib, io, json, os, sys, tarfile
+work, files, size, big_mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 layout = os.path.join(work, "layout")
 blobs = os.path.join(layout, "blobs", "sha256")
 os.makedirs(blobs)
+def put_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    n = os.path.getsize(path)
+    os.rename(path, os.path.join(blobs, h.hexdigest()))
+    return {"digest": "sha256:" + h.hexdigest(), "size": n}
 def put(data):
     h = hashlib.sha256(data).hexdigest()
     with open(os.path.join(blobs, h), "wb") as f:
         f.write(data)
     return {"digest": "sha256:" + h, "size": len(data)}
-tar_path = os.path.join(work, "layer.tar")
-with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
-    for d in range(files // 100):
-        info = tarfile.TarInfo(f"data/d{d:03}")
-        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
-        tar.addfile(info)
-    for i in range(files):
-        info = tarfile.TarInfo(f"data/d{i // 100:03}/f{i:05}.bin")
-        info.size, info.mode, info.mtime = size, 0o644, 0
-        tar.addfile(info, io.BytesIO(os.urandom(size)))
-h = hashlib.sha256()
-with open(tar_path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:" + h.hexdigest(),
-         "size": os.path.getsize(tar_path)}
-os.rename(tar_path, os.path.join(blobs, h.hexdigest()))
+def make_tar(path, count, fsize, half_random):
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for d in range((count + 99) // 100):
+            info = tarfile.TarInfo(f"data/d{d:03}")
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+            tar.addfile(info)
+        for i in range(count):
+            info = tarfile.TarInfo(f"data/d{i // 100:03}/f{i:05}.bin")
+            info.size, info.mode, info.mtime = fsize, 0o644, 0
+            if half_random:
+                r = os.urandom(fsize // 2)
+                data = r + (os.urandom(64) * (fsize // 128 + 1))[: fsize - len(r)]
+            else:
+                data = os.urandom(fsize)
+            tar.addfile(info, io.BytesIO(data))
 config = dict(mediaType="application/vnd.oci.empty.v1+json", **put(b"{}"))
-manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "artifactType": "application/vnd.stagehand.bench.v1", "config": config, "layers": [layer]}
-m = put(json.dumps(manifest, separators=(",", ":")).encode())
-index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-         "manifests": [dict(mediaType=manifest["mediaType"], annotations={"org.opencontainers.image.ref.name": "v1"}, **m)]}
+manifests = []
+def tag(name, layer_desc):
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "artifactType": "application/vnd.stagehand.bench.v1", "config": config, "layers": [layer_desc]}
+    m = put(json.dumps(manifest, separators=(",", ":")).encode())
+    manifests.append(dict(mediaType=manifest["mediaType"], annotations={"org.opencontainers.image.ref.name": name}, **m))
+    with open(os.path.join(work, f"layer-{name}"), "w") as f:
+        f.write(layer_desc["digest"])
+for v in ("v1", "v2"):
+    tar_path = os.path.join(work, f"layer-{v}.tar")
+    make_tar(tar_path, files, size, True)
+    gz_path = tar_path + ".gz"
+    with open(tar_path, "rb") as src, gzip.GzipFile(gz_path, "wb", compresslevel=6, mtime=0) as dst:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            dst.write(chunk)
+    tag(f"tar-{v}", dict(mediaType="application/vnd.oci.image.layer.v1.tar", **put_file(tar_path)))
+    tag(f"gz-{v}", dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip", **put_file(gz_path)))
+big_path = os.path.join(work, "layer-big.tar")
+make_tar(big_path, big_mib, 1 << 20, False)
+tag("big", dict(mediaType="application/vnd.oci.image.layer.v1.tar", **put_file(big_path)))
 with open(os.path.join(layout, "index.json"), "w") as f:
-    json.dump(index, f)
+    json.dump({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}, f)
 with open(os.path.join(layout, "oci-layout"), "w") as f:
     f.write('{"imageLayoutVersion":"1.0.0"}')
 EOF
 
 reg=$("$repo/scripts/registry.sh" start "$work/registry")
-"$repo/scripts/registry.sh" push "$work/registry" "$work/layout" v1 bench:v1
-echo "==> pushed to $reg/bench:v1"
+for t in tar-v1 tar-v2 gz-v1 gz-v2 big; do
+  "$repo/scripts/registry.sh" push "$work/registry" "$work/layout" "$t" "bench:$t" >/dev/null
+done
+echo "==> pushed to $reg/bench"
+config_digest=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["manifests"][0]["digest"])' "$work/layout/index.json")
+config_digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["config"]["digest"])' "$work/layout/blobs/sha256/${config_digest#sha256:}")
 
 # timed OUTFILE CMD...: runs CMD under GNU time, appends "seconds rss_kib" to OUTFILE.
 timed() {
@@ -101,33 +152,73 @@ timed() {
   echo "$secs $rss" >>"$out"
 }
 
-: >"$work/stagehand.txt"
-: >"$work/cached.txt"
-: >"$work/skopeo.txt"
-for i in $(seq 1 "$runs"); do
-  rm -rf "$work/state" "$work/dest" "$work/oci"
-  sync
-  timed "$work/stagehand.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:v1" --to "$work/dest/app" --plain-http
-  # Same install again, blobs cached: uninstall first so it is a fresh install.
-  "$bin" --state-dir "$work/state" -q uninstall bench
-  sync
-  timed "$work/cached.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:v1" --to "$work/dest/app" --plain-http
-  sync
-  timed "$work/skopeo.txt" skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$reg/bench:v1" "oci:$work/oci:v1"
-  echo "    run $i: stagehand $(tail -1 "$work/stagehand.txt" | cut -d' ' -f1)s, cached $(tail -1 "$work/cached.txt" | cut -d' ' -f1)s, skopeo $(tail -1 "$work/skopeo.txt" | cut -d' ' -f1)s"
+# The baselines, as scripts GNU time can run.
+cat >"$work/skopeo-tar.sh" <<'EOF'
+#!/usr/bin/env bash
+# skopeo-tar.sh REG TAG OCI OUT LAYER_HEX TARFLAGS
+set -euo pipefail
+skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$1/bench:$2" "oci:$3:$2"
+mkdir -p "$4"
+tar "$6" "$3/blobs/sha256/$5" -C "$4"
+sync
+EOF
+cat >"$work/curl.sh" <<'EOF'
+#!/usr/bin/env bash
+# curl.sh REG OUTDIR DIGEST...: fetches the blobs in parallel.
+set -euo pipefail
+reg=$1 out=$2
+shift 2
+mkdir -p "$out"
+pids=()
+for d in "$@"; do
+  curl -sf -o "$out/${d#sha256:}" "http://$reg/v2/bench/blobs/$d" &
+  pids+=($!)
 done
+for p in "${pids[@]}"; do wait "$p"; done
+EOF
+chmod +x "$work/skopeo-tar.sh" "$work/curl.sh"
 
 median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-s_med=$(cut -d' ' -f1 "$work/stagehand.txt" | median)
-c_med=$(cut -d' ' -f1 "$work/cached.txt" | median)
-k_med=$(cut -d' ' -f1 "$work/skopeo.txt" | median)
-rss_max=$(cut -d' ' -f2 "$work/stagehand.txt" | sort -n | tail -1)
-k_rss=$(cut -d' ' -f2 "$work/skopeo.txt" | sort -n | tail -1)
-ratio=$(awk -v a="$s_med" -v b="$k_med" 'BEGIN {printf "%.2f", a / b}')
+med() { cut -d' ' -f1 "$1" | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+maxrss() { cut -d' ' -f2 "$@" | sort -n | tail -1; }
+
+for kind in $kinds; do
+  layer=$(cat "$work/layer-$kind-v1")
+  flags=-xf
+  [ "$kind" = gz ] && flags=-xzf
+  for f in fresh upgrade skopeo skopeotar curl; do : >"$work/$kind-$f.txt"; done
+  for i in $(seq 1 "$runs"); do
+    rm -rf "$work/state" "$work/dest" "$work/oci" "$work/out" "$work/curl"
+    sync
+    timed "$work/$kind-fresh.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:$kind-v1" --to "$work/dest/app" --plain-http
+    sync
+    timed "$work/$kind-upgrade.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:$kind-v2" --to "$work/dest/app" --plain-http
+    sync
+    timed "$work/$kind-skopeo.txt" skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$reg/bench:$kind-v1" "oci:$work/oci:$kind-v1"
+    rm -rf "$work/oci"
+    sync
+    timed "$work/$kind-skopeotar.txt" "$work/skopeo-tar.sh" "$reg" "$kind-v1" "$work/oci" "$work/out" "${layer#sha256:}" "$flags"
+    sync
+    timed "$work/$kind-curl.txt" "$work/curl.sh" "$reg" "$work/curl" "$config_digest" "$layer"
+    echo "    $kind run $i: fresh $(tail -1 "$work/$kind-fresh.txt" | cut -d' ' -f1)s, upgrade $(tail -1 "$work/$kind-upgrade.txt" | cut -d' ' -f1)s, skopeo $(tail -1 "$work/$kind-skopeo.txt" | cut -d' ' -f1)s, skopeo+tar+sync $(tail -1 "$work/$kind-skopeotar.txt" | cut -d' ' -f1)s, curl $(tail -1 "$work/$kind-curl.txt" | cut -d' ' -f1)s"
+  done
+done
+
+rm -rf "$work/state" "$work/dest"
+sync
+: >"$work/big.txt"
+timed "$work/big.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:big" --to "$work/dest/big" --plain-http
 
 echo
-echo "==> results (median of $runs runs, $files files, $(stat -c %s "$work"/layout/blobs/sha256/* | sort -n | tail -1) byte layer)"
-echo "stagehand install from registry: ${s_med}s   peak RSS $((rss_max / 1024)) MiB"
-echo "stagehand install, blobs cached: ${c_med}s"
-echo "skopeo copy to an OCI dir:       ${k_med}s   peak RSS $((k_rss / 1024)) MiB"
-echo "ratio stagehand/skopeo:          ${ratio}x (goal <= 1.0)"
+echo "==> results (median of $runs runs; $files files; layer sizes: tar $(stat -c %s "$work/layout/blobs/sha256/$(cut -c8- "$work/layer-tar-v1")") B, gz $(stat -c %s "$work/layout/blobs/sha256/$(cut -c8- "$work/layer-gz-v1")") B)"
+for kind in $kinds; do
+  fr=$(med "$work/$kind-fresh.txt") up=$(med "$work/$kind-upgrade.txt")
+  sk=$(med "$work/$kind-skopeo.txt") st=$(med "$work/$kind-skopeotar.txt") cu=$(med "$work/$kind-curl.txt")
+  echo "[$kind] stagehand fresh ${fr}s, upgrade ${up}s; skopeo ${sk}s; skopeo+tar+sync ${st}s; curl ${cu}s"
+  echo "[$kind]   fresh:   /skopeo $(ratio "$fr" "$sk")x (goal <= 1.0)   /skopeo+tar+sync $(ratio "$fr" "$st")x (goal <= 0.7)   /curl $(ratio "$fr" "$cu")x (goal <= 2)"
+  echo "[$kind]   upgrade: /skopeo $(ratio "$up" "$sk")x (goal <= 1.0)   /skopeo+tar+sync $(ratio "$up" "$st")x (goal <= 0.7)   /curl $(ratio "$up" "$cu")x (goal <= 2)"
+  echo "[$kind]   peak RSS: stagehand $(($(maxrss "$work/$kind-fresh.txt" "$work/$kind-upgrade.txt") / 1024)) MiB, skopeo $(($(maxrss "$work/$kind-skopeo.txt") / 1024)) MiB"
+done
+echo "[big] ${big_mib} MiB install: $(med "$work/big.txt")s, peak RSS $(($(maxrss "$work/big.txt") / 1024)) MiB (goal <= 64 MiB)"
+echo "==> uptime after: $(uptime)"

@@ -88,6 +88,11 @@ impl PartialFile {
         self.written + self.buf.len() as u64
     }
 
+    /// Bytes written to the file (readable by others), not counting the buffer.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
     /// True if nothing was ever appended.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

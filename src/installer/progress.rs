@@ -63,4 +63,12 @@ impl BlobSource for Counted<'_> {
         self.bar.set_message(blob_label(desc));
         Ok(Box::new(Counting { inner, bar: self.bar.clone() }))
     }
+
+    fn complete(&self) -> Result<(), SourceError> {
+        self.inner.complete()
+    }
+
+    fn abort(&self) -> Option<SourceError> {
+        self.inner.abort()
+    }
 }

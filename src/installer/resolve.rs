@@ -228,12 +228,14 @@ impl Installer {
                 }
                 (artifact, Box::new(layout))
             }
-            // The whole pull (into the blob cache) happens here, before anything
-            // is planned; staging then reads only from the cache.
+            // The manifest is resolved here and the blobs start downloading
+            // into the cache; staging (after the planned record) reads each
+            // blob while it downloads, and the staged record waits for every
+            // blob to be complete and durable in the cache.
             SourceRef::Registry { registry, repository, selector } => {
                 let opts =
                     source::registry::RegistryOptions { verify_key: req.verify_key.clone(), ..req.registry.clone() };
-                let pulled = source::registry::pull(
+                let resolved = source::registry::resolve(
                     &self.state_dir,
                     registry,
                     repository,
@@ -242,8 +244,8 @@ impl Installer {
                     &opts,
                     interrupt::requested,
                 );
-                match pulled {
-                    Ok((artifact, cache)) => (artifact, Box::new(cache)),
+                match resolved {
+                    Ok(r) => (r.artifact().clone(), Box::new(r.start())),
                     Err(SourceError::Interrupted) => return Err(Error::Interrupted),
                     Err(e) => return Err(e.into()),
                 }

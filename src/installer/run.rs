@@ -12,6 +12,7 @@ use super::{exec, interrupt, io, now, progress, stage, Error, Installer, Result}
 use crate::fsops;
 use crate::journal::JournalError;
 use crate::plan::PlannedContent;
+use crate::source::SourceError;
 use crate::txn::{EntryKind, InstalledTarget, NewContent, Outcome, PackageRecord, Step, TxnRecord};
 
 impl Installer {
@@ -33,7 +34,23 @@ impl Installer {
             let staged = stage_all(&mut rec, &stage, &mut work, &bar);
             bar.finish();
             if let Err(e) = staged {
-                return Err(self.roll_back(rec, e));
+                // A blob download that failed is the cause, not the read that saw it.
+                let download = work.iter().filter_map(|w| w.blobs.as_deref()).find_map(|b| b.abort());
+                let cause = match download {
+                    _ if interrupt::requested() => Error::Interrupted,
+                    Some(SourceError::Interrupted) => Error::Interrupted,
+                    Some(download) => download.into(),
+                    None => e,
+                };
+                return Err(self.roll_back(rec, cause));
+            }
+            // Every blob complete in the cache (verified, fsynced) before the staged record.
+            for b in work.iter().filter_map(|w| w.blobs.as_deref()) {
+                match b.complete() {
+                    Ok(()) => {}
+                    Err(SourceError::Interrupted) => return Err(self.roll_back(rec, Error::Interrupted)),
+                    Err(e) => return Err(self.roll_back(rec, e.into())),
+                }
             }
             self.journal.write_txn(&rec, "staged").map_err(|e| self.roll_back(rec.clone(), e.into()))?;
             // The last boundary before the commit point: a Ctrl-C here still rolls back.

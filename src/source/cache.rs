@@ -379,6 +379,23 @@ impl BlobWriter {
         self.partial.len()
     }
 
+    /// Bytes of the blob written to the partial file so far (readable
+    /// there; [`offset`](Self::offset) also counts buffered bytes).
+    pub fn flushed(&self) -> u64 {
+        self.partial.written()
+    }
+
+    /// Opens the partial file for reading (by a [`super::feed::Follower`]).
+    pub fn open_for_reading(&self) -> Result<File, SourceError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.partial.path();
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io_err(format!("opening {}", path.display())))
+    }
+
     /// The partial file being written.
     pub fn path(&self) -> &Path {
         self.partial.path()

@@ -13,6 +13,7 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 
 pub mod cache;
+pub mod feed;
 pub mod http;
 pub mod layout;
 pub mod manifest;
@@ -91,6 +92,23 @@ pub trait BlobSource {
     /// digest and the layer title if any) at EOF if the size or sha256 differ.
     /// Callers must read to EOF (see [`verify::drain`]).
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, SourceError>;
+
+    /// Waits until every blob this source is still fetching is complete in
+    /// the blob cache (size and sha256 checked, fsynced, renamed into
+    /// place) and returns the first failure. The installer calls it before
+    /// the transaction's staged record, so the commit point never comes
+    /// before every blob is durable. A source that fetches nothing (a
+    /// layout, the cache) returns at once.
+    fn complete(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    /// Stops every fetch still running (partial downloads are kept for a
+    /// resume) and returns the first download failure, if there was one:
+    /// the cause to report when staging failed while reading a blob.
+    fn abort(&self) -> Option<SourceError> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::cache::{BlobCache, BlobWriter};
+use super::feed::Feed;
 use super::http::{self, Basic, HttpFailure, Session};
 use super::layout::{host_platform, platform_name};
 use super::manifest::{
@@ -42,6 +43,7 @@ use super::{
     MEDIA_TYPE_MANIFEST,
 };
 
+pub mod downloads;
 mod sig;
 
 /// Layers downloaded at once unless [`RegistryOptions::max_concurrent_downloads`] says otherwise.
@@ -596,21 +598,39 @@ struct Job {
 }
 
 /// Downloads one blob into the cache, resuming a partial from an earlier
-/// attempt, and retrying a broken transfer that had made progress.
-async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Result<(), SourceError> {
+/// attempt, and retrying a broken transfer that had made progress. `feed`
+/// tells the blob's followers (staging) how far the partial file is
+/// written and how the download ended.
+async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars, feed: Arc<Feed>) -> Result<(), SourceError> {
+    let size = job.desc.size;
+    let result = fetch_blob_into(ctx, cache, job, bars, &feed).await;
+    match &result {
+        Ok(()) => feed.complete(size),
+        Err(e) => feed.failed(e.to_string()),
+    }
+    result
+}
+
+async fn fetch_blob_into(
+    ctx: Arc<Ctx>,
+    cache: BlobCache,
+    job: Job,
+    bars: Bars,
+    feed: &Feed,
+) -> Result<(), SourceError> {
     let Job { desc, what } = job;
     let Some(mut w) = cache.begin(&desc, &what)? else {
         bars.overall.inc(desc.size);
         return Ok(());
     };
+    feed.started(w.open_for_reading()?, w.flushed());
     let short = desc.digest.get(..19).unwrap_or(&desc.digest);
     let bar = bars.layer(desc.title().unwrap_or(short), desc.size);
     let digest = desc.digest.as_str();
     let deadline = ctx.request_timeout + Duration::from_secs(desc.size / MIN_BLOB_RATE);
     let mut retries = 0;
-    let mut counted = w.offset();
-    bar.set_position(counted);
-    bars.overall.inc(counted);
+    bar.set_position(w.offset());
+    bars.overall.inc(w.offset());
     loop {
         if (ctx.interrupted)() {
             w.suspend()?;
@@ -640,20 +660,17 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
         };
         let mut stream = response;
         tracing::debug!(status = %stream.status(), content_length = ?stream.content_length(), "blob response");
-        match stream.status() {
-            StatusCode::PARTIAL_CONTENT if offset > 0 => {}
-            _ => {
-                if offset > 0 {
-                    tracing::debug!(blob = %desc.digest, "the registry ignored the range request; downloading the whole blob again");
-                    w.restart()?;
-                    bars.overall.set_position(bars.overall.position().saturating_sub(counted));
-                    counted = 0;
-                    bar.set_position(0);
-                }
-            }
+        // Bytes at the start of the body that the partial file already holds.
+        let mut skip = 0u64;
+        if offset > 0 && stream.status() != StatusCode::PARTIAL_CONTENT {
+            // The partial's bytes may already be staged, so they are kept and
+            // the body's copy of them is skipped: the final digest covers the
+            // partial plus the rest of the body, exactly what staging read.
+            tracing::debug!(blob = %desc.digest, "the registry ignored the range request; skipping the bytes already downloaded");
+            skip = offset;
         }
         if let Some(len) = stream.content_length() {
-            let total = w.offset().saturating_add(len);
+            let total = w.offset().saturating_add(len.saturating_sub(skip));
             if total > desc.size {
                 // Too much on offer: write() refuses it, discarding the partial.
                 tracing::debug!(blob = %desc.digest, total, expected = desc.size, "the registry offers more bytes than the descriptor says");
@@ -670,11 +687,17 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars) -> Re
             match item {
                 Ok(None) => break,
                 Ok(Some(bytes)) => {
-                    if let Err(e) = w.write(&bytes) {
+                    let dropped = usize::try_from(skip).map_or(bytes.len(), |s| s.min(bytes.len()));
+                    skip -= dropped as u64;
+                    let bytes = &bytes[dropped..];
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = w.write(bytes) {
                         return Err(kept_on_full_disk(e, w));
                     }
+                    feed.publish(w.flushed());
                     let n = bytes.len() as u64;
-                    counted += n;
                     bar.inc(n);
                     bars.overall.inc(n);
                 }
@@ -772,6 +795,73 @@ pub fn pull(
     opts: &RegistryOptions,
     interrupted: fn() -> bool,
 ) -> Result<(ResolvedArtifact, BlobCache), SourceError> {
+    let resolved = resolve(state_dir, registry, repository, selector, display, opts, interrupted)?;
+    let artifact = resolved.artifact().clone();
+    let cache = resolved.cache.clone();
+    let downloads = resolved.start();
+    crate::source::BlobSource::complete(&downloads)?;
+    Ok((artifact, cache))
+}
+
+/// An artifact resolved on a registry (manifest fetched, signature checked,
+/// free space for its blobs checked) whose blobs are not fetched yet.
+pub struct Resolved {
+    runtime: tokio::runtime::Runtime,
+    ctx: Arc<Ctx>,
+    cache: BlobCache,
+    artifact: ResolvedArtifact,
+    jobs: Vec<Job>,
+    bars: Bars,
+    limit: usize,
+}
+
+impl Resolved {
+    /// The manifest to plan the install from.
+    pub fn artifact(&self) -> &ResolvedArtifact {
+        &self.artifact
+    }
+
+    /// Starts every blob's download (a few at a time, in manifest order)
+    /// and returns them as a blob source that staging reads while they
+    /// download (see [`downloads::Downloads`]).
+    pub fn start(self) -> downloads::Downloads {
+        let Resolved { runtime, ctx, cache, jobs, bars, limit, .. } = self;
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(limit));
+        let mut set = tokio::task::JoinSet::new();
+        let mut feeds = BTreeMap::new();
+        for job in jobs {
+            let feed = Feed::new();
+            feeds.insert(job.desc.digest.clone(), feed.clone());
+            let (ctx, cache, bars, sem) = (ctx.clone(), cache.clone(), bars.clone(), semaphore.clone());
+            set.spawn_on(
+                async move {
+                    let Ok(_permit) = sem.acquire_owned().await else {
+                        feed.failed("interrupted".into());
+                        return Err(SourceError::Interrupted);
+                    };
+                    fetch_blob(ctx, cache, job, bars, feed).await
+                },
+                runtime.handle(),
+            );
+        }
+        downloads::Downloads::new(runtime, set, feeds, cache, bars.overall, ctx.registry.clone(), ctx.interrupted)
+    }
+}
+
+/// Resolves `registry/repository` at `selector` to a manifest (following an
+/// index to one platform, checking the signature when a key is given) and
+/// checks that its missing blobs fit in the blob cache. Nothing but the
+/// manifest (and index) enters the cache yet; [`Resolved::start`] fetches
+/// the blobs.
+pub fn resolve(
+    state_dir: &Path,
+    registry: &str,
+    repository: &str,
+    selector: &Selector,
+    display: &str,
+    opts: &RegistryOptions,
+    interrupted: fn() -> bool,
+) -> Result<Resolved, SourceError> {
     if opts.plain_http && !is_loopback(registry) {
         return Err(SourceError::Registry {
             registry: registry.to_string(),
@@ -808,20 +898,26 @@ pub fn pull(
         .enable_all()
         .build()
         .map_err(|e| SourceError::Io { what: "starting the async runtime".into(), source: e })?;
+    let (artifact, jobs) = runtime.block_on(resolve_async(&ctx, &cache, selector, display, opts))?;
+    let total: u64 = jobs.iter().map(|j| j.desc.size).sum();
+    check_download_space(&cache, total)?;
     let progress = opts.progress && std::io::stderr().is_terminal();
-    let artifact = runtime.block_on(pull_async(ctx, cache.clone(), selector, display, opts, progress))?;
-    Ok((artifact, cache))
+    let bars = Bars::new(progress && !jobs.is_empty(), total);
+    let limit = match opts.max_concurrent_downloads {
+        0 => DEFAULT_CONCURRENT_DOWNLOADS,
+        n => n,
+    };
+    Ok(Resolved { runtime, ctx, cache, artifact, jobs, bars, limit })
 }
 
-async fn pull_async(
-    ctx: Arc<Ctx>,
-    cache: BlobCache,
+async fn resolve_async(
+    ctx: &Ctx,
+    cache: &BlobCache,
     selector: &Selector,
     display: &str,
     opts: &RegistryOptions,
-    progress: bool,
-) -> Result<ResolvedArtifact, SourceError> {
-    let (mut bytes, mut digest) = ctx.fetch_manifest(&cache, selector, None).await?;
+) -> Result<(ResolvedArtifact, Vec<Job>), SourceError> {
+    let (mut bytes, mut digest) = ctx.fetch_manifest(cache, selector, None).await?;
     if looks_like_index(&bytes) {
         let what = format!("index {digest} of {display}");
         let index = parse_index(&bytes, &what)?;
@@ -839,7 +935,7 @@ async fn pull_async(
             });
         }
         tracing::debug!(platform = %platform_name(&platform), manifest = %entry.digest, "picked from the image index");
-        (bytes, digest) = ctx.fetch_manifest(&cache, &Selector::Digest(entry.digest.clone()), Some(entry.size)).await?;
+        (bytes, digest) = ctx.fetch_manifest(cache, &Selector::Digest(entry.digest.clone()), Some(entry.size)).await?;
     }
     let what = format!("manifest {digest} of {display}");
     let manifest = parse_manifest(&bytes, &what)?;
@@ -851,7 +947,9 @@ async fn pull_async(
     }
     cache.put_small(&digest, &bytes)?;
 
-    // Every blob the manifest names, once each, largest first.
+    // Every blob the manifest names, once each, in manifest order (the
+    // config first): the order staging reads them in, so it follows the
+    // downloads instead of waiting behind them.
     let mut seen = BTreeSet::new();
     let mut jobs: Vec<Job> = Vec::new();
     for desc in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
@@ -872,48 +970,7 @@ async fn pull_async(
         };
         jobs.push(Job { desc: desc.clone(), what: label });
     }
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.desc.size));
-    let total: u64 = jobs.iter().map(|j| j.desc.size).sum();
-    check_download_space(&cache, total)?;
-    let bars = Bars::new(progress && !jobs.is_empty(), total);
-    let limit = match opts.max_concurrent_downloads {
-        0 => DEFAULT_CONCURRENT_DOWNLOADS,
-        n => n,
-    };
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(limit));
-    let mut set = tokio::task::JoinSet::new();
-    for job in jobs {
-        let (ctx, cache, bars, sem) = (ctx.clone(), cache.clone(), bars.clone(), semaphore.clone());
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await.map_err(|_| SourceError::Interrupted)?;
-            fetch_blob(ctx, cache, job, bars).await
-        });
-    }
-    let mut first_error: Option<SourceError> = None;
-    while let Some(joined) = set.join_next().await {
-        let result = joined.unwrap_or_else(|e| {
-            Err(SourceError::Registry {
-                registry: ctx.registry.clone(),
-                reason: format!("a download task failed: {e}"),
-            })
-        });
-        if let Err(e) = result {
-            if first_error.is_none() {
-                // Stop the others at their next await; their partials stay for a resume.
-                set.abort_all();
-                first_error = Some(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        bars.overall.abandon();
-        if let Err(cleanup) = cache.remove_empty_partials() {
-            tracing::warn!(error = %cleanup, "could not remove empty partial downloads");
-        }
-        return Err(e);
-    }
-    bars.overall.finish_and_clear();
-    Ok(ResolvedArtifact { display: display.to_string(), manifest_digest: digest, manifest })
+    Ok((ResolvedArtifact { display: display.to_string(), manifest_digest: digest, manifest }, jobs))
 }
 
 #[cfg(test)]

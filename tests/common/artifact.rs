@@ -294,6 +294,19 @@ impl LayoutBuilder {
         self.blob(MT_MANIFEST, &serde_json::to_vec(&manifest).expect("json"))
     }
 
+    /// A manifest with these layer descriptors (and an empty config).
+    pub fn manifest(&self, layers: &[serde_json::Value]) -> serde_json::Value {
+        let config = self.blob("application/vnd.oci.empty.v1+json", b"{}");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MT_MANIFEST,
+            "artifactType": "application/vnd.stagehand.test.v1",
+            "config": config,
+            "layers": layers,
+        });
+        self.blob(MT_MANIFEST, &serde_json::to_vec(&manifest).expect("json"))
+    }
+
     /// An image index over `(platform os, arch, manifest descriptor)`.
     pub fn index(&self, entries: &[(&str, &str, serde_json::Value)]) -> serde_json::Value {
         let manifests: Vec<serde_json::Value> = entries
@@ -334,4 +347,11 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// `bytes`, gzipped.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, bytes).expect("gzip");
+    enc.finish().expect("gzip")
 }

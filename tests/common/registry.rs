@@ -185,30 +185,57 @@ pub fn write_htpasswd(path: &Path, user: &str, pass: &str) {
 
 /// Forwards connections from its port to `127.0.0.1:upstream`, sending
 /// responses at about `bytes_per_sec`. Stops accepting when dropped.
+/// [`SlowProxy::dropping`] also breaks connections off halfway.
 pub struct SlowProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    /// Connections still to be cut off (see [`SlowProxy::dropping`]).
+    pub cuts_left: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How a [`SlowProxy`] misbehaves.
+#[derive(Debug, Clone, Copy)]
+struct Misbehave {
+    bytes_per_sec: u64,
+    /// Close a connection once it carried this many response bytes, while
+    /// `cuts_left` is above zero (each cut takes one).
+    cut_after: u64,
+    /// Remove `Range:` headers from requests.
+    strip_range: bool,
 }
 
 impl SlowProxy {
     pub fn start(upstream: u16, bytes_per_sec: u64) -> SlowProxy {
+        SlowProxy::dropping(upstream, bytes_per_sec, 0, u64::MAX, false)
+    }
+
+    /// Like [`SlowProxy::start`], and the first `cuts` connections that
+    /// carry more than `cut_after` response bytes are closed right there
+    /// (the registry "drops the connection halfway"). With `strip_range`,
+    /// `Range` headers are removed from requests (a registry that ignores
+    /// range requests and sends the whole blob again).
+    pub fn dropping(upstream: u16, bytes_per_sec: u64, cuts: u64, cut_after: u64, strip_range: bool) -> SlowProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let cuts_left = Arc::new(std::sync::atomic::AtomicU64::new(cuts));
+        let cuts2 = cuts_left.clone();
+        let how = Misbehave { bytes_per_sec, cut_after, strip_range };
         thread::spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
-                        thread::spawn(move || proxy_conn(client, upstream, bytes_per_sec));
+                        let cuts = cuts2.clone();
+                        thread::spawn(move || proxy_conn(client, upstream, how, cuts));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        SlowProxy { port, stop }
+        SlowProxy { port, stop, cuts_left }
     }
 }
 
@@ -218,7 +245,19 @@ impl Drop for SlowProxy {
     }
 }
 
-fn proxy_conn(client: TcpStream, upstream: u16, bytes_per_sec: u64) {
+/// `request` without its `Range:` header lines.
+fn without_range(request: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(request);
+    if !text.to_ascii_lowercase().contains("\r\nrange:") {
+        return request.to_vec();
+    }
+    text.split_inclusive("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("range:"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn proxy_conn(client: TcpStream, upstream: u16, how: Misbehave, cuts: Arc<std::sync::atomic::AtomicU64>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
@@ -230,7 +269,8 @@ fn proxy_conn(client: TcpStream, upstream: u16, bytes_per_sec: u64) {
             match c_read.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if s_write.write_all(&buf[..n]).is_err() {
+                    let out = if how.strip_range { without_range(&buf[..n]) } else { buf[..n].to_vec() };
+                    if s_write.write_all(&out).is_err() {
                         break;
                     }
                 }
@@ -240,13 +280,22 @@ fn proxy_conn(client: TcpStream, upstream: u16, bytes_per_sec: u64) {
     });
     let (mut s_read, mut c_write) = (server, client);
     let chunk = 64 * 1024;
-    let pause = Duration::from_secs_f64(chunk as f64 / bytes_per_sec as f64);
+    let pause = Duration::from_secs_f64(chunk as f64 / how.bytes_per_sec as f64);
     let mut buf = vec![0u8; chunk];
+    let mut sent = 0u64;
     loop {
         match s_read.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                let over = sent + n as u64 > how.cut_after;
+                let cut = over && cuts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1)).is_ok();
+                let n = if cut { (how.cut_after - sent) as usize } else { n };
                 if c_write.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                sent += n as u64;
+                if cut {
+                    let _ = s_read.shutdown(Shutdown::Both);
                     break;
                 }
                 thread::sleep(pause);
@@ -267,6 +316,18 @@ pub fn run_bin<S: AsRef<OsStr>>(state: &Path, args: &[S], env: &[(&str, &str)], 
         cmd.env("HOME", &home).env_remove("STAGEHAND_DEFAULT_REGISTRY");
     };
     run_bin_with(state, Path::new("."), args, &env, stdin.map(str::as_bytes), &adjust)
+}
+
+/// Starts the binary as [`run_bin`] does and returns it running (a test
+/// that SIGKILLs it at a moment of its choosing).
+pub fn spawn_bin<S: AsRef<OsStr>>(state: &Path, args: &[S], env: &[(&str, &str)], stdin: bool) -> Child {
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    let home = state.parent().unwrap_or(state).to_path_buf();
+    let mut cmd = command(state, Path::new("."), args, &env);
+    cmd.env("HOME", &home).env_remove("STAGEHAND_DEFAULT_REGISTRY");
+    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.spawn().unwrap_or_else(|e| panic!("spawn stagehand: {e}"))
 }
 
 /// A temp dir for one test (under [`scratch_base`]).
