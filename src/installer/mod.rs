@@ -459,7 +459,7 @@ impl Installer {
         layout: Option<&Path>,
         artifact: &source::ResolvedArtifact,
         planned: &[plan::PlannedTarget],
-    ) -> Result<()> {
+    ) -> Result<space::SpaceCheck> {
         let cache = source::cache::BlobCache::new(&self.state_dir);
         let layout = layout.map(source::OciLayout::open).transpose()?;
         let mut check = space::SpaceCheck::default();
@@ -482,7 +482,8 @@ impl Installer {
             p.is_file().then_some(p)
         };
         space::add_targets(&mut check, planned, &blob_file)?;
-        check.check()
+        check.check()?;
+        Ok(check)
     }
 
     /// `--require-signature` (or the state dir's default) without a key is
@@ -634,11 +635,13 @@ impl Installer {
             SourceRef::Layout { path, .. } if !req.rollback => Some(path.clone()),
             _ => None,
         };
-        self.check_space(layout_path.as_deref(), &artifact, &planned)?;
+        let space = self.check_space(layout_path.as_deref(), &artifact, &planned)?;
         if let Some(path) = &layout_path {
             // Keep the version's blobs in the cache, so a later rollback is offline.
             import_layout_blobs(&self.state_dir, path, &artifact)?;
         }
+        // What staging may write per filesystem, now that the cache took its share.
+        let budget = space.budget()?;
         let mut created_dirs: Vec<String> = created.into_iter().collect();
         created_dirs.sort_by_key(|d| d.len());
         let mut rec = TxnRecord {
@@ -691,7 +694,7 @@ impl Installer {
             })
             .sum();
         let shown = progress::Progress::new(blobs.as_ref(), total, req.registry.progress);
-        let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template, req.limits);
+        let staged = self.stage_all(&mut rec, &planned, &carry, &shown, template, (req.limits, &budget));
         shown.finish();
         if let Err(e) = staged {
             return Err(self.roll_back(rec, e));
@@ -718,7 +721,7 @@ impl Installer {
         carry: &[Vec<stage::Carried>],
         blobs: &dyn source::BlobSource,
         template: PackageRecord,
-        limits: plan::limits::Limits,
+        (limits, budget): (plan::limits::Limits, &space::Budget),
     ) -> Result<()> {
         for d in &rec.created_dirs {
             fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent")
@@ -732,9 +735,10 @@ impl Installer {
             let t = &mut rec.targets[i];
             debug_assert_eq!(Path::new(&t.path), pt.path.as_path());
             let staging = PathBuf::from(&t.staging);
+            let meter = budget.meter(&pt.path)?;
             let staged = match &pt.content {
-                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs, limits)?,
-                PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs, limits)?,
+                PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &carry[i], blobs, limits, &meter)?,
+                PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, blobs, limits, &meter)?,
             };
             let kind = if matches!(pt.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
             let mut identity = staged.identity;
