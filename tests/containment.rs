@@ -10,7 +10,10 @@
 //!   mount, the user's file on it survives; `fsops::remove_tree` never
 //!   crosses into another filesystem (root only);
 //! - the state dir on its own filesystem (a tmpfs), the targets on another:
-//!   install, upgrade, uninstall, each verified (root only).
+//!   install, upgrade, uninstall, each verified (root only);
+//! - a full disk: an upgrade too big is refused before anything is written,
+//!   and one whose layer expands past its estimate is stopped while staging
+//!   before the disk fills (root only: a loop-mounted ext4).
 //!
 //! Root-only cases skip loudly when not root, and fail when `CI` is set.
 //! The disk is read with the independent hasher of tests/common.
@@ -251,6 +254,51 @@ fn a_full_disk_is_refused_early_and_left_as_it_was() {
     assert!(pending_of(&sb.status_json()).is_empty());
     sb.run(&["verify", DEMO]).ok();
     println!("full disk: refused with {after_free} bytes free; {}", run.stderr.lines().last().unwrap_or(""));
+}
+
+/// The same disk, and an upgrade whose tar layer the check underestimates:
+/// a gzip of two members (as `cat a.gz b.gz` makes), whose last member's
+/// ISIZE, the only one the check reads, says 1,024 bytes while the layer
+/// expands to 40 MiB. The check lets it through; staging counts what it
+/// writes and stops it once it passes what was free less the margin, before
+/// the disk fills, naming the filesystem, the estimate and what was written.
+/// The upgrade rolls back: v1 intact, no `.stagehand-` path, free space back.
+#[test]
+fn a_layer_expanding_past_its_estimate_is_stopped_while_staging() {
+    if !root_or_skip("a_layer_expanding_past_its_estimate_is_stopped_while_staging (loop-mounts an ext4)") {
+        return;
+    }
+    let tmp = tempdir();
+    let disk = Mount::ext4(&tmp.path().join("disk.img"), 24, &tmp.path().join("mnt"));
+    let sb = Sandbox::at(disk.at.join("sb"));
+    sb.install_demo("v1").ok();
+    let base_free = disk.free_bytes();
+    let big = raw_tar(&[RawEntry::file("big.bin", &vec![0u8; 40 << 20])]);
+    let (head, tail) = big.split_at(big.len() - 1024);
+    let two_members = |mt: &str| [encode_layer(mt, head), encode_layer(mt, tail)].concat();
+    let source = hostile_demo_layout_with(&tmp.path().join("layouts/bomb"), "v2", &two_members);
+    let before = sb.world();
+    let mut args = sb.install_demo_args("v2");
+    args[1] = source.into();
+    args.extend(["--name".into(), DEMO.into()]);
+    let run = sb.run(&args);
+    run.expect_clean_failure();
+    for needle in ["expands to more than the free-space check allowed", "estimated", "bytes were written"] {
+        assert!(run.stderr.contains(needle), "the error lacks {needle:?}:\n{}", run.describe());
+    }
+    assert!(run.stderr.contains(&*disk.at.to_string_lossy()), "the error does not name the path:\n{}", run.describe());
+    assert!(!run.stderr.contains("No space left"), "the disk filled before staging stopped:\n{}", run.describe());
+    let after_free = disk.free_bytes();
+    assert!(
+        after_free + (1 << 20) >= base_free,
+        "the failed upgrade kept disk space: {base_free} bytes free before, {after_free} after"
+    );
+    assert!(sb.leftovers().is_empty(), "left behind: {:?}", sb.leftovers());
+    let after = sb.world();
+    assert!(after == before, "a failed upgrade changed DEST:\n{}", tree_diff(&after, &before, 20));
+    assert!(pending_of(&sb.status_json()).is_empty());
+    sb.run(&["verify", DEMO]).ok();
+    println!("stopped while staging: {}", run.stderr.lines().next().unwrap_or(""));
 }
 
 /// A committed upgrade whose cleanup cannot remove the old tree (EACCES,

@@ -5,7 +5,10 @@
 //! at every point instead of crashing.
 //!
 //! Scenarios: install-fresh (v1 into an empty DEST), upgrade (v1 installed,
-//! install v2) and uninstall (v1 installed, uninstall it).
+//! install v2) and uninstall (v1 installed, uninstall it), each with the demo
+//! artifact, and sampled with a read-only variant of it (the app tree's
+//! directories 0555, files 0444), the shape that broke cleanup for an
+//! ordinary user; scripts/test.sh runs this file again as uid 65534.
 //!
 //! The journal records absolute paths and the identities (device + inode)
 //! of what it staged, so a sandbox is always restored to the same place,
@@ -17,7 +20,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::*;
@@ -43,10 +47,57 @@ const INSTALL_FRESH: Scenario =
 const UPGRADE: Scenario = Scenario { name: "upgrade", before: Some("v1"), op: Op::Install("v2"), after: Some("v2") };
 const UNINSTALL: Scenario = Scenario { name: "uninstall", before: Some("v1"), op: Op::Uninstall, after: None };
 
+/// The artifact a matrix installs: the demo, or the demo with its app tree
+/// read-only (same bytes and exec bits, so the same expected worlds).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Artifact {
+    Demo,
+    ReadOnly,
+}
+
+/// Writes the read-only variant of the demo (tags v1, v2) under `root`;
+/// the layout dir is named `demo`, so the package name is [`DEMO`].
+fn read_only_demo(root: &Path) -> PathBuf {
+    let out = root.join("layout/demo");
+    let tar = |ver: &'static str| move |mt: &str| encode_layer(mt, &read_only_tar_of(&demo_src(ver).join("app")));
+    let (v1, v2) = (tar("v1"), tar("v2"));
+    demo_variant_layout(&out, &[("v1", "v1", &v1), ("v2", "v2", &v2)]);
+    out
+}
+
+/// Panics unless every directory under DEST/app (the target itself is
+/// stagehand's, 0755 less the umask) is 0555 and every file 0444 or 0555:
+/// the artifact's modes reached the disk.
+fn assert_read_only(app: &Path, ctx: &str) {
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert!(hash_tree(app).values().any(|n| *n == Node::Dir), "{ctx}: {} has no directory", app.display());
+    for (rel, node) in hash_tree(app) {
+        let m = mode(&app.join(&rel));
+        let ok = match node {
+            Node::Dir => m == 0o555,
+            Node::File { .. } => m == 0o444 || m == 0o555,
+            _ => true,
+        };
+        assert!(ok, "{ctx}: app/{rel} has mode {m:o}, not read-only");
+    }
+}
+
+/// Evenly spaced members of `all` (the first and last included), at most `n`.
+fn sample<T: Clone>(all: &[T], n: usize) -> Vec<T> {
+    if all.len() <= n || n < 2 {
+        return all.to_vec();
+    }
+    let mut idx: Vec<usize> = (0..n).map(|i| i * (all.len() - 1) / (n - 1)).collect();
+    idx.dedup();
+    idx.into_iter().map(|i| all[i].clone()).collect()
+}
+
 /// A prepared sandbox: the work sandbox, a pristine copy of it to restore
 /// before every run, and the two worlds the operation may end in.
 struct Prepared {
     sc: Scenario,
+    /// The OCI layout installed from.
+    layout: PathBuf,
     _tmp: tempfile::TempDir,
     root: PathBuf,
     sb: Sandbox,
@@ -56,9 +107,14 @@ struct Prepared {
     op_args: Vec<OsString>,
 }
 
-fn prepare(sc: Scenario) -> Prepared {
+fn prepare(sc: Scenario, artifact: Artifact) -> Prepared {
     let tmp = fast_tempdir();
     let root = fs::canonicalize(tmp.path()).unwrap();
+    let layout = match artifact {
+        Artifact::Demo => demo_layout(),
+        Artifact::ReadOnly => read_only_demo(&root),
+    };
+    let source = |tag: &str| format!("oci-layout:{}:{tag}", layout.display());
     let sb = Sandbox::at(root.join("work"));
     if sc.before.is_some() {
         // Shared directories hold files that belong to nobody: they must
@@ -70,7 +126,7 @@ fn prepare(sc: Scenario) -> Prepared {
     }
     let base = sb.world();
     if let Some(v) = sc.before {
-        sb.install_demo(v).ok();
+        sb.run(&demo_install_args(&sb.dest, &source(v))).ok();
     }
     let old = sb.world();
     let expected_old = demo_world(&base, sc.before);
@@ -83,12 +139,12 @@ fn prepare(sc: Scenario) -> Prepared {
     );
     let new = demo_world(&old, sc.after);
     let op_args = match sc.op {
-        Op::Install(tag) => sb.install_demo_args(tag),
+        Op::Install(tag) => demo_install_args(&sb.dest, &source(tag)),
         Op::Uninstall => sb.uninstall_args(DEMO),
     };
     let pristine = root.join("pristine");
     sb.save_to(&pristine);
-    Prepared { sc, _tmp: tmp, root, sb, pristine, old, new, op_args }
+    Prepared { sc, layout, _tmp: tmp, root, sb, pristine, old, new, op_args }
 }
 
 impl Prepared {
@@ -155,7 +211,7 @@ impl Prepared {
             (Some(v), Some(p)) => {
                 assert_eq!(
                     p.digest,
-                    demo_digest(v),
+                    layout_tag_digest(&self.layout, v),
                     "{ctx}: world is {which:?} (demo {v}) but list shows another digest"
                 );
                 assert_eq!(
@@ -193,10 +249,30 @@ impl Prepared {
 }
 
 fn crash_matrix(sc: Scenario) {
+    crash_matrix_of(sc, Artifact::Demo, None);
+}
+
+/// The crash matrix of `sc` with `artifact`; with `sample_to` = (op points,
+/// recovery points per state), only that many evenly spaced points of each.
+fn crash_matrix_of(sc: Scenario, artifact: Artifact, sample_to: Option<(usize, usize)>) {
     let t0 = Instant::now();
-    let p = prepare(sc);
-    let pairs = p.trace_op();
-    let distinct: BTreeSet<&str> = pairs.iter().map(|(pt, _)| pt.as_str()).collect();
+    let p = prepare(sc, artifact);
+    let traced = p.trace_op();
+    if artifact == Artifact::ReadOnly {
+        let app = p.sb.dest.join("app");
+        if sc.after.is_some() {
+            assert_read_only(&app, &format!("[{}] read-only, after the op", sc.name));
+        }
+        p.restore();
+        if sc.before.is_some() {
+            assert_read_only(&app, &format!("[{}] read-only, before the op", sc.name));
+        }
+    }
+    let pairs = match sample_to {
+        Some((n, _)) => sample(&traced, n),
+        None => traced.clone(),
+    };
+    let distinct: BTreeSet<&str> = traced.iter().map(|(pt, _)| pt.as_str()).collect();
     let (mut crash_runs, mut recovery_crash_runs, mut recovery_points_max) = (0usize, 0usize, 0usize);
     let (mut ended_old, mut ended_new) = (0usize, 0usize);
     let mut covered = BTreeSet::new();
@@ -218,7 +294,10 @@ fn crash_matrix(sc: Scenario) {
 
         // Crash the recovery at each of its points, then recover again: the
         // outcome must be the one uninterrupted recovery reached.
-        let rpairs = read_trace(&rtrace);
+        let rpairs = match sample_to {
+            Some((_, n)) => sample(&read_trace(&rtrace), n),
+            None => read_trace(&rtrace),
+        };
         recovery_points_max = recovery_points_max.max(rpairs.len());
         for (rp, rn) in &rpairs {
             let rctx = format!("{ctx}, recovery crashed at {rp}:{rn}");
@@ -239,12 +318,13 @@ fn crash_matrix(sc: Scenario) {
     }
 
     let all: BTreeSet<(String, u32)> = pairs.iter().cloned().collect();
-    assert_eq!(covered, all, "[{}] not every traced (point, occurrence) pair was crashed", sc.name);
+    assert_eq!(covered, all, "[{}] not every chosen (point, occurrence) pair was crashed", sc.name);
     println!(
-        "crash matrix [{}]: {} points traced ({} distinct names), {} crash runs (ended old {}, new {}), \
+        "crash matrix [{}{}]: {} points traced ({} distinct names), {} crash runs (ended old {}, new {}), \
          {} recovery crash runs (max {} recovery points per state), {:.1}s",
         sc.name,
-        pairs.len(),
+        if artifact == Artifact::ReadOnly { ", read-only artifact, sampled" } else { "" },
+        traced.len(),
         distinct.len(),
         crash_runs,
         ended_old,
@@ -259,7 +339,7 @@ fn crash_matrix(sc: Scenario) {
 
 fn fail_matrix(sc: Scenario) {
     let t0 = Instant::now();
-    let p = prepare(sc);
+    let p = prepare(sc, Artifact::Demo);
     let pairs = p.trace_op();
     let (mut failed, mut succeeded, mut consistent_before_repair) = (0usize, 0usize, 0usize);
     let (mut ended_old, mut ended_new) = (0usize, 0usize);
@@ -339,6 +419,24 @@ fn crash_uninstall() {
     crash_matrix(UNINSTALL);
 }
 
+/// Read-only artifact (0555 directories, 0444 files), 14 kill points of the
+/// operation and 4 of each recovery: as an ordinary user (scripts/test.sh's
+/// uid 65534 pass), cleanup, rollback and uninstall must still remove it.
+#[test]
+fn crash_read_only_install_fresh() {
+    crash_matrix_of(INSTALL_FRESH, Artifact::ReadOnly, Some((14, 4)));
+}
+
+#[test]
+fn crash_read_only_upgrade() {
+    crash_matrix_of(UPGRADE, Artifact::ReadOnly, Some((14, 4)));
+}
+
+#[test]
+fn crash_read_only_uninstall() {
+    crash_matrix_of(UNINSTALL, Artifact::ReadOnly, Some((14, 4)));
+}
+
 #[test]
 fn eio_install_fresh() {
     fail_matrix(INSTALL_FRESH);
@@ -402,7 +500,7 @@ fn checker_rejects_mixed_partial_and_leftover_worlds() {
 #[test]
 fn undecidable_recovery_exits_5_and_recovers_after_a_manual_fix() {
     let t0 = std::time::Instant::now();
-    let p = prepare(UPGRADE);
+    let p = prepare(UPGRADE, Artifact::Demo);
     let pairs = p.trace_op();
     let so = p.sb.dest.join("lib/demo_fdw.so");
     let mut refused = 0usize;

@@ -95,6 +95,8 @@ pub struct TxnPlan {
     pub work: Vec<ChangeWork>,
     /// Sum of the blob sizes staging reads (for the progress bar).
     pub total_bytes: u64,
+    /// The free-space check that passed; staging's byte budget comes from it.
+    pub space: space::SpaceCheck,
 }
 
 struct NewTarget {
@@ -290,7 +292,7 @@ pub fn plan(
             txn::MAX_TARGETS
         )));
     }
-    check_space(state_dir, &changes)?;
+    let space = check_space(state_dir, &changes)?;
 
     let mut created_dirs: Vec<String> = created.into_iter().collect();
     created_dirs.sort_by_key(|d| d.len());
@@ -361,13 +363,13 @@ pub fn plan(
         targets,
         created_dirs,
     };
-    Ok(TxnPlan { rec, stage: stage_items, work, total_bytes })
+    Ok(TxnPlan { rec, stage: stage_items, work, total_bytes, space })
 }
 
 /// Refuses early when a filesystem involved lacks the space the set needs:
 /// the blob cache's, for layout blobs copied into it (hard links on the same
 /// filesystem need none), and each target's.
-fn check_space(state_dir: &Path, changes: &[ChangeRequest]) -> Result<()> {
+fn check_space(state_dir: &Path, changes: &[ChangeRequest]) -> Result<space::SpaceCheck> {
     let cache = source::cache::BlobCache::new(state_dir);
     let mut check = space::SpaceCheck::default();
     for c in changes {
@@ -393,7 +395,8 @@ fn check_space(state_dir: &Path, changes: &[ChangeRequest]) -> Result<()> {
         };
         space::add_targets(&mut check, &req.planned, &blob_file)?;
     }
-    check.check()
+    check.check()?;
+    Ok(check)
 }
 
 /// What is at a target when a txn is planned: its identity, with the

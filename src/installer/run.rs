@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::planner::{ChangeWork, StageItem, TxnPlan};
 use super::resolve::import_layout_blobs;
-use super::{exec, interrupt, io, now, progress, stage, Error, Installer, Result};
+use super::{exec, interrupt, io, now, progress, space, stage, Error, Installer, Result};
 use crate::fsops;
 use crate::journal::JournalError;
 use crate::plan::PlannedContent;
@@ -18,20 +18,22 @@ use crate::txn::{EntryKind, InstalledTarget, NewContent, Outcome, PackageRecord,
 impl Installer {
     /// Runs a planned transaction to its end. Returns the finished record.
     pub(super) fn execute(&self, plan: TxnPlan, show_progress: bool) -> Result<TxnRecord> {
-        let TxnPlan { mut rec, stage, mut work, total_bytes } = plan;
+        let TxnPlan { mut rec, stage, mut work, total_bytes, space } = plan;
         for w in &work {
             if let Some((layout, artifact)) = &w.layout {
                 // Keep the version's blobs in the cache, so a later rollback is offline.
                 import_layout_blobs(&self.state_dir, layout, artifact)?;
             }
         }
+        // What staging may write per filesystem, now that the cache took its share.
+        let budget = space.budget()?;
         self.journal.write_txn(&rec, "planned")?;
         tracing::debug!(txn = rec.id, targets = rec.targets.len(), packages = rec.changes.len(), "planned");
         let stages_something = rec.targets.iter().any(|t| t.new.is_some());
         if stages_something {
             // Everything from here until the commit point rolls back on error.
             let bar = progress::Progress::new(total_bytes, show_progress);
-            let staged = stage_all(&mut rec, &stage, &mut work, &bar);
+            let staged = stage_all(&mut rec, &stage, &mut work, &bar, &budget);
             bar.finish();
             if let Err(e) = staged {
                 // A blob download that failed is the cause, not the read that saw it.
@@ -122,6 +124,7 @@ fn stage_all(
     items: &[StageItem],
     work: &mut [ChangeWork],
     bar: &progress::Progress,
+    budget: &space::Budget,
 ) -> Result<()> {
     for d in &rec.created_dirs {
         fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent")
@@ -140,9 +143,10 @@ fn stage_all(
         };
         let blobs = bar.over(blobs);
         let staging = PathBuf::from(&t.staging);
+        let meter = budget.meter(Path::new(&t.path))?;
         let staged = match &item.content {
-            PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &item.carry, &blobs, w.limits)?,
-            PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, &blobs, w.limits)?,
+            PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &item.carry, &blobs, w.limits, &meter)?,
+            PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, &blobs, w.limits, &meter)?,
         };
         let kind = if matches!(item.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
         let mut identity = staged.identity;
@@ -165,7 +169,7 @@ fn stage_all(
                 fsops::create_dir_all_durable(parent, 0o755 & !fsops::umask(), "staging")
                     .map_err(io(format!("creating {}", parent.display())))?;
             }
-            let staged = stage::stage_file(&at, desc, *bytes, &eblobs, ew.limits)?;
+            let staged = stage::stage_file(&at, desc, *bytes, &eblobs, ew.limits, &meter)?;
             installed[e.change].push(InstalledTarget {
                 path: e.path.clone(),
                 kind: EntryKind::File,

@@ -7,11 +7,24 @@
 //! Extracted sizes are estimates: a plain tar's own size (headers and
 //! padding included), a gzip member's ISIZE trailer, a zstd frame's content
 //! size when the frame header has one (else four times the blob).
+//!
+//! The estimate is then enforced while staging ([`Budget`]): every byte of
+//! file content staging writes is counted against the filesystem it lands
+//! on, and staging stops (before the commit point, so the install rolls
+//! back) once that filesystem's count passes what the check allowed there:
+//! the larger of the estimate and what is free when staging starts less
+//! [`MARGIN_BYTES`]. An estimate can be low for an honest artifact (ISIZE is
+//! the size modulo 4 GiB and only of the last gzip member; a streamed zstd
+//! frame records no size), so an artifact that still fits is not refused;
+//! one that expands past its estimate and past what is free stops with
+//! both numbers and the path, instead of filling the disk.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use super::{Error, Result};
 use crate::fsops;
@@ -35,13 +48,14 @@ struct Need {
 #[derive(Debug, Default)]
 pub struct SpaceCheck {
     by_dev: BTreeMap<u64, Need>,
+    /// The extracted-content part of each filesystem's need: (a path on it, bytes).
+    extracted: BTreeMap<u64, (PathBuf, u64)>,
 }
 
 impl SpaceCheck {
     /// Adds `bytes` needed at `at` (which may not exist yet).
     pub fn add(&mut self, at: &Path, bytes: u64, what: String) -> Result<()> {
-        let (dev, _) = fsops::free_space(at)
-            .map_err(|source| Error::Io { context: format!("checking free space for {}", at.display()), source })?;
+        let (dev, _) = stat_fs(at)?;
         let n = self.by_dev.entry(dev).or_insert_with(|| Need { at: at.to_path_buf(), ..Need::default() });
         n.bytes = n.bytes.saturating_add(bytes);
         n.what.push(what);
@@ -51,10 +65,7 @@ impl SpaceCheck {
     /// Refuses if any filesystem has less free than it needs (plus the margin).
     pub fn check(&self) -> Result<()> {
         for need in self.by_dev.values() {
-            let (_, free) = fsops::free_space(&need.at).map_err(|source| Error::Io {
-                context: format!("checking free space for {}", need.at.display()),
-                source,
-            })?;
+            let (_, free) = stat_fs(&need.at)?;
             if need.bytes.saturating_add(MARGIN_BYTES) > free {
                 return Err(Error::Refused(format!(
                     "not enough free space on the filesystem of {}: this install needs about {} bytes ({}) \
@@ -100,8 +111,108 @@ pub fn add_targets(
                 .fold(0u64, u64::saturating_add),
         };
         check.add(&t.path, bytes, format!("{} extracted", t.path.display()))?;
+        let (dev, _) = stat_fs(&t.path)?;
+        let e = check.extracted.entry(dev).or_insert_with(|| (t.path.clone(), 0));
+        e.1 = e.1.saturating_add(bytes);
     }
     Ok(())
+}
+
+/// (device, free bytes) of the filesystem `at` is on (or would be on).
+fn stat_fs(at: &Path) -> Result<(u64, u64)> {
+    fsops::free_space(at)
+        .map_err(|source| Error::Io { context: format!("checking free space for {}", at.display()), source })
+}
+
+impl SpaceCheck {
+    /// What staging may write on each filesystem that holds a target:
+    /// the larger of the estimate and what is free now less the margin.
+    /// Call it just before staging (after the blob cache took its share).
+    pub fn budget(&self) -> Result<Budget> {
+        let mut by_dev = BTreeMap::new();
+        for (dev, (at, estimate)) in &self.extracted {
+            let (_, free) = stat_fs(at)?;
+            let allowed = (*estimate).max(free.saturating_sub(MARGIN_BYTES));
+            let meter = Meter { at: at.clone(), estimate: *estimate, allowed, written: Rc::new(Cell::new(0)) };
+            by_dev.insert(*dev, meter);
+        }
+        Ok(Budget { by_dev })
+    }
+}
+
+/// What staging may write per filesystem (see the module doc).
+#[derive(Debug, Default)]
+pub struct Budget {
+    by_dev: BTreeMap<u64, Meter>,
+}
+
+impl Budget {
+    /// The meter of the filesystem `target` is on, naming `target` in its
+    /// error (unmetered if the check did not see that filesystem).
+    pub fn meter(&self, target: &Path) -> Result<Meter> {
+        let (dev, _) = stat_fs(target)?;
+        let shared = self.by_dev.get(&dev).cloned().unwrap_or_else(Meter::unlimited);
+        Ok(Meter { at: target.to_path_buf(), ..shared })
+    }
+}
+
+/// Counts the bytes staged on one filesystem against what it may take.
+/// Clones share the count.
+#[derive(Debug, Clone)]
+pub struct Meter {
+    at: PathBuf,
+    estimate: u64,
+    allowed: u64,
+    written: Rc<Cell<u64>>,
+}
+
+impl Meter {
+    pub fn unlimited() -> Meter {
+        Meter { at: PathBuf::new(), estimate: u64::MAX, allowed: u64::MAX, written: Rc::new(Cell::new(0)) }
+    }
+
+    /// Bytes counted so far.
+    pub fn written(&self) -> u64 {
+        self.written.get()
+    }
+
+    /// `src`, with every byte read from it counted; a read that takes the
+    /// count past what is allowed fails (`StorageFull`) naming the
+    /// filesystem, the estimate, the allowance and the count.
+    pub fn track<'a>(&'a self, src: &'a mut dyn Read) -> Metered<'a> {
+        Metered { inner: src, meter: self }
+    }
+}
+
+/// A reader counted by a [`Meter`].
+pub struct Metered<'a> {
+    inner: &'a mut dyn Read,
+    meter: &'a Meter,
+}
+
+impl Read for Metered<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let m = self.meter;
+        let written = m.written.get().saturating_add(n as u64);
+        m.written.set(written);
+        if written > m.allowed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "the artifact expands to more than the free-space check allowed on the filesystem of {}: \
+                     estimated {} bytes of content there, allowed {} (the estimate, or what was free less {} \
+                     to spare), and {written} bytes were written; it was stopped before the disk filled. \
+                     Free space there, or install somewhere else",
+                    m.at.display(),
+                    m.estimate,
+                    m.allowed,
+                    MARGIN_BYTES
+                ),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// Estimated bytes a layer becomes once decompressed.
@@ -174,6 +285,20 @@ mod tests {
         assert_eq!(estimate(&desc(n), Compression::Zstd, Some(&zs)), 4 * n);
         assert_eq!(estimate(&desc(10), Compression::None, None), 10);
         assert_eq!(estimate(&desc(10), Compression::Zstd, None), 40);
+    }
+
+    #[test]
+    fn a_meter_stops_past_its_allowance_and_clones_share_the_count() {
+        let m = Meter { at: PathBuf::from("/d/app"), estimate: 10, allowed: 100, written: Rc::new(Cell::new(0)) };
+        let other = m.clone();
+        let mut sixty = &[1u8; 60][..];
+        std::io::copy(&mut m.track(&mut sixty), &mut std::io::sink()).expect("60 of 100");
+        let mut more = &[1u8; 60][..];
+        let e = std::io::copy(&mut other.track(&mut more), &mut std::io::sink()).expect_err("120 of 100");
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        let msg = e.to_string();
+        assert!(msg.contains("/d/app") && msg.contains("estimated 10 bytes") && msg.contains("allowed 100"), "{msg}");
+        assert_eq!(m.written(), 120);
     }
 
     #[test]

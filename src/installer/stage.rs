@@ -6,11 +6,14 @@
 //! blob is read to its end so its digest is checked even when the tar reader
 //! stops early. Writes are deferred-sync: all files first, then one fsync
 //! pass over files, then directories deepest first, then the staging
-//! path's parent.
+//! path's parent. Every file's bytes are counted by the target
+//! filesystem's [`Meter`] (`installer::space`), which stops staging an
+//! artifact that expands past what the free-space check allowed.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::space::Meter;
 use super::Error;
 use crate::fsops;
 use crate::plan::limits::{installed_mode, Limits};
@@ -67,6 +70,7 @@ struct DirBuilder {
     files: Vec<PathBuf>,
     dirs: Vec<(PathBuf, u32)>,
     entries: Vec<FileEntry>,
+    meter: Meter,
 }
 
 impl DirBuilder {
@@ -88,7 +92,7 @@ impl DirBuilder {
 
     fn file(&mut self, rel: &str, src: &mut dyn Read, mode: u32) -> Result<(), Error> {
         let path = self.root.join(rel);
-        let w = fsops::write_file(&path, src, mode, ROLE).map_err(|source| {
+        let w = fsops::write_file(&path, &mut self.meter.track(src), mode, ROLE).map_err(|source| {
             // A digest mismatch surfaces here as InvalidData from the verifying reader.
             Error::Io { context: format!("staging {rel}"), source }
         })?;
@@ -341,6 +345,7 @@ pub fn stage_dir(
     carry: &[Carried],
     blobs: &dyn BlobSource,
     limits: Limits,
+    meter: &Meter,
 ) -> Result<Staged, Error> {
     let umask = fsops::umask();
     fsops::create_dir(staging, installed_mode(0o755, umask), ROLE)
@@ -353,6 +358,7 @@ pub fn stage_dir(
         files: vec![],
         dirs: vec![],
         entries: vec![],
+        meter: meter.clone(),
     };
     for (desc, usage) in layers {
         match usage {
@@ -411,12 +417,13 @@ pub fn stage_file(
     bytes: FileBytes,
     blobs: &dyn BlobSource,
     limits: Limits,
+    meter: &Meter,
 ) -> Result<Staged, Error> {
     let mode = installed_mode(bytes.mode, fsops::umask());
     let mut raw = blobs.open_blob(desc)?;
     let w = {
         let mut src = file_bytes(&mut raw, bytes, limits.max_layer_bytes);
-        fsops::write_file(staging, &mut src, mode, ROLE)
+        fsops::write_file(staging, &mut meter.track(&mut src), mode, ROLE)
             .map_err(io_err(format!("staging {}", desc.title().unwrap_or(&desc.digest))))?
     };
     verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::demo::{demo_digest, demo_layout};
@@ -128,43 +129,80 @@ pub fn hostile_demo_layout(out: &Path, tag: &str, tar: &[u8]) -> String {
 /// [`hostile_demo_layout`] with the replaced layer's bytes made by `encode`
 /// from its media type (e.g. a tar bomb streamed into gzip, never held whole).
 pub fn hostile_demo_layout_with(out: &Path, tag: &str, encode: &dyn Fn(&str) -> Vec<u8>) -> String {
+    demo_variant_layout(out, &[("v1", tag, encode)]);
+    format!("oci-layout:{}:{tag}", out.display())
+}
+
+/// One version of a [`demo_variant_layout`]: the demo tag whose manifest is
+/// copied, the tag it gets, and the bytes of its replaced tar layer made
+/// from that layer's media type.
+pub type DemoVariant<'a> = (&'a str, &'a str, &'a dyn Fn(&str) -> Vec<u8>);
+
+/// Writes an OCI layout at `out` with one manifest per [`DemoVariant`]: a
+/// copy of that demo version's manifest whose first tar layer is replaced
+/// (every other layer and the config copied as they are).
+pub fn demo_variant_layout(out: &Path, versions: &[DemoVariant]) {
     let demo = demo_layout();
-    let digest = demo_digest("v1");
     let blob = |d: &str| demo.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
-    let mut manifest: serde_json::Value = serde_json::from_slice(&fs::read(blob(&digest)).unwrap()).unwrap();
     remove_if_exists(out);
     fs::create_dir_all(out).unwrap();
     fs::write(out.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let cfg = manifest["config"]["digest"].as_str().unwrap().to_string();
-    write_blob(out, &fs::read(blob(&cfg)).unwrap());
-    let mut replaced = false;
-    for layer in manifest["layers"].as_array_mut().expect("manifest has layers") {
-        let d = layer["digest"].as_str().unwrap().to_string();
-        let mt = layer["mediaType"].as_str().unwrap_or("").to_string();
-        if !replaced && mt.contains("tar") {
-            let bytes = encode(&mt);
-            layer["digest"] = serde_json::Value::String(write_blob(out, &bytes));
-            layer["size"] = serde_json::Value::from(bytes.len() as u64);
-            replaced = true;
-        } else {
-            write_blob(out, &fs::read(blob(&d)).unwrap());
+    let mut index = Vec::new();
+    for (from, tag, encode) in versions {
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(blob(&demo_digest(from))).unwrap()).unwrap();
+        let cfg = manifest["config"]["digest"].as_str().unwrap().to_string();
+        write_blob(out, &fs::read(blob(&cfg)).unwrap());
+        let mut replaced = false;
+        for layer in manifest["layers"].as_array_mut().expect("manifest has layers") {
+            let d = layer["digest"].as_str().unwrap().to_string();
+            let mt = layer["mediaType"].as_str().unwrap_or("").to_string();
+            if !replaced && mt.contains("tar") {
+                let bytes = encode(&mt);
+                layer["digest"] = serde_json::Value::String(write_blob(out, &bytes));
+                layer["size"] = serde_json::Value::from(bytes.len() as u64);
+                replaced = true;
+            } else {
+                write_blob(out, &fs::read(blob(&d)).unwrap());
+            }
         }
-    }
-    assert!(replaced, "the demo v1 manifest has no tar layer to replace: {manifest}");
-    let mbytes = serde_json::to_vec(&manifest).unwrap();
-    let mdigest = write_blob(out, &mbytes);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MT_INDEX,
-        "manifests": [{
+        assert!(replaced, "the demo {from} manifest has no tar layer to replace: {manifest}");
+        let mbytes = serde_json::to_vec(&manifest).unwrap();
+        index.push(serde_json::json!({
             "mediaType": manifest["mediaType"].as_str().unwrap_or(MT_MANIFEST),
-            "digest": mdigest,
+            "digest": write_blob(out, &mbytes),
             "size": mbytes.len(),
             "annotations": {"org.opencontainers.image.ref.name": tag}
-        }]
-    });
+        }));
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": index});
     fs::write(out.join("index.json"), serde_json::to_vec_pretty(&index).unwrap()).unwrap();
-    format!("oci-layout:{}:{tag}", out.display())
+}
+
+/// A tar of the tree at `dir` made read-only: directories 0555, files 0444
+/// (0555 if executable), symlinks as they are; parents before children.
+pub fn read_only_tar_of(dir: &Path) -> Vec<u8> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<RawEntry>) {
+        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        for name in names {
+            let p = dir.join(&name);
+            let rel = format!("{prefix}{}", name.to_string_lossy());
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.file_type().is_symlink() {
+                out.push(RawEntry::symlink(&rel, &fs::read_link(&p).unwrap().to_string_lossy()));
+            } else if meta.is_dir() {
+                out.push(RawEntry { mode: 0o555, ..RawEntry::dir(&format!("{rel}/")) });
+                walk(&p, &format!("{rel}/"), out);
+            } else {
+                let mode = if meta.permissions().mode() & 0o111 != 0 { 0o555 } else { 0o444 };
+                out.push(RawEntry { mode, ..RawEntry::file(&rel, &fs::read(&p).unwrap()) });
+            }
+        }
+    }
+    let mut entries = Vec::new();
+    walk(dir, "", &mut entries);
+    raw_tar(&entries)
 }
 
 /// The relative path bytes of a path, for raw tar names.

@@ -161,9 +161,28 @@ pub fn tree_diff(actual: &Tree, expected: &Tree, max: usize) -> String {
 
 pub fn remove_if_exists(p: &Path) {
     match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p).unwrap_or_else(|e| panic!("rm -r {}: {e}", p.display())),
+        Ok(m) if m.is_dir() => {
+            // A read-only tree (0555 directories) can only be emptied by an
+            // ordinary user once its directories are writable again.
+            if fs::remove_dir_all(p).is_err() {
+                make_dirs_writable(p);
+                fs::remove_dir_all(p).unwrap_or_else(|e| panic!("rm -r {}: {e}", p.display()));
+            }
+        }
         Ok(_) => fs::remove_file(p).unwrap_or_else(|e| panic!("rm {}: {e}", p.display())),
         Err(_) => {}
+    }
+}
+
+/// Adds u+rwx to every directory under (and at) `dir`, not following symlinks.
+fn make_dirs_writable(dir: &Path) {
+    let Ok(m) = fs::symlink_metadata(dir) else { return };
+    if !m.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(m.permissions().mode() | 0o700));
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        make_dirs_writable(&e.path());
     }
 }
 
