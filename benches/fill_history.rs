@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use stagehand::installer::lock;
 use stagehand::journal::Journal;
-use stagehand::txn::{Op, Outcome, Step, TxnRecord};
+use stagehand::txn::{Op, Outcome, PackageChange, Step, TxnRecord};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -26,12 +26,15 @@ fn main() -> anyhow::Result<()> {
         let rec = TxnRecord {
             id: journal.new_txn_id()?,
             op: Op::Install,
-            package: "bench-history".into(),
             step: Step::Planned,
             started_at: 0,
             recovered: false,
-            old_digest: None,
-            new_package: None,
+            changes: vec![PackageChange {
+                name: "bench-history".into(),
+                op: Op::Install,
+                old: None,
+                new_package: None,
+            }],
             targets: vec![],
             created_dirs: vec![],
         };

@@ -126,6 +126,30 @@ if [ "$big" = 1 ]; then
   rm -rf "$d" "$w/g"
 fi
 
+# 8. one apply of 10 packages vs 10 separate installs of the same 10 packages
+# (each a tenth of P: files/10 files, mib/10 MiB, into its own DEST/pN)
+python3 scripts/make-bench-payload.py "$w/s" --files "$((files / 10))" --mib "$(( (mib + 9) / 10 ))" >/dev/null
+s=() b=()
+for i in $(seq "$runs"); do
+  d="$w/apply-$i"; mkdir -p "$d/dest"; : > "$d/stagehand.toml"
+  for k in $(seq 0 9); do
+    printf '[package.p%s]\nref = "oci-layout:%s/s/layout:v1"\nto = "%s/dest/p%s/app"\nmap = ["*.so=%s/dest/p%s/lib", "*.control=%s/dest/p%s/ext", "*.sql=%s/dest/p%s/ext"]\n\n' \
+      "$k" "$w" "$d" "$k" "$d" "$k" "$d" "$k" "$d" "$k" >> "$d/stagehand.toml"
+  done
+  sync; t0=$(now); "$sh" --state-dir "$d/state" --quiet apply --file "$d/stagehand.toml"; s+=("$(since "$t0")")
+  e="$w/installs-$i"; mkdir -p "$e/dest"; sync
+  t0=$(now)
+  for k in $(seq 0 9); do
+    "$sh" --state-dir "$e/state" --quiet install "oci-layout:$w/s/layout:v1" --name "p$k" --to "$e/dest/p$k/app" \
+      --map "*.so=$e/dest/p$k/lib" --map "*.control=$e/dest/p$k/ext" --map "*.sql=$e/dest/p$k/ext"
+  done
+  b+=("$(since "$t0")")
+  rm -rf "$d" "$e"
+done
+SA=$(median "${s[@]}"); BA=$(median "${b[@]}")
+row "apply of 10 packages (one txn)" "10 separate installs" "$(ms "$SA")" "$(ms "$BA")" "$(ratio "$SA" "$BA")" "≤ 1.00"
+rm -rf "$w/s"
+
 # 7. registry pull vs skopeo copy (scripts/bench-pull.sh, if the registry tools are there)
 pull=""
 if [ -x scripts/bench-pull.sh ]; then
