@@ -24,7 +24,9 @@
 #
 # Usage: scripts/bench-pull.sh [--quick] [RUNS]
 #   --quick   200 files, a 128 MiB RSS artifact, 1 run unless RUNS is given
-# Environment: FILES, BIG_MIB override the sizes; KINDS="tar gz" the formats.
+# Environment: FILES, BIG_MIB override the sizes; KINDS="tar gz" the formats;
+# OLD_BIN=PATH also times another stagehand binary (say, a release build of
+# the previous commit) the same way, in the same run, for "what it gained".
 # Needs docker-registry, skopeo, curl, GNU time, python3; uses the release
 # build, building it if needed.
 set -euo pipefail
@@ -187,13 +189,20 @@ for kind in $kinds; do
   layer=$(cat "$work/layer-$kind-v1")
   flags=-xf
   [ "$kind" = gz ] && flags=-xzf
-  for f in fresh upgrade skopeo skopeotar curl; do : >"$work/$kind-$f.txt"; done
+  for f in fresh upgrade oldfresh oldupgrade skopeo skopeotar curl; do : >"$work/$kind-$f.txt"; done
   for i in $(seq 1 "$runs"); do
     rm -rf "$work/state" "$work/dest" "$work/oci" "$work/out" "$work/curl"
     sync
     timed "$work/$kind-fresh.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:$kind-v1" --to "$work/dest/app" --plain-http
     sync
     timed "$work/$kind-upgrade.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:$kind-v2" --to "$work/dest/app" --plain-http
+    if [ -n "${OLD_BIN:-}" ]; then
+      rm -rf "$work/state" "$work/dest"
+      sync
+      timed "$work/$kind-oldfresh.txt" "$OLD_BIN" --state-dir "$work/state" -q install "$reg/bench:$kind-v1" --to "$work/dest/app" --plain-http
+      sync
+      timed "$work/$kind-oldupgrade.txt" "$OLD_BIN" --state-dir "$work/state" -q install "$reg/bench:$kind-v2" --to "$work/dest/app" --plain-http
+    fi
     sync
     timed "$work/$kind-skopeo.txt" skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$reg/bench:$kind-v1" "oci:$work/oci:$kind-v1"
     rm -rf "$work/oci"
@@ -218,6 +227,10 @@ for kind in $kinds; do
   echo "[$kind] stagehand fresh ${fr}s, upgrade ${up}s; skopeo ${sk}s; skopeo+tar+sync ${st}s; curl ${cu}s"
   echo "[$kind]   fresh:   /skopeo $(ratio "$fr" "$sk")x (goal <= 1.0)   /skopeo+tar+sync $(ratio "$fr" "$st")x (goal <= 0.7)   /curl $(ratio "$fr" "$cu")x (goal <= 2)"
   echo "[$kind]   upgrade: /skopeo $(ratio "$up" "$sk")x (goal <= 1.0)   /skopeo+tar+sync $(ratio "$up" "$st")x (goal <= 0.7)   /curl $(ratio "$up" "$cu")x (goal <= 2)"
+  if [ -n "${OLD_BIN:-}" ]; then
+    of=$(med "$work/$kind-oldfresh.txt") ou=$(med "$work/$kind-oldupgrade.txt")
+    echo "[$kind]   OLD_BIN fresh ${of}s (/skopeo $(ratio "$of" "$sk")x), upgrade ${ou}s (/skopeo $(ratio "$ou" "$sk")x); new/old: fresh $(ratio "$fr" "$of")x, upgrade $(ratio "$up" "$ou")x"
+  fi
   echo "[$kind]   peak RSS: stagehand $(($(maxrss "$work/$kind-fresh.txt" "$work/$kind-upgrade.txt") / 1024)) MiB, skopeo $(($(maxrss "$work/$kind-skopeo.txt") / 1024)) MiB"
 done
 echo "[big] ${big_mib} MiB install: $(med "$work/big.txt")s, peak RSS $(($(maxrss "$work/big.txt") / 1024)) MiB (goal <= 64 MiB)"

@@ -153,7 +153,7 @@ rm -rf "$w/s"
 # 7. registry pull vs skopeo copy (scripts/bench-pull.sh, if the registry tools are there)
 pull=""
 if [ -x scripts/bench-pull.sh ]; then
-  pull=$(scripts/bench-pull.sh 2>&1 | tail -n 5) || pull="bench-pull.sh failed: $pull"
+  pull=$(scripts/bench-pull.sh 2>&1 | sed -n '/==> results/,$p') || pull="bench-pull.sh failed: $pull"
 fi
 
 echo

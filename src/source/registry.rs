@@ -602,6 +602,14 @@ struct Job {
 /// tells the blob's followers (staging) how far the partial file is
 /// written and how the download ended.
 async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars, feed: Arc<Feed>) -> Result<(), SourceError> {
+    /// Ends the feed if the task is cancelled or panics, so no follower waits forever.
+    struct EndOnDrop(Arc<Feed>);
+    impl Drop for EndOnDrop {
+        fn drop(&mut self) {
+            self.0.failed("the download stopped (cancelled); run the same command again to resume it".into());
+        }
+    }
+    let _end = EndOnDrop(feed.clone());
     let size = job.desc.size;
     let result = fetch_blob_into(ctx, cache, job, bars, &feed).await;
     match &result {
