@@ -313,7 +313,6 @@ impl LayoutBuilder {
 
     /// A manifest whose layers are plain files with titles.
     pub fn file_manifest(&self, files: &[(&str, &[u8])]) -> serde_json::Value {
-        let config = self.blob("application/vnd.oci.empty.v1+json", b"{}");
         let layers: Vec<serde_json::Value> = files
             .iter()
             .map(|(title, bytes)| {
@@ -322,14 +321,7 @@ impl LayoutBuilder {
                 d
             })
             .collect();
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": MT_MANIFEST,
-            "artifactType": "application/vnd.stagehand.test.v1",
-            "config": config,
-            "layers": layers,
-        });
-        self.blob(MT_MANIFEST, &serde_json::to_vec(&manifest).expect("json"))
+        self.manifest(&layers)
     }
 
     /// A manifest with these layer descriptors (and an empty config).
