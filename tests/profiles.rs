@@ -143,17 +143,6 @@ fn targets_rel(kind: Kind, ver: &str) -> BTreeSet<String> {
     }
 }
 
-fn insert_ancestors(w: &mut Tree) {
-    let keys: Vec<String> = w.keys().cloned().collect();
-    for k in keys {
-        let mut p = k.as_str();
-        while let Some((parent, _)) = p.rsplit_once('/') {
-            w.entry(parent.to_string()).or_insert(Node::Dir);
-            p = parent;
-        }
-    }
-}
-
 fn insert_tree(w: &mut Tree, at: &str, src: &Path) {
     w.insert(at.to_string(), Node::Dir);
     for (rel, node) in hash_tree(src) {
@@ -179,7 +168,7 @@ fn expected_world(base: &Tree, pkgs: Pkgs) -> Tree {
     if let Some(v) = pkgs.plugin {
         insert_tree(&mut w, &plugin_rel(v), &Kind::Plugin.src(v));
     }
-    insert_ancestors(&mut w);
+    add_ancestors(&mut w);
     w
 }
 

@@ -137,7 +137,8 @@ pub fn without_demo(base: &Tree) -> Tree {
         .collect()
 }
 
-fn add_ancestors(w: &mut Tree) {
+/// Adds every missing ancestor directory of the tree's entries.
+pub fn add_ancestors(w: &mut Tree) {
     let keys: Vec<String> = w.keys().cloned().collect();
     for k in keys {
         let mut p = k.as_str();
