@@ -45,6 +45,7 @@ use stagehand::source::signature::{
     check_payload, parse_signature_manifest, subject_of, VerifyKey, ANNOTATION_SIGNATURE,
 };
 use stagehand::txn::{
+    BirthTime, FileEntry,
     decide, Action, EntryKind, HistoryEntry, Identity, NewContent, Observed, Op, PackageChange, PackageRecord,
     RecoveryDecision, Step, TargetPlan, TargetProgress, TxnRecord,
 };
@@ -104,6 +105,7 @@ fn decode_all(bytes: &[u8]) {
     round_trip::<TxnRecord>(RecordKind::Txn, bytes);
     round_trip::<PackageRecord>(RecordKind::Package, bytes);
     round_trip::<HistoryEntry>(RecordKind::History, bytes);
+    round_trip::<Vec<FileEntry>>(RecordKind::FileList, bytes);
 }
 
 pub fn journal_decode(data: &[u8]) {
@@ -366,7 +368,10 @@ const POOL: &[&str] = &["/d/t0", "/d/t1", "/d/x", "/d/.t0.stagehand-1.staging", 
 fn gen_ident(b: &mut Bytes, kind: EntryKind) -> Identity {
     let ino = 1 + (b.u8() % 12) as u64;
     let kind = if b.u8() % 8 == 0 { *b.pick(&KINDS) } else { kind };
-    Identity { dev: b.u8() as u64, ino, kind, sha256: b.bool().then(|| [b.u8(); 32]) }
+    let sha256 = b.bool().then(|| [b.u8(); 32]);
+    // Few distinct birth times, so equal and differing ones both occur.
+    let btime = b.bool().then(|| BirthTime { secs: (b.u8() % 3) as i64, nanos: 0 });
+    Identity { dev: b.u8() as u64, ino, kind, sha256, btime }
 }
 
 fn gen_step(b: &mut Bytes) -> Step {

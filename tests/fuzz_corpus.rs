@@ -64,7 +64,13 @@ fn write_journal_seeds() {
     use stagehand::txn::*;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/journal_decode");
     fs::create_dir_all(&dir).unwrap();
-    let id = Identity { dev: 2049, ino: 1234, kind: EntryKind::Dir, sha256: None };
+    let id = Identity {
+        dev: 2049,
+        ino: 1234,
+        kind: EntryKind::Dir,
+        sha256: None,
+        btime: Some(BirthTime { secs: 1_700_000_000, nanos: 5 }),
+    };
     let entry = FileEntry {
         rel: "bin/demo".into(),
         kind: EntryKind::File,
@@ -79,7 +85,11 @@ fn write_journal_seeds() {
         source: "oci-layout:examples/demo:v1".into(),
         installed_at: 1_700_000_000,
         txn: 3,
-        targets: vec![InstalledTarget { path: "/opt/demo/app".into(), kind: EntryKind::Dir, entries: vec![entry] }],
+        targets: vec![InstalledTarget {
+            path: "/opt/demo/app".into(),
+            kind: EntryKind::Dir,
+            file_list: FileListRef { sha256: [0x1f; 32], entries: 1 },
+        }],
         placement: Default::default(),
         previous: vec![],
         signed_by: Some(format!("sha256:{}", "5e".repeat(32))),
@@ -130,6 +140,7 @@ fn write_journal_seeds() {
     fs::write(dir.join("seed-txn"), encode(RecordKind::Txn, &txn).unwrap()).unwrap();
     fs::write(dir.join("seed-package"), encode(RecordKind::Package, &pkg).unwrap()).unwrap();
     fs::write(dir.join("seed-history"), encode(RecordKind::History, &hist).unwrap()).unwrap();
+    fs::write(dir.join("seed-filelist"), encode(RecordKind::FileList, &vec![entry]).unwrap()).unwrap();
 }
 
 /// A bounded, seeded sweep of pseudo-random inputs through the decision and

@@ -499,6 +499,11 @@ fn random_kills_large() {
             if digest.as_deref() != Some(digests[after].as_str()) {
                 return Err(format!("the registry lists {digest:?}, DEST holds v{}", after + 1));
             }
+            // `verify` reads the package's file lists: they survived too.
+            let v = run(&["verify".into(), "big".into()]);
+            if !v.success() {
+                return Err(format!("verify after recovery failed:\n{}", v.describe()));
+            }
             Ok(after)
         })();
         match problem {
@@ -525,4 +530,9 @@ fn random_kills_large() {
     }
     assert_eq!((unopenable, violations), (0, 0), "see the failures above");
     assert!(killed > kills / 2, "too few kills landed while the upgrade was running");
+    // Records stay far below sled's blob threshold: sled wrote no blob file.
+    let blobs: Vec<_> = fs::read_dir(state.join("journal/blobs")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(blobs.is_empty(), "sled wrote blob files for {files}-file records: {:?}", blobs.first().map(|e| e.path()));
+    let lists = fs::read_dir(state.join("filelists/sha256")).unwrap().count();
+    assert!(lists >= 4, "the file lists of {files}-file package versions: {lists} files under filelists/sha256");
 }

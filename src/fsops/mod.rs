@@ -24,7 +24,7 @@ use std::path::Path;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::txn::{EntryKind, Identity};
+use crate::txn::{BirthTime, EntryKind, Identity};
 
 fn point(op: &str, role: &str) -> io::Result<()> {
     killpoint::hit(&format!("fsops.{op}.{role}"))
@@ -229,6 +229,15 @@ pub fn rename(from: &Path, to: &Path, role: &str) -> io::Result<()> {
     sync_parents(from, to, role)
 }
 
+/// Renames `from` to `to` without fsyncing: the caller renames several
+/// names in one directory and then fsyncs it once ([`fsync_dir`]).
+pub fn rename_no_sync(from: &Path, to: &Path, role: &str) -> io::Result<()> {
+    point("rename", role)?;
+    fs::rename(from, to).map_err(|e| with_path(e, &format!("rename {} to", from.display()), to))?;
+    rec(|| json!({"op": "rename", "from": p2s(from), "to": p2s(to)}));
+    Ok(())
+}
+
 /// Atomically exchanges two existing paths with `renameat2(RENAME_EXCHANGE)`
 /// and fsyncs their parents. Returns `Ok(false)`, having changed nothing, if
 /// the filesystem or kernel does not support exchange.
@@ -383,10 +392,34 @@ pub fn remove_empty_dir(path: &Path, role: &str) -> io::Result<()> {
 /// identity (device, inode, kind), or `None` if nothing is there. Read-only.
 pub fn identity(path: &Path) -> io::Result<Option<Identity>> {
     match fs::symlink_metadata(path) {
-        Ok(m) => Ok(Some(Identity { dev: m.dev(), ino: m.ino(), kind: kind_of(&m), sha256: None })),
+        Ok(m) => Ok(Some(Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            kind: kind_of(&m),
+            sha256: None,
+            btime: birth_time(&m),
+        })),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(with_path(e, "stat", path)),
     }
+}
+
+/// The inode's birth time, where the filesystem records one: std's
+/// `created()` is `statx(STATX_BTIME)` on Linux, and an error where the
+/// filesystem or kernel has none.
+pub fn birth_time(m: &fs::Metadata) -> Option<BirthTime> {
+    let t = m.created().ok()?;
+    Some(match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => BirthTime { secs: i64::try_from(d.as_secs()).ok()?, nanos: d.subsec_nanos() },
+        Err(e) => {
+            let d = e.duration();
+            let secs = -i64::try_from(d.as_secs()).ok()?;
+            match d.subsec_nanos() {
+                0 => BirthTime { secs, nanos: 0 },
+                n => BirthTime { secs: secs - 1, nanos: 1_000_000_000 - n },
+            }
+        }
+    })
 }
 
 /// The filesystem that holds `path`, or would hold it once created: the

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use super::{path_str, stage, Error, Result};
+use crate::journal::Journal;
 use crate::txn::{EntryKind, PackageRecord};
 
 /// True if one of two absolute paths is the other or lies beneath it.
@@ -36,7 +37,12 @@ pub(super) fn check_removal(others: &[PackageRecord], path: &str, name: &str) ->
 /// db); a directory target may contain other packages' file targets, which
 /// are then carried over into the new directory (returned). Any other
 /// overlap is refused.
-pub(super) fn check_ownership(others: &[PackageRecord], path: &str, kind: EntryKind) -> Result<Vec<stage::Carried>> {
+pub(super) fn check_ownership(
+    journal: &Journal,
+    others: &[PackageRecord],
+    path: &str,
+    kind: EntryKind,
+) -> Result<Vec<stage::Carried>> {
     let p = Path::new(path);
     let mut carry = Vec::new();
     for pkg in others {
@@ -47,7 +53,8 @@ pub(super) fn check_ownership(others: &[PackageRecord], path: &str, kind: EntryK
             let dir_holds_file = p != tp && tp.starts_with(p) && kind == EntryKind::Dir && t.kind == EntryKind::File;
             if dir_holds_file {
                 let rel = tp.strip_prefix(p).map_err(|_| Error::Refused(format!("{} is not inside {path}", t.path)))?;
-                let sha256 = t.entries.iter().find(|e| e.rel.is_empty()).map(|e| e.sha256.clone()).unwrap_or_default();
+                let entries = journal.file_list(&pkg.name, &t.file_list)?;
+                let sha256 = entries.iter().find(|e| e.rel.is_empty()).map(|e| e.sha256.clone()).unwrap_or_default();
                 carry.push(stage::Carried {
                     rel: path_str(rel)?,
                     live: tp.to_path_buf(),

@@ -313,7 +313,7 @@ impl Installer {
                     .filter(|o| o.name != p.name)
                     .flat_map(|o| o.targets.iter().map(|t| t.path.clone()))
                     .collect();
-                verify::verify_package(p, &foreign)
+                verify::verify_package(&self.journal, p, &foreign)
             })
             .collect()
     }
@@ -333,7 +333,7 @@ impl Installer {
     fn run_changes(&mut self, op: Op, changes: Vec<ChangeRequest>, progress: bool) -> Result<TxnRecord> {
         let installed = self.journal.packages()?;
         let id = self.journal.new_txn_id()?;
-        let plan = planner::plan(&self.state_dir, &installed, id, op, changes)?;
+        let plan = planner::plan(&self.state_dir, &self.journal, &installed, id, op, changes)?;
         self.execute(plan, progress)
     }
 

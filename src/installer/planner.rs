@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use super::checks::{check_ownership, check_removal, mounts_at_or_under, nests};
 use super::{exec, io, keep_versions, now, path_str, space, stage, Error, Result};
 use crate::fsops;
+use crate::journal::Journal;
 use crate::plan::{limits::Limits, PlannedContent, PlannedTarget};
 use crate::source::{self, BlobSource, ResolvedArtifact};
 use crate::txn::{
@@ -124,6 +125,7 @@ fn strictly_inside(inner: &str, outer: &str) -> bool {
 /// package. Refuses, changing nothing, if any part of the set is refused.
 pub fn plan(
     state_dir: &Path,
+    journal: &Journal,
     installed: &[PackageRecord],
     id: TxnId,
     op: Op,
@@ -153,7 +155,7 @@ pub fn plan(
         for pt in &req.planned {
             let path = path_str(&pt.path)?;
             let kind = kind_of(&pt.content);
-            let carry = check_ownership(&others, &path, kind)?;
+            let carry = check_ownership(journal, &others, &path, kind)?;
             let old = old_identity(&pt.path)?;
             if let Some(o) = old {
                 if o.kind == EntryKind::Symlink {

@@ -10,10 +10,10 @@ use super::planner::{ChangeWork, StageItem, TxnPlan};
 use super::resolve::import_layout_blobs;
 use super::{exec, interrupt, io, now, progress, space, stage, Error, Installer, Result};
 use crate::fsops;
-use crate::journal::JournalError;
+use crate::journal::{Journal, JournalError};
 use crate::plan::PlannedContent;
 use crate::source::SourceError;
-use crate::txn::{EntryKind, InstalledTarget, NewContent, Outcome, PackageRecord, Step, TxnRecord};
+use crate::txn::{EntryKind, FileEntry, InstalledTarget, NewContent, Outcome, PackageRecord, Step, TxnRecord};
 
 impl Installer {
     /// Runs a planned transaction to its end. Returns the finished record.
@@ -33,7 +33,7 @@ impl Installer {
         if stages_something {
             // Everything from here until the commit point rolls back on error.
             let bar = progress::Progress::new(total_bytes, show_progress);
-            let staged = stage_all(&mut rec, &stage, &mut work, &bar, &budget);
+            let staged = stage_all(&self.journal, &mut rec, &stage, &mut work, &bar, &budget);
             bar.finish();
             if let Err(e) = staged {
                 // A blob download that failed is the cause, not the read that saw it.
@@ -117,9 +117,19 @@ impl Installer {
     }
 }
 
+/// A staged target's part of its package's registry entry, before its file
+/// list is written.
+struct StagedTarget {
+    path: String,
+    kind: EntryKind,
+    entries: Vec<FileEntry>,
+}
+
 /// Stages every target (and the files embedded in directory targets), then
-/// makes them durable and fills in each change's registry entry.
+/// makes them and their file lists durable and fills in each change's
+/// registry entry.
 fn stage_all(
+    journal: &Journal,
     rec: &mut TxnRecord,
     items: &[StageItem],
     work: &mut [ChangeWork],
@@ -130,7 +140,7 @@ fn stage_all(
         fsops::create_dir_all_durable(Path::new(d), 0o755 & !fsops::umask(), "parent")
             .map_err(io(format!("creating {d}")))?;
     }
-    let mut installed: Vec<Vec<InstalledTarget>> = vec![Vec::new(); work.len()];
+    let mut installed: Vec<Vec<StagedTarget>> = (0..work.len()).map(|_| Vec::new()).collect();
     for item in items {
         if interrupt::requested() {
             return Err(Error::Interrupted);
@@ -154,7 +164,7 @@ fn stage_all(
             identity.sha256 = staged.entries.first().map(|e| exec::digest_bytes(&e.sha256));
         }
         t.new = Some(NewContent { kind, identity: Some(identity) });
-        installed[change].push(InstalledTarget { path: t.path.clone(), kind, entries: staged.entries });
+        installed[change].push(StagedTarget { path: t.path.clone(), kind, entries: staged.entries });
         for e in &item.embedded {
             let ew = &work[e.change];
             let Some(eblobs) = ew.blobs.as_deref() else {
@@ -170,7 +180,7 @@ fn stage_all(
                     .map_err(io(format!("creating {}", parent.display())))?;
             }
             let staged = stage::stage_file(&at, desc, *bytes, &eblobs, ew.limits, &meter)?;
-            installed[e.change].push(InstalledTarget {
+            installed[e.change].push(StagedTarget {
                 path: e.path.clone(),
                 kind: EntryKind::File,
                 entries: staged.entries,
@@ -181,11 +191,18 @@ fn stage_all(
         rec.targets.iter().filter(|t| t.new.is_some()).map(|t| PathBuf::from(&t.staging)).collect();
     tracing::debug!(txn = rec.id, "written; making durable");
     stage::make_durable(&staged_paths)?;
+    // The file lists, durable before the `staged` record that names them.
+    let lists: Vec<&[FileEntry]> = installed.iter().flatten().map(|t| t.entries.as_slice()).collect();
+    let mut refs = journal.write_file_lists(&lists)?.into_iter();
     rec.step = Step::Staged;
     let at = now();
     for (ci, w) in work.iter_mut().enumerate() {
+        let mut targets = Vec::with_capacity(installed[ci].len());
+        for t in std::mem::take(&mut installed[ci]) {
+            let file_list = refs.next().ok_or_else(|| Error::Refused("a file list went missing (a bug)".into()))?;
+            targets.push(InstalledTarget { path: t.path, kind: t.kind, file_list });
+        }
         if let Some(template) = w.template.take() {
-            let targets = std::mem::take(&mut installed[ci]);
             rec.changes[ci].new_package = Some(PackageRecord { installed_at: at, txn: rec.id, targets, ..template });
         }
     }

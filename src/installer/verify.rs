@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::{Error, Result};
 use crate::fsops;
+use crate::journal::Journal;
 use crate::txn::{EntryKind, FileEntry, PackageRecord};
 
 /// One difference between the registry and the disk.
@@ -95,11 +96,12 @@ fn compare(want: &FileEntry, got: Option<FileEntry>, shown: &str, out: &mut Vec<
 /// Verifies one package against the disk. Paths in `foreign` (targets of
 /// other packages nested inside this one's directories) and their parent
 /// directories are not this package's business.
-pub fn verify_package(pkg: &PackageRecord, foreign: &BTreeSet<String>) -> Result<VerifyReport> {
+pub fn verify_package(journal: &Journal, pkg: &PackageRecord, foreign: &BTreeSet<String>) -> Result<VerifyReport> {
     let mut mismatches = Vec::new();
     let mut checked = 0;
     for t in &pkg.targets {
         let root = Path::new(&t.path);
+        let entries = journal.file_list(&pkg.name, &t.file_list)?;
         match t.kind {
             EntryKind::Dir => {
                 let top = read_entry(root, "")?;
@@ -109,7 +111,7 @@ pub fn verify_package(pkg: &PackageRecord, foreign: &BTreeSet<String>) -> Result
                 }
                 let mut on_disk = BTreeMap::new();
                 walk(root, "", &mut on_disk)?;
-                for want in &t.entries {
+                for want in &entries {
                     checked += 1;
                     let p = root.join(&want.rel);
                     compare(want, read_entry(&p, &want.rel)?, &p.display().to_string(), &mut mismatches);
@@ -129,7 +131,7 @@ pub fn verify_package(pkg: &PackageRecord, foreign: &BTreeSet<String>) -> Result
                 }
             }
             _ => {
-                for want in &t.entries {
+                for want in &entries {
                     checked += 1;
                     compare(want, read_entry(root, "")?, &t.path, &mut mismatches);
                 }

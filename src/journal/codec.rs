@@ -11,9 +11,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 3;
-/// Largest record accepted (a package with thousands of files fits easily).
-pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+pub const FORMAT_VERSION: u8 = 4;
+/// Largest sled record accepted (transaction, package, history). sled 0.34
+/// writes a value over a quarter of its segment (128 KiB here) to a blob
+/// file of its own; records stay far below that, since per-file lists live
+/// in file lists (`journal::filelist`), not in records.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Largest file list accepted: about 300,000 entries of typical size.
+pub const MAX_FILE_LIST_BYTES: usize = 64 * 1024 * 1024;
 
 /// Which type a record holds; checked on decode so a record in the wrong
 /// tree is caught.
@@ -23,6 +28,8 @@ pub enum RecordKind {
     Txn = 1,
     Package = 2,
     History = 3,
+    /// A target's `Vec<FileEntry>`, stored as a file, not in sled.
+    FileList = 4,
 }
 
 impl RecordKind {
@@ -31,7 +38,16 @@ impl RecordKind {
             1 => Some(RecordKind::Txn),
             2 => Some(RecordKind::Package),
             3 => Some(RecordKind::History),
+            4 => Some(RecordKind::FileList),
             _ => None,
+        }
+    }
+
+    /// The largest record of this kind.
+    pub fn max_bytes(self) -> usize {
+        match self {
+            RecordKind::FileList => MAX_FILE_LIST_BYTES,
+            _ => MAX_RECORD_BYTES,
         }
     }
 }
@@ -41,8 +57,8 @@ impl RecordKind {
 pub enum DecodeError {
     #[error("record is {0} bytes, shorter than the 6-byte minimum")]
     TooShort(usize),
-    #[error("record is {0} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
-    TooLong(usize),
+    #[error("record is {0} bytes, over the {1}-byte limit of its kind")]
+    TooLong(usize, usize),
     #[error("checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
     Checksum { stored: u32, computed: u32 },
     #[error("format version {0} is newer than this stagehand understands ({FORMAT_VERSION}); use a newer stagehand")]
@@ -58,7 +74,7 @@ pub enum DecodeError {
 }
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<MAX_RECORD_BYTES>()
+    bincode::config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<MAX_FILE_LIST_BYTES>()
 }
 
 /// Encodes `value` as a record of `kind`.
@@ -68,8 +84,12 @@ pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Result<Vec<u8>, Stri
     out.extend_from_slice(&body);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    if out.len() > MAX_RECORD_BYTES {
-        return Err(format!("record of {} bytes exceeds the {MAX_RECORD_BYTES}-byte limit", out.len()));
+    if out.len() > kind.max_bytes() {
+        return Err(format!(
+            "a {kind:?} record of {} bytes exceeds the {}-byte limit (too many targets or packages in one transaction?)",
+            out.len(),
+            kind.max_bytes()
+        ));
     }
     Ok(out)
 }
@@ -79,8 +99,8 @@ pub fn decode<T: DeserializeOwned>(kind: RecordKind, bytes: &[u8]) -> Result<T, 
     if bytes.len() < 6 {
         return Err(DecodeError::TooShort(bytes.len()));
     }
-    if bytes.len() > MAX_RECORD_BYTES {
-        return Err(DecodeError::TooLong(bytes.len()));
+    if bytes.len() > kind.max_bytes() {
+        return Err(DecodeError::TooLong(bytes.len(), kind.max_bytes()));
     }
     let (head, tail) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
@@ -109,7 +129,7 @@ pub fn decode<T: DeserializeOwned>(kind: RecordKind, bytes: &[u8]) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::txn::{EntryKind, FileEntry, InstalledTarget, PackageRecord};
+    use crate::txn::{EntryKind, FileListRef, InstalledTarget, PackageRecord};
 
     fn sample() -> PackageRecord {
         PackageRecord {
@@ -121,14 +141,7 @@ mod tests {
             targets: vec![InstalledTarget {
                 path: "/opt/demo".into(),
                 kind: EntryKind::Dir,
-                entries: vec![FileEntry {
-                    rel: "bin/demo".into(),
-                    kind: EntryKind::File,
-                    mode: 0o755,
-                    size: 3,
-                    sha256: "cd".repeat(32),
-                    link: String::new(),
-                }],
+                file_list: FileListRef { sha256: [0xcd; 32], entries: 3 },
             }],
             placement: Default::default(),
             previous: vec![],
@@ -183,16 +196,19 @@ mod tests {
 #[cfg(test)]
 mod layout_tests {
     use super::*;
-    use crate::txn::{Op, PackageChange, Step, TargetPlan, TargetProgress, TxnRecord};
+    use crate::txn::{
+        BirthTime, EntryKind, FileEntry, FileListRef, Identity, InstalledTarget, Op, PackageChange, Step, TargetPlan,
+        TargetProgress, TxnRecord,
+    };
 
     fn string(want: &mut Vec<u8>, s: &str) {
         want.extend((s.len() as u64).to_le_bytes());
         want.extend(s.as_bytes());
     }
 
-    /// Pins the byte layout that journal-format.md documents (format 3:
-    /// `changes` in place of format 2's package/old_digest/new_package, and
-    /// `TargetPlan::change`).
+    /// Pins the byte layout that journal-format.md documents (since format
+    /// 3: `changes` in place of format 2's package/old_digest/new_package,
+    /// and `TargetPlan::change`; format 4: `Identity::btime`).
     #[test]
     fn txn_record_bytes_match_the_documentation() {
         let rec = TxnRecord {
@@ -206,7 +222,13 @@ mod layout_tests {
                 path: "/t".into(),
                 staging: "/s".into(),
                 backup: "/b".into(),
-                old: None,
+                old: Some(Identity {
+                    dev: 1,
+                    ino: 2,
+                    kind: EntryKind::Dir,
+                    sha256: None,
+                    btime: Some(BirthTime { secs: -1, nanos: 5 }),
+                }),
                 new: None,
                 progress: TargetProgress::Swapped,
                 change: 0,
@@ -214,7 +236,7 @@ mod layout_tests {
             created_dirs: vec![],
         };
         let b = encode(RecordKind::Txn, &rec).expect("encodes");
-        let mut want = vec![3u8, 1];
+        let mut want = vec![FORMAT_VERSION, 1];
         want.extend(7u64.to_le_bytes()); // id
         want.extend(3u32.to_le_bytes()); // op: Apply = variant 3
         want.extend(4u32.to_le_bytes()); // step: RollingBack = variant 4
@@ -230,7 +252,14 @@ mod layout_tests {
         string(&mut want, "/t"); //   path
         string(&mut want, "/s"); //   staging
         string(&mut want, "/b"); //   backup
-        want.push(0); //   old: None
+        want.push(1); //   old: Some(Identity)
+        want.extend(1u64.to_le_bytes()); //     dev
+        want.extend(2u64.to_le_bytes()); //     ino
+        want.extend(1u32.to_le_bytes()); //     kind: Dir
+        want.push(0); //     sha256: None
+        want.push(1); //     btime: Some
+        want.extend((-1i64).to_le_bytes()); //       secs
+        want.extend(5u32.to_le_bytes()); //       nanos
         want.push(0); //   new: None
         want.extend(2u32.to_le_bytes()); //   progress: Swapped
         want.extend(0u32.to_le_bytes()); //   change: 0
@@ -265,7 +294,7 @@ mod layout_tests {
             error: None,
         };
         let b = encode(RecordKind::History, &e).expect("encodes");
-        let mut want = vec![3u8, 3];
+        let mut want = vec![FORMAT_VERSION, 3];
         want.extend(3u64.to_le_bytes()); // id
         want.extend(0u32.to_le_bytes()); // op: Install
         want.extend(1u64.to_le_bytes()); // started_at
@@ -289,5 +318,51 @@ mod layout_tests {
         let crc = crc32fast::hash(&want);
         want.extend(crc.to_le_bytes());
         assert_eq!(b, want);
+    }
+
+    /// Pins the file list layout (format 4) and an `InstalledTarget`'s
+    /// reference to one.
+    #[test]
+    fn file_list_and_its_reference_match_the_documentation() {
+        let list = vec![FileEntry {
+            rel: "a".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: 2,
+            sha256: "h".into(),
+            link: String::new(),
+        }];
+        let b = encode(RecordKind::FileList, &list).expect("encodes");
+        let mut want = vec![FORMAT_VERSION, 4];
+        want.extend(1u64.to_le_bytes()); // entries: 1
+        string(&mut want, "a"); //   rel
+        want.extend(0u32.to_le_bytes()); //   kind: File
+        want.extend(0o644u32.to_le_bytes()); //   mode
+        want.extend(2u64.to_le_bytes()); //   size
+        string(&mut want, "h"); //   sha256
+        string(&mut want, ""); //   link
+        let crc = crc32fast::hash(&want);
+        want.extend(crc.to_le_bytes());
+        assert_eq!(b, want);
+
+        let t = InstalledTarget {
+            path: "/p".into(),
+            kind: EntryKind::Dir,
+            file_list: FileListRef { sha256: [7; 32], entries: 9 },
+        };
+        let body = bincode::serde::encode_to_vec(&t, config()).expect("encodes");
+        let mut want = Vec::new();
+        string(&mut want, "/p");
+        want.extend(1u32.to_le_bytes()); // kind: Dir
+        want.extend([7u8; 32]); // file_list.sha256: 32 bytes, no length
+        want.extend(9u64.to_le_bytes()); // file_list.entries
+        assert_eq!(body, want);
+    }
+
+    #[test]
+    fn records_over_their_kind_limit_are_refused() {
+        let big = vec!["x".repeat(1000); 70];
+        assert!(encode(RecordKind::Txn, &big).is_err(), "a 70 KB sled record must be refused");
+        assert!(encode(RecordKind::FileList, &big).is_ok(), "a 70 KB file list is fine");
     }
 }

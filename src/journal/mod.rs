@@ -16,6 +16,7 @@
 //! an exclusive lock of its own and a second opener would fail obscurely.
 
 pub mod codec;
+pub mod filelist;
 pub mod leftovers;
 pub mod salvage;
 pub mod seal;
@@ -27,7 +28,7 @@ use std::sync::Mutex;
 use sled::Transactional;
 
 use crate::fsops::{self, killpoint};
-use crate::txn::{ChangeSummary, HistoryEntry, Outcome, PackageRecord, TxnId, TxnRecord};
+use crate::txn::{ChangeSummary, FileEntry, FileListRef, HistoryEntry, Outcome, PackageRecord, TxnId, TxnRecord};
 use codec::{DecodeError, RecordKind, FORMAT_VERSION};
 
 pub use codec::MAX_RECORD_BYTES;
@@ -56,6 +57,10 @@ pub enum JournalError {
     Injected { point: String, source: std::io::Error },
     #[error("cannot encode a journal record: {0}")]
     Encode(String),
+    #[error("cannot write the file lists under {path}: {source}")]
+    WriteFileList { path: PathBuf, source: std::io::Error },
+    #[error("{package}: {source}. Nothing was changed; `stagehand repair --dry-run` shows the state, and restoring the state dir from a backup (or reinstalling the package) is the fix")]
+    FileList { package: String, source: filelist::FileListError },
 }
 
 impl JournalError {
@@ -74,6 +79,7 @@ impl JournalError {
 
 impl From<sled::transaction::TransactionError<()>> for JournalError {
     fn from(e: sled::transaction::TransactionError<()>) -> Self {
+        // (sled's transaction errors: storage, or our own abort.)
         match e {
             sled::transaction::TransactionError::Storage(s) => JournalError::Storage(s),
             sled::transaction::TransactionError::Abort(()) => {
@@ -96,6 +102,8 @@ pub struct Journal {
     /// sled's files (relative names, `blobs/<lsn>` for blobs) as of our last
     /// fsync of the directory: see [`Journal::sync_files`].
     synced: Mutex<Option<BTreeSet<String>>>,
+    /// `STATE/filelists`: see [`filelist`].
+    filelists: PathBuf,
 }
 
 fn txn_key(id: TxnId) -> [u8; 8] {
@@ -140,6 +148,7 @@ impl Journal {
             packages: open("packages")?,
             db,
             synced: Mutex::new(None),
+            filelists: filelist::root(dir),
         };
         match j.meta.get("format")? {
             Some(v) if v.first() == Some(&FORMAT_VERSION) => {}
@@ -221,6 +230,29 @@ impl Journal {
         self.flush(what)
     }
 
+    /// Writes the file lists of staged targets and makes them durable: before
+    /// the record that names them (see [`filelist`]).
+    pub fn write_file_lists(&self, lists: &[&[FileEntry]]) -> Result<Vec<FileListRef>> {
+        filelist::write_all(&self.filelists, lists)
+            .map_err(|source| JournalError::WriteFileList { path: self.filelists.clone(), source })
+    }
+
+    /// The entries of one installed target of `package`.
+    pub fn file_list(&self, package: &str, r: &FileListRef) -> Result<Vec<FileEntry>> {
+        filelist::read(&self.filelists, r).map_err(|source| JournalError::FileList { package: package.into(), source })
+    }
+
+    /// Every file list a record names: the installed packages' and those of
+    /// the transactions in flight.
+    pub fn referenced_file_lists(&self) -> Result<BTreeSet<[u8; 32]>> {
+        let mut out = BTreeSet::new();
+        let in_flight = self.pending()?.into_iter().flat_map(|r| r.changes).filter_map(|c| c.new_package);
+        for p in self.packages()?.into_iter().chain(in_flight) {
+            out.extend(p.targets.iter().map(|t| t.file_list.sha256));
+        }
+        Ok(out)
+    }
+
     /// Every transaction in flight, oldest first. A record that does not
     /// decode is an error naming its key; nothing is skipped.
     pub fn pending(&self) -> Result<Vec<TxnRecord>> {
@@ -286,6 +318,17 @@ impl Journal {
         // Failing to advance it leaves it behind, which is safe: warn only.
         if let Err(e) = seal::write(&self.dir, rec.id) {
             tracing::warn!(error = %e, "could not advance the journal seal");
+        }
+        // Only after the flush too: no durable record may name a removed list.
+        // Failing here changes nothing the transaction did: warn only.
+        let collected = self
+            .referenced_file_lists()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|referenced| filelist::collect_garbage(&self.filelists, &referenced));
+        match collected {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "file lists no record names"),
+            Err(e) => tracing::warn!(error = %e, "could not remove unreferenced file lists; the next transaction retries"),
         }
         Ok(())
     }

@@ -79,7 +79,7 @@ pub fn scan_dir(journal_dir: &Path) -> io::Result<BTreeSet<String>> {
 /// What [`set_aside`] did and found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SetAside {
-    /// (from, to) of each rename: the journal directory and its seal.
+    /// (from, to) of each rename: the journal directory, its seal, its file lists.
     pub moved: Vec<(String, String)>,
     /// Staging/backup paths the damaged journal names that exist on disk,
     /// and any other `.stagehand-` entry beside them.
@@ -90,13 +90,15 @@ pub struct SetAside {
     pub max_txn: u64,
 }
 
-/// Renames `journal_dir` and its seal to `<name>.damaged-<suffix>` (fsynced,
+/// Renames `journal_dir`, its seal and its file lists to `<name>.damaged-<suffix>` (fsynced,
 /// through `fsops`, kill points `fsops.rename.journal_aside`) and reports the
 /// `.stagehand-` paths the moved journal names. Deletes nothing.
 pub fn set_aside(journal_dir: &Path, suffix: &str) -> io::Result<SetAside> {
     let named = scan_dir(journal_dir)?;
     let mut moved = Vec::new();
-    for from in [journal_dir.to_path_buf(), super::seal::path(journal_dir)] {
+    // The file lists go with the journal that names them: a fresh journal
+    // names none and would collect them as garbage.
+    for from in [journal_dir.to_path_buf(), super::seal::path(journal_dir), super::filelist::root(journal_dir)] {
         if std::fs::symlink_metadata(&from).is_err() {
             continue;
         }

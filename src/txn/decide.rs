@@ -72,7 +72,7 @@ pub enum RecoveryDecision {
 pub fn place(id: Option<Identity>, t: &TargetPlan) -> Place {
     let Some(id) = id else { return Place::Absent };
     let new = t.new.as_ref().and_then(|n| n.identity);
-    let same_object = |r: &Identity| r.ino == id.ino && r.same_as(&id);
+    let same_object = |r: &Identity| r.same_inode(&id) && r.same_as(&id);
     if new.is_some_and(|n| same_object(&n)) {
         Place::New
     } else if t.old.is_some_and(|o| same_object(&o)) {

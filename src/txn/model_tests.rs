@@ -15,7 +15,7 @@ type Fs = BTreeMap<String, u64>; // path -> inode
 const FOREIGN: u64 = 900;
 
 fn ident(ino: u64) -> Identity {
-    Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: None }
+    Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: None, btime: None }
 }
 
 fn old_ino(i: usize) -> u64 {
@@ -321,7 +321,7 @@ fn lost_old_and_new_refuses() {
 
 #[test]
 fn a_file_put_back_by_hand_is_recognised_by_its_digest() {
-    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]) };
+    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]), btime: None };
     let mut t = target(0, true, Some(true));
     t.old = Some(file(100, 1));
     t.new = Some(NewContent { kind: EntryKind::File, identity: Some(file(200, 2)) });
@@ -334,13 +334,13 @@ fn a_file_put_back_by_hand_is_recognised_by_its_digest() {
     assert_eq!(super::place(Some(unhashed), &t), super::Place::Foreign);
     assert!(file(100, 1).needs_digest_of(&unhashed));
     // Directories are never matched by digest.
-    let dir = |ino| Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: Some([1; 32]) };
+    let dir = |ino| Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: Some([1; 32]), btime: None };
     assert!(!dir(1).same_as(&dir(2)));
 }
 
 #[test]
 fn a_reused_inode_with_other_bytes_is_not_the_old_file() {
-    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]) };
+    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]), btime: None };
     let mut t = target(0, false, Some(true));
     t.new = Some(NewContent { kind: EntryKind::File, identity: Some(file(200, 2)) });
     // Cleanup freed inode 200; another program's new file got it.
@@ -391,7 +391,7 @@ fn a_reinstall_of_the_same_bytes_rolls_back_before_commit() {
     // identity not yet recorded, or recorded), the copy at the staging path
     // is a spare, not the old content moved there: roll back, keeping the
     // old file at its target.
-    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]) };
+    let file = |ino, d: u8| Identity { dev: 1, ino, kind: EntryKind::File, sha256: Some([d; 32]), btime: None };
     for staged in [false, true] {
         let mut t = target(0, true, Some(staged));
         t.old = Some(file(100, 7));
@@ -411,4 +411,19 @@ fn a_reinstall_of_the_same_bytes_rolls_back_before_commit() {
             other => panic!("staged={staged}: expected a plain rollback, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_reused_directory_inode_is_told_apart_by_its_birth_time() {
+    let born = |secs| Some(crate::txn::BirthTime { secs, nanos: 0 });
+    let dir = |ino, btime| Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: None, btime };
+    let mut t = target(0, false, Some(true));
+    t.new = Some(NewContent { kind: EntryKind::Dir, identity: Some(dir(300, born(10))) });
+    assert_eq!(super::place(Some(dir(300, born(10))), &t), super::Place::New);
+    // Cleanup freed inode 300; another program's new directory got it.
+    assert_eq!(super::place(Some(dir(300, born(99))), &t), super::Place::Foreign);
+    // Where the filesystem keeps no birth time, the inode number decides.
+    assert_eq!(super::place(Some(dir(300, None)), &t), super::Place::New);
+    assert!(!dir(300, born(10)).same_inode(&dir(300, born(11))));
+    assert!(dir(300, born(10)).same_inode(&dir(300, None)));
 }

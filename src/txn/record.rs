@@ -33,13 +33,25 @@ pub struct Identity {
     /// Recorded for files; on observations of files, filled in whenever a
     /// recorded identity carries one (see [`Identity::needs_digest_of`]).
     pub sha256: Option<[u8; 32]>,
+    /// The inode's birth time (`statx` `STATX_BTIME`), where the filesystem
+    /// keeps one (ext4, btrfs, xfs, tmpfs): a reused inode number gets a new
+    /// one, so for objects without a digest it tells reuse apart.
+    pub btime: Option<BirthTime>,
+}
+
+/// An inode's birth time, as `statx` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BirthTime {
+    /// Seconds since the Unix epoch (negative before it).
+    pub secs: i64,
+    pub nanos: u32,
 }
 
 impl Identity {
     /// Same content: same kind, and for regular files with a digest on both
     /// sides the same sha256 (whatever the inode: a reused inode with other
     /// bytes is not the same, a new inode with the same bytes is); otherwise
-    /// the same inode.
+    /// the same inode ([`Identity::same_inode`]).
     pub fn same_as(&self, other: &Identity) -> bool {
         if self.kind != other.kind {
             return false;
@@ -49,7 +61,14 @@ impl Identity {
                 return a == b;
             }
         }
-        self.ino == other.ino
+        self.same_inode(other)
+    }
+
+    /// The same inode, not a later one that reuses its number: equal inode
+    /// numbers, and equal birth times where both sides have one.
+    pub fn same_inode(&self, other: &Identity) -> bool {
+        let born_apart = matches!((self.btime, other.btime), (Some(a), Some(b)) if a != b);
+        self.ino == other.ino && !born_apart
     }
 
     /// True if this recorded identity carries a digest that an observation
@@ -216,12 +235,30 @@ pub struct FileEntry {
     pub link: String,
 }
 
-/// One installed target of a package.
+/// One installed target of a package. Its files are listed outside sled,
+/// in the file list [`InstalledTarget::file_list`] names, so records stay
+/// small whatever the package's size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledTarget {
     pub path: String,
     pub kind: EntryKind,
-    pub entries: Vec<FileEntry>,
+    pub file_list: FileListRef,
+}
+
+/// A content-addressed file list (`STATE/filelists/sha256/<hex>`, see
+/// `journal::filelist`): the `FileEntry`s of one installed target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FileListRef {
+    /// sha256 of the file list's bytes: its name.
+    pub sha256: [u8; 32],
+    /// How many entries it holds.
+    pub entries: u64,
+}
+
+impl FileListRef {
+    pub fn hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
 }
 
 /// Where a version's layers were placed, as asked: enough to plan the same

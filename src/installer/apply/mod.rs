@@ -206,7 +206,7 @@ impl Installer {
         if opts.dry_run {
             if !changes.is_empty() {
                 // Every refusal, decided now; nothing is journaled or staged.
-                planner::plan(&self.state_dir, &installed, 0, Op::Apply, changes)?;
+                planner::plan(&self.state_dir, &self.journal, &installed, 0, Op::Apply, changes)?;
             }
             return Ok(report);
         }
