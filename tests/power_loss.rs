@@ -53,7 +53,7 @@ use std::time::Instant;
 
 use common::proof::*;
 use stagehand::journal::codec::{self, RecordKind};
-use stagehand::txn::{Identity, TxnRecord};
+use stagehand::txn::{BirthTime, Identity, TxnRecord};
 
 // ---------------------------------------------------------------------------
 // The recorded log
@@ -826,7 +826,7 @@ impl Checker {
     /// Puts the unmodelled parts of STATE in place: the lock file, the seal,
     /// and the journal of snapshot `snap` (the pristine one if none) with its
     /// pending records' identities remapped to `new_ino`.
-    fn materialize_state(&self, snap: Option<u64>, new_ino: &HashMap<Ino, u64>) {
+    fn materialize_state(&self, snap: Option<u64>, new_ino: &HashMap<Ino, (u64, Option<BirthTime>)>) {
         fs::create_dir_all(&self.state).unwrap();
         // The seal (rewritten after each finished txn, outside the model) is
         // the pristine one: the txn it names is in every snapshot's history.
@@ -841,7 +841,10 @@ impl Checker {
         let mut unknown = 0u64;
         let mut remap = |id: &mut Identity| {
             match self.rec_ino.get(&id.ino).and_then(|m| new_ino.get(m)) {
-                Some(&n) => id.ino = n,
+                Some(&(n, btime)) => {
+                    id.ino = n;
+                    id.btime = btime;
+                }
                 None => {
                     // The object no longer exists anywhere: nothing may match it by inode.
                     unknown += 1;
@@ -889,6 +892,13 @@ impl Checker {
         let ver = which_world(&world, &[(b, &self.old), (a, &self.new)])?;
         let listed = parse_list(&run_bin(&self.state, &self.root, &["list", "--json"], &env))?;
         registry_matches(listed.get("demo"), &self.dest, ver)?;
+        // `verify` reads the file lists the registry names: they must be durable too.
+        if ver.is_some() {
+            let v = run_bin(&self.state, &self.root, &["verify", "demo"], &env);
+            if !v.success() {
+                return Err(format!("verify after recovery failed:\n{}", v.describe()));
+            }
+        }
         if let Some(other) = listed.keys().find(|n| *n != "demo") {
             return Err(format!("unexpected package {other} listed"));
         }
@@ -934,8 +944,13 @@ impl Checker {
                 }
                 out.checked += 1;
                 let first = materialize(rp, &layout);
-                let new_ino: HashMap<Ino, u64> =
-                    first.iter().map(|(i, p)| (*i, fs::symlink_metadata(p).unwrap().ino())).collect();
+                let new_ino: HashMap<Ino, (u64, Option<BirthTime>)> = first
+                    .iter()
+                    .map(|(i, p)| {
+                        let m = fs::symlink_metadata(p).unwrap();
+                        (*i, (m.ino(), stagehand::fsops::birth_time(&m)))
+                    })
+                    .collect();
                 self.materialize_state(snap, &new_ino);
                 match self.recover_and_check(committed, k == n) {
                     Ok(v) if v == self.sc.after() && self.sc.after() != self.sc.before() => out.ended_new += 1,
@@ -1027,6 +1042,8 @@ fn missing_fsync_is_detected() {
         (Scenario::Upgrade, Sync::Syncfs, "fsops.fsync_dir.swap:1", "the parent of the first swapped target"),
         (Scenario::Upgrade, Sync::Syncfs, "fsops.fsync.cache:1", "the data of a blob before it enters the cache"),
         (Scenario::Upgrade, Sync::Syncfs, "fsops.fsync.journal:*", "our fsyncs of sled's files: sled's flush alone"),
+        (Scenario::Upgrade, Sync::Syncfs, "fsops.fsync.filelist:1", "the data of the first new file list"),
+        (Scenario::InstallFresh, Sync::PerFile, "fsops.fsync_dir.filelist:*", "the entries of the file lists"),
     ];
     let mut missed = Vec::new();
     for (sc, sync, skip, what) in candidates {
