@@ -45,9 +45,8 @@ use stagehand::source::signature::{
     check_payload, parse_signature_manifest, subject_of, VerifyKey, ANNOTATION_SIGNATURE,
 };
 use stagehand::txn::{
-    BirthTime, FileEntry,
-    decide, Action, EntryKind, HistoryEntry, Identity, NewContent, Observed, Op, PackageChange, PackageRecord,
-    RecoveryDecision, Step, TargetPlan, TargetProgress, TxnRecord,
+    decide, Action, BirthTime, EntryKind, FileEntry, HistoryEntry, Identity, NewContent, Observed, Op, PackageChange,
+    PackageRecord, RecoveryDecision, Step, TargetPlan, TargetProgress, TxnRecord,
 };
 
 /// A byte reader that never fails: past the end it yields zeros.

@@ -3,19 +3,21 @@
 # a table of medians and ratios (see BENCHMARKS.md). Machines here are shared
 # and noisy: read the ratios, not the absolute times.
 #
-# Usage: scripts/bench.sh [--quick] [--small-files] [--runs N]
+# Usage: scripts/bench.sh [--quick] [--small-files] [--no-pull] [--runs N]
 #   --quick        20 MiB payload, no 1 GiB RSS row (a smoke run of the script)
 #   --small-files  the 20,000 small-file shape: 20,000 files, ~5 KB each
+#   --no-pull      skip scripts/bench-pull.sh (the registry rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-runs=3 mib=200 files=2000 big=1
+runs=3 mib=200 files=2000 big=1 pull=1
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) mib=20; files=400; big=0 ;;
     --small-files) mib=98; files=20000 ;;
+    --no-pull) pull=0 ;;
     --runs) runs=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--small-files] [--runs N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--small-files] [--no-pull] [--runs N]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -66,6 +68,17 @@ done
 S1=$(median "${s[@]}"); B1=$(median "${b[@]}")
 row "install P (fresh, OCI layout)" "tar -xzf + sync" "$(ms "$S1")" "$(ms "$B1")" "$(ratio "$S1" "$B1")" "≤ 1.10"
 
+# 1b. idle status with P installed: must not grow with the package's size
+status_ms() { # STATE -> median ms of 30 runs
+  local t=() i t0
+  for i in $(seq 30); do t0=$(now); "$sh" --state-dir "$1" status >/dev/null; t+=("$(since "$t0")"); done
+  median "${t[@]}"
+}
+v=() ; for i in $(seq 30); do t0=$(now); "$sh" --version >/dev/null; v+=("$(since "$t0")"); done
+V=$(median "${v[@]}")
+HP=$(status_ms "$w/run-1/state")
+row "status, P installed (${files} files)" "stagehand --version" "$(ms "$HP")" "$(ms "$V")" "+$(ms "$(minus "$HP" "$V")")ms" "≤ +15ms"
+
 # 2. upgrade v1 -> v2 vs tar -xzf + sync of v2
 s=() b=()
 for i in $(seq "$runs"); do
@@ -96,13 +109,6 @@ S3=$(median "${s[@]}"); B3=$(median "${b[@]}")
 row "install P (fresh, OCI layout)" "dpkg --root -i (.deb, -Zgzip)" "$(ms "$S3")" "$(ms "$B3")" "$(ratio "$S3" "$B3")" "≤ 1.00"
 
 # 4. status with a long history vs --version
-status_ms() { # STATE -> median ms of 30 runs
-  local t=() i t0
-  for i in $(seq 30); do t0=$(now); "$sh" --state-dir "$1" status >/dev/null; t+=("$(since "$t0")"); done
-  median "${t[@]}"
-}
-v=() ; for i in $(seq 30); do t0=$(now); "$sh" --version >/dev/null; v+=("$(since "$t0")"); done
-V=$(median "${v[@]}")
 "$fill" "$w/h100" 100 >/dev/null; "$fill" "$w/h10k" 10000 >/dev/null
 H1=$(status_ms "$w/h100"); H2=$(status_ms "$w/h10k")
 row "status, 100 finished txns" "stagehand --version" "$(ms "$H1")" "$(ms "$V")" "+$(ms "$(minus "$H1" "$V")")ms" "≤ +15ms"
@@ -151,9 +157,10 @@ row "apply of 10 packages (one txn)" "10 separate installs" "$(ms "$SA")" "$(ms 
 rm -rf "$w/s"
 
 # 7. registry pull vs skopeo copy (scripts/bench-pull.sh, if the registry tools are there)
-pull=""
-if [ -x scripts/bench-pull.sh ]; then
+if [ "$pull" = 1 ] && [ -x scripts/bench-pull.sh ]; then
   pull=$(scripts/bench-pull.sh 2>&1 | sed -n '/==> results/,$p') || pull="bench-pull.sh failed: $pull"
+else
+  pull=""
 fi
 
 echo

@@ -209,7 +209,8 @@ fn unopenable_journal_is_set_aside() {
     let rep = run.json();
     let moved: Vec<String> =
         rep["moved"].as_array().unwrap().iter().map(|m| m["to"].as_str().unwrap().into()).collect();
-    assert_eq!(moved.len(), 2, "journal and seal moved: {rep}");
+    assert_eq!(moved.len(), 3, "journal, seal and file lists moved: {rep}");
+    assert!(moved[2].contains("filelists.damaged-"), "the file lists go with their journal: {rep}");
     for m in &moved {
         assert!(std::path::Path::new(m).exists(), "{m} is gone");
     }

@@ -164,8 +164,8 @@ pub enum Command {
         /// Say what recovery would do without doing it.
         #[arg(long)]
         dry_run: bool,
-        /// Only when the journal cannot be opened (exit 6): move it and its
-        /// seal aside (nothing is deleted), list the staging and backup paths
+        /// Only when the journal cannot be opened (exit 6): move it, its seal
+        /// and its file lists aside (nothing is deleted), list the staging and backup paths
         /// it names that exist on disk, and start a fresh journal. Installed
         /// files stay; stagehand forgets what it installed.
         #[arg(long, conflicts_with = "dry_run")]

@@ -392,13 +392,9 @@ pub fn remove_empty_dir(path: &Path, role: &str) -> io::Result<()> {
 /// identity (device, inode, kind), or `None` if nothing is there. Read-only.
 pub fn identity(path: &Path) -> io::Result<Option<Identity>> {
     match fs::symlink_metadata(path) {
-        Ok(m) => Ok(Some(Identity {
-            dev: m.dev(),
-            ino: m.ino(),
-            kind: kind_of(&m),
-            sha256: None,
-            btime: birth_time(&m),
-        })),
+        Ok(m) => {
+            Ok(Some(Identity { dev: m.dev(), ino: m.ino(), kind: kind_of(&m), sha256: None, btime: birth_time(&m) }))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(with_path(e, "stat", path)),
     }

@@ -113,8 +113,8 @@ pub fn read(root: &Path, r: &FileListRef) -> Result<Vec<FileEntry>, FileListErro
     if found != r.sha256 {
         return Err(FileListError::Digest { path, found: hex::encode(found) });
     }
-    let entries: Vec<FileEntry> =
-        codec::decode(RecordKind::FileList, &bytes).map_err(|reason| FileListError::Decode { path: path.clone(), reason })?;
+    let entries: Vec<FileEntry> = codec::decode(RecordKind::FileList, &bytes)
+        .map_err(|reason| FileListError::Decode { path: path.clone(), reason })?;
     if entries.len() as u64 != r.entries {
         return Err(FileListError::Count { path, found: entries.len() as u64, want: r.entries });
     }

@@ -35,17 +35,17 @@ pub use codec::MAX_RECORD_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, `stagehand repair --set-aside-journal` moves it and the journal.seal beside it aside (deleting nothing) and lists the staging and backup paths it names; installed files are left as they are, but stagehand then forgets what it installed")]
+    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, `stagehand repair --set-aside-journal` moves it, the journal.seal and the filelists directory beside it aside (deleting nothing) and lists the staging and backup paths it names; installed files are left as they are, but stagehand then forgets what it installed")]
     Open { path: PathBuf, source: sled::Error },
     #[error("journal record {key} is corrupt: {reason}. Nothing was changed or deleted; `stagehand journal` shows the records, and restoring the state dir from a backup is the safe fix")]
     Corrupt { key: String, reason: DecodeError },
     #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
     NewerFormat { found: u8 },
-    #[error("the journal at {path} was written by an older stagehand (format {found}, this one reads {FORMAT_VERSION}) and is not converted. Nothing was changed. Finish any pending transaction with the older stagehand (`stagehand repair`), then move {path} and the journal.seal beside it aside and install the packages again with --adopt (installed files stay where they are)")]
+    #[error("the journal at {path} was written by an older stagehand (format {found}, this one reads {FORMAT_VERSION}) and is not converted. Nothing was changed. Finish any pending transaction with the older stagehand (`stagehand repair`), then move {path}, the journal.seal and the filelists directory beside it aside and install the packages again with --adopt (installed files stay where they are)")]
     OlderFormat { path: PathBuf, found: u8 },
     #[error("the journal at {path} is behind its seal: {detail} ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), `stagehand repair --set-aside-journal` moves both {path} and {path_seal} aside")]
     BehindSeal { path: PathBuf, path_seal: PathBuf, detail: String },
-    #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun; else `stagehand repair --set-aside-journal` moves the journal and its seal aside")]
+    #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun; else `stagehand repair --set-aside-journal` moves the journal, its seal and its file lists aside")]
     BadSeal { path: PathBuf, reason: String },
     #[error("cannot prepare the journal at {path} for opening: {source}. Nothing else was changed; fix the cause (permissions, a full disk) and rerun")]
     Prepare { path: PathBuf, source: std::io::Error },
@@ -328,7 +328,9 @@ impl Journal {
         match collected {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "file lists no record names"),
-            Err(e) => tracing::warn!(error = %e, "could not remove unreferenced file lists; the next transaction retries"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove unreferenced file lists; the next transaction retries")
+            }
         }
         Ok(())
     }
