@@ -63,8 +63,12 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
-/// One version of one package: its files, as (path relative to DEST, bytes).
-fn version_files(pkg: usize, ver: usize) -> (Vec<(String, Vec<u8>)>, Vec<(&'static str, Vec<u8>)>) {
+/// One version's tar tree (relative path, bytes) and its title-annotated
+/// files (title, bytes).
+type VersionFiles = (Vec<(String, Vec<u8>)>, Vec<(&'static str, Vec<u8>)>);
+
+/// One version of one package: its files.
+fn version_files(pkg: usize, ver: usize) -> VersionFiles {
     let tag = VERSIONS[ver];
     let mut tree = vec![
         ("bin/tool".to_string(), format!("p{pkg} tool {tag}\n").into_bytes()),
