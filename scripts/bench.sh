@@ -3,21 +3,28 @@
 # a table of medians and ratios (see BENCHMARKS.md). Machines here are shared
 # and noisy: read the ratios, not the absolute times.
 #
-# Usage: scripts/bench.sh [--quick] [--small-files] [--no-pull] [--runs N]
+# Usage: scripts/bench.sh [--quick] [--small-files] [--runs N] [--only ROW] [--no-pull]
 #   --quick        20 MiB payload, no 1 GiB RSS row (a smoke run of the script)
 #   --small-files  the 20,000 small-file shape: 20,000 files, ~5 KB each
-#   --no-pull      skip scripts/bench-pull.sh (the registry rows)
+#   --only ROW     run one section alone: install, upgrade, dpkg, status,
+#                  recovery, rss, apply (10 packages vs 10 installs) or pull
+#   --no-pull      every section but pull (scripts/bench-pull.sh, the registry rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-runs=3 mib=200 files=2000 big=1 pull=1
+runs=3 mib=200 files=2000 big=1 only="" nopull=0
+sections="install upgrade dpkg status recovery rss apply pull"
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) mib=20; files=400; big=0 ;;
     --small-files) mib=98; files=20000 ;;
-    --no-pull) pull=0 ;;
     --runs) runs=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--small-files] [--no-pull] [--runs N]" >&2; exit 2 ;;
+    --only)
+      only=${2:-}
+      case " $sections " in *" $only "*) ;; *) echo "$0: --only takes one of: $sections" >&2; exit 2 ;; esac
+      shift ;;
+    --no-pull) nopull=1 ;;
+    *) echo "usage: $0 [--quick] [--small-files] [--runs N] [--only ROW] [--no-pull]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -35,9 +42,14 @@ cargo build --release --quiet --bin stagehand --example fill_history
 sh=$repo/target/release/stagehand
 fill=$repo/target/release/examples/fill_history
 
+# want SECTION: true if SECTION runs (all of them without --only).
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+
 w=$(mktemp -d "${TMPDIR:-/tmp}/stagehand-bench.XXXXXX")
 trap 'rm -rf "$w"' EXIT
-python3 scripts/make-bench-payload.py "$w/p" --files "$files" --mib "$mib" >/dev/null
+if want install || want upgrade || want dpkg || want status || want recovery; then
+  python3 scripts/make-bench-payload.py "$w/p" --files "$files" --mib "$mib" >/dev/null
+fi
 
 now() { date +%s.%N; }
 since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.6f", a - b }'; }
@@ -59,70 +71,83 @@ tar_baseline() { # TAG
 }
 
 # 1. fresh install vs tar -xzf + sync
-s=() b=()
-for i in $(seq "$runs"); do
-  d="$w/run-$i"; mkdir -p "$d/dest"; sync
-  t0=$(now); install_p "$d/state" "$d/dest" v1; s+=("$(since "$t0")")
-  b+=("$(tar_baseline v1)")
-done
-S1=$(median "${s[@]}"); B1=$(median "${b[@]}")
-row "install P (fresh, OCI layout)" "tar -xzf + sync" "$(ms "$S1")" "$(ms "$B1")" "$(ratio "$S1" "$B1")" "≤ 1.10"
-
-# 1b. idle status with P installed: must not grow with the package's size
-status_ms() { # STATE -> median ms of 30 runs
-  local t=() i t0
-  for i in $(seq 30); do t0=$(now); "$sh" --state-dir "$1" status >/dev/null; t+=("$(since "$t0")"); done
-  median "${t[@]}"
-}
-v=() ; for i in $(seq 30); do t0=$(now); "$sh" --version >/dev/null; v+=("$(since "$t0")"); done
-V=$(median "${v[@]}")
-HP=$(status_ms "$w/run-1/state")
-row "status, P installed (${files} files)" "stagehand --version" "$(ms "$HP")" "$(ms "$V")" "+$(ms "$(minus "$HP" "$V")")ms" "≤ +15ms"
+if want install; then
+  s=() b=()
+  for i in $(seq "$runs"); do
+    d="$w/run-$i"; mkdir -p "$d/dest"; sync
+    t0=$(now); install_p "$d/state" "$d/dest" v1; s+=("$(since "$t0")")
+    b+=("$(tar_baseline v1)")
+  done
+  S1=$(median "${s[@]}"); B1=$(median "${b[@]}")
+  row "install P (fresh, OCI layout)" "tar -xzf + sync" "$(ms "$S1")" "$(ms "$B1")" "$(ratio "$S1" "$B1")" "≤ 1.10"
+fi
 
 # 2. upgrade v1 -> v2 vs tar -xzf + sync of v2
-s=() b=()
-for i in $(seq "$runs"); do
-  d="$w/run-$i"; sync
-  t0=$(now); install_p "$d/state" "$d/dest" v2; s+=("$(since "$t0")")
-  b+=("$(tar_baseline v2)")
-  rm -rf "$d"
-done
-S2=$(median "${s[@]}"); B2=$(median "${b[@]}")
-row "upgrade P v1 -> v2" "tar -xzf + sync (v2)" "$(ms "$S2")" "$(ms "$B2")" "$(ratio "$S2" "$B2")" "≤ 1.10"
+if want upgrade; then
+  s=() b=()
+  for i in $(seq "$runs"); do
+    d="$w/run-$i"
+    [ -d "$d/state" ] || { mkdir -p "$d/dest"; install_p "$d/state" "$d/dest" v1; }
+    sync
+    t0=$(now); install_p "$d/state" "$d/dest" v2; s+=("$(since "$t0")")
+    b+=("$(tar_baseline v2)")
+    rm -rf "$d"
+  done
+  S2=$(median "${s[@]}"); B2=$(median "${b[@]}")
+  row "upgrade P v1 -> v2" "tar -xzf + sync (v2)" "$(ms "$S2")" "$(ms "$B2")" "$(ratio "$S2" "$B2")" "≤ 1.10"
+fi
 
 # 3. install vs dpkg -i of a .deb with the same files
-pr="$w/pkgroot"; mkdir -p "$pr/DEBIAN" "$pr/opt/p/app" "$pr/opt/p/lib" "$pr/opt/p/ext"
-cp -r "$w/p/tree-v1/." "$pr/opt/p/app/"; cp "$w/p/files-v1/p.so" "$pr/opt/p/lib/"
-cp "$w/p/files-v1/p.control" "$w/p/files-v1/p--1.0.sql" "$pr/opt/p/ext/"
-printf 'Package: bench-p\nVersion: 1.0\nArchitecture: all\nMaintainer: bench <bench@localhost>\nDescription: benchmark payload\n' > "$pr/DEBIAN/control"
-dpkg-deb -Zgzip --root-owner-group -b "$pr" "$w/p.deb" >/dev/null
-rm -rf "$pr"
-s=() b=()
-for i in $(seq "$runs"); do
-  d="$w/run-$i"; mkdir -p "$d/dest"; sync
-  t0=$(now); install_p "$d/state" "$d/dest" v1; s+=("$(since "$t0")")
-  r="$w/deb-$i"; mkdir -p "$r/var/lib/dpkg/info" "$r/var/lib/dpkg/updates" "$r/var/lib/dpkg/triggers"; touch "$r/var/lib/dpkg/status"; sync
-  t0=$(now); dpkg --root="$r" --force-script-chrootless --log=/dev/null -i "$w/p.deb" >/dev/null; b+=("$(since "$t0")")
-  rm -rf "$d" "$r"
-done
-S3=$(median "${s[@]}"); B3=$(median "${b[@]}")
-row "install P (fresh, OCI layout)" "dpkg --root -i (.deb, -Zgzip)" "$(ms "$S3")" "$(ms "$B3")" "$(ratio "$S3" "$B3")" "≤ 1.00"
+if want dpkg; then
+  pr="$w/pkgroot"; mkdir -p "$pr/DEBIAN" "$pr/opt/p/app" "$pr/opt/p/lib" "$pr/opt/p/ext"
+  cp -r "$w/p/tree-v1/." "$pr/opt/p/app/"; cp "$w/p/files-v1/p.so" "$pr/opt/p/lib/"
+  cp "$w/p/files-v1/p.control" "$w/p/files-v1/p--1.0.sql" "$pr/opt/p/ext/"
+  printf 'Package: bench-p\nVersion: 1.0\nArchitecture: all\nMaintainer: bench <bench@localhost>\nDescription: benchmark payload\n' > "$pr/DEBIAN/control"
+  dpkg-deb -Zgzip --root-owner-group -b "$pr" "$w/p.deb" >/dev/null
+  rm -rf "$pr"
+  s=() b=()
+  for i in $(seq "$runs"); do
+    d="$w/run-$i"; mkdir -p "$d/dest"; sync
+    t0=$(now); install_p "$d/state" "$d/dest" v1; s+=("$(since "$t0")")
+    r="$w/deb-$i"; mkdir -p "$r/var/lib/dpkg/info" "$r/var/lib/dpkg/updates" "$r/var/lib/dpkg/triggers"; touch "$r/var/lib/dpkg/status"; sync
+    t0=$(now); dpkg --root="$r" --force-script-chrootless --log=/dev/null -i "$w/p.deb" >/dev/null; b+=("$(since "$t0")")
+    rm -rf "$d" "$r"
+  done
+  S3=$(median "${s[@]}"); B3=$(median "${b[@]}")
+  row "install P (fresh, OCI layout)" "dpkg --root -i (.deb, -Zgzip)" "$(ms "$S3")" "$(ms "$B3")" "$(ratio "$S3" "$B3")" "≤ 1.00"
+fi
 
 # 4. status with a long history vs --version
-"$fill" "$w/h100" 100 >/dev/null; "$fill" "$w/h10k" 10000 >/dev/null
-H1=$(status_ms "$w/h100"); H2=$(status_ms "$w/h10k")
-row "status, 100 finished txns" "stagehand --version" "$(ms "$H1")" "$(ms "$V")" "+$(ms "$(minus "$H1" "$V")")ms" "≤ +15ms"
-row "status, 10,000 finished txns" "stagehand --version" "$(ms "$H2")" "$(ms "$V")" "+$(ms "$(minus "$H2" "$V")")ms" "≤ +15ms"
+if want status; then
+  status_ms() { # STATE -> median ms of 30 runs
+    local t=() i t0
+    for i in $(seq 30); do t0=$(now); "$sh" --state-dir "$1" status >/dev/null; t+=("$(since "$t0")"); done
+    median "${t[@]}"
+  }
+  v=() ; for i in $(seq 30); do t0=$(now); "$sh" --version >/dev/null; v+=("$(since "$t0")"); done
+  V=$(median "${v[@]}")
+  "$fill" "$w/h100" 100 >/dev/null; "$fill" "$w/h10k" 10000 >/dev/null
+  H1=$(status_ms "$w/h100"); H2=$(status_ms "$w/h10k")
+  row "status, 100 finished txns" "stagehand --version" "$(ms "$H1")" "$(ms "$V")" "+$(ms "$(minus "$H1" "$V")")ms" "≤ +15ms"
+  row "status, 10,000 finished txns" "stagehand --version" "$(ms "$H2")" "$(ms "$V")" "+$(ms "$(minus "$H2" "$V")")ms" "≤ +15ms"
+  # Idle status with P installed: must not grow with the package's size.
+  mkdir -p "$w/stat/dest"; install_p "$w/stat/state" "$w/stat/dest" v1
+  HP=$(status_ms "$w/stat/state")
+  row "status, P installed (${files} files)" "stagehand --version" "$(ms "$HP")" "$(ms "$V")" "+$(ms "$(minus "$HP" "$V")")ms" "≤ +15ms"
+  rm -rf "$w/stat"
+fi
 
 # 5. recovery of an install killed after its commit point
-d="$w/rec"; mkdir -p "$d/dest"
-STAGEHAND_CRASH_AT=journal.swapping install_p "$d/state" "$d/dest" v1 2>/dev/null || true
-t0=$(now); "$sh" --state-dir "$d/state" --quiet status >/dev/null; R=$(since "$t0")
-row "recovery of P killed after commit" "-" "$(ms "$R")" "-" "-" "≤ 1000ms"
-rm -rf "$d"
+if want recovery; then
+  d="$w/rec"; mkdir -p "$d/dest"
+  STAGEHAND_CRASH_AT=journal.swapping install_p "$d/state" "$d/dest" v1 2>/dev/null || true
+  t0=$(now); "$sh" --state-dir "$d/state" --quiet status >/dev/null; R=$(since "$t0")
+  row "recovery of P killed after commit" "-" "$(ms "$R")" "-" "-" "≤ 1000ms"
+  rm -rf "$d"
+fi
 
 # 6. peak RSS installing a 1 GiB artifact
-if [ "$big" = 1 ]; then
+if [ "$big" = 1 ] && want rss; then
   python3 scripts/make-bench-payload.py "$w/g" --files 64 --mib 1024 >/dev/null
   d="$w/big"; mkdir -p "$d/dest"
   /usr/bin/time -v "$sh" --state-dir "$d/state" --quiet install "oci-layout:$w/g/layout:v1" --to "$d/dest/app" \
@@ -134,33 +159,38 @@ fi
 
 # 8. one apply of 10 packages vs 10 separate installs of the same 10 packages
 # (each a tenth of P: files/10 files, mib/10 MiB, into its own DEST/pN)
-python3 scripts/make-bench-payload.py "$w/s" --files "$((files / 10))" --mib "$(( (mib + 9) / 10 ))" >/dev/null
-s=() b=()
-for i in $(seq "$runs"); do
-  d="$w/apply-$i"; mkdir -p "$d/dest"; : > "$d/stagehand.toml"
-  for k in $(seq 0 9); do
-    printf '[package.p%s]\nref = "oci-layout:%s/s/layout:v1"\nto = "%s/dest/p%s/app"\nmap = ["*.so=%s/dest/p%s/lib", "*.control=%s/dest/p%s/ext", "*.sql=%s/dest/p%s/ext"]\n\n' \
-      "$k" "$w" "$d" "$k" "$d" "$k" "$d" "$k" "$d" "$k" >> "$d/stagehand.toml"
+if want apply; then
+  python3 scripts/make-bench-payload.py "$w/s" --files "$((files / 10))" --mib "$(( (mib + 9) / 10 ))" >/dev/null
+  s=() b=()
+  for i in $(seq "$runs"); do
+    d="$w/apply-$i"; mkdir -p "$d/dest"; : > "$d/stagehand.toml"
+    for k in $(seq 0 9); do
+      printf '[package.p%s]\nref = "oci-layout:%s/s/layout:v1"\nto = "%s/dest/p%s/app"\nmap = ["*.so=%s/dest/p%s/lib", "*.control=%s/dest/p%s/ext", "*.sql=%s/dest/p%s/ext"]\n\n' \
+        "$k" "$w" "$d" "$k" "$d" "$k" "$d" "$k" "$d" "$k" >> "$d/stagehand.toml"
+    done
+    e="$w/installs-$i"; mkdir -p "$e/dest"
+    apply_10() { sync; local t0; t0=$(now); "$sh" --state-dir "$d/state" --quiet apply --file "$d/stagehand.toml"; s+=("$(since "$t0")"); }
+    installs_10() {
+      sync; local t0 k; t0=$(now)
+      for k in $(seq 0 9); do
+        "$sh" --state-dir "$e/state" --quiet install "oci-layout:$w/s/layout:v1" --name "p$k" --to "$e/dest/p$k/app" \
+          --map "*.so=$e/dest/p$k/lib" --map "*.control=$e/dest/p$k/ext" --map "*.sql=$e/dest/p$k/ext"
+      done
+      b+=("$(since "$t0")")
+    }
+    # Alternate which goes first, so neither always meets the colder cache.
+    if [ $((i % 2)) = 1 ]; then apply_10; installs_10; else installs_10; apply_10; fi
+    rm -rf "$d" "$e"
   done
-  sync; t0=$(now); "$sh" --state-dir "$d/state" --quiet apply --file "$d/stagehand.toml"; s+=("$(since "$t0")")
-  e="$w/installs-$i"; mkdir -p "$e/dest"; sync
-  t0=$(now)
-  for k in $(seq 0 9); do
-    "$sh" --state-dir "$e/state" --quiet install "oci-layout:$w/s/layout:v1" --name "p$k" --to "$e/dest/p$k/app" \
-      --map "*.so=$e/dest/p$k/lib" --map "*.control=$e/dest/p$k/ext" --map "*.sql=$e/dest/p$k/ext"
-  done
-  b+=("$(since "$t0")")
-  rm -rf "$d" "$e"
-done
-SA=$(median "${s[@]}"); BA=$(median "${b[@]}")
-row "apply of 10 packages (one txn)" "10 separate installs" "$(ms "$SA")" "$(ms "$BA")" "$(ratio "$SA" "$BA")" "≤ 1.00"
-rm -rf "$w/s"
+  SA=$(median "${s[@]}"); BA=$(median "${b[@]}")
+  row "apply of 10 packages (one txn)" "10 separate installs" "$(ms "$SA")" "$(ms "$BA")" "$(ratio "$SA" "$BA")" "≤ 1.00"
+  rm -rf "$w/s"
+fi
 
 # 7. registry pull vs skopeo copy (scripts/bench-pull.sh, if the registry tools are there)
-if [ "$pull" = 1 ] && [ -x scripts/bench-pull.sh ]; then
+pull=""
+if [ -x scripts/bench-pull.sh ] && want pull && [ "$nopull" = 0 ]; then
   pull=$(scripts/bench-pull.sh 2>&1 | sed -n '/==> results/,$p') || pull="bench-pull.sh failed: $pull"
-else
-  pull=""
 fi
 
 echo

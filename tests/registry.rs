@@ -3,8 +3,8 @@
 //! by digest, upgrades, offline reinstall from the blob cache, the crash
 //! matrix around download / staging / journal for a registry install, a
 //! tampered blob, the registry killed in the middle of a large blob, unknown
-//! tags and repositories, credentials, and an image index with two
-//! platforms. The destination is always checked with an independent hasher.
+//! tags and repositories, credentials, an image index with two platforms,
+//! and `apply --dry-run` leaving the blob cache as it was. The destination is always checked with an independent hasher.
 //!
 //! Skipped with a loud message if the tools are missing, except in CI
 //! (`CI` set), where that is a failure.
@@ -449,4 +449,57 @@ fn image_index_with_two_platforms_picks_the_right_one() {
     sb.run(&["install", &src, "--map", &format!("*={}", out.display()), "--plain-http", "--platform", "linux/s390x"])
         .fails_with(&["no manifest for platform linux/s390x", "linux/amd64, linux/arm64"]);
     assert!(!out.exists());
+}
+
+/// `apply --dry-run` of a registry-sourced package resolves manifests only:
+/// the blob cache is left exactly as it was (no blob downloaded, no
+/// manifest written), on a fresh state dir and over an installed version,
+/// and DEST and `list` do not change; the apply after it pulls and installs.
+#[test]
+fn apply_dry_run_from_a_registry_leaves_the_cache_unchanged() {
+    if !require("apply_dry_run_from_a_registry_leaves_the_cache_unchanged", TOOLS) {
+        return;
+    }
+    let tmp = tempdir("reg-apply-dry");
+    let reg = demo_registry(tmp.path());
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    fs::create_dir_all(&sb.dest).expect("dest");
+    let (host, d) = (reg.host(), sb.dest.display().to_string());
+    let file = sb.root.join("stagehand.toml");
+    let write = |tag: &str| {
+        let body = format!(
+            "[package.demo]\nref = \"{host}/demo:{tag}\"\nplain-http = true\nto = \"{d}/app\"\n\
+             map = [\"*.so={d}/lib\", \"*.control={d}/ext\", \"*.sql={d}/ext\"]\n"
+        );
+        fs::write(&file, body).expect("write stagehand.toml");
+    };
+    let cache = sb.state.join("blobs");
+    let f = file.display().to_string();
+    let dry = || sb.run(&["apply", "--dry-run", "--file", &f]);
+
+    write("v1");
+    let before = hash_tree(&cache);
+    let r = dry();
+    assert!(r.ok().stdout.contains(&format!("+ demo {}", v("v1"))), "{}", r.describe());
+    assert_eq!(hash_tree(&cache), before, "a dry run on a fresh state dir changed the blob cache");
+    assert!(hash_tree(&sb.dest).is_empty() && sb.listed().is_empty(), "a dry run installed something");
+    assert!(!sb.root.join("stagehand.lock").exists(), "a dry run wrote the lock file");
+
+    sb.run(&["apply", "--file", &f]).ok();
+    assert_eq!(sb.world(), demo_world("v1"));
+    write("v2");
+    let before = hash_tree(&cache);
+    assert!(before.keys().any(|k| k.ends_with(v("v1").trim_start_matches("sha256:"))), "v1 not cached: {before:?}");
+    let r = dry();
+    assert!(r.ok().stdout.contains(&format!("~ demo {} → {}", v("v1"), v("v2"))), "{}", r.describe());
+    assert_eq!(hash_tree(&cache), before, "a dry run of an upgrade changed the blob cache");
+    assert_eq!(sb.world(), demo_world("v1"), "a dry run changed DEST");
+    assert_eq!(sb.listed().get("demo"), Some(&v("v1")));
+
+    sb.run(&["apply", "--file", &f]).ok();
+    assert_eq!(sb.world(), demo_world("v2"));
+    assert_eq!(sb.listed().get("demo"), Some(&v("v2")));
+    assert!(hash_tree(&cache).keys().any(|k| k.ends_with(v("v2").trim_start_matches("sha256:"))), "v2 not cached");
+    assert_cache_consistent(&sb.state);
+    sb.run(&["verify"]).ok();
 }

@@ -16,6 +16,15 @@ use crate::plan;
 use crate::source::{self, SourceError, SourceRef};
 use crate::txn::{Op, PlacementRecord};
 
+/// How much of a source [`Installer::fetch_as`] brings in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// The manifest and every blob (a registry's downloading into the cache).
+    Blobs,
+    /// The manifest only; nothing is written.
+    ManifestOnly,
+}
+
 /// True if `path` is a regular file owned by the current user that group
 /// and others cannot write, so a hard link to it in the cache shares its
 /// inode with nobody else who could change it.
@@ -210,11 +219,32 @@ pub(super) fn plugin_path(source_ref: &SourceRef) -> String {
 
 impl Installer {
     /// Resolves `req.source` to a manifest (checking its signature first,
-    /// when asked) and its blobs: a layout's as they are, a registry's pulled
-    /// whole into the blob cache here, before anything is planned.
+    /// when asked) and its blobs: a layout's as they are, a registry's
+    /// starting to download into the blob cache here, before anything is
+    /// planned.
     pub(super) fn fetch(
         &self,
         req: &InstallRequest,
+    ) -> Result<(SourceRef, source::ResolvedArtifact, Box<dyn source::BlobSource>)> {
+        self.fetch_as(req, Fetch::Blobs)
+    }
+
+    /// Resolves `req.source` to its manifest only, changing nothing: a
+    /// registry's manifest is fetched (or read from the cache) but neither it
+    /// nor any blob enters the cache. The blob source returned is the cache
+    /// as it is, enough to plan from (the planner reads no blob) but not to
+    /// stage: for `apply --dry-run` and `lock`.
+    pub(super) fn resolve_only(
+        &self,
+        req: &InstallRequest,
+    ) -> Result<(SourceRef, source::ResolvedArtifact, Box<dyn source::BlobSource>)> {
+        self.fetch_as(req, Fetch::ManifestOnly)
+    }
+
+    fn fetch_as(
+        &self,
+        req: &InstallRequest,
+        fetch: Fetch,
     ) -> Result<(SourceRef, source::ResolvedArtifact, Box<dyn source::BlobSource>)> {
         let source_ref = source::reference::parse(&req.source)?;
         self.check_signature_policy(&source_ref, req)?;
@@ -235,6 +265,25 @@ impl Installer {
             SourceRef::Registry { registry, repository, selector } => {
                 let opts =
                     source::registry::RegistryOptions { verify_key: req.verify_key.clone(), ..req.registry.clone() };
+                if fetch == Fetch::ManifestOnly {
+                    let resolved = source::registry::resolve_manifest(
+                        &self.state_dir,
+                        registry,
+                        repository,
+                        selector,
+                        &req.source,
+                        &opts,
+                        interrupt::requested,
+                    );
+                    return match resolved {
+                        Ok(artifact) => {
+                            let cache = source::cache::BlobCache::new(&self.state_dir);
+                            Ok((source_ref.clone(), artifact, Box::new(cache)))
+                        }
+                        Err(SourceError::Interrupted) => Err(Error::Interrupted),
+                        Err(e) => Err(e.into()),
+                    };
+                }
                 let resolved = source::registry::resolve(
                     &self.state_dir,
                     registry,

@@ -870,6 +870,40 @@ pub fn resolve(
     opts: &RegistryOptions,
     interrupted: fn() -> bool,
 ) -> Result<Resolved, SourceError> {
+    resolve_keeping(state_dir, registry, repository, selector, display, opts, interrupted, true)
+}
+
+/// Resolves `registry/repository` at `selector` to its manifest as
+/// [`resolve`] does (index followed, signature checked, free space for the
+/// missing blobs checked when the cache exists), changing nothing: the blob
+/// cache is read (a manifest already there is not fetched again) but
+/// nothing enters it, and no blob is fetched. For `apply --dry-run` and
+/// `lock`.
+pub fn resolve_manifest(
+    state_dir: &Path,
+    registry: &str,
+    repository: &str,
+    selector: &Selector,
+    display: &str,
+    opts: &RegistryOptions,
+    interrupted: fn() -> bool,
+) -> Result<ResolvedArtifact, SourceError> {
+    let r = resolve_keeping(state_dir, registry, repository, selector, display, opts, interrupted, false)?;
+    Ok(r.artifact)
+}
+
+/// [`resolve`]; with `keep` false, nothing is written to the cache.
+#[allow(clippy::too_many_arguments)]
+fn resolve_keeping(
+    state_dir: &Path,
+    registry: &str,
+    repository: &str,
+    selector: &Selector,
+    display: &str,
+    opts: &RegistryOptions,
+    interrupted: fn() -> bool,
+    keep: bool,
+) -> Result<Resolved, SourceError> {
     if opts.plain_http && !is_loopback(registry) {
         return Err(SourceError::Registry {
             registry: registry.to_string(),
@@ -882,7 +916,9 @@ pub fn resolve(
         validate_digest(d)?;
     }
     let cache = BlobCache::new(state_dir);
-    cache.ensure_dirs()?;
+    if keep {
+        cache.ensure_dirs()?;
+    }
     let (auth, cred_source) = resolve_auth(registry, opts)?;
     tracing::debug!(registry, credentials = %cred_source, "pulling");
     let client = http::client(opts.plain_http)
@@ -906,10 +942,12 @@ pub fn resolve(
         .enable_all()
         .build()
         .map_err(|e| SourceError::Io { what: "starting the async runtime".into(), source: e })?;
-    let (artifact, jobs) = runtime.block_on(resolve_async(&ctx, &cache, selector, display, opts))?;
+    let (artifact, jobs) = runtime.block_on(resolve_async(&ctx, &cache, selector, display, opts, keep))?;
     let total: u64 = jobs.iter().map(|j| j.desc.size).sum();
-    check_download_space(&cache, total)?;
-    let progress = opts.progress && std::io::stderr().is_terminal();
+    if keep || cache.root().is_dir() {
+        check_download_space(&cache, total)?;
+    }
+    let progress = keep && opts.progress && std::io::stderr().is_terminal();
     let bars = Bars::new(progress && !jobs.is_empty(), total);
     let limit = match opts.max_concurrent_downloads {
         0 => DEFAULT_CONCURRENT_DOWNLOADS,
@@ -924,12 +962,15 @@ async fn resolve_async(
     selector: &Selector,
     display: &str,
     opts: &RegistryOptions,
+    keep: bool,
 ) -> Result<(ResolvedArtifact, Vec<Job>), SourceError> {
     let (mut bytes, mut digest) = ctx.fetch_manifest(cache, selector, None).await?;
     if looks_like_index(&bytes) {
         let what = format!("index {digest} of {display}");
         let index = parse_index(&bytes, &what)?;
-        cache.put_small(&digest, &bytes)?;
+        if keep {
+            cache.put_small(&digest, &bytes)?;
+        }
         let platform = opts.platform.clone().unwrap_or_else(host_platform);
         let entry = pick_platform(&index.manifests, &platform, &what)?;
         if !is_manifest_media_type(&entry.media_type) {
@@ -953,7 +994,9 @@ async fn resolve_async(
         let i = super::signature::decide(key, &digest, display, &found)?;
         tracing::info!(origin = %found.candidates[i].origin, key = %key.fingerprint(), "cosign signature verified");
     }
-    cache.put_small(&digest, &bytes)?;
+    if keep {
+        cache.put_small(&digest, &bytes)?;
+    }
 
     // Every blob the manifest names, once each, in manifest order (the
     // config first): the order staging reads them in, so it follows the

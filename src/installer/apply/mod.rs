@@ -1,7 +1,8 @@
 //! `apply`: switch the installed set to a desired-state file's, in ONE
 //! transaction. Every reference is resolved and every blob fetched (a
 //! registry pulled into the cache; a layout imported before the plan is
-//! journaled) first; what differs — a new package, a new digest or
+//! journaled) first (a dry run and `lock` resolve manifests only, and
+//! write nothing to the cache); what differs — a new package, a new digest or
 //! placement, and with `prune` a package the file no longer lists — becomes
 //! one change each of a single transaction, planned and run by the same
 //! planner and executor as `install`. Also `lock` (pin every reference to
@@ -155,7 +156,8 @@ impl Installer {
             if let Some(pin) = lock.as_ref().and_then(|l| l.package.get(&p.name)) {
                 req.source = pinned(&req.source, &pin.digest)?;
             }
-            let (source_ref, artifact, blobs) = self.fetch(&req)?;
+            // A dry run resolves manifests only: no blob is downloaded, nothing enters the cache.
+            let (source_ref, artifact, blobs) = if opts.dry_run { self.resolve_only(&req)? } else { self.fetch(&req)? };
             pins.insert(
                 p.name.clone(),
                 Pin {
@@ -226,7 +228,7 @@ impl Installer {
     pub fn lock(&mut self, set: &DesiredSet) -> Result<(LockFile, std::path::PathBuf)> {
         let mut pins = BTreeMap::new();
         for p in &set.packages {
-            let (_, artifact, _) = self.fetch(&p.request)?;
+            let (_, artifact, _) = self.resolve_only(&p.request)?;
             pins.insert(
                 p.name.clone(),
                 Pin {

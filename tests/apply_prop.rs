@@ -1,0 +1,370 @@
+//! Property test of `stagehand apply` over random desired sets, read back
+//! with the tests' own tree hasher.
+//!
+//! Three packages (`p0`, `p1`, `p2`), each an OCI layout built here with
+//! three versions that differ in content and in their target sets (a tar
+//! tree placed with `to`, and title-annotated `*.conf` files mapped to a
+//! directory: v1 has `a.conf`, v2 `a.conf` and `b.conf`, v3 only `c.conf`).
+//! Each case is a sequence of 2–4 steps; a step writes a random desired set
+//! (each package absent or at a random version), applies it with or
+//! without `--prune`, and in some steps crashes the apply (SIGABRT, as
+//! SIGKILL would) at a random kill point of that apply's own trace, then
+//! runs `repair`. After every step:
+//! - DEST, hashed with `std::fs` only, is exactly the union of the trees of
+//!   the versions the state says (nothing else: no staging, no backup, no
+//!   file of a removed target; only empty parent directories may remain);
+//! - that state is the desired one (`--prune` uninstalls the unlisted
+//!   packages, without it they stay), or after a crash possibly the
+//!   previous one, for EVERY package at once;
+//! - `list --json` shows the same set (names, digests, targets);
+//! - `verify` is clean, and nothing is pending.
+//!
+//! Cases: `PROPTEST_CASES` (default 32). Long campaign:
+//! `PROPTEST_CASES=500 cargo test --release --test apply_prop -- --nocapture`.
+//! A failure shrinks to a short sequence, printed by proptest.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use common::proof::*;
+use common::sandbox::{fast_tempdir, Sandbox};
+use proptest::prelude::*;
+
+const PKGS: usize = 3;
+const VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
+
+/// Package index → version index.
+type State = BTreeMap<usize, usize>;
+
+#[derive(Debug, Clone)]
+struct Step {
+    desired: State,
+    prune: bool,
+    /// Crash at the (seed mod trace length)-th kill point of the apply.
+    crash: Option<u32>,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        proptest::collection::vec(proptest::option::of(0..VERSIONS.len()), PKGS),
+        any::<bool>(),
+        proptest::option::weighted(0.4, any::<u32>()),
+    )
+        .prop_map(|(vers, prune, crash)| Step {
+            desired: vers.iter().enumerate().filter_map(|(p, v)| v.map(|v| (p, v))).collect(),
+            prune,
+            crash,
+        })
+}
+
+/// One version's tar tree (relative path, bytes) and its title-annotated
+/// files (title, bytes).
+type VersionFiles = (Vec<(String, Vec<u8>)>, Vec<(&'static str, Vec<u8>)>);
+
+/// One version of one package: its files.
+fn version_files(pkg: usize, ver: usize) -> VersionFiles {
+    let tag = VERSIONS[ver];
+    let mut tree = vec![
+        ("bin/tool".to_string(), format!("p{pkg} tool {tag}\n").into_bytes()),
+        // The same bytes in every version: an upgrade still replaces the tree.
+        ("share/doc.txt".to_string(), format!("p{pkg} documentation\n").into_bytes()),
+    ];
+    if ver == 2 {
+        tree.push(("share/extra/new.txt".to_string(), format!("p{pkg} new in v3\n").into_bytes()));
+        tree.retain(|(p, _)| p != "bin/tool");
+    }
+    let titles: &[&'static str] = match ver {
+        0 => &["a.conf"],
+        1 => &["a.conf", "b.conf"],
+        _ => &["c.conf"],
+    };
+    let files = titles.iter().map(|t| (*t, format!("p{pkg} {t} {tag}\n").into_bytes())).collect();
+    (tree, files)
+}
+
+static LAYOUTS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// Builds every package's layout under `dir`, once for the test binary.
+fn build_layouts(dir: &Path) {
+    let dirs = (0..PKGS)
+        .map(|pkg| {
+            let out = dir.join(format!("layout-p{pkg}"));
+            let versions: Vec<LayoutVersion> = (0..VERSIONS.len())
+                .map(|v| {
+                    let (tree, files) = version_files(pkg, v);
+                    (VERSIONS[v], Some(tar_of(&tree)), files)
+                })
+                .collect();
+            make_layout(&out, &versions);
+            out
+        })
+        .collect();
+    LAYOUTS.set(dirs).expect("layouts built once");
+}
+
+fn layout(pkg: usize) -> &'static Path {
+    &LAYOUTS.get().expect("layouts built")[pkg]
+}
+
+fn digest_of(pkg: usize, ver: usize) -> String {
+    layout_tag_digest(layout(pkg), VERSIONS[ver])
+}
+
+/// What package `pkg` at `ver` leaves under DEST, computed from the bytes
+/// the layout was built from, and its targets (absolute).
+fn expected_tree(dest: &Path, pkg: usize, ver: usize) -> (Tree, BTreeSet<String>) {
+    let (tree, files) = version_files(pkg, ver);
+    let mut w = Tree::new();
+    let file = |b: &[u8]| Node::File { sha256: sha256_hex(b), exec: false, len: b.len() as u64 };
+    w.insert(format!("p{pkg}/app"), Node::Dir);
+    for (rel, bytes) in &tree {
+        w.insert(format!("p{pkg}/app/{rel}"), file(bytes));
+    }
+    let mut targets = BTreeSet::from([dest.join(format!("p{pkg}/app")).display().to_string()]);
+    for (title, bytes) in &files {
+        w.insert(format!("p{pkg}/etc/{title}"), file(bytes));
+        targets.insert(dest.join(format!("p{pkg}/etc/{title}")).display().to_string());
+    }
+    add_ancestors(&mut w);
+    (w, targets)
+}
+
+fn expected_world(dest: &Path, state: &State) -> Tree {
+    state.iter().flat_map(|(p, v)| expected_tree(dest, *p, *v).0).collect()
+}
+
+/// DEST as hashed, without the empty parent directories (`pN`, `pN/etc`)
+/// an uninstall may leave: whether they stay is not part of the claim.
+fn actual_world(dest: &Path) -> Tree {
+    let mut w = hash_tree(dest);
+    loop {
+        let empty: Vec<String> = w
+            .iter()
+            .filter(|(k, v)| {
+                **v == Node::Dir
+                    && (0..PKGS).any(|p| **k == format!("p{p}") || **k == format!("p{p}/etc"))
+                    && !w.keys().any(|o| o.starts_with(&format!("{k}/")))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if empty.is_empty() {
+            return w;
+        }
+        for k in empty {
+            w.remove(&k);
+        }
+    }
+}
+
+static STEPS: AtomicU64 = AtomicU64::new(0);
+static CRASHES: AtomicU64 = AtomicU64::new(0);
+static ENDED_OLD: AtomicU64 = AtomicU64::new(0);
+static ENDED_NEW: AtomicU64 = AtomicU64::new(0);
+static CASES: AtomicU64 = AtomicU64::new(0);
+
+struct World {
+    _tmp: tempfile::TempDir,
+    sb: Sandbox,
+    file: PathBuf,
+    snap: PathBuf,
+    model: State,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = fast_tempdir();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let sb = Sandbox::at(root.join("work"));
+        let cfg = root.join("cfg");
+        fs::create_dir_all(&cfg).unwrap();
+        World { sb, file: cfg.join("stagehand.toml"), snap: root.join("snap"), _tmp: tmp, model: State::new() }
+    }
+
+    fn write_desired(&self, desired: &State) {
+        let mut body = String::new();
+        for (p, v) in desired {
+            let d = self.sb.dest.join(format!("p{p}"));
+            body.push_str(&format!(
+                "[package.p{p}]\nref = \"oci-layout:{}:{}\"\nto = \"{}/app\"\nmap = [\"*.conf={}/etc\"]\n\n",
+                layout(*p).display(),
+                VERSIONS[*v],
+                d.display(),
+                d.display()
+            ));
+        }
+        fs::write(&self.file, body).unwrap();
+    }
+
+    fn args(&self, prune: bool) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["apply".into(), "--file".into(), self.file.clone().into()];
+        if prune {
+            a.push("--prune".into());
+        }
+        a
+    }
+
+    fn lock_file(&self) -> PathBuf {
+        self.file.with_file_name("stagehand.lock")
+    }
+
+    /// The kill points the apply passes from the current state (run traced,
+    /// then STATE, DEST and the lock file are put back).
+    fn trace(&self, args: &[OsString]) -> Vec<(String, u32)> {
+        self.sb.save_to(&self.snap);
+        let lock = fs::read(self.lock_file()).ok();
+        let trace = self.snap.with_file_name("trace.txt");
+        remove_if_exists(&trace);
+        self.sb.run_env(args, &[("STAGEHAND_TRACE_POINTS", trace.as_os_str())]);
+        self.sb.restore_from(&self.snap);
+        match lock {
+            Some(bytes) => fs::write(self.lock_file(), bytes).unwrap(),
+            None => remove_if_exists(&self.lock_file()),
+        }
+        read_trace(&trace)
+    }
+
+    /// Checks DEST, the registry and `verify` against `old` or `new` (the
+    /// same one for every package); returns which.
+    fn check(&self, old: &State, new: &State) -> Result<Which, String> {
+        let status = self.sb.run(&["status", "--json"]);
+        if !status.success() {
+            return Err(format!("status failed:\n{}", status.describe()));
+        }
+        let pending = pending_of(&status.try_json()?)?;
+        if !pending.is_empty() {
+            return Err(format!("pending after repair: {pending:?}"));
+        }
+        let dest = &self.sb.dest;
+        let actual = actual_world(dest);
+        let which = if actual == expected_world(dest, new) {
+            Which::New
+        } else if actual == expected_world(dest, old) {
+            Which::Old
+        } else {
+            return Err(format!(
+                "DEST is neither the old set {old:?} nor the new set {new:?}\nvs old:\n{}\nvs new:\n{}",
+                tree_diff(&actual, &expected_world(dest, old), 20),
+                tree_diff(&actual, &expected_world(dest, new), 20)
+            ));
+        };
+        let state = if which == Which::New { new } else { old };
+        let listed = parse_list(&self.sb.run(&["list", "--json"]))?;
+        let names: BTreeSet<String> = state.keys().map(|p| format!("p{p}")).collect();
+        if listed.keys().cloned().collect::<BTreeSet<_>>() != names {
+            return Err(format!("DEST holds {names:?} but list shows {:?}", listed.keys()));
+        }
+        for (p, v) in state {
+            let l = &listed[&format!("p{p}")];
+            if l.digest != digest_of(*p, *v) {
+                return Err(format!("p{p} is {} on disk, list shows digest {}", VERSIONS[*v], l.digest));
+            }
+            if l.targets != expected_tree(dest, *p, *v).1 {
+                return Err(format!("p{p} {}: list shows targets {:?}", VERSIONS[*v], l.targets));
+            }
+        }
+        let verify = self.sb.run(&["verify"]);
+        if !verify.success() {
+            return Err(format!("verify is not clean:\n{}", verify.describe()));
+        }
+        Ok(which)
+    }
+
+    fn step(&mut self, i: usize, s: &Step) -> Result<(), String> {
+        STEPS.fetch_add(1, Ordering::Relaxed);
+        let old = self.model.clone();
+        let mut new = s.desired.clone();
+        if !s.prune {
+            for (p, v) in &old {
+                new.entry(*p).or_insert(*v);
+            }
+        }
+        self.write_desired(&s.desired);
+        let args = self.args(s.prune);
+        let crash = match s.crash {
+            Some(seed) => {
+                let pairs = self.trace(&args);
+                (!pairs.is_empty()).then(|| pairs[seed as usize % pairs.len()].clone())
+            }
+            None => None,
+        };
+        let ctx = format!("step {i} ({s:?}, from {old:?}, crash at {crash:?})");
+        let run = match &crash {
+            Some((pt, n)) => {
+                CRASHES.fetch_add(1, Ordering::Relaxed);
+                let spec = format!("{pt}:{n}");
+                let run = self.sb.run_env(&args, &[("STAGEHAND_CRASH_AT", OsStr::new(&spec))]);
+                if run.signal != Some(libc::SIGABRT) {
+                    return Err(format!("{ctx}: did not crash at its kill point:\n{}", run.describe()));
+                }
+                let repair = self.sb.run(&["repair"]);
+                if !repair.success() {
+                    return Err(format!("{ctx}: repair failed:\n{}", repair.describe()));
+                }
+                run
+            }
+            None => {
+                let run = self.sb.run(&args);
+                if !run.success() {
+                    return Err(format!("{ctx}: apply failed:\n{}", run.describe()));
+                }
+                if old == new && !run.stdout.contains("nothing to do") {
+                    return Err(format!("{ctx}: nothing to do, but it did not say so:\n{}", run.describe()));
+                }
+                run
+            }
+        };
+        let which = self.check(&old, &new).map_err(|e| format!("{ctx}: {e}\n{}", run.describe()))?;
+        if run.success() && which != Which::New && old != new {
+            return Err(format!("{ctx}: exited 0 but the old set is installed"));
+        }
+        if which == Which::New {
+            ENDED_NEW.fetch_add(1, Ordering::Relaxed);
+            self.model = new;
+        } else {
+            ENDED_OLD.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+fn run_sequence(steps: &[Step]) -> Result<(), TestCaseError> {
+    CASES.fetch_add(1, Ordering::Relaxed);
+    let mut w = World::new();
+    for (i, s) in steps.iter().enumerate() {
+        w.step(i, s).map_err(|e| TestCaseError::fail(format!("{e}\nsequence: {steps:?}")))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn random_desired_sets_with_crashes() {
+    let cases = env_num("PROPTEST_CASES", 32) as u32;
+    let config =
+        ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 100, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let t0 = std::time::Instant::now();
+    let layouts = tempdir();
+    build_layouts(&fs::canonicalize(layouts.path()).unwrap());
+    let result = runner.run(&proptest::collection::vec(step(), 2..=4), |steps| run_sequence(&steps));
+    println!(
+        "apply proptest: {} cases run (incl. shrinking), {} applies ({} crashed at a kill point, then repaired); \
+         ended on the new set {} / the old set {} times; {:.1}s",
+        CASES.load(Ordering::Relaxed),
+        STEPS.load(Ordering::Relaxed),
+        CRASHES.load(Ordering::Relaxed),
+        ENDED_NEW.load(Ordering::Relaxed),
+        ENDED_OLD.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64()
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(CASES.load(Ordering::Relaxed) >= cases as u64);
+    assert!(CRASHES.load(Ordering::Relaxed) > 0, "no step crashed");
+}
