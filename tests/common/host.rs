@@ -188,11 +188,11 @@ impl SmallDisk {
         SmallDisk { sb, disk, base_free, tmp }
     }
 
-    /// Tries to upgrade demo to the layout `source` (its tag v2), which must
+    /// Tries to upgrade demo to `source` (a layout reference, its tag v2), which must
     /// fail cleanly; DEST must then be as it was, nothing pending, the free
     /// space back (within 1 MiB) and `verify` clean. Returns the run and the
     /// free bytes after it.
-    pub fn failed_upgrade(&self, source: &Path) -> (Run, u64) {
+    pub fn failed_upgrade(&self, source: &str) -> (Run, u64) {
         let before = self.sb.world();
         let mut args = self.sb.install_demo_args("v2");
         args[1] = source.into();
