@@ -26,7 +26,11 @@
 #   --quick   200 files, a 128 MiB RSS artifact, 1 run unless RUNS is given
 # Environment: FILES, BIG_MIB override the sizes; KINDS="tar gz" the formats;
 # OLD_BIN=PATH also times another stagehand binary (say, a release build of
-# the previous commit) the same way, in the same run, for "what it gained".
+# the previous commit) the same way, in the same run, for "what it gained";
+# BIN=PATH times that binary instead of this tree's release build (which is
+# then not built: a copy keeps the bench steady while the tree changes).
+# Each run's line ends with the 1-minute load average, since the machine may
+# be shared: read the medians with it.
 # Needs docker-registry, skopeo, curl, GNU time, python3; uses the release
 # build, building it if needed.
 set -euo pipefail
@@ -62,8 +66,13 @@ if [ ! -x /usr/bin/time ]; then
   fi
 fi
 
-(cd "$repo" && cargo build --release --quiet)
-bin="$repo/target/release/stagehand"
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  (cd "$repo" && cargo build --release --quiet)
+  bin="$repo/target/release/stagehand"
+fi
+[ -x "$bin" ] || die "no stagehand binary at $bin"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/stagehand-bench.XXXXXX")
 cleanup() {
@@ -210,7 +219,7 @@ for kind in $kinds; do
     timed "$work/$kind-skopeotar.txt" "$work/skopeo-tar.sh" "$reg" "$kind-v1" "$work/oci" "$work/out" "${layer#sha256:}" "$flags"
     sync
     timed "$work/$kind-curl.txt" "$work/curl.sh" "$reg" "$work/curl" "$config_digest" "$layer"
-    echo "    $kind run $i: fresh $(tail -1 "$work/$kind-fresh.txt" | cut -d' ' -f1)s, upgrade $(tail -1 "$work/$kind-upgrade.txt" | cut -d' ' -f1)s, skopeo $(tail -1 "$work/$kind-skopeo.txt" | cut -d' ' -f1)s, skopeo+tar+sync $(tail -1 "$work/$kind-skopeotar.txt" | cut -d' ' -f1)s, curl $(tail -1 "$work/$kind-curl.txt" | cut -d' ' -f1)s"
+    echo "    $kind run $i: fresh $(tail -1 "$work/$kind-fresh.txt" | cut -d' ' -f1)s, upgrade $(tail -1 "$work/$kind-upgrade.txt" | cut -d' ' -f1)s, skopeo $(tail -1 "$work/$kind-skopeo.txt" | cut -d' ' -f1)s, skopeo+tar+sync $(tail -1 "$work/$kind-skopeotar.txt" | cut -d' ' -f1)s, curl $(tail -1 "$work/$kind-curl.txt" | cut -d' ' -f1)s; load $(cut -d' ' -f1 /proc/loadavg)"
   done
 done
 

@@ -315,3 +315,38 @@ fn repair_says_what_it_did() {
     }
     println!("repair phrases at 1/3, 1/2, 2/3, last point: {phrases_seen:?}");
 }
+
+/// Paths from the command line or an artifact reach a terminal: human output
+/// escapes their control characters, so a `\n` cannot forge a line and an
+/// ESC cannot drive the terminal. `--json` keeps them exact.
+#[test]
+fn human_output_escapes_control_characters_in_paths() {
+    let tmp = tempdir();
+    let root = fs::canonicalize(tmp.path()).unwrap().join("evil\nforged: ok \u{1b}[31m\u{7}dir");
+    let sb = Sandbox::at(root);
+    sb.install_demo("v1").ok();
+    sb.install_demo("v2").ok();
+    fs::remove_file(sb.dest.join("lib/demo_fdw.so")).unwrap();
+    for args in [vec!["list"], vec!["status"], vec!["history"], vec!["verify"], vec!["verify", DEMO]] {
+        let run = sb.run(&args);
+        assert!(matches!(run.code, Some(0) | Some(3)), "`{}`:\n{}", args.join(" "), run.describe());
+        let out = &run.stdout;
+        assert!(!out.contains(['\u{1b}', '\u{7}']), "`{}` prints raw control characters:\n{out:?}", args.join(" "));
+        assert!(
+            !out.lines().any(|l| l.starts_with("forged")),
+            "`{}` lets a path forge a line:\n{out:?}",
+            args.join(" ")
+        );
+    }
+    for args in [vec!["list"], vec!["status"], vec!["verify"]] {
+        let out = sb.run(&args).stdout;
+        assert!(out.contains(r"evil\nforged: ok \u{1b}[31m\u{7}dir"), "`{}` hides the path:\n{out}", args.join(" "));
+    }
+    let target = sb.dest.join("lib/demo_fdw.so");
+    let list = sb.list_json();
+    let exact = list.iter().flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default());
+    assert!(
+        exact.into_iter().any(|t| t.as_str() == Some(path_str(&target))),
+        "`list --json` does not keep the path exact: {list:?}"
+    );
+}

@@ -128,6 +128,23 @@ fn exceeding_a_cap_fails_before_the_commit_point_naming_it() {
 }
 
 #[test]
+fn rollback_stages_the_kept_version_under_the_caps_it_is_given() {
+    let sb = Sandbox::new();
+    sb.install_demo("v1").ok();
+    sb.install_demo("v2").ok();
+    let before = outside_state(&sb);
+    // Journal records keep no caps: rollback takes install's flags, and
+    // stages the kept version under them, not under the defaults.
+    let run = sb.run(&["rollback", "demo", "--max-entries", "1"]);
+    run.expect_clean_failure();
+    assert!(run.stderr.contains("--max-entries"), "the failure does not name the cap:\n{}", run.describe());
+    assert!(outside_state(&sb) == before, "the refused rollback changed the disk");
+    assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());
+    sb.run(&["rollback", "demo", "--max-entries", "1000", "--max-layer-bytes", "1000000"]).ok();
+    assert!(outside_state(&sb) != before, "the rollback under roomy caps changed nothing");
+}
+
+#[test]
 fn artifact_modes_lose_write_for_others_and_special_bits() {
     let entries = [
         with_mode(RawEntry::dir("plugins/"), 0o777),

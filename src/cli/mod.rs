@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::installer::{self, InstallRequest, Installer, OpenOptions, ProfileRequest};
 use crate::plan::profile::Profile;
 use crate::plan::{MapRule, Placement};
+use crate::source::printable;
 use crate::txn::{PackageRecord, RecoveryDecision};
 
 pub const EXIT_OK: i32 = 0;
@@ -109,15 +110,8 @@ pub enum Command {
         /// Give up on any one registry request (a manifest, a token) after this many seconds; a blob gets one more second per 64 KiB of its size.
         #[arg(long, value_name = "SECONDS", default_value_t = crate::source::registry::DEFAULT_REQUEST_TIMEOUT_SECS)]
         request_timeout: u64,
-        /// Refuse a tar layer holding more entries than this.
-        #[arg(long, value_name = "N", default_value_t = crate::plan::limits::DEFAULT_MAX_ENTRIES)]
-        max_entries: u64,
-        /// Refuse a layer whose files add up to more bytes than this.
-        #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_LAYER_BYTES)]
-        max_layer_bytes: u64,
-        /// Refuse an entry whose path or link name (long names included) is longer than this, in bytes.
-        #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_PATH_BYTES)]
-        max_path_bytes: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
     #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
@@ -131,6 +125,10 @@ pub enum Command {
         /// goes back to its earlier version, in one transaction.
         #[arg(long, conflicts_with_all = ["name", "to"])]
         apply: bool,
+        // The caps the older version is staged under (journal records do
+        // not keep an install's caps: give the ones it was installed with).
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Switch the installed packages to a desired-state file's, in ONE transaction.
     #[command(after_help = apply::APPLY_HELP)]
@@ -198,6 +196,31 @@ pub enum Command {
     /// Print the man page (roff) on stdout.
     #[command(after_help = "Example:\n  stagehand man > stagehand.1 && man ./stagehand.1")]
     Man,
+}
+
+/// The caps on what one layer may expand to, shared by `install` and
+/// `rollback` (which stages a kept version again).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct LimitArgs {
+    /// Refuse a tar layer holding more entries than this.
+    #[arg(long, value_name = "N", default_value_t = crate::plan::limits::DEFAULT_MAX_ENTRIES)]
+    max_entries: u64,
+    /// Refuse a layer whose files add up to more bytes than this.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_LAYER_BYTES)]
+    max_layer_bytes: u64,
+    /// Refuse an entry whose path or link name (long names included) is longer than this, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_PATH_BYTES)]
+    max_path_bytes: u64,
+}
+
+impl From<LimitArgs> for crate::plan::limits::Limits {
+    fn from(a: LimitArgs) -> Self {
+        crate::plan::limits::Limits {
+            max_entries: a.max_entries,
+            max_layer_bytes: a.max_layer_bytes,
+            max_path_bytes: a.max_path_bytes,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -454,9 +477,7 @@ fn run_command(
             verify_key,
             require_signature,
             request_timeout,
-            max_entries,
-            max_layer_bytes,
-            max_path_bytes,
+            limits,
             ..
         } => {
             use std::io::IsTerminal as _;
@@ -505,22 +526,18 @@ fn run_command(
                     ),
                 },
                 require_signature: *require_signature,
-                limits: crate::plan::limits::Limits {
-                    max_entries: *max_entries,
-                    max_layer_bytes: *max_layer_bytes,
-                    max_path_bytes: *max_path_bytes,
-                },
+                limits: (*limits).into(),
             };
             let rep = inst.install(&req)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
-        Command::Rollback { apply: true, .. } => {
-            let rep = inst.rollback_apply(cli.keep_versions)?;
+        Command::Rollback { apply: true, limits, .. } => {
+            let rep = inst.rollback_apply(cli.keep_versions, (*limits).into())?;
             Ok(apply::print_report(cli, &rep, recovered))
         }
-        Command::Rollback { name, to, .. } => {
+        Command::Rollback { name, to, limits, .. } => {
             let name = name.as_deref().unwrap_or_default();
-            let rep = inst.rollback(name, to.as_deref(), cli.keep_versions)?;
+            let rep = inst.rollback(name, to.as_deref(), cli.keep_versions, (*limits).into())?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
         Command::Apply { file, dry_run, prune, locked } => {
@@ -611,7 +628,7 @@ fn run_command(
                     "last_txn": last_txn,
                 }));
             } else if !cli.quiet {
-                println!("state dir:  {}", inst.state_dir().display());
+                println!("state dir:  {}", shown_path(inst.state_dir()));
                 println!("packages:   {packages}");
                 println!(
                     "pending:    {}",
@@ -629,11 +646,11 @@ fn run_command(
                 if pkgs.is_empty() {
                     println!("no packages installed");
                 }
-                let w = pkgs.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
+                let w = pkgs.iter().map(|p| printable(&p.name).chars().count()).max().unwrap_or(4).max(4);
                 for p in &pkgs {
-                    println!("{:w$}  {}  {}", p.name, short(&p.manifest_digest), p.source);
+                    println!("{:w$}  {}  {}", printable(&p.name), short(&p.manifest_digest), printable(&p.source));
                     for t in &p.targets {
-                        println!("{:w$}    {}", "", t.path);
+                        println!("{:w$}    {}", "", printable(&t.path));
                     }
                 }
             }
@@ -648,12 +665,12 @@ fn run_command(
                 for r in &reports {
                     if r.mismatches.is_empty() {
                         if !cli.quiet {
-                            println!("{}: ok ({} files){}", r.name, r.files_checked, signed_note(r));
+                            println!("{}: ok ({} files){}", printable(&r.name), r.files_checked, signed_note(r));
                         }
                     } else {
-                        println!("{}: {} differences{}", r.name, r.mismatches.len(), signed_note(r));
+                        println!("{}: {} differences{}", printable(&r.name), r.mismatches.len(), signed_note(r));
                         for m in &r.mismatches {
-                            println!("  {:10} {}", m.problem, m.path);
+                            println!("  {:10} {}", m.problem, printable(&m.path));
                         }
                     }
                 }
@@ -683,10 +700,11 @@ fn run_command(
                     } else {
                         history_op(c).to_string()
                     };
-                    println!("{:>6}  {:10}  {:9}  {} -> {}  {}", e.id, c.package, op, old, new, e.outcome.name());
+                    let package = printable(&c.package);
+                    println!("{:>6}  {package:10}  {op:9}  {old} -> {new}  {}", e.id, e.outcome.name());
                     let last_of_txn = rows.get(i + 1).is_none_or(|(n, _)| n.id != e.id);
                     if let (true, Some(note)) = (last_of_txn, &e.error) {
-                        println!("        {note}");
+                        println!("        {}", printable(note));
                     }
                 }
             }
@@ -793,6 +811,11 @@ fn decode_any(key: &str, bytes: &[u8]) -> serde_json::Value {
         decode::<PackageRecord>(RecordKind::Package, bytes).map(|r| serde_json::to_value(r).unwrap_or_default())
     };
     r.unwrap_or_else(|e| json!({"error": e.to_string()}))
+}
+
+/// A path for human output, control characters escaped.
+fn shown_path(p: &std::path::Path) -> String {
+    printable(&p.display().to_string())
 }
 
 fn short(d: &str) -> &str {

@@ -339,8 +339,16 @@ impl Installer {
 
     /// Switches a package back to an earlier version — the one it replaced,
     /// or `to` (a manifest digest among its kept versions) — as one
-    /// transaction, reading only from the blob cache (offline).
-    pub fn rollback(&mut self, name: &str, to: Option<&str>, keep: usize) -> Result<TxnReport> {
+    /// transaction, reading only from the blob cache (offline). The kept
+    /// version is staged again under `limits` (the journal does not record
+    /// an install's caps, so the caller gives them).
+    pub fn rollback(
+        &mut self,
+        name: &str,
+        to: Option<&str>,
+        keep: usize,
+        limits: plan::limits::Limits,
+    ) -> Result<TxnReport> {
         let pkg = self.journal.package(name)?.ok_or_else(|| Error::NotInstalled(name.to_string()))?;
         let version = match to {
             None => pkg.previous.first().cloned().ok_or_else(|| {
@@ -360,14 +368,20 @@ impl Installer {
                 ))
             })?,
         };
-        let put = self.rollback_put(name, &version, keep)?;
+        let put = self.rollback_put(name, &version, keep, limits)?;
         let rec = self.run_changes(Op::Rollback, vec![ChangeRequest::Put(Box::new(put))], false)?;
         Ok(TxnReport::of(&rec))
     }
 
     /// The planner's input for returning `name` to a kept `version`, read
     /// only from the blob cache (refused, naming the source, if pruned).
-    fn rollback_put(&self, name: &str, version: &txn::VersionRecord, keep: usize) -> Result<planner::PutRequest> {
+    fn rollback_put(
+        &self,
+        name: &str,
+        version: &txn::VersionRecord,
+        keep: usize,
+        limits: plan::limits::Limits,
+    ) -> Result<planner::PutRequest> {
         let cache = source::cache::BlobCache::new(&self.state_dir);
         let pruned = || {
             Error::Refused(format!(
@@ -419,7 +433,7 @@ impl Installer {
             // signature is not checked again, and the record says so.
             verify_key: None,
             require_signature: false,
-            limits: plan::limits::Limits::default(),
+            limits,
         };
         let source_ref = source::reference::parse(&version.source)?;
         self.put_request(&source_ref, artifact, Box::new(cache), &req)

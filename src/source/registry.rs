@@ -613,7 +613,10 @@ async fn fetch_blob(ctx: Arc<Ctx>, cache: BlobCache, job: Job, bars: Bars, feed:
     let size = job.desc.size;
     let result = fetch_blob_into(ctx, cache, job, bars, &feed).await;
     match &result {
-        Ok(()) => feed.complete(size),
+        Ok(()) => {
+            tracing::debug!(size, "blob complete: verified, fsynced, in the cache");
+            feed.complete(size)
+        }
         Err(e) => feed.failed(e.to_string()),
     }
     result

@@ -310,29 +310,42 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
                 continue;
             }
         };
-        let layers = match parse_signature_manifest(&bytes) {
-            Ok(l) => l,
-            Err(e) => {
-                found.problems.push(format!("{origin}: {e}"));
-                continue;
-            }
-        };
-        for (i, layer) in layers.into_iter().enumerate() {
-            if found.candidates.len() >= MAX_SIGNATURES {
-                break;
-            }
-            let origin = format!("{origin}, layer {}", i + 1);
-            let payload = if layer.payload.size > MAX_PAYLOAD_BYTES {
-                Err(format!("its payload is {} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit", layer.payload.size))
-            } else {
+        for (origin, layer) in signature_layers(&mut found, &origin, &bytes) {
+            let payload = check_payload_size(&layer.payload).and_then(|()| {
                 layout
                     .read_small_blob(&layer.payload, &format!("signature payload ({origin})"))
                     .map_err(|e| e.to_string())
-            };
+            });
             found.candidates.push(Candidate { origin, payload, signature: layer.signature });
         }
     }
     Ok(found)
+}
+
+/// The signature layers of one signature manifest found at `origin`, each
+/// named `ORIGIN, layer N`, as many as still fit under [`MAX_SIGNATURES`]
+/// beside `found`'s candidates. A manifest that does not parse becomes one
+/// of `found`'s problems. Shared by the layout and the registry finders:
+/// each reads the payloads its own way and pushes the candidates.
+pub fn signature_layers(found: &mut Found, origin: &str, bytes: &[u8]) -> Vec<(String, SignatureLayer)> {
+    match parse_signature_manifest(bytes) {
+        Ok(layers) => {
+            let room = MAX_SIGNATURES.saturating_sub(found.candidates.len());
+            layers.into_iter().enumerate().take(room).map(|(i, l)| (format!("{origin}, layer {}", i + 1), l)).collect()
+        }
+        Err(e) => {
+            found.problems.push(format!("{origin}: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+/// Refuses a payload descriptor over [`MAX_PAYLOAD_BYTES`], before it is read.
+pub fn check_payload_size(desc: &Descriptor) -> Result<(), String> {
+    if desc.size > MAX_PAYLOAD_BYTES {
+        return Err(format!("its payload is {} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit", desc.size));
+    }
+    Ok(())
 }
 
 /// The `subject.digest` of a manifest, if it names one (OCI 1.1 referrers).

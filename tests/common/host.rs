@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::demo::repo_root;
-use super::sandbox::tempdir;
+use super::demo::{repo_root, DEMO};
+use super::run::Run;
+use super::sandbox::{pending_of, tempdir, Sandbox};
+use super::tree::tree_diff;
 
 /// True when running in CI (`CI` set, and not `false`/`0`), where a test
 /// that cannot run is a failure, not a skip.
@@ -162,6 +164,53 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// The small disk of the full-disk tests (root only): a 24 MiB loop-mounted
+/// ext4 holding a sandbox, its state dir and DEST both, with demo v1
+/// installed. Dropped in field order: the sandbox, the mount, the image.
+pub struct SmallDisk {
+    pub sb: Sandbox,
+    pub disk: Mount,
+    /// Free bytes once v1 is installed.
+    pub base_free: u64,
+    pub tmp: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn with_demo_v1() -> SmallDisk {
+        let tmp = tempdir();
+        let disk = Mount::ext4(&tmp.path().join("disk.img"), 24, &tmp.path().join("mnt"));
+        let sb = Sandbox::at(disk.at.join("sb"));
+        sb.install_demo("v1").ok();
+        let base_free = disk.free_bytes();
+        SmallDisk { sb, disk, base_free, tmp }
+    }
+
+    /// Tries to upgrade demo to `source` (a layout reference, its tag v2), which must
+    /// fail cleanly; DEST must then be as it was, nothing pending, the free
+    /// space back (within 1 MiB) and `verify` clean. Returns the run and the
+    /// free bytes after it.
+    pub fn failed_upgrade(&self, source: &str) -> (Run, u64) {
+        let before = self.sb.world();
+        let mut args = self.sb.install_demo_args("v2");
+        args[1] = source.into();
+        args.extend(["--name".into(), DEMO.into()]);
+        let run = self.sb.run(&args);
+        run.expect_clean_failure();
+        let after_free = self.disk.free_bytes();
+        assert!(
+            after_free + (1 << 20) >= self.base_free,
+            "the failed upgrade kept disk space: {} bytes free before, {after_free} after\n{}",
+            self.base_free,
+            run.describe()
+        );
+        let after = self.sb.world();
+        assert!(after == before, "a failed upgrade changed DEST:\n{}", tree_diff(&after, &before, 20));
+        assert!(pending_of(&self.sb.status_json()).is_empty(), "pending after a failed upgrade");
+        self.sb.run(&["verify", DEMO]).ok();
+        (run, after_free)
     }
 }
 

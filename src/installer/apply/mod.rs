@@ -247,7 +247,7 @@ impl Installer {
     /// Undoes the last completed apply in one transaction: every package it
     /// changed goes back to the version it had before (from the blob cache),
     /// and every package it installed fresh is uninstalled.
-    pub fn rollback_apply(&mut self, keep: usize) -> Result<ApplyReport> {
+    pub fn rollback_apply(&mut self, keep: usize, limits: crate::plan::limits::Limits) -> Result<ApplyReport> {
         let history = self.journal.history()?;
         let last = history
             .iter()
@@ -275,7 +275,7 @@ impl Installer {
                     if now.is_some_and(|n| n.manifest_digest == v.manifest_digest && n.placement == v.placement) {
                         continue;
                     }
-                    let put = self.rollback_put(&c.package, v, keep)?;
+                    let put = self.rollback_put(&c.package, v, keep, limits)?;
                     planned.push(PlannedChange {
                         name: c.package.clone(),
                         action: if now.is_some() { "upgrade" } else { "install" },

@@ -8,9 +8,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{http, Ctx, Failure, HttpFailure, ACCEPT};
 use crate::source::manifest::{is_manifest_media_type, parse_index, validate_digest};
-use crate::source::signature::{
-    self, parse_signature_manifest, Candidate, Found, MAX_PAYLOAD_BYTES, MAX_SIGNATURES, MAX_SIGNATURE_MANIFESTS,
-};
+use crate::source::signature::{self, Candidate, Found, MAX_SIGNATURE_MANIFESTS};
 use crate::source::{SourceError, MAX_MANIFEST_BYTES};
 
 /// The media type of an OCI 1.1 referrers response (an image index).
@@ -62,18 +60,7 @@ impl Ctx {
             if !seen.insert(actual) {
                 continue;
             }
-            let layers = match parse_signature_manifest(&bytes) {
-                Ok(l) => l,
-                Err(e) => {
-                    found.problems.push(format!("{origin}: {e}"));
-                    continue;
-                }
-            };
-            for (i, layer) in layers.into_iter().enumerate() {
-                if found.candidates.len() >= MAX_SIGNATURES {
-                    break;
-                }
-                let origin = format!("{origin}, layer {}", i + 1);
+            for (origin, layer) in signature::signature_layers(&mut found, &origin, &bytes) {
                 let payload = self.fetch_payload(&layer.payload).await;
                 found.candidates.push(Candidate { origin, payload, signature: layer.signature });
             }
@@ -92,7 +79,7 @@ impl Ctx {
         let body = match api {
             Ok(Some(b)) => Some(b),
             Ok(None) | Err(_) => {
-                let tag = digest.replacen(':', "-", 1);
+                let tag = signature::referrers_tag(digest);
                 self.get_capped(
                     &format!("manifests/{tag}"),
                     Some(INDEX_MEDIA_TYPE),
@@ -130,9 +117,7 @@ impl Ctx {
 
     /// Reads a small payload blob whole, capped and checked against its descriptor.
     async fn fetch_payload(&self, desc: &crate::source::Descriptor) -> Result<Vec<u8>, String> {
-        if desc.size > MAX_PAYLOAD_BYTES {
-            return Err(format!("its payload is {} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit", desc.size));
-        }
+        signature::check_payload_size(desc)?;
         validate_digest(&desc.digest).map_err(|e| e.to_string())?;
         let bytes = match self.get_capped(&format!("blobs/{}", desc.digest), None, desc.size, "signature payload").await
         {
