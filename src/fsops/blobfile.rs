@@ -115,7 +115,6 @@ impl PartialFile {
         point("append", &self.role)?;
         self.file.write_all(&self.buf).map_err(|e| with_path(e, "write", &self.path))?;
         rec(|| json!({"op": "append", "path": p2s(&self.path), "bytes": self.buf.len()}));
-        super::start_writeback(&self.file, self.written, self.buf.len() as u64);
         self.written += self.buf.len() as u64;
         self.buf.clear();
         Ok(())

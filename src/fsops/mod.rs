@@ -88,7 +88,6 @@ pub fn write_file(path: &Path, src: &mut dyn Read, mode: u32, role: &str) -> io:
         }
         size += n as u64;
     }
-    start_writeback(&file, 0, 0);
     // The umask may have narrowed the mode given at create time.
     file.set_permissions(fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| with_path(e, "chmod", path))?;
     if let Some(data) = recorded {
@@ -155,27 +154,6 @@ pub fn sync_mode() -> SyncMode {
         Ok("fsync") => SyncMode::PerFile,
         _ => SyncMode::Syncfs,
     })
-}
-
-/// Starts writing `len` bytes of `file` from `offset` (0, 0: all of it) to
-/// disk without waiting for them (`sync_file_range(SYNC_FILE_RANGE_WRITE)`),
-/// so the disk works while staging extracts and the network downloads, and
-/// the `syncfs` or `fsync` that makes the file durable later finds less to
-/// write. A hint only, never a durability step: nothing counts on it, an
-/// error is ignored, and the later sync stays. `STAGEHAND_WRITEBACK=off`
-/// turns it off, for comparison.
-pub fn start_writeback(file: &File, offset: u64, len: u64) {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !*ON.get_or_init(|| std::env::var("STAGEHAND_WRITEBACK").as_deref() != Ok("off")) {
-        return;
-    }
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: sync_file_range only reads the descriptor, open for the call.
-    let _ = unsafe {
-        libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(file), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
 }
 
 /// Creates one directory with `mode` (the parent must exist).
