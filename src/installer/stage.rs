@@ -8,11 +8,15 @@
 //! pass over files, then directories deepest first, then the staging
 //! path's parent. Every file's bytes are counted by the target
 //! filesystem's [`Meter`] (`installer::space`), which stops staging an
-//! artifact that expands past what the free-space check allowed.
+//! artifact that expands past what the free-space check allowed. Small
+//! files are written by [`writers`] threads while this thread reads on.
+
+mod writers;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use self::writers::Writers;
 use super::space::Meter;
 use super::Error;
 use crate::fsops;
@@ -71,6 +75,7 @@ struct DirBuilder {
     dirs: Vec<(PathBuf, u32)>,
     entries: Vec<FileEntry>,
     meter: Meter,
+    writers: Writers,
 }
 
 impl DirBuilder {
@@ -90,12 +95,42 @@ impl DirBuilder {
         Ok(())
     }
 
-    fn file(&mut self, rel: &str, src: &mut dyn Read, mode: u32) -> Result<(), Error> {
+    /// Writes one file. `size`, when known up front (a tar entry's), lets
+    /// a small file go to a writer thread; its entry is completed when the
+    /// thread reports ([`DirBuilder::settle`]).
+    fn file(&mut self, rel: &str, src: &mut dyn Read, mode: u32, size: Option<u64>) -> Result<(), Error> {
         let path = self.root.join(rel);
-        let w = fsops::write_file(&path, &mut self.meter.track(src), mode, ROLE).map_err(|source| {
-            // A digest mismatch surfaces here as InvalidData from the verifying reader.
-            Error::Io { context: format!("staging {rel}"), source }
-        })?;
+        // A digest mismatch surfaces as InvalidData from the verifying reader.
+        let staging_err = |source| Error::Io { context: format!("staging {rel}"), source };
+        let meter = self.meter.clone();
+        let mut src = meter.track(src);
+        if size.is_some_and(|s| s <= writers::MAX_FILE_BYTES) {
+            let mut data = Vec::with_capacity(size.unwrap_or(0) as usize);
+            (&mut src).take(writers::MAX_FILE_BYTES + 1).read_to_end(&mut data).map_err(staging_err)?;
+            if data.len() as u64 <= writers::MAX_FILE_BYTES {
+                let index = self.entries.len();
+                self.files.push(path.clone());
+                self.entries.push(FileEntry {
+                    rel: rel.to_string(),
+                    kind: EntryKind::File,
+                    mode,
+                    size: data.len() as u64,
+                    sha256: String::new(),
+                    link: String::new(),
+                });
+                self.writers.submit(index, path, data, mode).map_err(staging_err)?;
+                let done = self.writers.finished();
+                return self.settle(done);
+            }
+            // Longer than it said: write what was read, then the rest, here.
+            let w = fsops::write_file(&path, &mut data.as_slice().chain(src), mode, ROLE).map_err(staging_err)?;
+            return self.push_written(rel, path, mode, w);
+        }
+        let w = fsops::write_file(&path, &mut src, mode, ROLE).map_err(staging_err)?;
+        self.push_written(rel, path, mode, w)
+    }
+
+    fn push_written(&mut self, rel: &str, path: PathBuf, mode: u32, w: fsops::WrittenFile) -> Result<(), Error> {
         self.files.push(path);
         self.entries.push(FileEntry {
             rel: rel.to_string(),
@@ -108,7 +143,41 @@ impl DirBuilder {
         Ok(())
     }
 
-    fn apply(&mut self, admitted: Admitted, entry: &mut dyn Read) -> Result<(), Error> {
+    /// Completes the entries of files the writer threads finished; the
+    /// first failure (in archive order) is the error.
+    fn settle(&mut self, done: Vec<(usize, std::io::Result<fsops::WrittenFile>)>) -> Result<(), Error> {
+        let mut first: Option<(usize, std::io::Error)> = None;
+        for (index, result) in done {
+            match (result, self.entries.get_mut(index)) {
+                (Ok(w), Some(e)) => {
+                    debug_assert_eq!(e.size, w.size, "a writer wrote what it was given");
+                    e.size = w.size;
+                    e.sha256 = w.sha256;
+                }
+                (Ok(_), None) => {}
+                (Err(err), _) => {
+                    if first.as_ref().is_none_or(|(i, _)| index < *i) {
+                        first = Some((index, err));
+                    }
+                }
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some((index, source)) => {
+                let rel = self.entries.get(index).map_or("a file", |e| e.rel.as_str());
+                Err(Error::Io { context: format!("staging {rel}"), source })
+            }
+        }
+    }
+
+    /// Waits for every file handed to the writer threads.
+    fn drain(&mut self) -> Result<(), Error> {
+        let done = self.writers.drain();
+        self.settle(done)
+    }
+
+    fn apply(&mut self, admitted: Admitted, entry: &mut dyn Read, size: Option<u64>) -> Result<(), Error> {
         if super::interrupt::requested() {
             return Err(Error::Interrupted);
         }
@@ -124,7 +193,7 @@ impl DirBuilder {
         }
         match admitted {
             Admitted::Dir { rel, mode, .. } => self.mkdir(&rel, installed_mode(mode, self.umask)),
-            Admitted::File { rel, mode, .. } => self.file(&rel, entry, installed_mode(mode, self.umask)),
+            Admitted::File { rel, mode, .. } => self.file(&rel, entry, installed_mode(mode, self.umask), size),
             Admitted::Symlink { rel, target, .. } => {
                 let path = self.root.join(&rel);
                 fsops::symlink(Path::new(&target), &path, ROLE).map_err(io_err(format!("staging {rel}")))?;
@@ -139,6 +208,8 @@ impl DirBuilder {
                 Ok(())
             }
             Admitted::HardLink { rel, original, .. } => {
+                // The original must exist, and its entry be complete.
+                self.drain()?;
                 let path = self.root.join(&rel);
                 fsops::hard_link(&self.root.join(&original), &path, ROLE).map_err(io_err(format!("staging {rel}")))?;
                 let orig = self.entries.iter().find(|e| e.rel == original).cloned();
@@ -161,7 +232,7 @@ impl DirBuilder {
     ) -> Result<(), Error> {
         if !subdir.is_empty() {
             let admitted = self.guard.admit(subdir.as_bytes(), TarKind::Dir, None, 0o755)?;
-            self.apply(admitted, &mut std::io::empty())?;
+            self.apply(admitted, &mut std::io::empty(), None)?;
         }
         let mut raw = blobs.open_blob(desc)?;
         {
@@ -196,7 +267,8 @@ impl DirBuilder {
                 }
                 let mode = entry.header().mode().unwrap_or(0o644);
                 let admitted = self.guard.admit(&path, kind, link.as_deref(), mode)?;
-                self.apply(admitted, &mut entry)?;
+                let size = entry.size();
+                self.apply(admitted, &mut entry, Some(size))?;
             }
         }
         verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;
@@ -214,7 +286,7 @@ impl DirBuilder {
         let mut raw = blobs.open_blob(desc)?;
         {
             let mut src = file_bytes(&mut raw, bytes, self.limits.max_layer_bytes);
-            self.file(name, &mut src, installed_mode(bytes.mode, self.umask))?;
+            self.file(name, &mut src, installed_mode(bytes.mode, self.umask), None)?;
         }
         verify::drain(&mut raw).map_err(io_err(format!("layer {name}")))?;
         Ok(())
@@ -254,10 +326,11 @@ impl DirBuilder {
         let rel = match admitted {
             Admitted::File { rel, implicit_parents, .. } => {
                 let rel_copy = rel.clone();
-                self.apply(Admitted::File { rel, mode, implicit_parents }, &mut f)?;
+                // Written here (no size given), so its digest is known below.
+                self.apply(Admitted::File { rel, mode, implicit_parents }, &mut f, None)?;
                 rel_copy
             }
-            other => return self.apply(other, &mut f),
+            other => return self.apply(other, &mut f, None),
         };
         let written = self.entries.iter().rev().find(|e| e.rel == rel).map(|e| e.sha256.clone()).unwrap_or_default();
         if written != c.sha256 {
@@ -273,6 +346,11 @@ impl DirBuilder {
     /// and, in per-file sync mode, fsyncs every file and directory. In the
     /// default syncfs mode the caller makes it all durable with one syncfs.
     fn sync(&mut self) -> Result<(), Error> {
+        self.drain()?;
+        debug_assert!(
+            self.entries.iter().all(|e| e.kind != EntryKind::File || !e.sha256.is_empty()),
+            "every file's digest is in"
+        );
         let per_file = fsops::sync_mode() == fsops::SyncMode::PerFile;
         if per_file {
             for f in &self.files {
@@ -359,6 +437,7 @@ pub fn stage_dir(
         dirs: vec![],
         entries: vec![],
         meter: meter.clone(),
+        writers: Writers::new(ROLE),
     };
     for (desc, usage) in layers {
         match usage {
