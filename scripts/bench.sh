@@ -46,8 +46,10 @@ fill=$repo/target/release/examples/fill_history
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 
 w=$(mktemp -d "${TMPDIR:-/tmp}/stagehand-bench.XXXXXX")
-mounts=()
-cleanup() { for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || true; done; rm -rf "$w"; }
+cleanup() {
+  if [ -f "$w/mounts" ]; then while read -r m; do umount "$m" 2>/dev/null || true; done < "$w/mounts"; fi
+  rm -rf "$w"
+}
 trap cleanup EXIT
 
 # Each timed run, stagehand's and the baseline's, gets a fresh ext4 of its
@@ -58,12 +60,15 @@ trap cleanup EXIT
 # table says so).
 fresh=0
 if [ "$(id -u)" = 0 ] && need mkfs.ext4 && need losetup; then fresh=1; fi
-fs_mib=$((mib * 6 + 512)) fs_no=0
-# scratch: prints a new empty directory for one timed run (a fresh ext4 if it can).
+fs_mib=$((mib * 6 + 512))
+# scratch: prints a new empty directory for one timed run (a fresh ext4 if
+# it can). Called as $(scratch), so it keeps no shell state: the mounts are
+# listed in $w/mounts for the exit trap.
 scratch() {
-  local d="$w/fs-$fs_no"; fs_no=$((fs_no + 1)); mkdir -p "$d"
+  local d; d=$(mktemp -d "$w/fs.XXXXXX")
   if [ "$fresh" = 1 ]; then
-    truncate -s "${fs_mib}M" "$d.img" && mkfs.ext4 -q -F "$d.img" && mount -o loop "$d.img" "$d" && mounts+=("$d")
+    truncate -s "${fs_mib}M" "$d.img" && mkfs.ext4 -q -F "$d.img" >&2 && mount -o loop "$d.img" "$d" >&2 \
+      && echo "$d" >> "$w/mounts"
   fi
   echo "$d"
 }
