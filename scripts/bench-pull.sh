@@ -75,8 +75,10 @@ fi
 [ -x "$bin" ] || die "no stagehand binary at $bin"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/stagehand-bench.XXXXXX")
+run="$work/run"
 cleanup() {
   "$repo/scripts/registry.sh" stop "$work/registry" >/dev/null 2>&1 || true
+  if mountpoint -q "$run" 2>/dev/null; then umount "$run" || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -189,6 +191,26 @@ for p in "${pids[@]}"; do wait "$p"; done
 EOF
 chmod +x "$work/skopeo-tar.sh" "$work/curl.sh"
 
+# Every timed command writes under $run, a fresh ext4 (a loop file) when run
+# as root: ext4 skips inodes freed in the last 60-300 s when it allocates
+# new ones (fs/ext4/ialloc.c, recently_deleted), so a run that follows the
+# removal of an earlier run's 2,000 files would be slowed by them. Without
+# root, a plain directory, emptied.
+fresh=0
+if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then fresh=1; fi
+# new_run MIB: a new, empty $run of at least MIB MiB.
+new_run() {
+  if mountpoint -q "$run"; then umount "$run"; fi
+  rm -rf "$run" "$run.img"
+  mkdir -p "$run"
+  if [ "$fresh" = 1 ]; then
+    truncate -s "$(($1 + 512))M" "$run.img" && mkfs.ext4 -q -F "$run.img" && mount -o loop "$run.img" "$run"
+  fi
+  sync
+}
+run_mib=$((files * file_size / 1048576 * 4))
+if [ "$fresh" = 1 ]; then echo "==> each timed run on a fresh ext4 (loop file)"; else echo "==> not root: timed runs in a plain directory"; fi
+
 median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 med() { cut -d' ' -f1 "$1" | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
@@ -200,33 +222,29 @@ for kind in $kinds; do
   [ "$kind" = gz ] && flags=-xzf
   for f in fresh upgrade oldfresh oldupgrade skopeo skopeotar curl; do : >"$work/$kind-$f.txt"; done
   for i in $(seq 1 "$runs"); do
-    rm -rf "$work/state" "$work/dest" "$work/oci" "$work/out" "$work/curl"
+    new_run "$run_mib"
+    timed "$work/$kind-fresh.txt" "$bin" --state-dir "$run/state" -q install "$reg/bench:$kind-v1" --to "$run/dest/app" --plain-http
     sync
-    timed "$work/$kind-fresh.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:$kind-v1" --to "$work/dest/app" --plain-http
-    sync
-    timed "$work/$kind-upgrade.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:$kind-v2" --to "$work/dest/app" --plain-http
+    timed "$work/$kind-upgrade.txt" "$bin" --state-dir "$run/state" -q install "$reg/bench:$kind-v2" --to "$run/dest/app" --plain-http
     if [ -n "${OLD_BIN:-}" ]; then
-      rm -rf "$work/state" "$work/dest"
+      new_run "$run_mib"
+      timed "$work/$kind-oldfresh.txt" "$OLD_BIN" --state-dir "$run/state" -q install "$reg/bench:$kind-v1" --to "$run/dest/app" --plain-http
       sync
-      timed "$work/$kind-oldfresh.txt" "$OLD_BIN" --state-dir "$work/state" -q install "$reg/bench:$kind-v1" --to "$work/dest/app" --plain-http
-      sync
-      timed "$work/$kind-oldupgrade.txt" "$OLD_BIN" --state-dir "$work/state" -q install "$reg/bench:$kind-v2" --to "$work/dest/app" --plain-http
+      timed "$work/$kind-oldupgrade.txt" "$OLD_BIN" --state-dir "$run/state" -q install "$reg/bench:$kind-v2" --to "$run/dest/app" --plain-http
     fi
-    sync
-    timed "$work/$kind-skopeo.txt" skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$reg/bench:$kind-v1" "oci:$work/oci:$kind-v1"
-    rm -rf "$work/oci"
-    sync
-    timed "$work/$kind-skopeotar.txt" "$work/skopeo-tar.sh" "$reg" "$kind-v1" "$work/oci" "$work/out" "${layer#sha256:}" "$flags"
-    sync
-    timed "$work/$kind-curl.txt" "$work/curl.sh" "$reg" "$work/curl" "$config_digest" "$layer"
+    new_run "$run_mib"
+    timed "$work/$kind-skopeo.txt" skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$reg/bench:$kind-v1" "oci:$run/oci:$kind-v1"
+    new_run "$run_mib"
+    timed "$work/$kind-skopeotar.txt" "$work/skopeo-tar.sh" "$reg" "$kind-v1" "$run/oci" "$run/out" "${layer#sha256:}" "$flags"
+    new_run "$run_mib"
+    timed "$work/$kind-curl.txt" "$work/curl.sh" "$reg" "$run/curl" "$config_digest" "$layer"
     echo "    $kind run $i: fresh $(tail -1 "$work/$kind-fresh.txt" | cut -d' ' -f1)s, upgrade $(tail -1 "$work/$kind-upgrade.txt" | cut -d' ' -f1)s, skopeo $(tail -1 "$work/$kind-skopeo.txt" | cut -d' ' -f1)s, skopeo+tar+sync $(tail -1 "$work/$kind-skopeotar.txt" | cut -d' ' -f1)s, curl $(tail -1 "$work/$kind-curl.txt" | cut -d' ' -f1)s; load $(cut -d' ' -f1 /proc/loadavg)"
   done
 done
 
-rm -rf "$work/state" "$work/dest"
-sync
+new_run "$((big_mib * 3))"
 : >"$work/big.txt"
-timed "$work/big.txt" "$bin" --state-dir "$work/state" -q install "$reg/bench:big" --to "$work/dest/big" --plain-http
+timed "$work/big.txt" "$bin" --state-dir "$run/state" -q install "$reg/bench:big" --to "$run/dest/big" --plain-http
 
 echo
 echo "==> results (median of $runs runs; $files files; layer sizes: tar $(stat -c %s "$work/layout/blobs/sha256/$(cut -c8- "$work/layer-tar-v1")") B, gz $(stat -c %s "$work/layout/blobs/sha256/$(cut -c8- "$work/layer-gz-v1")") B)"
