@@ -222,15 +222,21 @@ for kind in $kinds; do
   [ "$kind" = gz ] && flags=-xzf
   for f in fresh upgrade oldfresh oldupgrade skopeo skopeotar curl; do : >"$work/$kind-$f.txt"; done
   for i in $(seq 1 "$runs"); do
-    new_run "$run_mib"
-    timed "$work/$kind-fresh.txt" "$bin" --state-dir "$run/state" -q install "$reg/bench:$kind-v1" --to "$run/dest/app" --plain-http
-    sync
-    timed "$work/$kind-upgrade.txt" "$bin" --state-dir "$run/state" -q install "$reg/bench:$kind-v2" --to "$run/dest/app" --plain-http
-    if [ -n "${OLD_BIN:-}" ]; then
+    # pair BIN PREFIX: a fresh install, then the upgrade, on a new $run.
+    pair() {
       new_run "$run_mib"
-      timed "$work/$kind-oldfresh.txt" "$OLD_BIN" --state-dir "$run/state" -q install "$reg/bench:$kind-v1" --to "$run/dest/app" --plain-http
+      timed "$work/$kind-${2}fresh.txt" "$1" --state-dir "$run/state" -q install "$reg/bench:$kind-v1" --to "$run/dest/app" --plain-http
       sync
-      timed "$work/$kind-oldupgrade.txt" "$OLD_BIN" --state-dir "$run/state" -q install "$reg/bench:$kind-v2" --to "$run/dest/app" --plain-http
+      timed "$work/$kind-${2}upgrade.txt" "$1" --state-dir "$run/state" -q install "$reg/bench:$kind-v2" --to "$run/dest/app" --plain-http
+    }
+    # With OLD_BIN, alternate which binary goes first (the first pair of a
+    # round was seen slower, whichever binary it was).
+    if [ -z "${OLD_BIN:-}" ]; then
+      pair "$bin" ""
+    elif [ $((i % 2)) = 1 ]; then
+      pair "$bin" ""; pair "$OLD_BIN" old
+    else
+      pair "$OLD_BIN" old; pair "$bin" ""
     fi
     new_run "$run_mib"
     timed "$work/$kind-skopeo.txt" skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$reg/bench:$kind-v1" "oci:$run/oci:$kind-v1"
