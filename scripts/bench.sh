@@ -9,6 +9,7 @@
 #   --only ROW     run one section alone: install, upgrade, dpkg, status,
 #                  recovery, rss, apply (10 packages vs 10 installs) or pull
 #   --no-pull      every section but pull (scripts/bench-pull.sh, the registry rows)
+# As root, every timed run gets a fresh ext4 of its own (see `scratch` below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
