@@ -102,6 +102,12 @@ fn state() -> &'static Mutex<State> {
 
 /// Passes the kill point `name`. Returns an injected error if the
 /// environment asks for one here; aborts the process if asked to crash.
+/// True when any kill point is armed (traced, or set to crash, fail or
+/// signal): a test that replays a run to its N-th point is running.
+pub fn armed() -> bool {
+    config().active
+}
+
 pub fn hit(name: &str) -> io::Result<()> {
     let cfg = config();
     if !cfg.active {

@@ -119,7 +119,10 @@ impl DirBuilder {
                     link: String::new(),
                 });
                 self.writers.submit(index, path, data, mode).map_err(staging_err)?;
-                let done = self.writers.finished();
+                // With kill points armed, one file at a time: a crash at the
+                // N-th point must leave the same files every time, since the
+                // crash matrix replays a run to that point again and again.
+                let done = if fsops::killpoint::armed() { self.writers.drain() } else { self.writers.finished() };
                 return self.settle(done);
             }
             // Longer than it said: write what was read, then the rest, here.

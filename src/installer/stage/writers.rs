@@ -12,7 +12,10 @@
 //! staging returns, success or error: [`Writers`] joins its threads when
 //! dropped, so a rollback never races a late write. Memory stays bounded:
 //! only files of at most [`MAX_FILE_BYTES`] are handed over, through a
-//! queue of [`QUEUE`] jobs.
+//! queue of [`QUEUE`] jobs. With kill points armed (`fsops::killpoint`),
+//! the caller waits for each file before the next, so that a run replayed
+//! to its N-th kill point leaves the same disk each time; the concurrent
+//! path is what the SIGKILL soaks and the power-loss checker run.
 
 use std::io;
 use std::path::PathBuf;
@@ -83,7 +86,11 @@ impl Writers {
                 let result = if stop.load(Ordering::Relaxed) {
                     Err(io::Error::other("skipped after an earlier failure"))
                 } else {
-                    fsops::write_file(&job.path, &mut job.data.as_slice(), job.mode, role)
+                    // A panic must still report, or `drain` would wait for it forever.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        fsops::write_file(&job.path, &mut job.data.as_slice(), job.mode, role)
+                    }))
+                    .unwrap_or_else(|_| Err(io::Error::other("a stage writer thread panicked")))
                 };
                 if result.is_err() {
                     stop.store(true, Ordering::Relaxed);
