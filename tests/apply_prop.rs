@@ -209,22 +209,27 @@ impl World {
         a
     }
 
-    fn lock_file(&self) -> PathBuf {
-        self.file.with_file_name("stagehand.lock")
-    }
-
     /// The kill points the apply passes from the current state (run traced,
-    /// then STATE, DEST and the lock file are put back).
+    /// then STATE, DEST and the config dir with the lock file are put back).
     fn trace(&self, args: &[OsString]) -> Vec<(String, u32)> {
         self.sb.save_to(&self.snap);
-        let lock = fs::read(self.lock_file()).ok();
+        // The config dir too: the lock file, and a temporary beside it that
+        // a crash while writing the lock file left (the traced run removes
+        // it, and the replay must find it again).
+        let cfg = self.file.parent().unwrap().to_path_buf();
+        let files_of = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| (p.clone(), fs::read(&p).unwrap())).collect()
+        };
+        let cfg_before = files_of(&cfg);
         let trace = self.snap.with_file_name("trace.txt");
         remove_if_exists(&trace);
         self.sb.run_env(args, &[("STAGEHAND_TRACE_POINTS", trace.as_os_str())]);
         self.sb.restore_from(&self.snap);
-        match lock {
-            Some(bytes) => fs::write(self.lock_file(), bytes).unwrap(),
-            None => remove_if_exists(&self.lock_file()),
+        for (p, _) in files_of(&cfg) {
+            remove_if_exists(&p);
+        }
+        for (p, bytes) in cfg_before {
+            fs::write(p, bytes).unwrap();
         }
         read_trace(&trace)
     }
