@@ -108,16 +108,8 @@ impl DirBuilder {
             let mut data = Vec::with_capacity(size.unwrap_or(0) as usize);
             (&mut src).take(writers::MAX_FILE_BYTES + 1).read_to_end(&mut data).map_err(staging_err)?;
             if data.len() as u64 <= writers::MAX_FILE_BYTES {
-                let index = self.entries.len();
-                self.files.push(path.clone());
-                self.entries.push(FileEntry {
-                    rel: rel.to_string(),
-                    kind: EntryKind::File,
-                    mode,
-                    size: data.len() as u64,
-                    sha256: String::new(),
-                    link: String::new(),
-                });
+                // Its digest is filled in when the writer reports.
+                let index = self.push_file(rel, path.clone(), mode, data.len() as u64, String::new());
                 self.writers.submit(index, path, data, mode).map_err(staging_err)?;
                 // With kill points armed, one file at a time: a crash at the
                 // N-th point must leave the same files every time, since the
@@ -127,23 +119,26 @@ impl DirBuilder {
             }
             // Longer than it said: write what was read, then the rest, here.
             let w = fsops::write_file(&path, &mut data.as_slice().chain(src), mode, ROLE).map_err(staging_err)?;
-            return self.push_written(rel, path, mode, w);
+            self.push_file(rel, path, mode, w.size, w.sha256);
+            return Ok(());
         }
         let w = fsops::write_file(&path, &mut src, mode, ROLE).map_err(staging_err)?;
-        self.push_written(rel, path, mode, w)
+        self.push_file(rel, path, mode, w.size, w.sha256);
+        Ok(())
     }
 
-    fn push_written(&mut self, rel: &str, path: PathBuf, mode: u32, w: fsops::WrittenFile) -> Result<(), Error> {
+    /// Records a staged file; returns its index in `entries`.
+    fn push_file(&mut self, rel: &str, path: PathBuf, mode: u32, size: u64, sha256: String) -> usize {
         self.files.push(path);
         self.entries.push(FileEntry {
             rel: rel.to_string(),
             kind: EntryKind::File,
             mode,
-            size: w.size,
-            sha256: w.sha256,
+            size,
+            sha256,
             link: String::new(),
         });
-        Ok(())
+        self.entries.len() - 1
     }
 
     /// Completes the entries of files the writer threads finished; the
