@@ -19,7 +19,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -53,8 +53,10 @@ pub struct Writers {
     jobs: Option<SyncSender<Job>>,
     done: Option<Receiver<Done>>,
     threads: Vec<JoinHandle<()>>,
-    /// Set at the first failure, so the threads skip what is still queued.
-    stop: Arc<AtomicBool>,
+    /// The lowest index that failed (`usize::MAX`: none): the threads skip
+    /// later files, never earlier ones, so the first error in archive
+    /// order is always a real one, not a skip.
+    stop: Arc<AtomicUsize>,
     outstanding: usize,
 }
 
@@ -65,7 +67,7 @@ impl Writers {
             jobs: None,
             done: None,
             threads: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicUsize::new(usize::MAX)),
             outstanding: 0,
         }
     }
@@ -83,7 +85,7 @@ impl Writers {
                     Err(_) => return,
                 };
                 let Ok(job) = job else { return };
-                let result = if stop.load(Ordering::Relaxed) {
+                let result = if job.index > stop.load(Ordering::Relaxed) {
                     Err(io::Error::other("skipped after an earlier failure"))
                 } else {
                     // A panic must still report, or `drain` would wait for it forever.
@@ -93,7 +95,7 @@ impl Writers {
                     .unwrap_or_else(|_| Err(io::Error::other("a stage writer thread panicked")))
                 };
                 if result.is_err() {
-                    stop.store(true, Ordering::Relaxed);
+                    stop.fetch_min(job.index, Ordering::Relaxed);
                 }
                 if report.send((job.index, result)).is_err() {
                     return;
@@ -164,7 +166,7 @@ impl Drop for Writers {
     /// Stops and joins every thread: nothing is written under the staging
     /// path once staging has returned.
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(0, Ordering::Relaxed);
         self.jobs = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
