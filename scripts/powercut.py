@@ -30,6 +30,7 @@ cache=unsafe is not used: it drops the guest's flushes, so it models
 nothing that the guest asked for.
 """
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import lzma
@@ -51,7 +52,6 @@ CONFIGS = {
     "ext4-split": ("ext4", "b/state"),
     "btrfs-state": ("btrfs", "b/state"),
 }
-IMAGE_MIB = 256  # mkfs.btrfs wants at least ~110 MiB
 MODULES = ["crc32c_generic", "virtio_pci", "virtio_blk", "ext4", "btrfs"]
 
 
@@ -341,9 +341,9 @@ class Config:
                 run(["umount", p])
 
 
-def mkfs(fs, img):
+def mkfs(fs, img, mib):
     with open(img, "wb") as f:
-        f.truncate(IMAGE_MIB << 20)
+        f.truncate(mib << 20)
     if fs == "ext4":
         run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", img])
     else:
@@ -363,7 +363,7 @@ def prepare(cfg, args, layout, hashes):
     installed (on the host, at the guest's paths) and cleanly unmounted."""
     os.makedirs(cfg.dir, exist_ok=True)
     for d, img in zip(cfg.disks, cfg.images("pristine")):
-        mkfs(cfg.fs_of(d), img)
+        mkfs(cfg.fs_of(d), img, args.image_mib)
     cfg.mount("pristine")
     try:
         os.makedirs(cfg.dest)
@@ -451,6 +451,67 @@ def one_cut(cfg, k, args, kernel, initrd, hashes, digests, rng):
     return cut
 
 
+class Scheduler:
+    """Hands out cuts to the worker threads: a configuration's cuts run one
+    after the other (they share its images and mount points), and a free
+    worker takes the idle configuration with the fewest cuts, so all
+    configurations advance together. After the budget only configurations
+    without a cut get one."""
+
+    def __init__(self, cfgs, args, t0):
+        self.cfgs, self.args, self.t0 = cfgs, args, t0
+        self.lock = threading.Lock()
+        self.busy = set()
+        self.started = {c.name: 0 for c in cfgs}
+        self.said_budget = False
+        self.stop = False
+
+    def take(self):
+        with self.lock:
+            over = bool(self.args.budget) and time.monotonic() - self.t0 > self.args.budget
+            if over and not self.said_budget:
+                self.said_budget = True
+                log(f"budget of {self.args.budget:.0f} s spent: no new cuts")
+            free = [c for c in self.cfgs if not self.stop and c.name not in self.busy and self.started[c.name] < self.args.cuts
+                    and not (over and self.started[c.name] > 0)]
+            if not free:
+                return None
+            c = min(free, key=lambda c: self.started[c.name])
+            self.busy.add(c.name)
+            k = self.started[c.name]
+            self.started[c.name] += 1
+            return c, k
+
+    def done(self, cfg):
+        with self.lock:
+            self.busy.discard(cfg.name)
+
+
+def worker(sched, rngs, args, kernel, initrd, hashes, digests, start):
+    while True:
+        # A configuration's cuts run in one worker at a time; when none is
+        # free, every one left is being cut by another worker, which goes on.
+        got = sched.take()
+        if got is None:
+            return
+        cfg, k = got
+        try:
+            cut = one_cut(cfg, k, args, kernel, initrd, hashes, digests, rngs[cfg.name])
+        except BaseException:
+            sched.stop = True  # a broken harness stops the run: no worker takes another cut
+            raise
+        finally:
+            sched.done(cfg)
+        cfg.cuts.append(cut)
+        if k == 0:
+            log(f"{cfg.name}: boot {cfg.boot_s[0]:.1f} s, upgrade {cfg.upgrade_s:.1f} s in the guest")
+        for msg in cut["violations"]:
+            log(f"{cfg.name}: cut {k} (at {cut['delay_s']} s): VIOLATION: {msg}")
+        if (k + 1) % 5 == 0:
+            log(f"{cfg.name}: {k + 1} cuts, {sum(1 for c in cfg.cuts if c['violations'])} violations, "
+                f"{time.monotonic() - start:.0f} s")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cuts", type=int, default=10, help="cuts per configuration")
@@ -458,6 +519,8 @@ def main():
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--mib", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--image-mib", type=int, default=256,
+                    help="size of each disk image (mkfs.btrfs wants at least ~110 MiB)")
     ap.add_argument("--budget", type=float, default=0, help="stop starting cuts after this many seconds (0: none)")
     ap.add_argument("--after-success", type=float, default=0.25,
                     help="share of cuts aimed right after the guest reported success")
@@ -467,6 +530,8 @@ def main():
     ap.add_argument("--boot-timeout", type=float, default=300)
     ap.add_argument("--accel", choices=["tcg", "kvm"], default="tcg",
                     help="kvm only where nested KVM really boots a guest (here it hangs)")
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="configurations cut at the same time, each with its own guest (0: one per core)")
     ap.add_argument("--json", help="write every cut's outcome here")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -491,21 +556,17 @@ def main():
         t = time.monotonic()
         prepare(c, args, os.path.join(payload, "layout"), hashes)
         log(f"{c.name}: v1 installed, pristine images ready ({time.monotonic() - t:.1f} s)")
-    rng = random.Random(args.seed)
     start = time.monotonic()
-    for k in range(args.cuts):
-        if args.budget and k > 0 and time.monotonic() - t0 > args.budget:
-            log(f"budget of {args.budget:.0f} s spent after {k} rounds")
-            break
-        for c in cfgs:
-            cut = one_cut(c, k, args, kernel, initrd, hashes, digests, rng)
-            c.cuts.append(cut)
-            if k == 0:
-                log(f"{c.name}: boot {c.boot_s[0]:.1f} s, upgrade {c.upgrade_s:.1f} s in the guest")
-            for msg in cut["violations"]:
-                log(f"{c.name}: cut {k} (at {cut['delay_s']} s): VIOLATION: {msg}")
-        if (k + 1) % 5 == 0:
-            log(f"{k + 1} rounds, {time.monotonic() - start:.0f} s")
+    jobs = max(1, min(len(cfgs), args.jobs or os.cpu_count() or 1))
+    log(f"{len(cfgs)} configurations, {jobs} at a time")
+    # Each configuration has its own seeded generator, so its kill instants
+    # do not depend on how the workers interleave.
+    rngs = {c.name: random.Random(f"{args.seed}:{c.name}") for c in cfgs}
+    sched = Scheduler(cfgs, args, t0)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        for f in [pool.submit(worker, sched, rngs, args, kernel, initrd, hashes, digests, start)
+                  for _ in range(jobs)]:
+            f.result()
     total_v = 0
     for c in cfgs:
         nv = sum(1 for x in c.cuts if x["violations"])

@@ -11,6 +11,8 @@
 # Environment:
 #   POWERCUT_CONFIGS=ext4-same,ext4-split,btrfs-state
 #   POWERCUT_FILES=2000  POWERCUT_MIB=4   the artifact (files in the tar layer, MiB)
+#   POWERCUT_IMAGE_MIB=256                 size of each disk image (more for a 20,000-file artifact)
+#   POWERCUT_JOBS=0                        configurations cut at once, one guest each (0: one per core)
 #   POWERCUT_SEED=1                        seed of the kill instants
 #   POWERCUT_BUDGET=0                      seconds after which no new round starts (0: none)
 #   POWERCUT_CACHE=DIR                     keeps the kernel .deb (default ~/.cache/stagehand-powercut)
@@ -64,6 +66,7 @@ rc=0
 python3 "$repo/scripts/powercut.py" --cuts "$CUTS" --bin "$bin" --work "$work" \
     --configs "${POWERCUT_CONFIGS:-ext4-same,ext4-split,btrfs-state}" \
     --files "${POWERCUT_FILES:-2000}" --mib "${POWERCUT_MIB:-4}" --seed "${POWERCUT_SEED:-1}" \
+    --image-mib "${POWERCUT_IMAGE_MIB:-256}" --jobs "${POWERCUT_JOBS:-0}" \
     --budget "${POWERCUT_BUDGET:-0}" --accel "${POWERCUT_ACCEL:-tcg}" --cache "${POWERCUT_CACHE:-${HOME:-/root}/.cache/stagehand-powercut}" \
     ${POWERCUT_JSON:+--json "$POWERCUT_JSON"} || rc=$?
 # Never leave a mount behind, whatever happened.
