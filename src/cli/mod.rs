@@ -51,6 +51,10 @@ pub struct Cli {
     /// Seconds to wait for another stagehand process holding the state dir.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
     pub lock_timeout: u64,
+    /// Let an upgrade, rollback, uninstall or apply delete files you put inside a package's directory
+    /// (without it, such a command is refused and names them).
+    #[arg(long, global = true)]
+    pub discard_local_files: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -436,6 +440,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         return Ok(EXIT_OK);
     }
     let (mut inst, recovered) = Installer::open(&state_dir, &opts)?;
+    inst.set_discard_local_files(cli.discard_local_files);
     if !cli.json && !cli.quiet {
         for r in recovered.iter().filter(|r| r.reason.is_none()) {
             eprintln!("stagehand: recovered transaction {} ({} of {}): {}", r.txn, r.op, r.package, r.outcome);

@@ -13,6 +13,7 @@ mod checks;
 pub mod exec;
 pub mod interrupt;
 pub mod lock;
+mod local_files;
 mod planner;
 pub mod progress;
 mod resolve;
@@ -200,6 +201,9 @@ pub struct Installer {
     state_dir: PathBuf,
     journal: Journal,
     _lock: lock::StateLock,
+    /// `--discard-local-files`: let a transaction delete entries a user put
+    /// inside a directory target it replaces or removes.
+    discard_local_files: bool,
 }
 
 fn now() -> u64 {
@@ -256,7 +260,7 @@ impl Installer {
     pub fn open(state_dir: &Path, opts: &OpenOptions) -> Result<(Installer, Vec<RecoveryReport>)> {
         let lock = lock_state_dir(state_dir, opts)?;
         let journal = Journal::open(&state_dir.join("journal"))?;
-        let inst = Installer { state_dir: state_dir.to_path_buf(), journal, _lock: lock };
+        let inst = Installer { state_dir: state_dir.to_path_buf(), journal, _lock: lock, discard_local_files: false };
         let reports = if opts.recover { exec::recover_all(&inst.journal)? } else { Vec::new() };
         if !opts.tolerate_refusal {
             if let Some(r) = reports.iter().find(|r| r.reason.is_some()) {
@@ -272,6 +276,13 @@ impl Installer {
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// `--discard-local-files`: from now on, a transaction that replaces or
+    /// removes a directory target may delete what a user put inside it.
+    /// Off by default: such a transaction is refused, naming the entries.
+    pub fn set_discard_local_files(&mut self, discard: bool) {
+        self.discard_local_files = discard;
     }
 
     /// Unfinished transactions (empty after a successful open).
@@ -333,7 +344,8 @@ impl Installer {
     fn run_changes(&mut self, op: Op, changes: Vec<ChangeRequest>, progress: bool) -> Result<TxnRecord> {
         let installed = self.journal.packages()?;
         let id = self.journal.new_txn_id()?;
-        let plan = planner::plan(&self.state_dir, &self.journal, &installed, id, op, changes)?;
+        let plan =
+            planner::plan(&self.state_dir, &self.journal, &installed, id, op, changes, self.discard_local_files)?;
         self.execute(plan, progress)
     }
 

@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::checks::{check_ownership, check_removal, mounts_at_or_under, nests};
+use super::local_files;
 use super::{exec, io, keep_versions, now, path_str, space, stage, Error, Result};
 use crate::fsops;
 use crate::journal::Journal;
@@ -122,7 +123,9 @@ fn strictly_inside(inner: &str, outer: &str) -> bool {
 }
 
 /// Plans transaction `id` (op `op`) over `changes`, given every installed
-/// package. Refuses, changing nothing, if any part of the set is refused.
+/// package. Refuses, changing nothing, if any part of the set is refused;
+/// that includes a directory target it replaces or removes that holds
+/// files its package did not install, unless `discard_local_files`.
 pub fn plan(
     state_dir: &Path,
     journal: &Journal,
@@ -130,6 +133,7 @@ pub fn plan(
     id: TxnId,
     op: Op,
     changes: Vec<ChangeRequest>,
+    discard_local_files: bool,
 ) -> Result<TxnPlan> {
     if changes.is_empty() {
         return Err(Error::Refused("nothing to do: the transaction changes no package".into()));
@@ -287,6 +291,9 @@ pub fn plan(
             targets.push(t);
         }
     }
+    if !discard_local_files {
+        check_local_files(journal, installed, &changes, &targets)?;
+    }
     if targets.len() > txn::MAX_TARGETS {
         return Err(Error::Refused(format!(
             "this transaction has {} targets, over the limit of {}; split it. Nothing was changed",
@@ -366,6 +373,30 @@ pub fn plan(
         created_dirs,
     };
     Ok(TxnPlan { rec, stage: stage_items, work, total_bytes, space })
+}
+
+/// Refuses when a directory target that a changed package owns now, and
+/// that this transaction replaces or removes, holds entries the package did
+/// not install (see `local_files`).
+fn check_local_files(
+    journal: &Journal,
+    installed: &[PackageRecord],
+    changes: &[ChangeRequest],
+    targets: &[TargetPlan],
+) -> Result<()> {
+    let owned = |except: &str| -> BTreeSet<String> {
+        installed.iter().filter(|p| p.name != except).flat_map(|p| p.targets.iter().map(|t| t.path.clone())).collect()
+    };
+    for t in targets {
+        let name = changes[t.change as usize].name();
+        let Some(pkg) = installed.iter().find(|p| p.name == name) else { continue };
+        let Some(it) = pkg.targets.iter().find(|it| it.path == t.path && it.kind == EntryKind::Dir) else { continue };
+        let found = local_files::find(journal, pkg, it, &owned(name))?;
+        if !found.is_empty() {
+            return Err(local_files::refusal(name, &t.path, &found));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses early when a filesystem involved lacks the space the set needs:

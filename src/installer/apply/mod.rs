@@ -208,7 +208,15 @@ impl Installer {
         if opts.dry_run {
             if !changes.is_empty() {
                 // Every refusal, decided now; nothing is journaled or staged.
-                planner::plan(&self.state_dir, &self.journal, &installed, 0, Op::Apply, changes)?;
+                planner::plan(
+                    &self.state_dir,
+                    &self.journal,
+                    &installed,
+                    0,
+                    Op::Apply,
+                    changes,
+                    self.discard_local_files,
+                )?;
             }
             return Ok(report);
         }
