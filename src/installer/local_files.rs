@@ -36,7 +36,8 @@ pub fn find(
     if !std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
         return Ok(Vec::new());
     }
-    let listed: BTreeSet<String> = journal.file_list(&pkg.name, &target.file_list)?.into_iter().map(|e| e.rel).collect();
+    let listed: BTreeSet<String> =
+        journal.file_list(&pkg.name, &target.file_list)?.into_iter().map(|e| e.rel).collect();
     let owned_here: Vec<String> = owned
         .iter()
         .filter_map(|o| Path::new(o).strip_prefix(root).ok())
