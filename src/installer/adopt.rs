@@ -180,7 +180,13 @@ impl Read for Exactly<'_> {
 type Builder = tar::Builder<source::cache::NewBlobWriter>;
 
 /// Appends one entry (`rel` inside the layer) for the object at `path`.
-fn append(b: &mut Builder, rel: &str, path: &Path, meta: &Metadata, links: &mut HashMap<(u64, u64), String>) -> Result<()> {
+fn append(
+    b: &mut Builder,
+    rel: &str,
+    path: &Path,
+    meta: &Metadata,
+    links: &mut HashMap<(u64, u64), String>,
+) -> Result<()> {
     let ctx = || format!("capturing {}", path.display());
     let ft = meta.file_type();
     let mut pax: Vec<(&str, Vec<u8>)> = vec![("mtime", pax_mtime(meta).into_bytes())];
@@ -317,7 +323,13 @@ pub fn capture(state_dir: &Path, id: TxnId, targets: &[Adopted]) -> Result<Versi
 /// The planner's input for restoring a captured `version` of `name`, read
 /// only from the blob cache: each layer back at its recorded path, staged
 /// exactly (`PutRequest::exact`).
-pub fn restore_put(state_dir: &Path, name: &str, version: &VersionRecord, keep: usize, limits: Limits) -> Result<PutRequest> {
+pub fn restore_put(
+    state_dir: &Path,
+    name: &str,
+    version: &VersionRecord,
+    keep: usize,
+    limits: Limits,
+) -> Result<PutRequest> {
     let cache = BlobCache::new(state_dir);
     let gone = || {
         Error::Refused(format!(

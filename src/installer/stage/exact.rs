@@ -92,7 +92,8 @@ pub(super) fn stage_file(
     meter: &Meter,
 ) -> Result<(fsops::WrittenFile, ExactMeta), Error> {
     let mut raw = blobs.open_blob(desc)?;
-    let bad = |e: std::io::Error| Error::Io { context: format!("layer {}: reading the tar stream", desc.digest), source: e };
+    let bad =
+        |e: std::io::Error| Error::Io { context: format!("layer {}: reading the tar stream", desc.digest), source: e };
     let (written, meta) = {
         let mut archive = tar::Archive::new(Bounded { inner: &mut raw, bounds: TarBounds::new(limits) });
         let mut entries = archive.entries().map_err(bad)?;
@@ -122,7 +123,14 @@ pub(super) fn stage_file(
 
 /// The file entry of an exactly staged file target.
 pub(super) fn file_entry(w: fsops::WrittenFile, meta: &ExactMeta) -> FileEntry {
-    FileEntry { rel: String::new(), kind: EntryKind::File, mode: meta.mode, size: w.size, sha256: w.sha256, link: String::new() }
+    FileEntry {
+        rel: String::new(),
+        kind: EntryKind::File,
+        mode: meta.mode,
+        size: w.size,
+        sha256: w.sha256,
+        link: String::new(),
+    }
 }
 
 #[cfg(test)]
