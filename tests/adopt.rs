@@ -293,3 +293,50 @@ fn a_crash_during_the_capture_leaves_the_old_content_or_a_restorable_capture() {
     assert!(ended_old >= capture.len(), "every crash in the capture ends old ({ended_old} of {})", capture.len());
     assert!(ended_new > 0, "some crashes after the commit point end new");
 }
+
+/// Crashes `rollback` to the adopted version at evenly spaced kill points
+/// (its exact staging included: chown, chmod, utimes); after recovery the
+/// directory holds demo v1, or exactly what was adopted.
+#[test]
+fn a_crash_during_the_rollback_to_the_capture_leaves_one_version_or_the_other() {
+    let tmp = fast_tempdir();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let sb = Sandbox::at(root.join("work"));
+    let app = sb.dest.join("app");
+    user_tree(&app);
+    let before = exact_tree(&app);
+    adopt_to(&sb, &demo_source("v1"), &app, &[]).ok();
+    let installed = hash_tree(&app);
+    let pristine = root.join("pristine");
+    sb.save_to(&pristine);
+
+    let trace = root.join("trace.txt");
+    sb.run_env(&["rollback", NAME], &[("STAGEHAND_TRACE_POINTS", trace.as_os_str())]).ok();
+    assert_exact(&app, &before, "the traced rollback");
+    let points = read_trace(&trace);
+    for want in ["fsops.utimes.staging", "fsops.chmod.staging"] {
+        assert!(points.iter().any(|(p, _)| p == want), "the exact restore passes {want}");
+    }
+    let step = (points.len() / 25).max(1);
+    let (mut ended_old, mut ended_new) = (0, 0);
+    for (pt, n) in points.iter().step_by(step) {
+        let ctx = format!("rollback crashed at {pt}:{n}");
+        sb.restore_from(&pristine);
+        let spec = format!("{pt}:{n}");
+        let crashed = sb.run_env(&["rollback", NAME], &[("STAGEHAND_CRASH_AT", OsStr::new(&spec))]);
+        assert_eq!(crashed.signal, Some(libc::SIGABRT), "{ctx}: did not die at its point:\n{}", crashed.describe());
+        let status = sb.run(&["status", "--json"]).ok().json();
+        assert!(pending_of(&status).is_empty(), "{ctx}: still pending: {status}");
+        assert!(sb.leftovers().is_empty(), "{ctx}: leftovers {:?}", sb.leftovers());
+        let listed = sb.listed(NAME).unwrap_or_else(|| panic!("{ctx}: {NAME} not listed"));
+        if listed.digest == demo_digest("v1") {
+            assert_eq!(hash_tree(&app), installed, "{ctx}: listed as v1 but the disk differs");
+            ended_old += 1;
+        } else {
+            assert!(listed.source.starts_with("adopted:"), "{ctx}: {listed:?}");
+            assert_exact(&app, &before, &ctx);
+            ended_new += 1;
+        }
+    }
+    assert!(ended_old > 0 && ended_new > 0, "both outcomes seen (old {ended_old}, new {ended_new})");
+}
