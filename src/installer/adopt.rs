@@ -51,6 +51,11 @@ const CONFIG: &[u8] = b"{}";
 /// its header, a PAX header with its mtime (and link path), a GNU long name.
 const ENTRY_OVERHEAD: u64 = 4 * 512;
 
+/// Most bytes of adopted paths one kept version may list (they are kept in
+/// the package's journal record, which is at most 64 KiB, with the other
+/// kept versions and the history entry's copy).
+pub const MAX_ADOPTED_PATH_BYTES: usize = 16 * 1024;
+
 /// One target to capture: its path and what is there now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adopted {

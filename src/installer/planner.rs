@@ -315,6 +315,19 @@ pub fn plan(
             txn::MAX_TARGETS
         )));
     }
+    for (c, a) in changes.iter().zip(&adopted) {
+        // The kept version lists its paths in the package's record (≤ 64 KiB).
+        let bytes: usize = a.iter().map(|t| t.path.len() + 8).sum();
+        if bytes > adopt::MAX_ADOPTED_PATH_BYTES {
+            return Err(Error::Refused(format!(
+                "package {:?} would adopt {} existing paths at once ({bytes} bytes of paths, over the {} a kept \
+                 version may list); nothing was changed: adopt fewer at a time",
+                c.name(),
+                a.len(),
+                adopt::MAX_ADOPTED_PATH_BYTES
+            )));
+        }
+    }
     let space = check_space(state_dir, &changes, adopt_bytes)?;
 
     let mut created_dirs: Vec<String> = created.into_iter().collect();

@@ -276,7 +276,11 @@ impl DirBuilder {
                 let meta = if self.exact { Some(exact::meta_of(&mut entry)?) } else { None };
                 let admitted = self.guard.admit(&path, kind, link.as_deref(), mode)?;
                 let fix = match (&admitted, meta) {
-                    (Admitted::Skip, Some(m)) if kind == TarKind::Dir && subdir.is_empty() => {
+                    (Admitted::Skip, Some(m))
+                        if kind == TarKind::Dir
+                            && subdir.is_empty()
+                            && crate::plan::tar_guard::normalize(&path).is_ok_and(|r| r.is_empty()) =>
+                    {
                         self.root_meta = Some(m);
                         None
                     }
