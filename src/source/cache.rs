@@ -8,6 +8,10 @@
 //! out wrong is removed, never promoted. Every mutation goes through
 //! [`crate::fsops`] (role `cache`, so kill points `fsops.*.cache`).
 //!
+//! Blobs stagehand synthesizes itself (the capture of what `--adopt`
+//! replaces) are written by [`BlobCache::begin_new`]: hashed as they are
+//! written, then fsynced and renamed to the digest they turned out to have.
+//!
 //! It serves staging as a [`BlobSource`] (re-verifying every byte while it
 //! is read, and evicting a cached blob found corrupt), and it lists and
 //! prunes. It never talks to the network (the registry source feeds it), and
@@ -694,6 +698,25 @@ mod tests {
         fs::write(c.partial_path(&ds.digest).expect("path"), &small).expect("plant");
         assert!(c.begin(&ds, "s").expect("begin").is_none());
         assert!(c.contains(&ds).expect("contains"));
+    }
+
+    #[test]
+    fn a_new_blob_is_named_by_what_was_written() {
+        use std::io::Write as _;
+        let (_d, c) = cache();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut w = c.begin_new("adopt-1-0").expect("begin");
+        w.write_all(&data[..10]).expect("write");
+        w.write_all(&data[10..]).expect("write");
+        let d = w.finish().expect("finish");
+        assert_eq!(d.digest, desc(&data).digest);
+        assert_eq!(d.size, data.len() as u64);
+        assert_eq!(read_all(&c, &Descriptor { media_type: "x".into(), ..d }).expect("read"), data);
+        assert!(c.list().expect("list").partials.is_empty(), "the partial was renamed");
+        let mut w = c.begin_new("adopt-1-1").expect("begin");
+        w.write_all(b"given up").expect("write");
+        w.abandon().expect("abandon");
+        assert!(c.list().expect("list").partials.is_empty(), "an abandoned capture leaves nothing");
     }
 
     #[test]
