@@ -340,3 +340,35 @@ fn a_crash_during_the_rollback_to_the_capture_leaves_one_version_or_the_other() 
     }
     assert!(ended_old > 0 && ended_new > 0, "both outcomes seen (old {ended_old}, new {ended_new})");
 }
+
+/// An upgrade that adopts a new path keeps the version it replaces first;
+/// when --keep-versions leaves no room for the capture too, it is refused
+/// (nothing is lost), and with room both are kept.
+#[test]
+fn an_upgrade_that_adopts_needs_room_to_keep_the_capture() {
+    let sb = Sandbox::new();
+    let app = sb.dest.join("app");
+    let so = sb.dest.join("lib/demo_fdw.so");
+    sb.run(&["install", &demo_source("v1"), "--to", app.to_str().unwrap(), "--name", NAME]).ok();
+    fs::create_dir_all(so.parent().unwrap()).unwrap();
+    fs::write(&so, b"the user's library\n").unwrap();
+    set_mtime(&so, 1_111_111_111, 5);
+    let before = exact_tree(&so);
+    let map = format!("*.so={}", sb.dest.join("lib").display());
+    let v2 = demo_source("v2");
+    let up = |extra: &[&str]| {
+        let mut a = vec!["install", &v2, "--to", app.to_str().unwrap(), "--map", &map, "--adopt"];
+        a.extend(["--name", NAME]);
+        a.extend(extra);
+        sb.run(&a)
+    };
+    up(&[]).fails_with(&["--keep-versions 3", "nothing was changed"]);
+    assert_exact(&so, &before, "after the refusal");
+    up(&["--keep-versions", "3"]).ok();
+    let kept = previous(&sb);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept[0].0, demo_digest("v1"), "the replaced version first");
+    assert_eq!(kept[1].1, vec![so.display().to_string()], "then the capture");
+    sb.run(&["rollback", NAME, "--to", &kept[1].0]).ok();
+    assert_exact(&so, &before, "rollback --to the capture");
+}

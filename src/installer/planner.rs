@@ -381,8 +381,18 @@ pub fn plan(
                 // What this install adopts is kept right after the version it
                 // replaces (first, for a fresh install), unless nothing is kept.
                 let adopt_slot = usize::from(old_pkg.is_some());
-                let adopt = if adopt_slot < keep_previous {
+                let adopt = if adopt_slot < keep_previous || adopt.is_empty() {
                     adopt
+                } else if req.keep_versions != 1 {
+                    // An upgrade keeps the version it replaces first: without
+                    // room for a second, the capture would be dropped at once.
+                    return Err(Error::Refused(format!(
+                        "{} would be adopted by an upgrade of {:?}, but --keep-versions {} keeps only the version                          this upgrade replaces, so its current contents would be lost; nothing was changed. Pass                          --keep-versions {} to keep them too (or move them out of the way)",
+                        adopt.iter().map(|a| a.path.as_str()).collect::<Vec<_>>().join(", "),
+                        req.name,
+                        keep_previous + 1,
+                        adopt_slot + 2
+                    )));
                 } else {
                     for a in &adopt {
                         tracing::warn!(
