@@ -330,6 +330,12 @@ fn package_json(p: &PackageRecord) -> serde_json::Value {
         "txn": p.txn,
         "targets": p.targets.iter().map(|t| t.path.clone()).collect::<Vec<_>>(),
         "signed_by": p.signed_by,
+        "previous": p.previous.iter().map(|v| json!({
+            "digest": v.manifest_digest,
+            "source": v.source,
+            "installed_at": v.installed_at,
+            "adopted": v.placement.adopted,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -800,6 +806,7 @@ fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installe
 
 fn history_op(c: &crate::txn::ChangeSummary) -> &'static str {
     match (c.op, &c.old) {
+        (crate::txn::Op::Install, Some(v)) if v.is_adopted() => "adopt",
         (crate::txn::Op::Install, Some(_)) => "upgrade",
         (op, _) => op.name(),
     }

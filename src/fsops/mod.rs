@@ -218,6 +218,32 @@ pub fn set_mode(path: &Path, mode: u32, role: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the modification time of `path` (not following a final symlink;
+/// the access time is left as it is): for content restored exactly, such
+/// as a version captured by `--adopt`.
+pub fn set_mtime(path: &Path, secs: i64, nanos: u32, role: &str) -> io::Result<()> {
+    point("utimes", role)?;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: nanos.min(999_999_999) as libc::c_long },
+    ];
+    // SAFETY: `c` is a valid NUL-terminated path and `times` two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        return Err(with_path(io::Error::last_os_error(), "set the mtime of", path));
+    }
+    Ok(())
+}
+
+/// Sets the owner and group of `path` (not following a final symlink).
+/// Only root may give a file away; the caller restores ownership only then.
+/// Changing the owner clears setuid/setgid: set the mode afterwards.
+pub fn set_owner(path: &Path, uid: u32, gid: u32, role: &str) -> io::Result<()> {
+    point("chown", role)?;
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| with_path(e, "chown", path))
+}
+
 /// Creates a symbolic link at `path` pointing to `target`.
 pub fn symlink(target: &Path, path: &Path, role: &str) -> io::Result<()> {
     point("symlink", role)?;

@@ -70,7 +70,11 @@ impl Installer {
                     roots.push((v.manifest_digest.clone(), who.clone()));
                 }
                 if let Some(p) = &c.new_package {
-                    roots.push((p.manifest_digest.clone(), who));
+                    roots.push((p.manifest_digest.clone(), who.clone()));
+                    // Kept versions it will record, a capture of what --adopt replaced among them.
+                    for v in &p.previous {
+                        roots.push((v.manifest_digest.clone(), who.clone()));
+                    }
                 }
             }
         }

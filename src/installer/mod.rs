@@ -7,6 +7,7 @@
 //! and journal work only through `journal`; every decision about recovery
 //! comes from `txn`.
 
+mod adopt;
 mod apply;
 mod cacheuse;
 mod checks;
@@ -120,7 +121,8 @@ pub struct InstallRequest {
     pub source: String,
     pub placement: Placement,
     pub name: Option<String>,
-    /// Take over an existing, unowned destination as the "old version".
+    /// Take over an existing, unowned destination; what it holds is kept as
+    /// an earlier version of the package, which `rollback` restores.
     pub adopt: bool,
     /// Place the artifact by a Steampipe profile instead of `placement`.
     pub profile: Option<ProfileRequest>,
@@ -394,6 +396,9 @@ impl Installer {
         keep: usize,
         limits: plan::limits::Limits,
     ) -> Result<planner::PutRequest> {
+        if version.is_adopted() {
+            return adopt::restore_put(&self.state_dir, name, version, keep, limits);
+        }
         let cache = source::cache::BlobCache::new(&self.state_dir);
         let pruned = || {
             Error::Refused(format!(
@@ -466,7 +471,9 @@ impl TxnReport {
     fn of(rec: &TxnRecord) -> TxnReport {
         let c = rec.changes.first();
         let old_digest = c.and_then(|c| c.old.as_ref()).map(|v| v.manifest_digest.clone());
+        let adopted = c.and_then(|c| c.old.as_ref()).is_some_and(|v| v.is_adopted());
         let op = match c.map(|c| c.op) {
+            Some(Op::Install) if adopted => "adopt".to_string(),
             Some(Op::Install) if old_digest.is_some() => "upgrade".to_string(),
             Some(o) => o.name().to_string(),
             None => rec.op.name().to_string(),

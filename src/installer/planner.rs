@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::checks::{check_ownership, check_removal, mounts_at_or_under, nests};
 use super::local_files;
-use super::{exec, io, keep_versions, now, path_str, space, stage, Error, Result};
+use super::{adopt, exec, io, keep_versions, now, path_str, space, stage, Error, Result};
 use crate::fsops;
 use crate::journal::Journal;
 use crate::plan::{limits::Limits, PlannedContent, PlannedTarget};
@@ -46,6 +46,9 @@ pub struct PutRequest {
     /// transaction is journaled (so a later rollback is offline).
     pub layout: Option<PathBuf>,
     pub limits: Limits,
+    /// Stage with the exact modes, mtimes (and owners, as root) the layers
+    /// carry: only for a version stagehand captured itself (`--adopt`).
+    pub exact: bool,
 }
 
 /// One package's part of a transaction.
@@ -87,6 +90,15 @@ pub struct ChangeWork {
     pub template: Option<PackageRecord>,
     pub limits: Limits,
     pub layout: Option<(PathBuf, ResolvedArtifact)>,
+    /// Unowned targets this change replaces under `--adopt`: captured
+    /// before the `staged` record, kept in `template.previous` at `slot`.
+    pub adopt: Vec<adopt::Adopted>,
+    /// Where the captured version goes in `template.previous`.
+    pub adopt_slot: usize,
+    /// How many earlier versions the package keeps (`--keep-versions` − 1).
+    pub keep_previous: usize,
+    /// See [`PutRequest::exact`].
+    pub exact: bool,
 }
 
 /// A planned transaction: the record to journal (step `Planned`) and the
@@ -154,6 +166,9 @@ pub fn plan(
         .collect();
     let mut news: Vec<NewTarget> = Vec::new();
     let mut created = BTreeSet::new();
+    // Per change: the unowned targets it adopts; and the bytes their capture needs.
+    let mut adopted: Vec<Vec<adopt::Adopted>> = changes.iter().map(|_| Vec::new()).collect();
+    let mut adopt_bytes: u64 = 0;
     for (ci, c) in changes.iter().enumerate() {
         let ChangeRequest::Put(req) = c else { continue };
         for pt in &req.planned {
@@ -170,8 +185,14 @@ pub fn plan(
                 let movable = old_paths.contains(&path) || old_paths.iter().any(|p| strictly_inside(&path, p));
                 if !movable && !req.adopt && !is_empty_dir(&pt.path) {
                     return Err(Error::Refused(format!(
-                        "{path} already exists and no package owns it; pass --adopt to replace it (its current contents become the old version that a failed install rolls back to)"
+                        "{path} already exists and no package owns it; nothing was changed. Pass --adopt to replace \
+                         it: its current contents are then kept as an earlier version of the package, which \
+                         `stagehand rollback` restores (unless --keep-versions 1 keeps none)"
                     )));
+                }
+                if !movable && req.adopt {
+                    adopt_bytes += adopt::survey(&pt.path)?;
+                    adopted[ci].push(adopt::Adopted { path: path.clone(), kind: o.kind });
                 }
                 if o.kind != kind && !(req.adopt || movable) {
                     return Err(Error::Refused(format!("{path} exists but is not a {kind:?}")));
@@ -301,14 +322,27 @@ pub fn plan(
             txn::MAX_TARGETS
         )));
     }
-    let space = check_space(state_dir, &changes)?;
+    for (c, a) in changes.iter().zip(&adopted) {
+        // The kept version lists its paths in the package's record (≤ 64 KiB).
+        let bytes: usize = a.iter().map(|t| t.path.len() + 8).sum();
+        if bytes > adopt::MAX_ADOPTED_PATH_BYTES {
+            return Err(Error::Refused(format!(
+                "package {:?} would adopt {} existing paths at once ({bytes} bytes of paths, over the {} a kept \
+                 version may list); nothing was changed: adopt fewer at a time",
+                c.name(),
+                a.len(),
+                adopt::MAX_ADOPTED_PATH_BYTES
+            )));
+        }
+    }
+    let space = check_space(state_dir, &changes, adopt_bytes)?;
 
     let mut created_dirs: Vec<String> = created.into_iter().collect();
     created_dirs.sort_by_key(|d| d.len());
     let mut work = Vec::new();
     let mut recs = Vec::new();
     let mut total_bytes = 0;
-    for c in changes {
+    for (c, adopt) in changes.into_iter().zip(adopted) {
         let old_pkg = old_of(c.name());
         let old = old_pkg.map(|p| VersionRecord {
             manifest_digest: p.manifest_digest.clone(),
@@ -322,7 +356,16 @@ pub fn plan(
                     return Err(Error::NotInstalled(name));
                 }
                 recs.push(PackageChange { name, op: Op::Uninstall, old, new_package: None });
-                work.push(ChangeWork { blobs: None, template: None, limits: Limits::default(), layout: None });
+                work.push(ChangeWork {
+                    blobs: None,
+                    template: None,
+                    limits: Limits::default(),
+                    layout: None,
+                    adopt: Vec::new(),
+                    adopt_slot: 0,
+                    keep_previous: 0,
+                    exact: false,
+                });
             }
             ChangeRequest::Put(req) => {
                 let req = *req;
@@ -335,12 +378,38 @@ pub fn plan(
                     })
                     .sum::<u64>();
                 // The versions to keep for rollback: the one replaced, then older ones.
+                let keep_previous = keep_versions(req.keep_versions) - 1;
                 let previous: Vec<VersionRecord> = old_pkg
                     .iter()
                     .flat_map(|p| old.clone().into_iter().chain(p.previous.iter().cloned()))
                     .filter(|v| v.manifest_digest != req.artifact.manifest_digest)
-                    .take(keep_versions(req.keep_versions) - 1)
+                    .take(keep_previous)
                     .collect();
+                // What this install adopts is kept right after the version it
+                // replaces (first, for a fresh install), unless nothing is kept.
+                let adopt_slot = usize::from(old_pkg.is_some());
+                let adopt = if adopt_slot < keep_previous || adopt.is_empty() {
+                    adopt
+                } else if req.keep_versions != 1 {
+                    // An upgrade keeps the version it replaces first: without
+                    // room for a second, the capture would be dropped at once.
+                    return Err(Error::Refused(format!(
+                        "{} would be adopted by an upgrade of {:?}, but --keep-versions {} keeps only the version                          this upgrade replaces, so its current contents would be lost; nothing was changed. Pass                          --keep-versions {} to keep them too (or move them out of the way)",
+                        adopt.iter().map(|a| a.path.as_str()).collect::<Vec<_>>().join(", "),
+                        req.name,
+                        keep_previous + 1,
+                        adopt_slot + 2
+                    )));
+                } else {
+                    for a in &adopt {
+                        tracing::warn!(
+                            "--keep-versions {} keeps no earlier version here: what {} holds now is replaced and not kept",
+                            keep_previous + 1,
+                            a.path
+                        );
+                    }
+                    Vec::new()
+                };
                 let template = PackageRecord {
                     name: req.name.clone(),
                     manifest_digest: req.artifact.manifest_digest.clone(),
@@ -358,6 +427,10 @@ pub fn plan(
                     template: Some(template),
                     limits: req.limits,
                     layout: req.layout.map(|l| (l, req.artifact)),
+                    adopt,
+                    adopt_slot,
+                    keep_previous,
+                    exact: req.exact,
                 });
             }
         }
@@ -402,9 +475,12 @@ fn check_local_files(
 /// Refuses early when a filesystem involved lacks the space the set needs:
 /// the blob cache's, for layout blobs copied into it (hard links on the same
 /// filesystem need none), and each target's.
-fn check_space(state_dir: &Path, changes: &[ChangeRequest]) -> Result<space::SpaceCheck> {
+fn check_space(state_dir: &Path, changes: &[ChangeRequest], adopt_bytes: u64) -> Result<space::SpaceCheck> {
     let cache = source::cache::BlobCache::new(state_dir);
     let mut check = space::SpaceCheck::default();
+    if adopt_bytes > 0 {
+        check.add(cache.root(), adopt_bytes, "the capture of what --adopt replaces, in the blob cache".to_string())?;
+    }
     for c in changes {
         let ChangeRequest::Put(req) = c else { continue };
         let layout = req.layout.as_deref().map(source::OciLayout::open).transpose()?;

@@ -336,6 +336,7 @@ impl Installer {
             signed_by: req.verify_key.as_ref().map(|k| k.fingerprint().to_string()),
             layout,
             limits: req.limits,
+            exact: false,
         })
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::planner::{ChangeWork, StageItem, TxnPlan};
 use super::resolve::import_layout_blobs;
-use super::{exec, interrupt, io, now, progress, space, stage, Error, Installer, Result};
+use super::{adopt, exec, interrupt, io, now, progress, space, stage, Error, Installer, Result};
 use crate::fsops;
 use crate::journal::{Journal, JournalError};
 use crate::plan::PlannedContent;
@@ -32,6 +32,11 @@ impl Installer {
         let stages_something = rec.targets.iter().any(|t| t.new.is_some());
         if stages_something {
             // Everything from here until the commit point rolls back on error.
+            // What --adopt replaces is kept first, durable in the blob cache
+            // before the `staged` record (so before the commit point).
+            if let Err(e) = capture_adopted(&self.state_dir, &mut rec, &mut work) {
+                return Err(self.roll_back(rec, e));
+            }
             let bar = progress::Progress::new(total_bytes, show_progress);
             let staged = stage_all(&self.journal, &mut rec, &stage, &mut work, &bar, &budget);
             bar.finish();
@@ -117,6 +122,28 @@ impl Installer {
     }
 }
 
+/// Captures every target a change adopts (`installer::adopt`) and keeps
+/// the captured version in its package's `previous` (rotated like any
+/// other kept version); a fresh install's change records it as its `old`,
+/// so `history` and `rollback --apply` see what it replaced.
+fn capture_adopted(state_dir: &Path, rec: &mut TxnRecord, work: &mut [ChangeWork]) -> Result<()> {
+    for (ci, w) in work.iter_mut().enumerate() {
+        if w.adopt.is_empty() {
+            continue;
+        }
+        let version = adopt::capture(state_dir, rec.id, &w.adopt)?;
+        tracing::debug!(txn = rec.id, digest = %version.manifest_digest, "captured what --adopt replaces");
+        if let Some(t) = w.template.as_mut() {
+            t.previous.insert(w.adopt_slot.min(t.previous.len()), version.clone());
+            t.previous.truncate(w.keep_previous);
+        }
+        if let Some(c) = rec.changes.get_mut(ci).filter(|c| c.old.is_none()) {
+            c.old = Some(version);
+        }
+    }
+    Ok(())
+}
+
 /// A staged target's part of its package's registry entry, before its file
 /// list is written.
 struct StagedTarget {
@@ -155,8 +182,12 @@ fn stage_all(
         let staging = PathBuf::from(&t.staging);
         let meter = budget.meter(Path::new(&t.path))?;
         let staged = match &item.content {
-            PlannedContent::Dir(layers) => stage::stage_dir(&staging, layers, &item.carry, &blobs, w.limits, &meter)?,
-            PlannedContent::File(desc, bytes) => stage::stage_file(&staging, desc, *bytes, &blobs, w.limits, &meter)?,
+            PlannedContent::Dir(layers) => {
+                stage::stage_dir(&staging, layers, &item.carry, &blobs, w.limits, &meter, w.exact)?
+            }
+            PlannedContent::File(desc, bytes) => {
+                stage::stage_file(&staging, desc, *bytes, &blobs, w.limits, &meter, w.exact)?
+            }
         };
         let kind = if matches!(item.content, PlannedContent::Dir(_)) { EntryKind::Dir } else { EntryKind::File };
         let mut identity = staged.identity;
@@ -179,7 +210,7 @@ fn stage_all(
                 fsops::create_dir_all_durable(parent, 0o755 & !fsops::umask(), "staging")
                     .map_err(io(format!("creating {}", parent.display())))?;
             }
-            let staged = stage::stage_file(&at, desc, *bytes, &eblobs, ew.limits, &meter)?;
+            let staged = stage::stage_file(&at, desc, *bytes, &eblobs, ew.limits, &meter, ew.exact)?;
             installed[e.change].push(StagedTarget {
                 path: e.path.clone(),
                 kind: EntryKind::File,

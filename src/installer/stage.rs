@@ -11,6 +11,7 @@
 //! artifact that expands past what the free-space check allowed. Small
 //! files are written by [`writers`] threads while this thread reads on.
 
+mod exact;
 mod writers;
 
 use std::io::Read;
@@ -76,6 +77,11 @@ struct DirBuilder {
     entries: Vec<FileEntry>,
     meter: Meter,
     writers: Writers,
+    /// Restoring a captured version (`exact`): the root's own metadata, and
+    /// every entry's, applied in [`DirBuilder::sync`].
+    exact: bool,
+    root_meta: Option<exact::ExactMeta>,
+    fixes: Vec<(PathBuf, EntryKind, exact::ExactMeta)>,
 }
 
 impl DirBuilder {
@@ -189,9 +195,12 @@ impl DirBuilder {
         for p in parents {
             self.mkdir(&p, installed_mode(0o755, self.umask))?;
         }
+        // An artifact's modes are capped; a captured version's are its own
+        // (its special bits set in `sync`, once the owner is right).
+        let mode_of = |m: u32| if self.exact { m & 0o777 } else { installed_mode(m, self.umask) };
         match admitted {
-            Admitted::Dir { rel, mode, .. } => self.mkdir(&rel, installed_mode(mode, self.umask)),
-            Admitted::File { rel, mode, .. } => self.file(&rel, entry, installed_mode(mode, self.umask), size),
+            Admitted::Dir { rel, mode, .. } => self.mkdir(&rel, mode_of(mode)),
+            Admitted::File { rel, mode, .. } => self.file(&rel, entry, mode_of(mode), size),
             Admitted::Symlink { rel, target, .. } => {
                 let path = self.root.join(&rel);
                 fsops::symlink(Path::new(&target), &path, ROLE).map_err(io_err(format!("staging {rel}")))?;
@@ -264,9 +273,32 @@ impl DirBuilder {
                     }
                 }
                 let mode = entry.header().mode().unwrap_or(0o644);
+                let meta = if self.exact { Some(exact::meta_of(&mut entry)?) } else { None };
                 let admitted = self.guard.admit(&path, kind, link.as_deref(), mode)?;
+                let fix = match (&admitted, meta) {
+                    (Admitted::Skip, Some(m))
+                        if kind == TarKind::Dir
+                            && subdir.is_empty()
+                            && crate::plan::tar_guard::normalize(&path).is_ok_and(|r| r.is_empty()) =>
+                    {
+                        self.root_meta = Some(m);
+                        None
+                    }
+                    (Admitted::Dir { rel, .. }, Some(m)) => Some((rel.clone(), EntryKind::Dir, m)),
+                    (Admitted::File { rel, .. }, Some(m)) => Some((rel.clone(), EntryKind::File, m)),
+                    (Admitted::Symlink { rel, .. }, Some(m)) => Some((rel.clone(), EntryKind::Symlink, m)),
+                    _ => None,
+                };
                 let size = entry.size();
                 self.apply(admitted, &mut entry, Some(size))?;
+                if let Some((rel, kind, m)) = fix {
+                    if kind != EntryKind::Symlink {
+                        if let Some(e) = self.entries.iter_mut().rev().find(|e| e.rel == rel) {
+                            e.mode = m.mode;
+                        }
+                    }
+                    self.fixes.push((self.root.join(&rel), kind, m));
+                }
             }
         }
         verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;
@@ -350,6 +382,9 @@ impl DirBuilder {
             "every file's digest is in"
         );
         let per_file = fsops::sync_mode() == fsops::SyncMode::PerFile;
+        if self.exact {
+            self.restore_exact()?;
+        }
         if per_file {
             for f in &self.files {
                 fsops::fsync_file(f, ROLE).map_err(io_err(format!("fsync {}", f.display())))?;
@@ -357,7 +392,7 @@ impl DirBuilder {
         }
         self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
         for (d, mode) in &self.dirs {
-            if *mode != 0o755 {
+            if *mode != 0o755 && !self.exact {
                 fsops::set_mode(d, *mode, ROLE).map_err(io_err(format!("chmod {}", d.display())))?;
             }
             if per_file {
@@ -366,6 +401,27 @@ impl DirBuilder {
         }
         if per_file {
             fsops::fsync_dir(&self.root, ROLE).map_err(io_err(format!("fsync {}", self.root.display())))?;
+        }
+        Ok(())
+    }
+}
+
+impl DirBuilder {
+    /// A captured version's metadata: files and links first, then every
+    /// directory deepest first (the root last), so each directory's mtime
+    /// is set after everything inside it is.
+    fn restore_exact(&mut self) -> Result<(), Error> {
+        for (p, kind, m) in self.fixes.iter().filter(|f| f.1 != EntryKind::Dir) {
+            exact::restore(p, *kind, m)?;
+        }
+        let mut dirs: Vec<(&Path, &exact::ExactMeta)> =
+            self.fixes.iter().filter(|f| f.1 == EntryKind::Dir).map(|(p, _, m)| (p.as_path(), m)).collect();
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        if let Some(m) = &self.root_meta {
+            dirs.push((self.root.as_path(), m));
+        }
+        for (p, m) in dirs {
+            exact::restore(p, EntryKind::Dir, m)?;
         }
         Ok(())
     }
@@ -414,7 +470,8 @@ pub fn make_durable(staging_paths: &[PathBuf]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Builds a directory target's content at `staging` from its layers.
+/// Builds a directory target's content at `staging` from its layers;
+/// `exact` for a version stagehand captured itself (see [`exact`]).
 pub fn stage_dir(
     staging: &Path,
     layers: &[(Descriptor, LayerUse)],
@@ -422,6 +479,7 @@ pub fn stage_dir(
     blobs: &dyn BlobSource,
     limits: Limits,
     meter: &Meter,
+    exact: bool,
 ) -> Result<Staged, Error> {
     let umask = fsops::umask();
     fsops::create_dir(staging, installed_mode(0o755, umask), ROLE)
@@ -430,12 +488,15 @@ pub fn stage_dir(
         root: staging.to_path_buf(),
         umask,
         limits,
-        guard: TarGuard::new(),
+        guard: if exact { TarGuard::keeping_links() } else { TarGuard::new() },
         files: vec![],
         dirs: vec![],
         entries: vec![],
         meter: meter.clone(),
         writers: Writers::new(ROLE),
+        exact,
+        root_meta: None,
+        fixes: vec![],
     };
     for (desc, usage) in layers {
         match usage {
@@ -487,7 +548,8 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
-/// Writes a file target's content at `staging` from one layer.
+/// Writes a file target's content at `staging` from one layer; `exact`
+/// for a version stagehand captured itself (a one-entry tar layer).
 pub fn stage_file(
     staging: &Path,
     desc: &Descriptor,
@@ -495,7 +557,13 @@ pub fn stage_file(
     blobs: &dyn BlobSource,
     limits: Limits,
     meter: &Meter,
+    exact: bool,
 ) -> Result<Staged, Error> {
+    if exact {
+        let (w, meta) = exact::stage_file(staging, desc, blobs, limits, meter)?;
+        let identity = identity_of(staging)?;
+        return Ok(Staged { identity, entries: vec![exact::file_entry(w, &meta)] });
+    }
     let mode = installed_mode(bytes.mode, fsops::umask());
     let mut raw = blobs.open_blob(desc)?;
     let w = {

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 /// Largest sled record accepted (transaction, package, history). sled 0.34
 /// writes a value over a quarter of its segment (128 KiB here) to a blob
 /// file of its own; records stay far below that, since per-file lists live
@@ -269,7 +269,8 @@ mod layout_tests {
         assert_eq!(b, want);
     }
 
-    /// Pins `HistoryEntry`'s layout (format 3: one `ChangeSummary` per package).
+    /// Pins `HistoryEntry`'s layout (format 3: one `ChangeSummary` per package;
+    /// format 5: `PlacementRecord::adopted`).
     #[test]
     fn history_entry_bytes_match_the_documentation() {
         use crate::txn::{ChangeSummary, HistoryEntry, Outcome, VersionRecord};
@@ -309,6 +310,7 @@ mod layout_tests {
         want.push(0); //     placement.to: None
         want.extend(0u64.to_le_bytes()); //     placement.maps: empty
         want.extend([0u8; 4]); //     placement.profile, install_dir, db_version, platform: None
+        want.extend(0u64.to_le_bytes()); //     placement.adopted: empty (format 5)
         want.push(1); //   new_digest: Some
         string(&mut want, "d");
         want.push(1); //   signed_by: Some

@@ -77,6 +77,8 @@ pub struct TarGuard {
     /// Symlinks whose resolution went through a path not admitted yet: a
     /// symlink admitted there later could change where they lead.
     unsettled: BTreeSet<String>,
+    /// Symlinks may point anywhere ([`TarGuard::keeping_links`]).
+    links_anywhere: bool,
 }
 
 /// Most symlinks one resolution follows (the kernel's own limit is 40).
@@ -173,6 +175,15 @@ impl TarGuard {
         Self::default()
     }
 
+    /// A guard for content stagehand captured itself (what `--adopt`
+    /// replaced): a symlink is restored as the link it was, wherever it
+    /// points, since it is never followed — nothing is ever admitted
+    /// beneath a symlink, and hard links name earlier files only. Every
+    /// other rule holds.
+    pub fn keeping_links() -> Self {
+        TarGuard { links_anywhere: true, ..Self::default() }
+    }
+
     /// Admits one entry, given its raw path, kind, link name (for links)
     /// and permission bits.
     pub fn admit(
@@ -228,6 +239,13 @@ impl TarGuard {
                 let raw_target = link.ok_or_else(|| refuse(raw_path, "a symlink without a target"))?;
                 let target =
                     std::str::from_utf8(raw_target).map_err(|_| refuse(raw_path, "the link target is not UTF-8"))?;
+                if self.links_anywhere {
+                    if target.is_empty() || target.contains('\0') {
+                        return Err(refuse(raw_path, "a symlink without a valid target"));
+                    }
+                    self.seen.insert(rel.clone(), Seen::Symlink);
+                    return Ok(Admitted::Symlink { rel, target: target.to_string(), implicit_parents });
+                }
                 let settled = match self.link_resolution(&rel, target) {
                     Resolution::Outside => {
                         return Err(refuse(
@@ -342,6 +360,18 @@ mod tests {
         assert!(e.reason.contains("symlink"), "{e}");
         assert!(g.admit(b"d/ok", TarKind::Symlink, Some(b"../root"), 0).is_ok());
         assert!(g.admit(b"d/ok", TarKind::File, None, 0).is_err(), "duplicate path");
+    }
+
+    #[test]
+    fn keeping_links_admits_links_anywhere_but_nothing_beneath_them() {
+        let mut g = TarGuard::keeping_links();
+        assert!(matches!(g.admit(b"abs", TarKind::Symlink, Some(b"/etc"), 0o777), Ok(Admitted::Symlink { .. })));
+        assert!(matches!(g.admit(b"up", TarKind::Symlink, Some(b"../../x"), 0o777), Ok(Admitted::Symlink { .. })));
+        assert!(g.admit(b"abs/passwd", TarKind::File, None, 0o644).is_err(), "beneath a symlink");
+        assert!(g.admit(b"up/x", TarKind::Dir, None, 0o755).is_err(), "beneath a symlink");
+        assert!(g.admit(b"h", TarKind::HardLink, Some(b"abs"), 0).is_err(), "a hard link to a symlink");
+        assert!(g.admit(b"../x", TarKind::File, None, 0o644).is_err());
+        assert!(g.admit(b"dev", TarKind::Special, None, 0o644).is_err());
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! out wrong is removed, never promoted. Every mutation goes through
 //! [`crate::fsops`] (role `cache`, so kill points `fsops.*.cache`).
 //!
+//! Blobs stagehand synthesizes itself (the capture of what `--adopt`
+//! replaces) are written by [`BlobCache::begin_new`]: hashed as they are
+//! written, then fsynced and renamed to the digest they turned out to have.
+//!
 //! It serves staging as a [`BlobSource`] (re-verifying every byte while it
 //! is read, and evicting a cached blob found corrupt), and it lists and
 //! prunes. It never talks to the network (the registry source feeds it), and
@@ -359,6 +363,71 @@ impl BlobCache {
     }
 }
 
+/// A blob whose digest is known only once it is written (content stagehand
+/// synthesizes itself, such as the capture of what `--adopt` replaces):
+/// bytes go to `partial/<name>` and into a running sha256; [`finish`]
+/// (NewBlobWriter::finish) fsyncs the file and renames it to its digest.
+#[derive(Debug)]
+pub struct NewBlobWriter {
+    partial: blobfile::PartialFile,
+    hasher: Sha256,
+    store: PathBuf,
+}
+
+impl BlobCache {
+    /// Starts a new blob of unknown digest at `partial/<name>` (replacing a
+    /// file of that name left by an interrupted run). `name` must not be a
+    /// digest's hex, so it never meets a download's partial file.
+    pub fn begin_new(&self, name: &str) -> Result<NewBlobWriter, SourceError> {
+        debug_assert!(validate_digest(&format!("sha256:{name}")).is_err(), "a synthesized blob's temporary name");
+        self.ensure_dirs()?;
+        let path = self.partial_dir().join(name);
+        let partial = blobfile::create_partial(&path, ROLE).map_err(io_err(format!("creating {}", path.display())))?;
+        Ok(NewBlobWriter { partial, hasher: Sha256::new(), store: self.store_dir() })
+    }
+}
+
+impl io::Write for NewBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        self.partial.append(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl NewBlobWriter {
+    /// Makes the blob durable in the store: fsyncs it, renames it to its
+    /// digest (the parent directories fsynced), and returns its descriptor
+    /// (with an empty media type for the caller to fill in).
+    pub fn finish(mut self) -> Result<Descriptor, SourceError> {
+        let from = self.partial.path().to_path_buf();
+        self.partial.sync().map_err(io_err(format!("writing and fsyncing {}", from.display())))?;
+        let size = self.partial.len();
+        let hex = hex::encode(self.hasher.finalize());
+        let to = self.store.join(&hex);
+        drop(self.partial);
+        fsops::rename(&from, &to, ROLE).map_err(io_err(format!("moving {} into the blob cache", from.display())))?;
+        Ok(Descriptor {
+            media_type: String::new(),
+            digest: format!("sha256:{hex}"),
+            size,
+            annotations: Default::default(),
+            platform: None,
+        })
+    }
+
+    /// Gives up: removes the partial file.
+    pub fn abandon(self) -> Result<(), SourceError> {
+        let path = self.partial.path().to_path_buf();
+        drop(self.partial);
+        fsops::remove_tree(&path, ROLE).map_err(io_err(format!("removing {}", path.display())))
+    }
+}
+
 /// A blob being written into the cache: appends go to its partial file and
 /// into a running sha256; [`finish`](Self::finish) checks size and digest
 /// and only then renames it into the store.
@@ -629,6 +698,25 @@ mod tests {
         fs::write(c.partial_path(&ds.digest).expect("path"), &small).expect("plant");
         assert!(c.begin(&ds, "s").expect("begin").is_none());
         assert!(c.contains(&ds).expect("contains"));
+    }
+
+    #[test]
+    fn a_new_blob_is_named_by_what_was_written() {
+        use std::io::Write as _;
+        let (_d, c) = cache();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut w = c.begin_new("adopt-1-0").expect("begin");
+        w.write_all(&data[..10]).expect("write");
+        w.write_all(&data[10..]).expect("write");
+        let d = w.finish().expect("finish");
+        assert_eq!(d.digest, desc(&data).digest);
+        assert_eq!(d.size, data.len() as u64);
+        assert_eq!(read_all(&c, &Descriptor { media_type: "x".into(), ..d }).expect("read"), data);
+        assert!(c.list().expect("list").partials.is_empty(), "the partial was renamed");
+        let mut w = c.begin_new("adopt-1-1").expect("begin");
+        w.write_all(b"given up").expect("write");
+        w.abandon().expect("abandon");
+        assert!(c.list().expect("list").partials.is_empty(), "an abandoned capture leaves nothing");
     }
 
     #[test]

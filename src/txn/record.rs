@@ -277,15 +277,39 @@ pub struct PlacementRecord {
     pub db_version: Option<String>,
     /// `--platform OS/ARCH`, if given.
     pub platform: Option<String>,
+    /// Only for a version captured by `--adopt` (format 5): the target paths
+    /// it restores, layer `i` of its synthesized manifest at `adopted[i]`
+    /// (every other field is then unset). Empty for every other version.
+    pub adopted: Vec<String>,
 }
 
-/// An earlier installed version, kept so `rollback` can return to it.
+/// The `source` of a version captured by `--adopt`: this prefix, then the
+/// first adopted path. Never a reference a user can install.
+pub const ADOPTED_SOURCE_PREFIX: &str = "adopted:";
+
+impl PlacementRecord {
+    /// True for the content an `--adopt` install replaced, captured by stagehand.
+    pub fn is_adopted(&self) -> bool {
+        !self.adopted.is_empty()
+    }
+}
+
+/// An earlier installed version, kept so `rollback` can return to it: an
+/// artifact installed before, or the content an `--adopt` install replaced
+/// (`placement.adopted` set; `installed_at` is when it was captured).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionRecord {
     pub manifest_digest: String,
     pub source: String,
     pub installed_at: u64,
     pub placement: PlacementRecord,
+}
+
+impl VersionRecord {
+    /// True for content captured by `--adopt` (see [`PlacementRecord::adopted`]).
+    pub fn is_adopted(&self) -> bool {
+        self.placement.is_adopted()
+    }
 }
 
 /// An installed package (tree `packages`, key = name).

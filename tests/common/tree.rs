@@ -220,3 +220,60 @@ pub fn replace_with_copy(src: &Path, dst: &Path) {
         copy_tree(src, dst);
     }
 }
+
+/// One entry with everything a restored `--adopt` capture must give back:
+/// kind and content, all twelve mode bits (not for symlinks, whose mode
+/// Linux fixes at 0777), mtime to the nanosecond, owner and group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExactNode {
+    pub node: Node,
+    pub mode: u32,
+    pub mtime: (i64, i64),
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `root` itself (key "") and, for a directory, every entry under it (not
+/// following symlinks), read with `std::fs` only.
+pub fn exact_tree(root: &Path) -> BTreeMap<String, ExactNode> {
+    use std::os::unix::fs::MetadataExt;
+    let exact = |p: &Path| {
+        let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+        let node = node_of(p).unwrap_or_else(|| panic!("vanished: {}", p.display()));
+        let mode = if m.file_type().is_symlink() { 0 } else { m.mode() & 0o7777 };
+        ExactNode { node, mode, mtime: (m.mtime(), m.mtime_nsec()), uid: m.uid(), gid: m.gid() }
+    };
+    let mut out = BTreeMap::new();
+    out.insert(String::new(), exact(root));
+    if out[""].node == Node::Dir {
+        for rel in hash_tree(root).into_keys() {
+            let e = exact(&root.join(&rel));
+            out.insert(rel, e);
+        }
+    }
+    out
+}
+
+/// The entries of two exact trees that differ, for a failure message.
+pub fn exact_diff(actual: &BTreeMap<String, ExactNode>, expected: &BTreeMap<String, ExactNode>) -> String {
+    let mut out = String::new();
+    for k in actual.keys().chain(expected.keys()).collect::<BTreeSet<_>>() {
+        if actual.get(k) != expected.get(k) {
+            out.push_str(&format!("  {k:?}: is {:?}, was {:?}\n", actual.get(k), expected.get(k)));
+        }
+    }
+    out
+}
+
+/// Sets the mtime of `p` (not following a symlink) to `secs` + `nanos`.
+pub fn set_mtime(p: &Path, secs: i64, nanos: i64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: nanos as libc::c_long },
+    ];
+    // SAFETY: a valid C path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(rc, 0, "utimensat {}: {}", p.display(), std::io::Error::last_os_error());
+}
