@@ -164,7 +164,7 @@ impl OciLayout {
                 validate_digest(digest)?;
                 let found: Vec<&Descriptor> = index.manifests.iter().filter(|d| &d.digest == digest).collect();
                 if found.is_empty() {
-                    return Err(SourceError::DigestNotFound { digest: digest.clone(), layout });
+                    return self.unlisted_manifest(index, digest);
                 }
                 found
             }
@@ -186,6 +186,45 @@ impl OciLayout {
             (Some(first), 1) => Ok((*first).clone()),
             (_, count) => Err(SourceError::Ambiguous { layout, count }),
         }
+    }
+
+    /// A manifest the top-level index does not list, by digest: one an
+    /// index it lists names (a platform's manifest, as a lock file pins
+    /// it), else a manifest blob still in `blobs/` after its tag moved (a
+    /// lock file pins the old one). The blob is read whole, its digest
+    /// checked, and it must be a manifest or an index.
+    fn unlisted_manifest(&self, index: &ImageIndex, digest: &str) -> Result<Descriptor, SourceError> {
+        let not_found = || SourceError::DigestNotFound { digest: digest.to_string(), layout: self.name() };
+        for entry in index.manifests.iter().filter(|d| is_index_media_type(&d.media_type)) {
+            let what = format!("index {} in {}", entry.digest, self.name());
+            let nested = parse_index(&self.read_small_blob(entry, &what)?, &what)?;
+            if let Some(d) = nested.manifests.into_iter().find(|d| d.digest == digest) {
+                return Ok(d);
+            }
+        }
+        let size = match fs::symlink_metadata(self.blob_path(digest)?) {
+            Ok(m) if m.is_file() && m.len() <= MAX_MANIFEST_BYTES => m.len(),
+            _ => return Err(not_found()),
+        };
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct MediaTypeOnly {
+            #[serde(default)]
+            media_type: String,
+        }
+        let mut desc = Descriptor {
+            media_type: String::new(),
+            digest: digest.to_string(),
+            size,
+            annotations: Default::default(),
+            platform: None,
+        };
+        let bytes = self.read_small_blob(&desc, &format!("blob {digest} in {}", self.name()))?;
+        desc.media_type = match serde_json::from_slice::<MediaTypeOnly>(&bytes) {
+            Ok(m) if is_manifest_media_type(&m.media_type) || is_index_media_type(&m.media_type) => m.media_type,
+            _ => return Err(not_found()),
+        };
+        Ok(desc)
     }
 
     /// Reads a manifest or index blob whole, refusing anything over
