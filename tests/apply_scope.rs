@@ -101,8 +101,17 @@ fn prune_removes_only_what_its_own_file_applied() {
     for want in ["- a", kept_b.as_str(), "= c kept (installed by hand)"] {
         assert!(dry.stdout.lines().any(|l| l == want), "the plan lacks {want:?}:\n{}", dry.describe());
     }
-    let j = sb.run(&[OsStr::new("--json"), OsStr::new("apply"), OsStr::new("--prune"), OsStr::new("--dry-run"),
-        OsStr::new("--file"), web.as_os_str()]).ok().json();
+    let j = sb
+        .run(&[
+            OsStr::new("--json"),
+            OsStr::new("apply"),
+            OsStr::new("--prune"),
+            OsStr::new("--dry-run"),
+            OsStr::new("--file"),
+            web.as_os_str(),
+        ])
+        .ok()
+        .json();
     assert_eq!(j["result"]["managed_by"], web_c.display().to_string());
     assert_eq!(j["result"]["kept"][0], serde_json::json!({"name": "b", "managed_by": db_c.display().to_string()}));
     assert_eq!(j["result"]["needs_confirmation"], true);
@@ -144,7 +153,8 @@ fn an_apply_that_removes_or_moves_refuses_without_a_terminal_unless_yes() {
     let sb = Sandbox::new();
     let cfg = sb.root.join("cfg");
     fs::create_dir_all(&cfg).unwrap();
-    let f = write(&cfg.join("stagehand.toml"), &format!("{}{}", entry(&sb.dest, "a", "v1"), entry(&sb.dest, "b", "v1")));
+    let f =
+        write(&cfg.join("stagehand.toml"), &format!("{}{}", entry(&sb.dest, "a", "v1"), entry(&sb.dest, "b", "v1")));
     apply(&sb, &f, &[]).ok();
 
     // Uninstall b and upgrade a: refused as a whole, before anything changes
@@ -155,8 +165,13 @@ fn an_apply_that_removes_or_moves_refuses_without_a_terminal_unless_yes() {
     run.fails_with(&["uninstall b", "--yes", "Nothing was changed"]);
     assert!(!run.stderr.contains("uninstall a"), "{}", run.describe());
     assert!(snapshot(&sb, &cfg) == before, "a refused apply changed something:\n{}", run.describe());
-    let json = sb.run(&[OsStr::new("--json"), OsStr::new("apply"), OsStr::new("--prune"), OsStr::new("--file"),
-        f.as_os_str()]);
+    let json = sb.run(&[
+        OsStr::new("--json"),
+        OsStr::new("apply"),
+        OsStr::new("--prune"),
+        OsStr::new("--file"),
+        f.as_os_str(),
+    ]);
     json.fails_with(&["uninstall b"]);
     assert!(json.json()["error"].as_str().unwrap().contains("--yes"), "{}", json.describe());
 
@@ -168,6 +183,13 @@ fn an_apply_that_removes_or_moves_refuses_without_a_terminal_unless_yes() {
     // Installs and upgrades in place need no confirmation (b is not pruned).
     apply(&sb, &f, &[]).ok();
     assert_eq!(sb.listed("a").map(|p| p.digest), Some(demo_digest("v2")));
+    // A hand rollback keeps the file that manages a.
+    let file = fs::canonicalize(&f).unwrap().display().to_string();
+    sb.run(&["rollback", "a"]).ok();
+    assert_eq!(sb.listed("a").map(|p| p.digest), Some(demo_digest("v1")));
+    assert_eq!(managed_by(&sb, "a"), file.as_str(), "a hand rollback dropped managed_by");
+    apply(&sb, &f, &[]).ok();
+    assert_eq!(managed_by(&sb, "a"), file.as_str());
 
     // A move (a new placement for a) is refused the same way.
     let moved = sb.dest.join("elsewhere");
@@ -197,7 +219,8 @@ fn retag(layout: &Path, tag: &str, to: &str) {
     let path = layout.join("index.json");
     let mut index: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     let manifests = index["manifests"].as_array_mut().unwrap();
-    let tag_of = |m: &serde_json::Value| m["annotations"]["org.opencontainers.image.ref.name"].as_str().map(String::from);
+    let tag_of =
+        |m: &serde_json::Value| m["annotations"]["org.opencontainers.image.ref.name"].as_str().map(String::from);
     let target = manifests.iter().find(|m| tag_of(m).as_deref() == Some(to)).unwrap().clone();
     for m in manifests.iter_mut().filter(|m| tag_of(m).as_deref() == Some(tag)) {
         m["digest"] = target["digest"].clone();
@@ -233,16 +256,23 @@ fn the_lock_pins_a_moved_tag_until_update() {
     let dry = sb.run(&[OsStr::new("update"), OsStr::new("--dry-run"), OsStr::new("--file"), f.as_os_str()]);
     assert!(dry.ok().stdout.lines().any(|l| l == moved), "no {moved:?}:\n{}", dry.describe());
     assert_eq!(fs::read(&lock).unwrap(), pinned, "update --dry-run wrote the lock");
-    let j = sb.run(&[OsStr::new("--json"), OsStr::new("update"), OsStr::new("--dry-run"), OsStr::new("--file"),
-        f.as_os_str()]).ok().json();
+    let j = sb
+        .run(&[
+            OsStr::new("--json"),
+            OsStr::new("update"),
+            OsStr::new("--dry-run"),
+            OsStr::new("--file"),
+            f.as_os_str(),
+        ])
+        .ok()
+        .json();
     assert_eq!(j["result"]["changes"][0]["old_digest"], v1.as_str());
     assert_eq!(j["result"]["changes"][0]["new_digest"], v2.as_str());
     let up = sb.run(&[OsStr::new("update"), OsStr::new("demo"), OsStr::new("--file"), f.as_os_str()]);
     assert!(up.ok().stdout.lines().any(|l| l == moved), "{}", up.describe());
     assert!(fs::read_to_string(&lock).unwrap().contains(&v2), "update did not move the pin");
     assert_eq!(sb.listed("demo").map(|p| p.digest), Some(v1.clone()), "update installed something");
-    sb.run(&[OsStr::new("update"), OsStr::new("nosuch"), OsStr::new("--file"), f.as_os_str()])
-        .fails_with(&["nosuch"]);
+    sb.run(&[OsStr::new("update"), OsStr::new("nosuch"), OsStr::new("--file"), f.as_os_str()]).fails_with(&["nosuch"]);
 
     let run = apply(&sb, &f, &[]);
     assert!(run.ok().stdout.contains(&format!("~ demo {v1} → {v2}")), "{}", run.describe());
@@ -258,7 +288,8 @@ fn each_desired_state_file_has_its_own_lock() {
     let db = write(&cfg.join("db.toml"), &entry(&sb.dest, "b", "v2"));
     sb.run(&[OsStr::new("lock"), OsStr::new("--file"), web.as_os_str()]).ok();
     sb.run(&[OsStr::new("lock"), OsStr::new("--file"), db.as_os_str()]).ok();
-    let (web_lock, db_lock) = (fs::read_to_string(cfg.join("web.lock")).unwrap(), fs::read_to_string(cfg.join("db.lock")).unwrap());
+    let (web_lock, db_lock) =
+        (fs::read_to_string(cfg.join("web.lock")).unwrap(), fs::read_to_string(cfg.join("db.lock")).unwrap());
     assert!(web_lock.contains("[package.a]") && !web_lock.contains("[package.b]"), "{web_lock}");
     assert!(db_lock.contains("[package.b]") && !db_lock.contains("[package.a]"), "{db_lock}");
     assert!(!cfg.join("stagehand.lock").exists(), "a lock named stagehand.lock was written");

@@ -157,9 +157,15 @@ pub fn print_update(cli: &Cli, rep: &installer::UpdateReport) -> i32 {
         }
         let moved = rep.changes.len();
         match (moved, rep.dry_run) {
-            (0, _) => println!("every pin is current ({} package(s) resolved); {} unchanged", rep.checked.len(), rep.lock_file),
+            (0, _) => println!(
+                "every pin is current ({} package(s) resolved); {} unchanged",
+                rep.checked.len(),
+                rep.lock_file
+            ),
             (_, true) => println!("(dry run: {} not written; {moved} pin(s) would move)", rep.lock_file),
-            (_, false) => println!("wrote {} ({moved} pin(s) moved); run `stagehand apply` to install them", rep.lock_file),
+            (_, false) => {
+                println!("wrote {} ({moved} pin(s) moved); run `stagehand apply` to install them", rep.lock_file)
+            }
         }
     }
     EXIT_OK

@@ -219,9 +219,8 @@ impl DesiredSet {
                 platform: spec.platform.map(|p| p.into_inner()),
             });
         }
-        let canonical = std::fs::canonicalize(path)
-            .or_else(|_| std::path::absolute(path))
-            .unwrap_or_else(|_| path.to_path_buf());
+        let canonical =
+            std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf());
         Ok(DesiredSet { path: path.to_path_buf(), canonical, packages })
     }
 

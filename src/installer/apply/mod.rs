@@ -434,3 +434,31 @@ fn confirmed(report: &ApplyReport, confirm: Confirm) -> Result<()> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(action: &'static str, old: Option<&str>, new: Option<&str>, moved: bool) -> PlannedChange {
+        PlannedChange {
+            name: "p".into(),
+            action,
+            old_digest: old.map(String::from),
+            new_digest: new.map(String::from),
+            placement_changed: moved,
+        }
+    }
+
+    #[test]
+    fn only_removals_and_moves_need_confirmation() {
+        assert!(!change("install", None, Some("n"), false).needs_confirmation());
+        assert!(!change("upgrade", Some("o"), Some("n"), false).needs_confirmation());
+        assert!(change("upgrade", Some("o"), Some("n"), true).needs_confirmation());
+        assert!(change("upgrade", Some("d"), Some("d"), true).needs_confirmation());
+        assert!(change("uninstall", Some("o"), None, false).needs_confirmation());
+        assert!(change("move", Some("o"), Some("n"), true).needs_confirmation());
+        assert_eq!(change("uninstall", Some("o"), None, false).what(), "uninstall p");
+        assert_eq!(change("upgrade", Some("d"), Some("d"), true).what(), "move p to a new placement");
+        assert_eq!(and_list(&["a".into(), "b".into(), "c".into()]), "a, b and c");
+    }
+}

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::desired::{DesiredPackage, DesiredSet};
 use super::lockfile::{LockFile, Pin, LOCK_VERSION};
 use crate::installer::{Error, InstallRequest, Installer, Result};
-use crate::source::{self, reference::LAYOUT_SCHEME, SourceRef};
+use crate::source::{self, reference::LAYOUT_SCHEME, SourceError, SourceRef};
 
 /// One pin that moved (or appeared, or went away) in the lock file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -91,7 +91,16 @@ impl Installer {
             if let Some(pin) = kept {
                 req.source = pinned(&p.request.source, &pin.digest)?;
             }
-            let (source_ref, artifact, blobs) = self.resolve_only(&req)?;
+            let (source_ref, artifact, blobs) = match (self.resolve_only(&req), kept) {
+                (Err(Error::Source(e)), Some(pin)) if !matches!(e, SourceError::Interrupted) => {
+                    return Err(Error::Refused(format!(
+                        "{}: the lock pins {} to {}, which cannot be resolved: {e}. Nothing was changed; \
+                         `stagehand update {}` resolves its reference again",
+                        p.name, p.reference, pin.digest, p.name
+                    )))
+                }
+                (r, _) => r?,
+            };
             let pin = Pin {
                 reference: p.reference.clone(),
                 digest: artifact.manifest_digest.clone(),
@@ -159,4 +168,22 @@ pub fn check_agreement(set: &DesiredSet, lock: &LockFile, lock_path: &std::path:
         diffs.join("; "),
         set.path.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_change_lines() {
+        let c = |old: Option<&str>, new: Option<&str>| LockChange {
+            name: "demo".into(),
+            reference: "r:v1".into(),
+            old_digest: old.map(String::from),
+            new_digest: new.map(String::from),
+        };
+        assert_eq!(c(Some("sha256:a"), Some("sha256:b")).line(), "demo r:v1 sha256:a -> sha256:b");
+        assert_eq!(c(None, Some("sha256:b")).line(), "demo r:v1 (new) -> sha256:b");
+        assert_eq!(c(Some("sha256:a"), None).line(), "demo r:v1 sha256:a -> (removed)");
+    }
 }
