@@ -265,7 +265,7 @@ fn flipped_bit_in_a_pending_record_stops_recovery_untouched() {
 }
 
 /// The format this stagehand writes (journal-format.md).
-const FORMAT: u8 = 4;
+const FORMAT: u8 = 5;
 
 /// Sets the journal's `meta/format` byte, checking what it was.
 fn set_format(sb: &Sb, expected: u8, new: u8) {
