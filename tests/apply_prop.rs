@@ -210,6 +210,7 @@ fn actual_world(dest: &Path) -> Tree {
 
 static STEPS: AtomicU64 = AtomicU64::new(0);
 static CRASHES: AtomicU64 = AtomicU64::new(0);
+static HANDS: AtomicU64 = AtomicU64::new(0);
 static ENDED_OLD: AtomicU64 = AtomicU64::new(0);
 static ENDED_NEW: AtomicU64 = AtomicU64::new(0);
 static CASES: AtomicU64 = AtomicU64::new(0);
@@ -373,7 +374,10 @@ impl World {
                 self.write_desired(*file, desired);
                 *crash
             }
-            Step::Hand { .. } => None,
+            Step::Hand { .. } => {
+                HANDS.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         };
         let args = self.args(s);
         let crash = match crash_seed {
@@ -444,10 +448,11 @@ fn random_desired_sets_with_crashes() {
     build_layouts(&fs::canonicalize(layouts.path()).unwrap());
     let result = runner.run(&proptest::collection::vec(step(), 2..=4), |steps| run_sequence(&steps));
     println!(
-        "apply proptest: {} cases run (incl. shrinking), {} applies ({} crashed at a kill point, then repaired); \
-         ended on the new set {} / the old set {} times; {:.1}s",
+        "apply proptest: {} cases run (incl. shrinking), {} steps ({} hand installs; {} applies crashed at a kill \
+         point, then repaired); ended on the new set {} / the old set {} times; {:.1}s",
         CASES.load(Ordering::Relaxed),
         STEPS.load(Ordering::Relaxed),
+        HANDS.load(Ordering::Relaxed),
         CRASHES.load(Ordering::Relaxed),
         ENDED_NEW.load(Ordering::Relaxed),
         ENDED_OLD.load(Ordering::Relaxed),

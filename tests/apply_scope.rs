@@ -207,6 +207,56 @@ fn an_apply_that_removes_or_moves_refuses_without_a_terminal_unless_yes() {
     sb.run(&["verify"]).ok();
 }
 
+/// Runs `stagehand --state-dir STATE ARGS` on a pseudo-terminal (util-linux
+/// `script`), typing `answer`; its output (stdout and stderr) is in `stdout`.
+fn run_on_terminal(sb: &Sandbox, args: &[&OsStr], answer: &str) -> Run {
+    let mut line = format!("{} --state-dir {}", bin().to_string_lossy(), sb.state.display());
+    for a in args {
+        line.push(' ');
+        line.push_str(&a.to_string_lossy());
+    }
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]).current_dir(&sb.root).env("NO_COLOR", "1");
+    for k in ["STAGEHAND_STATE_DIR", "STAGEHAND_CRASH_AT", "STAGEHAND_FAIL_AT", "STAGEHAND_TRACE_POINTS", "RUST_LOG"] {
+        cmd.env_remove(k);
+    }
+    let out = output_with_stdin(&mut cmd, Some(answer.as_bytes()));
+    Run {
+        argv: line,
+        env: String::new(),
+        code: out.status.code(),
+        signal: None,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn on_a_terminal_an_apply_that_removes_asks_first() {
+    if !require("on_a_terminal_an_apply_that_removes_asks_first", &["script"]) {
+        return;
+    }
+    let sb = Sandbox::new();
+    let cfg = sb.root.join("cfg");
+    fs::create_dir_all(&cfg).unwrap();
+    let f = write(
+        &sb.root.join("stagehand.toml"),
+        &format!("{}{}", entry(&sb.dest, "a", "v1"), entry(&sb.dest, "b", "v1")),
+    );
+    apply(&sb, &f, &[]).ok();
+    write(&f, &entry(&sb.dest, "a", "v1"));
+    let before = snapshot(&sb, &cfg);
+    let args = [OsStr::new("apply"), OsStr::new("--prune"), OsStr::new("--file"), f.as_os_str()];
+    let no = run_on_terminal(&sb, &args, "no\n");
+    assert_eq!(no.code, Some(1), "{}", no.describe());
+    assert!(no.stdout.contains("- b") && no.stdout.contains("Type 'yes'"), "no plan or question:\n{}", no.describe());
+    assert!(no.stdout.contains("not confirmed") && no.stdout.contains("Nothing was changed"), "{}", no.describe());
+    assert!(snapshot(&sb, &cfg) == before, "a declined apply changed something");
+    let yes = run_on_terminal(&sb, &args, "yes\n");
+    assert_eq!(yes.code, Some(0), "{}", yes.describe());
+    assert_eq!(names(&sb), ["a"]);
+}
+
 /// `dir/layout` as a copy of the demo layout.
 fn copy_demo_layout(dir: &Path) -> PathBuf {
     let lay = dir.join("layout");
