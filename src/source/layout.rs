@@ -583,6 +583,24 @@ mod tests {
         }
     }
 
+    /// A lock file pins a platform's manifest (inside a nested index), or a
+    /// manifest whose tag has since moved: both resolve by digest; a layer
+    /// blob or a missing blob does not.
+    #[test]
+    fn a_pinned_digest_resolves_when_the_index_does_not_list_it() {
+        let mut f = Fixture::new();
+        let amd = with_platform(f.manifest(&[f.titled("a", b"amd")]), "linux", "amd64", None);
+        f.add(f.nested_index(&[amd.clone()]), Some("multi"));
+        let old = f.manifest(&[f.titled("a", b"old")]);
+        let layer = f.titled("b", b"layer");
+        let layout = f.open();
+        let by = |d: &str| layout.resolve_for_platform(&Selector::Digest(d.into()), "x", &platform("linux", "amd64"));
+        assert_eq!(by(&amd.digest).unwrap().manifest_digest, amd.digest);
+        assert_eq!(by(&old.digest).unwrap().manifest_digest, old.digest);
+        assert!(matches!(by(&layer.digest), Err(SourceError::DigestNotFound { .. })));
+        assert!(matches!(by(&digest_of(b"absent")), Err(SourceError::DigestNotFound { .. })));
+    }
+
     #[test]
     fn manifest_blob_is_verified_and_capped() {
         let mut f = Fixture::new();
