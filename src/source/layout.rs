@@ -590,7 +590,7 @@ mod tests {
     fn a_pinned_digest_resolves_when_the_index_does_not_list_it() {
         let mut f = Fixture::new();
         let amd = with_platform(f.manifest(&[f.titled("a", b"amd")]), "linux", "amd64", None);
-        f.add(f.nested_index(&[amd.clone()]), Some("multi"));
+        f.add(f.nested_index(std::slice::from_ref(&amd)), Some("multi"));
         let old = f.manifest(&[f.titled("a", b"old")]);
         let layer = f.titled("b", b"layer");
         let layout = f.open();
