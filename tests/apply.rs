@@ -34,13 +34,6 @@ fn entry(dest: &Path, name: &str, tag: &str) -> String {
     )
 }
 
-fn install_args(dest: &Path, name: &str, tag: &str) -> Vec<OsString> {
-    let mut args = demo_install_args(&dest.join(name), &demo_source(tag));
-    args.push("--name".into());
-    args.push(name.into());
-    args
-}
-
 /// Each package's expected tree under DEST/NAME, for a version (or none).
 fn expected(ver: Option<&str>) -> Tree {
     normalize(&demo_world(&Tree::new(), ver))
@@ -69,15 +62,16 @@ fn prepare() -> Prepared {
     let tmp = fast_tempdir();
     let root = fs::canonicalize(tmp.path()).unwrap();
     let sb = Sandbox::at(root.join("work"));
-    sb.run(&install_args(&sb.dest, "b", "v1")).ok();
-    sb.run(&install_args(&sb.dest, "c", "v1")).ok();
     let cfg = root.join("cfg");
     fs::create_dir_all(&cfg).unwrap();
     let file = cfg.join("stagehand.toml");
+    // b and c are this file's (a prune removes only what its file applied).
+    fs::write(&file, format!("{}{}", entry(&sb.dest, "b", "v1"), entry(&sb.dest, "c", "v1"))).unwrap();
+    sb.run(&[OsStr::new("apply"), OsStr::new("--file"), file.as_os_str()]).ok();
     fs::write(&file, format!("{}{}", entry(&sb.dest, "a", "v1"), entry(&sb.dest, "b", "v2"))).unwrap();
     let pristine = root.join("pristine");
     sb.save_to(&pristine);
-    let args = vec!["apply".into(), "--prune".into(), "--file".into(), file.into_os_string()];
+    let args = vec!["apply".into(), "--prune".into(), "--yes".into(), "--file".into(), file.into_os_string()];
     Prepared {
         _tmp: tmp,
         root,
@@ -263,8 +257,9 @@ fn file_with(sb: &Sandbox, body: &str) -> PathBuf {
 #[test]
 fn dry_run_changes_nothing_then_apply_then_nothing_to_do() {
     let sb = Sandbox::new();
-    sb.run(&install_args(&sb.dest, "b", "v1")).ok();
-    sb.run(&install_args(&sb.dest, "c", "v1")).ok();
+    let f = file_with(&sb, &format!("{}{}", entry(&sb.dest, "b", "v1"), entry(&sb.dest, "c", "v1")));
+    sb.run(&[OsStr::new("apply"), OsStr::new("--file"), f.as_os_str()]).ok();
+    fs::remove_file(sb.root.join("stagehand.lock")).unwrap();
     let f = file_with(&sb, &format!("{}{}", entry(&sb.dest, "a", "v1"), entry(&sb.dest, "b", "v2")));
     let before = sb.world();
     let dry = sb.run(&[
@@ -292,7 +287,8 @@ fn dry_run_changes_nothing_then_apply_then_nothing_to_do() {
         j["result"]["changes"].as_array().unwrap().iter().map(|c| c["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["install", "upgrade"], "{}", json.describe());
 
-    sb.run(&[OsStr::new("apply"), OsStr::new("--prune"), OsStr::new("--file"), f.as_os_str()]).ok();
+    sb.run(&[OsStr::new("apply"), OsStr::new("--prune"), OsStr::new("--yes"), OsStr::new("--file"), f.as_os_str()])
+        .ok();
     assert_eq!(world_of(&sb.dest, "a"), expected(Some("v1")));
     assert_eq!(world_of(&sb.dest, "b"), expected(Some("v2")));
     assert_eq!(world_of(&sb.dest, "c"), expected(None));
@@ -389,7 +385,8 @@ fn steampipe_db_version_bump_carries_the_fdw_in_one_transaction() {
     let dry = sb.run(&[OsStr::new("apply"), OsStr::new("--dry-run"), OsStr::new("--file"), f.as_os_str()]);
     let lines: Vec<&str> = dry.ok().stdout.lines().filter(|l| l.starts_with("~ ")).collect();
     assert_eq!(lines.len(), 2, "the dry run does not list the db and the fdw as changing:\n{}", dry.describe());
-    let run = sb.run(&[OsStr::new("apply"), OsStr::new("--file"), f.as_os_str()]);
+    // A new db-version moves the db and the fdw: confirmed with --yes.
+    let run = sb.run(&[OsStr::new("apply"), OsStr::new("--yes"), OsStr::new("--file"), f.as_os_str()]);
     run.ok();
     assert!(node_of(&sb.dest.join("db/14.19.0/postgres")).is_none(), "the old postgres/ is still there");
     let new_hashes: Vec<Node> = fdw_files("14.20.0").iter().map(|p| node_of(p).expect("fdw file moved")).collect();

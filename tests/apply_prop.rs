@@ -5,18 +5,23 @@
 //! three versions that differ in content and in their target sets (a tar
 //! tree placed with `to`, and title-annotated `*.conf` files mapped to a
 //! directory: v1 has `a.conf`, v2 `a.conf` and `b.conf`, v3 only `c.conf`).
-//! Each case is a sequence of 2–4 steps; a step writes a random desired set
-//! (each package absent or at a random version), applies it with or
-//! without `--prune`, and in some steps crashes the apply (SIGABRT, as
-//! SIGKILL would) at a random kill point of that apply's own trace, then
-//! runs `repair`. After every step:
+//! Two desired-state files (`f0.toml`, `f1.toml`) share one state dir.
+//! Each case is a sequence of 2–4 steps; a step either writes a random
+//! desired set (each package absent or at a random version) into one of
+//! the files and applies it with or without `--prune` (always `--yes`), in
+//! some steps crashing the apply (SIGABRT, as SIGKILL would) at a random
+//! kill point of that apply's own trace, then running `repair`; or installs
+//! one package by hand. After every step:
 //! - DEST, hashed with `std::fs` only, is exactly the union of the trees of
 //!   the versions the state says (nothing else: no staging, no backup, no
 //!   file of a removed target; only empty parent directories may remain);
-//! - that state is the desired one (`--prune` uninstalls the unlisted
-//!   packages, without it they stay), or after a crash possibly the
-//!   previous one, for EVERY package at once;
-//! - `list --json` shows the same set (names, digests, targets);
+//! - that state is the desired one, or after a crash possibly the previous
+//!   one, for EVERY package at once. The model is scoped to files: a
+//!   package records the file that last installed or changed it (a hand
+//!   install keeps it), and `--prune` uninstalls only the unlisted packages
+//!   of the applied file (another file's, and hand-installed ones, stay);
+//! - `list --json` shows the same set (names, digests, targets, and the
+//!   `managed_by` file of each);
 //! - `verify` is clean, and nothing is pending.
 //!
 //! Cases: `PROPTEST_CASES` (default 32). Long campaign:
@@ -38,29 +43,70 @@ use proptest::prelude::*;
 
 const PKGS: usize = 3;
 const VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
+const FILES: usize = 2;
 
 /// Package index → version index.
 type State = BTreeMap<usize, usize>;
 
+/// Package index → (version index, the file that manages it; `None`: by hand).
+type Model = BTreeMap<usize, (usize, Option<usize>)>;
+
+fn versions(m: &Model) -> State {
+    m.iter().map(|(p, (v, _))| (*p, *v)).collect()
+}
+
 #[derive(Debug, Clone)]
-struct Step {
-    desired: State,
-    prune: bool,
-    /// Crash at the (seed mod trace length)-th kill point of the apply.
-    crash: Option<u32>,
+enum Step {
+    Apply {
+        /// Which desired-state file.
+        file: usize,
+        desired: State,
+        prune: bool,
+        /// Crash at the (seed mod trace length)-th kill point of the apply.
+        crash: Option<u32>,
+    },
+    /// `install` of one package by hand, placed as the files place it.
+    Hand { pkg: usize, ver: usize },
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (
+    let apply = (
+        0..FILES,
         proptest::collection::vec(proptest::option::of(0..VERSIONS.len()), PKGS),
         any::<bool>(),
         proptest::option::weighted(0.4, any::<u32>()),
     )
-        .prop_map(|(vers, prune, crash)| Step {
+        .prop_map(|(file, vers, prune, crash)| Step::Apply {
+            file,
             desired: vers.iter().enumerate().filter_map(|(p, v)| v.map(|v| (p, v))).collect(),
             prune,
             crash,
-        })
+        });
+    let hand = (0..PKGS, 0..VERSIONS.len()).prop_map(|(pkg, ver)| Step::Hand { pkg, ver });
+    prop_oneof![5 => apply, 1 => hand]
+}
+
+/// The model after `s` succeeds from `old`.
+fn after(old: &Model, s: &Step) -> Model {
+    let mut new = old.clone();
+    match s {
+        Step::Apply { file, desired, prune, .. } => {
+            if *prune {
+                new.retain(|p, (_, owner)| desired.contains_key(p) || *owner != Some(*file));
+            }
+            for (p, v) in desired {
+                // Already as desired: left alone, its manager too.
+                if old.get(p).map(|(ov, _)| ov) != Some(v) {
+                    new.insert(*p, (*v, Some(*file)));
+                }
+            }
+        }
+        Step::Hand { pkg, ver } => {
+            let owner = old.get(pkg).and_then(|(_, o)| *o);
+            new.insert(*pkg, (*ver, owner));
+        }
+    }
+    new
 }
 
 /// One version's tar tree (relative path, bytes) and its title-annotated
@@ -164,6 +210,7 @@ fn actual_world(dest: &Path) -> Tree {
 
 static STEPS: AtomicU64 = AtomicU64::new(0);
 static CRASHES: AtomicU64 = AtomicU64::new(0);
+static HANDS: AtomicU64 = AtomicU64::new(0);
 static ENDED_OLD: AtomicU64 = AtomicU64::new(0);
 static ENDED_NEW: AtomicU64 = AtomicU64::new(0);
 static CASES: AtomicU64 = AtomicU64::new(0);
@@ -171,9 +218,10 @@ static CASES: AtomicU64 = AtomicU64::new(0);
 struct World {
     _tmp: tempfile::TempDir,
     sb: Sandbox,
-    file: PathBuf,
+    /// The desired-state files, `cfg/f0.toml` and `cfg/f1.toml`.
+    files: Vec<PathBuf>,
     snap: PathBuf,
-    model: State,
+    model: Model,
 }
 
 impl World {
@@ -183,10 +231,15 @@ impl World {
         let sb = Sandbox::at(root.join("work"));
         let cfg = root.join("cfg");
         fs::create_dir_all(&cfg).unwrap();
-        World { sb, file: cfg.join("stagehand.toml"), snap: root.join("snap"), _tmp: tmp, model: State::new() }
+        let files = (0..FILES).map(|f| cfg.join(format!("f{f}.toml"))).collect();
+        World { sb, files, snap: root.join("snap"), _tmp: tmp, model: Model::new() }
     }
 
-    fn write_desired(&self, desired: &State) {
+    fn cfg(&self) -> PathBuf {
+        self.files[0].parent().unwrap().to_path_buf()
+    }
+
+    fn write_desired(&self, file: usize, desired: &State) {
         let mut body = String::new();
         for (p, v) in desired {
             let d = self.sb.dest.join(format!("p{p}"));
@@ -198,25 +251,43 @@ impl World {
                 d.display()
             ));
         }
-        fs::write(&self.file, body).unwrap();
+        fs::write(&self.files[file], body).unwrap();
     }
 
-    fn args(&self, prune: bool) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec!["apply".into(), "--file".into(), self.file.clone().into()];
-        if prune {
-            a.push("--prune".into());
+    fn args(&self, s: &Step) -> Vec<OsString> {
+        match s {
+            Step::Apply { file, prune, .. } => {
+                let mut a: Vec<OsString> =
+                    vec!["apply".into(), "--yes".into(), "--file".into(), self.files[*file].clone().into()];
+                if *prune {
+                    a.push("--prune".into());
+                }
+                a
+            }
+            Step::Hand { pkg, ver } => {
+                let d = self.sb.dest.join(format!("p{pkg}"));
+                vec![
+                    "install".into(),
+                    format!("oci-layout:{}:{}", layout(*pkg).display(), VERSIONS[*ver]).into(),
+                    "--name".into(),
+                    format!("p{pkg}").into(),
+                    "--to".into(),
+                    d.join("app").into(),
+                    "--map".into(),
+                    format!("*.conf={}", d.join("etc").display()).into(),
+                ]
+            }
         }
-        a
     }
 
     /// The kill points the apply passes from the current state (run traced,
-    /// then STATE, DEST and the config dir with the lock file are put back).
+    /// then STATE, DEST and the config dir with the lock files are put back).
     fn trace(&self, args: &[OsString]) -> Vec<(String, u32)> {
         self.sb.save_to(&self.snap);
-        // The config dir too: the lock file, and a temporary beside it that
-        // a crash while writing the lock file left (the traced run removes
-        // it, and the replay must find it again).
-        let cfg = self.file.parent().unwrap().to_path_buf();
+        // The config dir too: the lock files, and a temporary beside one that
+        // a crash while writing it left (the traced run removes it, and the
+        // replay must find it again).
+        let cfg = self.cfg();
         let files_of = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
             fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| (p.clone(), fs::read(&p).unwrap())).collect()
         };
@@ -236,7 +307,7 @@ impl World {
 
     /// Checks DEST, the registry and `verify` against `old` or `new` (the
     /// same one for every package); returns which.
-    fn check(&self, old: &State, new: &State) -> Result<Which, String> {
+    fn check(&self, old: &Model, new: &Model) -> Result<Which, String> {
         let status = self.sb.run(&["status", "--json"]);
         if !status.success() {
             return Err(format!("status failed:\n{}", status.describe()));
@@ -247,30 +318,44 @@ impl World {
         }
         let dest = &self.sb.dest;
         let actual = actual_world(dest);
-        let which = if actual == expected_world(dest, new) {
+        let (vold, vnew) = (versions(old), versions(new));
+        let which = if actual == expected_world(dest, &vnew) {
             Which::New
-        } else if actual == expected_world(dest, old) {
+        } else if actual == expected_world(dest, &vold) {
             Which::Old
         } else {
             return Err(format!(
                 "DEST is neither the old set {old:?} nor the new set {new:?}\nvs old:\n{}\nvs new:\n{}",
-                tree_diff(&actual, &expected_world(dest, old), 20),
-                tree_diff(&actual, &expected_world(dest, new), 20)
+                tree_diff(&actual, &expected_world(dest, &vold), 20),
+                tree_diff(&actual, &expected_world(dest, &vnew), 20)
             ));
         };
-        let state = if which == Which::New { new } else { old };
-        let listed = parse_list(&self.sb.run(&["list", "--json"]))?;
-        let names: BTreeSet<String> = state.keys().map(|p| format!("p{p}")).collect();
+        // Old and new may hold the same versions with other managers.
+        let model = if which == Which::New { new } else { old };
+        let list = self.sb.run(&["list", "--json"]);
+        let listed = parse_list(&list)?;
+        let names: BTreeSet<String> = model.keys().map(|p| format!("p{p}")).collect();
         if listed.keys().cloned().collect::<BTreeSet<_>>() != names {
             return Err(format!("DEST holds {names:?} but list shows {:?}", listed.keys()));
         }
-        for (p, v) in state {
+        let managers: BTreeMap<String, serde_json::Value> = list
+            .try_json()?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| (p["name"].as_str().unwrap_or_default().to_string(), p["managed_by"].clone()))
+            .collect();
+        for (p, (v, owner)) in model {
             let l = &listed[&format!("p{p}")];
             if l.digest != digest_of(*p, *v) {
                 return Err(format!("p{p} is {} on disk, list shows digest {}", VERSIONS[*v], l.digest));
             }
             if l.targets != expected_tree(dest, *p, *v).1 {
                 return Err(format!("p{p} {}: list shows targets {:?}", VERSIONS[*v], l.targets));
+            }
+            let want = owner.map_or(serde_json::Value::Null, |f| self.files[f].display().to_string().into());
+            if managers[&format!("p{p}")] != want {
+                return Err(format!("p{p}: managed_by is {}, the model says {want}", managers[&format!("p{p}")]));
             }
         }
         let verify = self.sb.run(&["verify"]);
@@ -283,15 +368,19 @@ impl World {
     fn step(&mut self, i: usize, s: &Step) -> Result<(), String> {
         STEPS.fetch_add(1, Ordering::Relaxed);
         let old = self.model.clone();
-        let mut new = s.desired.clone();
-        if !s.prune {
-            for (p, v) in &old {
-                new.entry(*p).or_insert(*v);
+        let new = after(&old, s);
+        let crash_seed = match s {
+            Step::Apply { file, desired, crash, .. } => {
+                self.write_desired(*file, desired);
+                *crash
             }
-        }
-        self.write_desired(&s.desired);
-        let args = self.args(s.prune);
-        let crash = match s.crash {
+            Step::Hand { .. } => {
+                HANDS.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        let args = self.args(s);
+        let crash = match crash_seed {
             Some(seed) => {
                 let pairs = self.trace(&args);
                 (!pairs.is_empty()).then(|| pairs[seed as usize % pairs.len()].clone())
@@ -316,16 +405,17 @@ impl World {
             None => {
                 let run = self.sb.run(&args);
                 if !run.success() {
-                    return Err(format!("{ctx}: apply failed:\n{}", run.describe()));
+                    return Err(format!("{ctx}: {} failed:\n{}", args[0].to_string_lossy(), run.describe()));
                 }
-                if old == new && !run.stdout.contains("nothing to do") {
+                let is_apply = matches!(s, Step::Apply { .. });
+                if is_apply && old == new && !run.stdout.contains("nothing to do") {
                     return Err(format!("{ctx}: nothing to do, but it did not say so:\n{}", run.describe()));
                 }
                 run
             }
         };
         let which = self.check(&old, &new).map_err(|e| format!("{ctx}: {e}\n{}", run.describe()))?;
-        if run.success() && which != Which::New && old != new {
+        if run.success() && which != Which::New && versions(&old) != versions(&new) {
             return Err(format!("{ctx}: exited 0 but the old set is installed"));
         }
         if which == Which::New {
@@ -358,10 +448,11 @@ fn random_desired_sets_with_crashes() {
     build_layouts(&fs::canonicalize(layouts.path()).unwrap());
     let result = runner.run(&proptest::collection::vec(step(), 2..=4), |steps| run_sequence(&steps));
     println!(
-        "apply proptest: {} cases run (incl. shrinking), {} applies ({} crashed at a kill point, then repaired); \
-         ended on the new set {} / the old set {} times; {:.1}s",
+        "apply proptest: {} cases run (incl. shrinking), {} steps ({} hand installs; {} applies crashed at a kill \
+         point, then repaired); ended on the new set {} / the old set {} times; {:.1}s",
         CASES.load(Ordering::Relaxed),
         STEPS.load(Ordering::Relaxed),
+        HANDS.load(Ordering::Relaxed),
         CRASHES.load(Ordering::Relaxed),
         ENDED_NEW.load(Ordering::Relaxed),
         ENDED_OLD.load(Ordering::Relaxed),

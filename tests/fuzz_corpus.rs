@@ -93,6 +93,7 @@ fn write_journal_seeds() {
         placement: Default::default(),
         previous: vec![],
         signed_by: Some(format!("sha256:{}", "5e".repeat(32))),
+        managed_by: Some("/etc/stagehand/web.toml".into()),
     };
     let txn = TxnRecord {
         id: 3,

@@ -1,10 +1,16 @@
-//! Output of `apply`, `lock` and `rollback --apply`: the plan for people
-//! (`+ name digest`, `~ name old → new`, `- name`) or JSON.
+//! Output of `apply`, `lock`, `update` and `rollback --apply`: the plan for
+//! people (`+ name digest`, `~ name old → new`, `- name`, `= name kept`,
+//! and the lock pins that moved) or JSON; and the question an apply that
+//! removes or moves packages asks on a terminal. What needs asking is the
+//! library's decision (`PlannedChange::needs_confirmation`); this only asks.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::Path;
 
 use serde_json::json;
 
 use super::{print_json, Cli, EXIT_OK};
-use crate::installer::{self, lockfile::LockFile};
+use crate::installer::{self, lockfile::LockFile, pins::LockChange, Confirm, Installer};
 
 pub const APPLY_HELP: &str = "\
 The desired-state file lists packages; keys are the install flags' long names,
@@ -21,17 +27,70 @@ relative paths are relative to the file:
   install-dir = \"/home/me/.steampipe\"
   db-version = \"14.19.0\"
 
-Every reference is resolved and every blob fetched first; then one transaction
-installs, upgrades and (with --prune) uninstalls every package whose state
-differs: after any crash, all of them are at their old versions or all at
-their new ones. stagehand.lock (beside the file) pins each reference to its
-manifest digest; `apply --locked` installs exactly those.
+Every reference is pinned first; then one transaction installs, upgrades and
+(with --prune) uninstalls every package whose state differs: after any crash,
+all of them are at their old versions or all at their new ones.
+
+--prune removes only packages THIS file applied (each package records the
+file that last applied it); packages another file or a hand install manages
+are shown as kept. --remove NAME uninstalls one of those on purpose. An apply
+that uninstalls or moves a package asks first on a terminal; without one it
+refuses unless --yes is given.
+
+The lock file sits beside the file, named after it (web.toml: web.lock,
+stagehand.toml: stagehand.lock). Like Cargo.lock, it pins each reference to
+a manifest digest: apply keeps every pin whose entry is unchanged (tags are
+not resolved again) and prints each pin that moves; `stagehand update`
+re-resolves tags on purpose; `apply --locked` installs exactly the pins.
 
 Examples:
   stagehand apply --dry-run
-  stagehand apply --file fleet/stagehand.toml --prune
+  stagehand apply --file fleet/web.toml --prune --yes
+  stagehand update --dry-run && stagehand update && stagehand apply
   stagehand lock && stagehand apply --locked
   stagehand rollback --apply";
+
+/// Runs `apply`: asks on a terminal when the plan uninstalls or moves a
+/// package, unless `yes`; without a terminal the library refuses.
+pub fn run_apply(
+    cli: &Cli,
+    inst: &mut Installer,
+    file: &Path,
+    opts: &installer::ApplyOptions,
+    yes: bool,
+    recovered: &[installer::RecoveryReport],
+) -> Result<i32, installer::Error> {
+    let set = installer::desired::DesiredSet::load(file)?;
+    let mut ask = |rep: &installer::ApplyReport| ask_on_terminal(rep);
+    let confirm = if yes {
+        Confirm::Yes
+    } else if std::io::stdin().is_terminal() {
+        Confirm::Ask(&mut ask)
+    } else {
+        Confirm::Refuse
+    };
+    let rep = inst.apply(&set, opts, confirm)?;
+    Ok(print_report(cli, &rep, recovered))
+}
+
+/// Shows the plan on stderr and reads the answer from the terminal.
+fn ask_on_terminal(rep: &installer::ApplyReport) -> bool {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "stagehand apply --file {} will:", rep.file);
+    for c in &rep.changes {
+        let _ = writeln!(err, "  {}", c.line());
+    }
+    for k in &rep.kept {
+        let _ = writeln!(err, "  {}", k.line());
+    }
+    let _ = write!(err, "This will {}. Type 'yes' to go ahead: ", rep.to_confirm().join(", "));
+    let _ = err.flush();
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
 
 pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[installer::RecoveryReport]) -> i32 {
     if rep.interrupted {
@@ -44,12 +103,15 @@ pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[instal
     if cli.quiet {
         return EXIT_OK;
     }
+    print_lock_changes(rep.lock_file.as_deref(), &rep.lock_changes, rep.dry_run);
     if rep.changes.is_empty() {
         println!("nothing to do: {} package(s) already as {} says", rep.unchanged.len(), rep.file);
-        return EXIT_OK;
     }
     for c in &rep.changes {
         println!("{}", c.line());
+    }
+    for k in &rep.kept {
+        println!("{}", k.line());
     }
     match (rep.dry_run, rep.txn) {
         (true, _) => println!("(dry run: nothing was changed)"),
@@ -59,14 +121,52 @@ pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[instal
     EXIT_OK
 }
 
-pub fn print_lock(cli: &Cli, lock: &LockFile, path: &std::path::Path) -> i32 {
+/// `lock FILE: NAME REF old -> new` for each pin that moved.
+fn print_lock_changes(lock_file: Option<&str>, changes: &[LockChange], dry_run: bool) {
+    if changes.is_empty() {
+        return;
+    }
+    let verb = if dry_run { "would update" } else { "updated" };
+    println!("{verb} {}:", lock_file.unwrap_or("the lock file"));
+    for c in changes {
+        println!("  {}", c.line());
+    }
+}
+
+pub fn print_lock(cli: &Cli, lock: &LockFile, path: &Path, changes: &[LockChange]) -> i32 {
     if cli.json {
-        print_json(&json!({"lock_file": path.display().to_string(), "lock": lock}));
+        print_json(&json!({"lock_file": path.display().to_string(), "lock": lock, "lock_changes": changes}));
     } else if !cli.quiet {
         for (name, pin) in &lock.package {
             println!("{name} {} → {} ({})", pin.reference, pin.digest, pin.platform);
         }
+        for c in changes {
+            println!("  {}", c.line());
+        }
         println!("wrote {}", path.display());
+    }
+    EXIT_OK
+}
+
+pub fn print_update(cli: &Cli, rep: &installer::UpdateReport) -> i32 {
+    if cli.json {
+        print_json(&json!({"result": rep}));
+    } else if !cli.quiet {
+        for c in &rep.changes {
+            println!("{}", c.line());
+        }
+        let moved = rep.changes.len();
+        match (moved, rep.dry_run) {
+            (0, _) => println!(
+                "every pin is current ({} package(s) resolved); {} unchanged",
+                rep.checked.len(),
+                rep.lock_file
+            ),
+            (_, true) => println!("(dry run: {} not written; {moved} pin(s) would move)", rep.lock_file),
+            (_, false) => {
+                println!("wrote {} ({moved} pin(s) moved); run `stagehand apply` to install them", rep.lock_file)
+            }
+        }
     }
     EXIT_OK
 }

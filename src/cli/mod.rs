@@ -140,22 +140,41 @@ pub enum Command {
         /// The desired-state file.
         #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
         file: PathBuf,
-        /// Print the plan (`+ name digest`, `~ name old → new`, `- name`); change nothing.
+        /// Print the plan (`+ name digest`, `~ name old → new`, `- name`, `= name kept`); change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Also uninstall installed packages the file does not list.
+        /// Also uninstall the packages THIS file applied and no longer lists
+        /// (packages another file or a hand install manages are kept).
         #[arg(long)]
         prune: bool,
-        /// Install exactly the digests pinned in stagehand.lock; fail if it and the file disagree.
+        /// Also uninstall NAME, a package the file does not list, whoever installed it (repeatable).
+        #[arg(long, value_name = "NAME")]
+        remove: Vec<String>,
+        /// Uninstall and move without asking (needed without a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Install exactly the digests pinned in the lock file; fail if it and the file disagree.
         #[arg(long)]
         locked: bool,
     },
-    /// Resolve every reference of a desired-state file and pin it in stagehand.lock (installs nothing).
-    #[command(after_help = "Example:\n  stagehand lock --file stagehand.toml && stagehand apply --locked")]
+    /// Pin every reference of a desired-state file in its lock file (installs nothing; pins already there are kept).
+    #[command(after_help = "Example:\n  stagehand lock --file web.toml && stagehand apply --file web.toml --locked")]
     Lock {
         /// The desired-state file.
         #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
         file: PathBuf,
+    },
+    /// Resolve tags again and move the lock file's pins (all, or the named packages); installs nothing.
+    #[command(after_help = "Examples:\n  stagehand update --dry-run\n  stagehand update demo && stagehand apply")]
+    Update {
+        /// Packages to re-resolve (default: every package of the file).
+        names: Vec<String>,
+        /// The desired-state file.
+        #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
+        file: PathBuf,
+        /// Show what would move; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Remove an installed package, in one transaction.
     #[command(after_help = "Example:\n  stagehand uninstall demo")]
@@ -336,6 +355,7 @@ fn package_json(p: &PackageRecord) -> serde_json::Value {
             "installed_at": v.installed_at,
             "adopted": v.placement.adopted,
         })).collect::<Vec<_>>(),
+        "managed_by": p.managed_by,
     })
 }
 
@@ -551,23 +571,27 @@ fn run_command(
             let rep = inst.rollback(name, to.as_deref(), cli.keep_versions, (*limits).into())?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
-        Command::Apply { file, dry_run, prune, locked } => {
+        Command::Apply { file, dry_run, prune, remove, yes, locked } => {
             use std::io::IsTerminal as _;
-            let set = installer::desired::DesiredSet::load(file)?;
             let opts = installer::ApplyOptions {
                 dry_run: *dry_run,
                 prune: *prune,
+                remove: remove.clone(),
                 locked: *locked,
                 progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
                 keep_versions: cli.keep_versions,
             };
-            let rep = inst.apply(&set, opts)?;
-            Ok(apply::print_report(cli, &rep, recovered))
+            apply::run_apply(cli, inst, file, &opts, *yes, recovered)
         }
         Command::Lock { file } => {
             let set = installer::desired::DesiredSet::load(file)?;
-            let (lock, path) = inst.lock(&set)?;
-            Ok(apply::print_lock(cli, &lock, &path))
+            let (lock, path, changes) = inst.lock(&set)?;
+            Ok(apply::print_lock(cli, &lock, &path, &changes))
+        }
+        Command::Update { names, file, dry_run } => {
+            let set = installer::desired::DesiredSet::load(file)?;
+            let rep = inst.update(&set, names, *dry_run)?;
+            Ok(apply::print_update(cli, &rep))
         }
         Command::Uninstall { name } => {
             let rep = inst.uninstall(name)?;

@@ -393,5 +393,6 @@ pub fn restore_put(
         layout: None,
         limits,
         exact: true,
+        managed_by: None,
     })
 }

@@ -33,7 +33,9 @@ use crate::plan::tar_guard::Refused;
 use crate::plan::{self, Placement, PlanError};
 use crate::source::{self, SourceError};
 use crate::txn::{self, Op, PackageRecord, TxnId, TxnRecord};
-pub use apply::{desired, lockfile, ApplyOptions, ApplyReport, PlannedChange};
+pub use apply::{
+    desired, lockfile, pins, ApplyOptions, ApplyReport, Confirm, KeptPackage, PlannedChange, UpdateReport,
+};
 use planner::ChangeRequest;
 pub use resolve::resolve_destination;
 

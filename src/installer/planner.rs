@@ -42,6 +42,10 @@ pub struct PutRequest {
     pub adopt: bool,
     pub keep_versions: usize,
     pub signed_by: Option<String>,
+    /// The desired-state file (canonical path) an `apply` installs it for;
+    /// `None` (a hand `install` or `rollback`) keeps what the installed
+    /// version records.
+    pub managed_by: Option<String>,
     /// An OCI layout whose blobs are imported into the cache before the
     /// transaction is journaled (so a later rollback is offline).
     pub layout: Option<PathBuf>,
@@ -420,6 +424,7 @@ pub fn plan(
                     placement: req.placement,
                     previous,
                     signed_by: req.signed_by,
+                    managed_by: req.managed_by.or_else(|| old_pkg.and_then(|p| p.managed_by.clone())),
                 };
                 recs.push(PackageChange { name: req.name, op: req.op, old, new_package: None });
                 work.push(ChangeWork {

@@ -334,6 +334,7 @@ impl Installer {
             adopt: req.adopt,
             keep_versions: req.keep_versions,
             signed_by: req.verify_key.as_ref().map(|k| k.fingerprint().to_string()),
+            managed_by: None,
             layout,
             limits: req.limits,
             exact: false,

@@ -146,6 +146,7 @@ mod tests {
             placement: Default::default(),
             previous: vec![],
             signed_by: None,
+            managed_by: Some("/srv/web.toml".into()),
         }
     }
 
@@ -317,6 +318,42 @@ mod layout_tests {
         string(&mut want, "k");
         want.extend(0u32.to_le_bytes()); // outcome: Done
         want.push(0); // error: None
+        let crc = crc32fast::hash(&want);
+        want.extend(crc.to_le_bytes());
+        assert_eq!(b, want);
+    }
+
+    /// Pins `PackageRecord`'s layout (format 5: `managed_by` at the end).
+    #[test]
+    fn package_record_bytes_match_the_documentation() {
+        use crate::txn::PackageRecord;
+        let p = PackageRecord {
+            name: "d".into(),
+            manifest_digest: "m".into(),
+            source: "s".into(),
+            installed_at: 5,
+            txn: 7,
+            targets: vec![],
+            placement: Default::default(),
+            previous: vec![],
+            signed_by: None,
+            managed_by: Some("/w.toml".into()),
+        };
+        let b = encode(RecordKind::Package, &p).expect("encodes");
+        let mut want = vec![FORMAT_VERSION, 2];
+        string(&mut want, "d"); // name
+        string(&mut want, "m"); // manifest_digest
+        string(&mut want, "s"); // source
+        want.extend(5u64.to_le_bytes()); // installed_at
+        want.extend(7u64.to_le_bytes()); // txn
+        want.extend(0u64.to_le_bytes()); // targets: empty
+        want.push(0); // placement.to: None
+        want.extend(0u64.to_le_bytes()); // placement.maps: empty
+        want.extend([0u8; 4]); // placement.profile, install_dir, db_version, platform: None
+        want.extend(0u64.to_le_bytes()); // previous: empty
+        want.push(0); // signed_by: None
+        want.push(1); // managed_by: Some
+        string(&mut want, "/w.toml");
         let crc = crc32fast::hash(&want);
         want.extend(crc.to_le_bytes());
         assert_eq!(b, want);

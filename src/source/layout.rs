@@ -164,7 +164,7 @@ impl OciLayout {
                 validate_digest(digest)?;
                 let found: Vec<&Descriptor> = index.manifests.iter().filter(|d| &d.digest == digest).collect();
                 if found.is_empty() {
-                    return Err(SourceError::DigestNotFound { digest: digest.clone(), layout });
+                    return self.unlisted_manifest(index, digest);
                 }
                 found
             }
@@ -186,6 +186,45 @@ impl OciLayout {
             (Some(first), 1) => Ok((*first).clone()),
             (_, count) => Err(SourceError::Ambiguous { layout, count }),
         }
+    }
+
+    /// A manifest the top-level index does not list, by digest: one an
+    /// index it lists names (a platform's manifest, as a lock file pins
+    /// it), else a manifest blob still in `blobs/` after its tag moved (a
+    /// lock file pins the old one). The blob is read whole, its digest
+    /// checked, and it must be a manifest or an index.
+    fn unlisted_manifest(&self, index: &ImageIndex, digest: &str) -> Result<Descriptor, SourceError> {
+        let not_found = || SourceError::DigestNotFound { digest: digest.to_string(), layout: self.name() };
+        for entry in index.manifests.iter().filter(|d| is_index_media_type(&d.media_type)) {
+            let what = format!("index {} in {}", entry.digest, self.name());
+            let nested = parse_index(&self.read_small_blob(entry, &what)?, &what)?;
+            if let Some(d) = nested.manifests.into_iter().find(|d| d.digest == digest) {
+                return Ok(d);
+            }
+        }
+        let size = match fs::symlink_metadata(self.blob_path(digest)?) {
+            Ok(m) if m.is_file() && m.len() <= MAX_MANIFEST_BYTES => m.len(),
+            _ => return Err(not_found()),
+        };
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct MediaTypeOnly {
+            #[serde(default)]
+            media_type: String,
+        }
+        let mut desc = Descriptor {
+            media_type: String::new(),
+            digest: digest.to_string(),
+            size,
+            annotations: Default::default(),
+            platform: None,
+        };
+        let bytes = self.read_small_blob(&desc, &format!("blob {digest} in {}", self.name()))?;
+        desc.media_type = match serde_json::from_slice::<MediaTypeOnly>(&bytes) {
+            Ok(m) if is_manifest_media_type(&m.media_type) || is_index_media_type(&m.media_type) => m.media_type,
+            _ => return Err(not_found()),
+        };
+        Ok(desc)
     }
 
     /// Reads a manifest or index blob whole, refusing anything over
@@ -542,6 +581,24 @@ mod tests {
         if host.os == "linux" && (host.architecture == "amd64" || host.architecture == "arm64") {
             assert!(layout.resolve(&sel, "x").is_ok());
         }
+    }
+
+    /// A lock file pins a platform's manifest (inside a nested index), or a
+    /// manifest whose tag has since moved: both resolve by digest; a layer
+    /// blob or a missing blob does not.
+    #[test]
+    fn a_pinned_digest_resolves_when_the_index_does_not_list_it() {
+        let mut f = Fixture::new();
+        let amd = with_platform(f.manifest(&[f.titled("a", b"amd")]), "linux", "amd64", None);
+        f.add(f.nested_index(std::slice::from_ref(&amd)), Some("multi"));
+        let old = f.manifest(&[f.titled("a", b"old")]);
+        let layer = f.titled("b", b"layer");
+        let layout = f.open();
+        let by = |d: &str| layout.resolve_for_platform(&Selector::Digest(d.into()), "x", &platform("linux", "amd64"));
+        assert_eq!(by(&amd.digest).unwrap().manifest_digest, amd.digest);
+        assert_eq!(by(&old.digest).unwrap().manifest_digest, old.digest);
+        assert!(matches!(by(&layer.digest), Err(SourceError::DigestNotFound { .. })));
+        assert!(matches!(by(&digest_of(b"absent")), Err(SourceError::DigestNotFound { .. })));
     }
 
     #[test]

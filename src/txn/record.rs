@@ -330,6 +330,11 @@ pub struct PackageRecord {
     /// the key whose cosign signature was verified before this version was
     /// staged; `None` if no signature was checked.
     pub signed_by: Option<String>,
+    /// The desired-state file (its canonical path) whose `apply` last
+    /// installed or changed this package; `None` if installed by hand.
+    /// `apply --prune` of that file is the only prune that removes it. A
+    /// hand `install` or `rollback` of the package keeps it (format 5).
+    pub managed_by: Option<String>,
 }
 
 /// How a transaction ended.

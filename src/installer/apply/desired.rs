@@ -65,6 +65,9 @@ pub struct DesiredPackage {
 #[derive(Debug, Clone)]
 pub struct DesiredSet {
     pub path: PathBuf,
+    /// Its canonical path (symlinks resolved): what `managed_by` records,
+    /// so two spellings of one file manage the same packages.
+    pub canonical: PathBuf,
     /// By name.
     pub packages: Vec<DesiredPackage>,
 }
@@ -216,7 +219,14 @@ impl DesiredSet {
                 platform: spec.platform.map(|p| p.into_inner()),
             });
         }
-        Ok(DesiredSet { path: path.to_path_buf(), packages })
+        let canonical =
+            std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf());
+        Ok(DesiredSet { path: path.to_path_buf(), canonical, packages })
+    }
+
+    /// The `managed_by` value of the packages this file applies.
+    pub fn manager(&self) -> String {
+        self.canonical.to_string_lossy().into_owned()
     }
 }
 

@@ -1,6 +1,9 @@
-//! The lock file (`stagehand.lock`, beside the desired-state file): each
-//! package's reference pinned to the manifest digest it resolved to, with
-//! the platform it was resolved for. Written by `apply` and `lock`;
+//! The lock file (beside the desired-state file and named after it:
+//! `web.toml` gives `web.lock`, `stagehand.toml` gives `stagehand.lock`):
+//! each package's reference pinned to the manifest digest it resolved to,
+//! with the platform it was resolved for. It works like Cargo.lock: `apply`
+//! and `lock` keep every pin whose entry (reference, platform) is unchanged
+//! and resolve only new or changed entries; `update` re-resolves on purpose;
 //! `apply --locked` installs exactly these digests. TOML:
 //!
 //! ```toml
@@ -45,9 +48,18 @@ pub struct LockFile {
     pub package: BTreeMap<String, Pin>,
 }
 
-/// `stagehand.lock` beside the desired-state file.
+/// The lock file of a desired-state file: beside it, its extension
+/// replaced by `.lock` (`web.toml` → `web.lock`, `fleet` → `fleet.lock`;
+/// a file already named `*.lock` gets `.lock` appended, never itself).
 pub fn path_for(desired: &Path) -> PathBuf {
-    desired.with_file_name("stagehand.lock")
+    match (desired.extension(), desired.file_name()) {
+        (Some(ext), Some(name)) if ext == "lock" => {
+            let mut name = name.to_os_string();
+            name.push(".lock");
+            desired.with_file_name(name)
+        }
+        _ => desired.with_extension("lock"),
+    }
 }
 
 impl LockFile {
@@ -61,7 +73,7 @@ impl LockFile {
         let lock: LockFile = toml::from_str(&text).map_err(|e| {
             let line = e.span().map(|s| format!(":{}", text[..s.start].matches('\n').count() + 1)).unwrap_or_default();
             Error::Refused(format!(
-                "{}{line}: {}. Nothing was changed; `stagehand lock` writes it again",
+                "{}{line}: {}. Nothing was changed; remove it, and `stagehand lock` writes it again",
                 path.display(),
                 e.message().trim_end()
             ))
@@ -80,7 +92,7 @@ impl LockFile {
     pub fn render(&self) -> Result<String> {
         let body = toml::to_string(self).map_err(|e| Error::Refused(format!("cannot write the lock file: {e}")))?;
         Ok(format!(
-            "# stagehand.lock: written by `stagehand apply` and `stagehand lock`; do not edit.\n\
+            "# Written by `stagehand apply`, `lock` and `update`; do not edit.\n\
              # Each package's reference, pinned to the manifest digest it resolved to.\n{body}"
         ))
     }
@@ -130,5 +142,14 @@ mod tests {
             .expect("write");
         let e = LockFile::read(&p).expect_err("unknown key").to_string();
         assert!(e.contains("stagehand.lock:6") && e.contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn the_lock_is_named_after_its_file() {
+        assert_eq!(path_for(Path::new("/d/web.toml")), Path::new("/d/web.lock"));
+        assert_eq!(path_for(Path::new("/d/stagehand.toml")), Path::new("/d/stagehand.lock"));
+        assert_eq!(path_for(Path::new("rel/db.toml")), Path::new("rel/db.lock"));
+        assert_eq!(path_for(Path::new("/d/fleet")), Path::new("/d/fleet.lock"));
+        assert_eq!(path_for(Path::new("/d/x.lock")), Path::new("/d/x.lock.lock"));
     }
 }

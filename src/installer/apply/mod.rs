@@ -1,38 +1,58 @@
 //! `apply`: switch the installed set to a desired-state file's, in ONE
-//! transaction. Every reference is resolved and every blob fetched (a
-//! registry pulled into the cache; a layout imported before the plan is
-//! journaled) first (a dry run and `lock` resolve manifests only, and
-//! write nothing to the cache); what differs — a new package, a new digest or
-//! placement, and with `prune` a package the file no longer lists — becomes
-//! one change each of a single transaction, planned and run by the same
-//! planner and executor as `install`. Also `lock` (pin every reference to
-//! the digest it resolves to) and the rollback of an apply.
+//! transaction. Every reference is first pinned, manifests only (`pins`:
+//! the lock file's digest for an unchanged entry, a fresh resolution for a
+//! new or changed one); what differs from the registry — a new package, a
+//! new digest or placement, and with `prune` a package THIS file applied
+//! and no longer lists — becomes the plan. A plan that uninstalls or moves
+//! a package is confirmed (`Confirm`) before anything is downloaded or
+//! journaled; then the changed packages' blobs are fetched (by digest) and
+//! the plan runs as one transaction, through the same planner and executor
+//! as `install`. Also `lock` and `update` (write the lock file, install
+//! nothing) and the rollback of an apply.
+//!
+//! What a prune may remove is decided here, as data the plan carries
+//! (`changes`, `kept`): a package another file manages, or one installed by
+//! hand, is never pruned; only `remove` (`--remove NAME`) names one.
 
 pub mod desired;
 pub mod lockfile;
-
-use std::collections::BTreeMap;
+pub mod pins;
 
 use super::planner::{self, ChangeRequest};
 use super::{interrupt, Error, Installer, Result};
-use crate::source::{self, reference::LAYOUT_SCHEME, SourceRef};
-use crate::txn::{Op, Outcome, TxnId};
+use crate::txn::{Op, Outcome, PackageRecord, TxnId};
 use desired::DesiredSet;
-use lockfile::{LockFile, Pin, LOCK_VERSION};
+use lockfile::LockFile;
+use pins::LockChange;
 
 /// How to apply.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
     /// Print the plan; change nothing.
     pub dry_run: bool,
-    /// Uninstall installed packages the file does not list.
+    /// Uninstall the packages this file applied and no longer lists.
     pub prune: bool,
+    /// Also uninstall these packages (`--remove NAME`), which the file must
+    /// not list, whoever installed them.
+    pub remove: Vec<String>,
     /// Install exactly the lock file's digests; fail if it disagrees with the file.
     pub locked: bool,
     /// Draw the extraction bar.
     pub progress: bool,
     /// `--keep-versions` for packages whose entry does not set it.
     pub keep_versions: usize,
+}
+
+/// Who confirms an apply that uninstalls or moves a package
+/// ([`PlannedChange::needs_confirmation`]). Installs and in-place upgrades
+/// never ask; a dry run never asks.
+pub enum Confirm<'a> {
+    /// `--yes`: go ahead.
+    Yes,
+    /// Someone at a terminal: called with the plan; `true` goes ahead.
+    Ask(&'a mut dyn FnMut(&ApplyReport) -> bool),
+    /// No one to ask: refuse before anything is downloaded or journaled.
+    Refuse,
 }
 
 /// One package the apply changes.
@@ -43,6 +63,9 @@ pub struct PlannedChange {
     pub action: &'static str,
     pub old_digest: Option<String>,
     pub new_digest: Option<String>,
+    /// The recorded placement differs from the new one (files move).
+    #[serde(skip)]
+    pub placement_changed: bool,
 }
 
 impl PlannedChange {
@@ -54,8 +77,49 @@ impl PlannedChange {
             "upgrade" if self.old_digest == self.new_digest => {
                 format!("~ {} {} (same digest, new placement)", self.name, d(&self.new_digest))
             }
+            "upgrade" if self.placement_changed => {
+                format!("~ {} {} → {} (new placement)", self.name, d(&self.old_digest), d(&self.new_digest))
+            }
             "upgrade" => format!("~ {} {} → {}", self.name, d(&self.old_digest), d(&self.new_digest)),
             _ => format!("- {}", self.name),
+        }
+    }
+
+    /// What it does to what is installed, in words: `uninstall demo`,
+    /// `move demo to a new placement`, `upgrade demo`, `install demo`.
+    pub fn what(&self) -> String {
+        match self.action {
+            "uninstall" => format!("uninstall {}", self.name),
+            "move" => format!("move {} to a new placement", self.name),
+            "upgrade" if self.needs_confirmation() => format!("move {} to a new placement", self.name),
+            a => format!("{a} {}", self.name),
+        }
+    }
+
+    /// True if the change removes or moves what is installed: an uninstall,
+    /// or a change of placement ("move"; an "upgrade" whose placement
+    /// differs). An apply asks before it runs one (`Confirm`).
+    pub fn needs_confirmation(&self) -> bool {
+        matches!(self.action, "uninstall" | "move")
+            || (self.action == "upgrade" && (self.placement_changed || self.old_digest == self.new_digest))
+    }
+}
+
+/// An installed package `apply --prune` leaves alone: the file does not
+/// list it, and it did not apply it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeptPackage {
+    pub name: String,
+    /// The desired-state file that manages it; `None`: installed by hand.
+    pub managed_by: Option<String>,
+}
+
+impl KeptPackage {
+    /// `= name kept (managed by FILE)` / `= name kept (installed by hand)`.
+    pub fn line(&self) -> String {
+        match &self.managed_by {
+            Some(f) => format!("= {} kept (managed by {f})", self.name),
+            None => format!("= {} kept (installed by hand)", self.name),
         }
     }
 }
@@ -64,111 +128,107 @@ impl PlannedChange {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApplyReport {
     pub file: String,
+    /// The file's canonical path, recorded as the `managed_by` of every
+    /// package it installs or changes (`None` for `rollback --apply`).
+    pub managed_by: Option<String>,
     pub dry_run: bool,
     /// The transaction, if one ran.
     pub txn: Option<TxnId>,
     pub changes: Vec<PlannedChange>,
     /// Packages already as desired.
     pub unchanged: Vec<String>,
+    /// With `--prune`: installed packages the file does not list and that
+    /// another file, or a hand install, manages.
+    pub kept: Vec<KeptPackage>,
+    /// True if a change uninstalls or moves a package (the apply asked, or
+    /// was given `--yes`).
+    pub needs_confirmation: bool,
     /// The lock file written (or, with --dry-run, that would be).
     pub lock_file: Option<String>,
+    /// The pins that moved in it.
+    pub lock_changes: Vec<LockChange>,
     pub interrupted: bool,
 }
 
-/// `ref` pinned to `digest`: the same layout or repository, by digest.
-fn pinned(source: &str, digest: &str) -> Result<String> {
-    Ok(match source::reference::parse(source)? {
-        SourceRef::Layout { path, .. } => format!("{LAYOUT_SCHEME}{}@{digest}", path.display()),
-        SourceRef::Registry { registry, repository, .. } => format!("{registry}/{repository}@{digest}"),
-    })
+impl ApplyReport {
+    /// The changes that need confirmation, in words ([`PlannedChange::what`]).
+    pub fn to_confirm(&self) -> Vec<String> {
+        self.changes.iter().filter(|c| c.needs_confirmation()).map(PlannedChange::what).collect()
+    }
 }
 
-fn platform_of(req: &super::InstallRequest) -> String {
-    let p = req.registry.platform.clone().unwrap_or_else(source::layout::host_platform);
-    format!("{}/{}", p.os, p.architecture)
+/// What `stagehand update` moved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpdateReport {
+    pub file: String,
+    pub lock_file: String,
+    pub dry_run: bool,
+    /// The pins that moved (or appeared, or went away).
+    pub changes: Vec<LockChange>,
+    /// Packages whose pin was resolved again.
+    pub checked: Vec<String>,
 }
 
-/// Refuses, naming every difference, when the lock does not pin exactly
-/// the file's packages and references.
-fn check_agreement(set: &DesiredSet, lock: &LockFile, lock_path: &std::path::Path) -> Result<()> {
-    let mut diffs = Vec::new();
-    for p in &set.packages {
-        match lock.package.get(&p.name) {
-            None => diffs.push(format!("{} is not in the lock", p.name)),
-            Some(pin) if pin.reference != p.reference => {
-                diffs.push(format!("{}: the file says {:?}, the lock {:?}", p.name, p.reference, pin.reference))
-            }
-            Some(pin) if pin.platform != platform_of(&p.request) => diffs.push(format!(
-                "{}: platform {} here, {} in the lock",
-                p.name,
-                platform_of(&p.request),
-                pin.platform
-            )),
-            Some(_) => {}
+/// Refuses a `--remove NAME` that is not installed, or that the file lists.
+fn check_removals(set: &DesiredSet, remove: &[String], installed: &[PackageRecord]) -> Result<()> {
+    for name in remove {
+        if set.packages.iter().any(|p| &p.name == name) {
+            return Err(Error::Refused(format!(
+                "--remove {name}: {} lists {name}; drop it from the file first. Nothing was changed",
+                set.path.display()
+            )));
+        }
+        if !installed.iter().any(|i| &i.name == name) {
+            return Err(Error::NotInstalled(name.clone()));
         }
     }
-    for name in lock.package.keys() {
-        if !set.packages.iter().any(|p| &p.name == name) {
-            diffs.push(format!("{name} is in the lock but not in the file"));
-        }
+    Ok(())
+}
+
+/// "db, demo and plugin".
+fn and_list(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
     }
-    if diffs.is_empty() {
-        return Ok(());
-    }
-    Err(Error::Refused(format!(
-        "--locked: {} and {} disagree ({}); nothing was changed. Run `stagehand lock --file {}` to pin the file's \
-         references again, or apply without --locked",
-        set.path.display(),
-        lock_path.display(),
-        diffs.join("; "),
-        set.path.display()
-    )))
 }
 
 impl Installer {
     /// Switches the installed set to `set` in one transaction (see the module doc).
-    pub fn apply(&mut self, set: &DesiredSet, opts: ApplyOptions) -> Result<ApplyReport> {
+    pub fn apply(&mut self, set: &DesiredSet, opts: &ApplyOptions, confirm: Confirm) -> Result<ApplyReport> {
         let lock_path = lockfile::path_for(&set.path);
-        let lock = if opts.locked {
-            let lock = LockFile::read(&lock_path)?.ok_or_else(|| {
+        let old_lock = LockFile::read(&lock_path)?;
+        if opts.locked {
+            let lock = old_lock.as_ref().ok_or_else(|| {
                 Error::Refused(format!(
                     "--locked: there is no lock file {}; nothing was changed. `stagehand lock --file {}` writes it",
                     lock_path.display(),
                     set.path.display()
                 ))
             })?;
-            check_agreement(set, &lock, &lock_path)?;
-            Some(lock)
-        } else {
-            None
-        };
+            pins::check_agreement(set, lock, &lock_path)?;
+        }
         let installed = self.journal.packages()?;
-        let mut changes = Vec::new();
+        check_removals(set, &opts.remove, &installed)?;
+        let me = set.manager();
+        // Manifests only: nothing is downloaded before the plan is confirmed.
+        let pinned = self.pin_set(set, old_lock.as_ref(), &|_| false)?;
+        let mut puts = Vec::new();
+        let mut removes = Vec::new();
         let mut planned = Vec::new();
         let mut unchanged = Vec::new();
-        let mut pins = BTreeMap::new();
-        for p in &set.packages {
-            let mut req = p.request.clone();
+        let mut to_fetch = Vec::new();
+        for (p, r) in set.packages.iter().zip(pinned.packages) {
+            let mut req = r.request;
             if req.keep_versions == 0 {
                 req.keep_versions = opts.keep_versions;
             }
             req.registry.progress = opts.progress;
-            if let Some(pin) = lock.as_ref().and_then(|l| l.package.get(&p.name)) {
-                req.source = pinned(&req.source, &pin.digest)?;
-            }
-            // A dry run resolves manifests only: no blob is downloaded, nothing enters the cache.
-            let (source_ref, artifact, blobs) = if opts.dry_run { self.resolve_only(&req)? } else { self.fetch(&req)? };
-            pins.insert(
-                p.name.clone(),
-                Pin {
-                    reference: p.reference.clone(),
-                    digest: artifact.manifest_digest.clone(),
-                    platform: platform_of(&req),
-                },
-            );
-            let mut put = self.put_request(&source_ref, artifact, blobs, &req)?;
-            // The registry keeps the reference as resolved from the file, not its pinned form.
+            let mut put = self.put_request(&r.source_ref, r.artifact, r.blobs, &req)?;
+            // The registry keeps the reference as the file writes it (resolved), not its pinned form.
             put.source = p.request.source.clone();
+            put.managed_by = Some(me.clone());
             let old = installed.iter().find(|i| i.name == p.name);
             if old.is_some_and(|o| o.manifest_digest == put.artifact.manifest_digest && o.placement == put.placement) {
                 unchanged.push(p.name.clone());
@@ -179,35 +239,44 @@ impl Installer {
                 action: if old.is_some() { "upgrade" } else { "install" },
                 old_digest: old.map(|o| o.manifest_digest.clone()),
                 new_digest: Some(put.artifact.manifest_digest.clone()),
+                placement_changed: old.is_some_and(|o| o.placement != put.placement),
             });
-            changes.push(ChangeRequest::Put(Box::new(put)));
+            puts.push(ChangeRequest::Put(Box::new(put)));
+            to_fetch.push((p, req));
         }
-        if opts.prune {
-            for i in &installed {
-                if !set.packages.iter().any(|p| p.name == i.name) {
-                    planned.push(PlannedChange {
-                        name: i.name.clone(),
-                        action: "uninstall",
-                        old_digest: Some(i.manifest_digest.clone()),
-                        new_digest: None,
-                    });
-                    changes.push(ChangeRequest::Remove { name: i.name.clone() });
-                }
+        let mut kept = Vec::new();
+        for i in installed.iter().filter(|i| !set.packages.iter().any(|p| p.name == i.name)) {
+            if opts.remove.contains(&i.name) || (opts.prune && i.managed_by.as_deref() == Some(me.as_str())) {
+                planned.push(PlannedChange {
+                    name: i.name.clone(),
+                    action: "uninstall",
+                    old_digest: Some(i.manifest_digest.clone()),
+                    new_digest: None,
+                    placement_changed: false,
+                });
+                removes.push(i.name.clone());
+            } else if opts.prune {
+                kept.push(KeptPackage { name: i.name.clone(), managed_by: i.managed_by.clone() });
             }
         }
-        let new_lock = LockFile { version: LOCK_VERSION, package: pins };
         let mut report = ApplyReport {
             file: set.path.display().to_string(),
+            managed_by: Some(me.clone()),
             dry_run: opts.dry_run,
             txn: None,
+            needs_confirmation: planned.iter().any(PlannedChange::needs_confirmation),
             changes: planned,
             unchanged,
+            kept,
             lock_file: Some(lock_path.display().to_string()),
+            lock_changes: pinned.changes,
             interrupted: false,
         };
+        let removes = removes.into_iter().map(|name| ChangeRequest::Remove { name });
         if opts.dry_run {
-            if !changes.is_empty() {
+            if !report.changes.is_empty() {
                 // Every refusal, decided now; nothing is journaled or staged.
+                let changes = puts.into_iter().chain(removes).collect();
                 planner::plan(
                     &self.state_dir,
                     &self.journal,
@@ -220,41 +289,77 @@ impl Installer {
             }
             return Ok(report);
         }
-        if !changes.is_empty() {
+        if report.needs_confirmation {
+            confirmed(&report, confirm)?;
+        }
+        if !report.changes.is_empty() {
+            drop(puts);
+            // The changed packages' blobs, fetched by the digests pinned above.
+            let mut changes = Vec::new();
+            for (p, req) in to_fetch {
+                let (source_ref, artifact, blobs) = self.fetch(&req)?;
+                let mut put = self.put_request(&source_ref, artifact, blobs, &req)?;
+                put.source = p.request.source.clone();
+                put.managed_by = Some(me.clone());
+                changes.push(ChangeRequest::Put(Box::new(put)));
+            }
+            changes.extend(removes);
             let rec = self.run_changes(Op::Apply, changes, opts.progress)?;
             report.txn = Some(rec.id);
             report.interrupted = interrupt::requested();
         }
-        if lock.is_none() {
-            new_lock.write(&lock_path)?;
+        if !opts.locked {
+            pinned.lock.write(&lock_path)?;
         }
         Ok(report)
     }
 
-    /// Resolves every reference of `set` and writes the lock file (nothing
-    /// is installed). Returns it and its path.
-    pub fn lock(&mut self, set: &DesiredSet) -> Result<(LockFile, std::path::PathBuf)> {
-        let mut pins = BTreeMap::new();
-        for p in &set.packages {
-            let (_, artifact, _) = self.resolve_only(&p.request)?;
-            pins.insert(
-                p.name.clone(),
-                Pin {
-                    reference: p.reference.clone(),
-                    digest: artifact.manifest_digest,
-                    platform: platform_of(&p.request),
-                },
-            );
-        }
-        let lock = LockFile { version: LOCK_VERSION, package: pins };
+    /// Pins every reference of `set` in its lock file, installing nothing:
+    /// unchanged entries keep their pins, new or changed ones are resolved.
+    /// Returns the lock, its path and the pins that moved.
+    pub fn lock(&mut self, set: &DesiredSet) -> Result<(LockFile, std::path::PathBuf, Vec<LockChange>)> {
         let path = lockfile::path_for(&set.path);
-        lock.write(&path)?;
-        Ok((lock, path))
+        let old = LockFile::read(&path)?;
+        let pinned = self.pin_set(set, old.as_ref(), &|_| false)?;
+        pinned.lock.write(&path)?;
+        Ok((pinned.lock, path, pinned.changes))
+    }
+
+    /// `stagehand update [NAME…]`: resolves the references of the named
+    /// packages (all if `names` is empty) again, whatever the lock pins,
+    /// and writes the lock file (not with `dry_run`). Installs nothing.
+    pub fn update(&mut self, set: &DesiredSet, names: &[String], dry_run: bool) -> Result<UpdateReport> {
+        for n in names {
+            if !set.packages.iter().any(|p| &p.name == n) {
+                return Err(Error::Refused(format!(
+                    "{} lists no package {n:?}; nothing was changed",
+                    set.path.display()
+                )));
+            }
+        }
+        let path = lockfile::path_for(&set.path);
+        let old = LockFile::read(&path)?;
+        let all = names.is_empty();
+        let pinned = self.pin_set(set, old.as_ref(), &|n| all || names.iter().any(|x| x == n))?;
+        if !dry_run {
+            pinned.lock.write(&path)?;
+        }
+        Ok(UpdateReport {
+            file: set.path.display().to_string(),
+            lock_file: path.display().to_string(),
+            dry_run,
+            changes: pinned.changes,
+            checked: set.packages.iter().map(|p| p.name.clone()).filter(|n| all || names.contains(n)).collect(),
+        })
     }
 
     /// Undoes the last completed apply in one transaction: every package it
     /// changed goes back to the version it had before (from the blob cache),
-    /// and every package it installed fresh is uninstalled.
+    /// and every package it installed fresh is uninstalled. It asks no
+    /// confirmation: `rollback --apply` names what it removes and moves.
+    /// A package it changes keeps its `managed_by`; one it installs again
+    /// (an apply pruned it) is recorded as installed by hand, since kept
+    /// versions do not record their manager.
     pub fn rollback_apply(&mut self, keep: usize, limits: crate::plan::limits::Limits) -> Result<ApplyReport> {
         let history = self.journal.history()?;
         let last = history
@@ -275,6 +380,7 @@ impl Installer {
                             action: "uninstall",
                             old_digest: Some(n.manifest_digest.clone()),
                             new_digest: None,
+                            placement_changed: false,
                         });
                         changes.push(ChangeRequest::Remove { name: c.package.clone() });
                     }
@@ -289,6 +395,7 @@ impl Installer {
                         action: if now.is_some() { "upgrade" } else { "install" },
                         old_digest: now.map(|n| n.manifest_digest.clone()),
                         new_digest: Some(v.manifest_digest.clone()),
+                        placement_changed: now.is_some_and(|n| n.placement != v.placement),
                     });
                     changes.push(ChangeRequest::Put(Box::new(put)));
                 }
@@ -296,11 +403,16 @@ impl Installer {
         }
         let mut report = ApplyReport {
             file: format!("txn {}", last.id),
+            managed_by: None,
             dry_run: false,
             txn: None,
             changes: planned,
             unchanged: Vec::new(),
+            kept: Vec::new(),
+            // Its words name what it removes or moves: no question.
+            needs_confirmation: false,
             lock_file: None,
+            lock_changes: Vec::new(),
             interrupted: false,
         };
         if !changes.is_empty() {
@@ -309,5 +421,52 @@ impl Installer {
             report.interrupted = interrupt::requested();
         }
         Ok(report)
+    }
+}
+
+/// Goes ahead only if `confirm` says so; otherwise refuses, naming what the
+/// apply would remove or move. Nothing has been downloaded or journaled yet.
+fn confirmed(report: &ApplyReport, confirm: Confirm) -> Result<()> {
+    let what = and_list(&report.to_confirm());
+    match confirm {
+        Confirm::Yes => Ok(()),
+        Confirm::Ask(ask) => {
+            if ask(report) {
+                return Ok(());
+            }
+            Err(Error::Refused(format!("not confirmed: this apply would {what}. Nothing was changed")))
+        }
+        Confirm::Refuse => Err(Error::Refused(format!(
+            "this apply would {what}, and there is no terminal to confirm it on. Nothing was changed. \
+             Pass --yes to go ahead (--dry-run shows the whole plan)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(action: &'static str, old: Option<&str>, new: Option<&str>, moved: bool) -> PlannedChange {
+        PlannedChange {
+            name: "p".into(),
+            action,
+            old_digest: old.map(String::from),
+            new_digest: new.map(String::from),
+            placement_changed: moved,
+        }
+    }
+
+    #[test]
+    fn only_removals_and_moves_need_confirmation() {
+        assert!(!change("install", None, Some("n"), false).needs_confirmation());
+        assert!(!change("upgrade", Some("o"), Some("n"), false).needs_confirmation());
+        assert!(change("upgrade", Some("o"), Some("n"), true).needs_confirmation());
+        assert!(change("upgrade", Some("d"), Some("d"), true).needs_confirmation());
+        assert!(change("uninstall", Some("o"), None, false).needs_confirmation());
+        assert!(change("move", Some("o"), Some("n"), true).needs_confirmation());
+        assert_eq!(change("uninstall", Some("o"), None, false).what(), "uninstall p");
+        assert_eq!(change("upgrade", Some("d"), Some("d"), true).what(), "move p to a new placement");
+        assert_eq!(and_list(&["a".into(), "b".into(), "c".into()]), "a, b and c");
     }
 }

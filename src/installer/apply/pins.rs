@@ -1,0 +1,189 @@
+//! Pinning a desired set's references, as Cargo.lock pins versions: an
+//! entry whose reference and platform are unchanged keeps the digest its
+//! lock pins (the tag is not resolved again); a new or changed entry is
+//! resolved; `update` re-resolves the entries it names (or all). Every pin
+//! that moves is reported as a [`LockChange`]. Resolution here reads
+//! manifests only: no blob is downloaded, nothing enters the cache, and
+//! nothing is written (the caller writes the lock file).
+
+use std::collections::BTreeMap;
+
+use super::desired::{DesiredPackage, DesiredSet};
+use super::lockfile::{LockFile, Pin, LOCK_VERSION};
+use crate::installer::{Error, InstallRequest, Installer, Result};
+use crate::source::{self, reference::LAYOUT_SCHEME, SourceError, SourceRef};
+
+/// One pin that moved (or appeared, or went away) in the lock file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LockChange {
+    pub name: String,
+    /// The reference as the desired-state file writes it (or the lock did,
+    /// for an entry the file no longer lists).
+    pub reference: String,
+    /// The digest pinned before; `None` for a new entry.
+    pub old_digest: Option<String>,
+    /// The digest pinned now; `None` for an entry dropped from the lock.
+    pub new_digest: Option<String>,
+}
+
+impl LockChange {
+    /// `NAME REF sha256:old -> sha256:new`; `(new)` / `(removed)` for an
+    /// entry that appears or goes away.
+    pub fn line(&self) -> String {
+        let old = self.old_digest.as_deref().unwrap_or("(new)");
+        let new = self.new_digest.as_deref().unwrap_or("(removed)");
+        format!("{} {} {old} -> {new}", self.name, self.reference)
+    }
+}
+
+/// One package of the set, resolved (manifest only) to the digest it is pinned to.
+pub struct Resolved {
+    /// The package's request with its source pinned by digest, so a later
+    /// fetch gets exactly the manifest resolved here.
+    pub request: InstallRequest,
+    pub source_ref: SourceRef,
+    pub artifact: source::ResolvedArtifact,
+    pub blobs: Box<dyn source::BlobSource>,
+}
+
+/// The set resolved: each package (in the set's order), the lock that pins
+/// them, and the pins that moved.
+pub struct Pinned {
+    pub packages: Vec<Resolved>,
+    pub lock: LockFile,
+    pub changes: Vec<LockChange>,
+}
+
+/// `ref` pinned to `digest`: the same layout or repository, by digest.
+pub fn pinned(source: &str, digest: &str) -> Result<String> {
+    Ok(match source::reference::parse(source)? {
+        SourceRef::Layout { path, .. } => format!("{LAYOUT_SCHEME}{}@{digest}", path.display()),
+        SourceRef::Registry { registry, repository, .. } => format!("{registry}/{repository}@{digest}"),
+    })
+}
+
+/// `OS/ARCH` a request resolves for.
+pub fn platform_of(req: &InstallRequest) -> String {
+    let p = req.registry.platform.clone().unwrap_or_else(source::layout::host_platform);
+    format!("{}/{}", p.os, p.architecture)
+}
+
+/// The lock's pin for `p`, if its entry is unchanged (same reference, same platform).
+fn usable_pin<'a>(p: &DesiredPackage, lock: Option<&'a LockFile>) -> Option<&'a Pin> {
+    lock?.package.get(&p.name).filter(|pin| pin.reference == p.reference && pin.platform == platform_of(&p.request))
+}
+
+impl Installer {
+    /// Resolves every package of `set` (see the module doc). `reresolve`
+    /// names the packages whose pins are ignored (`update`).
+    pub(crate) fn pin_set(
+        &self,
+        set: &DesiredSet,
+        old: Option<&LockFile>,
+        reresolve: &dyn Fn(&str) -> bool,
+    ) -> Result<Pinned> {
+        let mut packages = Vec::new();
+        let mut pins = BTreeMap::new();
+        let mut changes = Vec::new();
+        for p in &set.packages {
+            let mut req = p.request.clone();
+            let kept = usable_pin(p, old).filter(|_| !reresolve(&p.name));
+            if let Some(pin) = kept {
+                req.source = pinned(&p.request.source, &pin.digest)?;
+            }
+            let (source_ref, artifact, blobs) = match (self.resolve_only(&req), kept) {
+                (Err(Error::Source(e)), Some(pin)) if !matches!(e, SourceError::Interrupted) => {
+                    return Err(Error::Refused(format!(
+                        "{}: the lock pins {} to {}, which cannot be resolved: {e}. Nothing was changed; \
+                         `stagehand update {}` resolves its reference again",
+                        p.name, p.reference, pin.digest, p.name
+                    )))
+                }
+                (r, _) => r?,
+            };
+            let pin = Pin {
+                reference: p.reference.clone(),
+                digest: artifact.manifest_digest.clone(),
+                platform: platform_of(&p.request),
+            };
+            let before = old.and_then(|l| l.package.get(&p.name));
+            if before != Some(&pin) {
+                changes.push(LockChange {
+                    name: p.name.clone(),
+                    reference: p.reference.clone(),
+                    old_digest: before.map(|b| b.digest.clone()),
+                    new_digest: Some(pin.digest.clone()),
+                });
+            }
+            req.source = pinned(&p.request.source, &pin.digest)?;
+            pins.insert(p.name.clone(), pin);
+            packages.push(Resolved { request: req, source_ref, artifact, blobs });
+        }
+        for (name, pin) in old.map(|l| &l.package).into_iter().flatten() {
+            if !pins.contains_key(name) {
+                changes.push(LockChange {
+                    name: name.clone(),
+                    reference: pin.reference.clone(),
+                    old_digest: Some(pin.digest.clone()),
+                    new_digest: None,
+                });
+            }
+        }
+        Ok(Pinned { packages, lock: LockFile { version: LOCK_VERSION, package: pins }, changes })
+    }
+}
+
+/// Refuses, naming every difference, when the lock does not pin exactly
+/// the file's packages and references (`apply --locked`).
+pub fn check_agreement(set: &DesiredSet, lock: &LockFile, lock_path: &std::path::Path) -> Result<()> {
+    let mut diffs = Vec::new();
+    for p in &set.packages {
+        match lock.package.get(&p.name) {
+            None => diffs.push(format!("{} is not in the lock", p.name)),
+            Some(pin) if pin.reference != p.reference => {
+                diffs.push(format!("{}: the file says {:?}, the lock {:?}", p.name, p.reference, pin.reference))
+            }
+            Some(pin) if pin.platform != platform_of(&p.request) => diffs.push(format!(
+                "{}: platform {} here, {} in the lock",
+                p.name,
+                platform_of(&p.request),
+                pin.platform
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in lock.package.keys() {
+        if !set.packages.iter().any(|p| &p.name == name) {
+            diffs.push(format!("{name} is in the lock but not in the file"));
+        }
+    }
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "--locked: {} and {} disagree ({}); nothing was changed. Run `stagehand lock --file {}` to pin the file's \
+         references again, or apply without --locked",
+        set.path.display(),
+        lock_path.display(),
+        diffs.join("; "),
+        set.path.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_change_lines() {
+        let c = |old: Option<&str>, new: Option<&str>| LockChange {
+            name: "demo".into(),
+            reference: "r:v1".into(),
+            old_digest: old.map(String::from),
+            new_digest: new.map(String::from),
+        };
+        assert_eq!(c(Some("sha256:a"), Some("sha256:b")).line(), "demo r:v1 sha256:a -> sha256:b");
+        assert_eq!(c(None, Some("sha256:b")).line(), "demo r:v1 (new) -> sha256:b");
+        assert_eq!(c(Some("sha256:a"), None).line(), "demo r:v1 sha256:a -> (removed)");
+    }
+}
