@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 /// Largest sled record accepted (transaction, package, history). sled 0.34
 /// writes a value over a quarter of its segment (128 KiB here) to a blob
 /// file of its own; records stay far below that, since per-file lists live
@@ -269,7 +269,8 @@ mod layout_tests {
         assert_eq!(b, want);
     }
 
-    /// Pins `HistoryEntry`'s layout (format 3: one `ChangeSummary` per package).
+    /// Pins `HistoryEntry`'s layout (format 3: one `ChangeSummary` per
+    /// package; format 5: `ChangeSummary::moved`).
     #[test]
     fn history_entry_bytes_match_the_documentation() {
         use crate::txn::{ChangeSummary, HistoryEntry, Outcome, VersionRecord};
@@ -289,6 +290,7 @@ mod layout_tests {
                 }),
                 new_digest: Some("d".into()),
                 signed_by: Some("k".into()),
+                moved: true,
             }],
             outcome: Outcome::Done,
             error: None,
@@ -313,6 +315,7 @@ mod layout_tests {
         string(&mut want, "d");
         want.push(1); //   signed_by: Some
         string(&mut want, "k");
+        want.push(1); //   moved: true (format 5)
         want.extend(0u32.to_le_bytes()); // outcome: Done
         want.push(0); // error: None
         let crc = crc32fast::hash(&want);

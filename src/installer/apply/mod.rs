@@ -39,10 +39,14 @@ pub struct ApplyOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlannedChange {
     pub name: String,
-    /// "install", "upgrade" (a new digest or placement) or "uninstall".
+    /// "install", "upgrade" (a new digest, same placement), "move" (a new
+    /// placement, and maybe a new digest) or "uninstall".
     pub action: &'static str,
     pub old_digest: Option<String>,
     pub new_digest: Option<String>,
+    /// With "move": the old and new targets and placements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<planner::Move>,
 }
 
 impl PlannedChange {
@@ -55,6 +59,15 @@ impl PlannedChange {
                 format!("~ {} {} (same digest, new placement)", self.name, d(&self.new_digest))
             }
             "upgrade" => format!("~ {} {} → {}", self.name, d(&self.old_digest), d(&self.new_digest)),
+            "move" => {
+                let (from, to) = self.moved.as_ref().map(|m| m.paths()).unwrap_or_default();
+                let digests = if self.old_digest == self.new_digest {
+                    String::new()
+                } else {
+                    format!(" ({} → {})", d(&self.old_digest), d(&self.new_digest))
+                };
+                format!("~ {} moved: {} -> {}{digests}", self.name, from.join(", "), to.join(", "))
+            }
             _ => format!("- {}", self.name),
         }
     }
@@ -174,11 +187,17 @@ impl Installer {
                 unchanged.push(p.name.clone());
                 continue;
             }
+            let moved = old.and_then(|o| planner::placement_move(o, &put));
             planned.push(PlannedChange {
                 name: p.name.clone(),
-                action: if old.is_some() { "upgrade" } else { "install" },
+                action: match (old, &moved) {
+                    (None, _) => "install",
+                    (Some(_), Some(_)) => "move",
+                    (Some(_), None) => "upgrade",
+                },
                 old_digest: old.map(|o| o.manifest_digest.clone()),
                 new_digest: Some(put.artifact.manifest_digest.clone()),
+                moved,
             });
             changes.push(ChangeRequest::Put(Box::new(put)));
         }
@@ -190,6 +209,7 @@ impl Installer {
                         action: "uninstall",
                         old_digest: Some(i.manifest_digest.clone()),
                         new_digest: None,
+                        moved: None,
                     });
                     changes.push(ChangeRequest::Remove { name: i.name.clone() });
                 }
@@ -267,6 +287,7 @@ impl Installer {
                             action: "uninstall",
                             old_digest: Some(n.manifest_digest.clone()),
                             new_digest: None,
+                            moved: None,
                         });
                         changes.push(ChangeRequest::Remove { name: c.package.clone() });
                     }
@@ -281,6 +302,7 @@ impl Installer {
                         action: if now.is_some() { "upgrade" } else { "install" },
                         old_digest: now.map(|n| n.manifest_digest.clone()),
                         new_digest: Some(v.manifest_digest.clone()),
+                        moved: None,
                     });
                     changes.push(ChangeRequest::Put(Box::new(put)));
                 }
