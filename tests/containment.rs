@@ -44,6 +44,8 @@ fn nested_targets_across_versions_are_refused() {
     let mut m = OsString::from("*.so=");
     m.push(sb.dest.join("app"));
     args[so] = m;
+    // A new placement: --move, so the nesting is what is refused.
+    args.push("--move".into());
     let run = sb.run(&args);
     run.expect_clean_failure();
     let app = sb.dest.join("app");

@@ -134,6 +134,7 @@ fn write_journal_seeds() {
             old: None,
             new_digest: None,
             signed_by: None,
+            moved: false,
         }],
         outcome: Outcome::RolledBackByRecovery,
         error: Some("interrupted".into()),

@@ -618,9 +618,10 @@ fn uninstall_db_is_refused_while_fdw_is_inside() {
 }
 
 /// Steampipe's own flow when it bumps Postgres: the db again with a new
-/// `--db-version`. Its old `db/<ver>/postgres` holds the FDW's three files,
-/// so the upgrade is refused, naming the fdw package and what to run;
-/// nothing changes and `verify` stays clean. In that order the bump works.
+/// `--db-version` (a new placement: `--move`, else refused as a move). Its
+/// old `db/<ver>/postgres` holds the FDW's three files, so the upgrade is
+/// refused, naming the fdw package and what to run; nothing changes and
+/// `verify` stays clean. In that order the bump works.
 #[test]
 fn db_version_change_is_refused_while_fdw_is_inside() {
     let (sb, base) = steampipe_sandbox();
@@ -629,7 +630,8 @@ fn db_version_change_is_refused_while_fdw_is_inside() {
     let before_world = sb.world();
     let before_list = sb.run(&["list", "--json"]).ok().json();
 
-    let run = sb.run(&install_args(&sb.dest, Kind::Db, &Kind::Db.source("v1"), &["--db-version", "14.20.0"]));
+    let bump = ["--db-version", "14.20.0", "--move"];
+    let run = sb.run(&install_args(&sb.dest, Kind::Db, &Kind::Db.source("v1"), &bump));
     run.expect_clean_failure();
     for want in ["\"fdw\"", "uninstall fdw", "--db-version", PG] {
         assert!(run.stderr.contains(want), "the refusal does not say {want:?}:\n{}", run.describe());
@@ -646,7 +648,9 @@ fn db_version_change_is_refused_while_fdw_is_inside() {
 
     // What the message says to do: uninstall the fdw, bump, reinstall the fdw.
     sb.run(&["uninstall", "fdw"]).ok();
-    sb.run(&install_args(&sb.dest, Kind::Db, &Kind::Db.source("v1"), &["--db-version", "14.20.0"])).ok();
+    sb.run(&install_args(&sb.dest, Kind::Db, &Kind::Db.source("v1"), &["--db-version", "14.20.0"]))
+        .fails_with(&["--move", "--db-version 14.20.0"]);
+    sb.run(&install_args(&sb.dest, Kind::Db, &Kind::Db.source("v1"), &bump)).ok();
     sb.run(&install_args(&sb.dest, Kind::Fdw, &Kind::Fdw.source("v1"), &["--db-version", "14.20.0"])).ok();
     sb.run(&["verify"]).ok();
     assert!(node_of(&sb.dest.join(PG)).is_none(), "the old postgres/ is still there");

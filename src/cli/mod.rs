@@ -59,22 +59,40 @@ pub struct Cli {
     pub command: Command,
 }
 
+const INSTALL_HELP: &str = "\
+Examples:
+  # install: the app tree to /opt/demo/app, three files into shared directories
+  stagehand install oci-layout:examples/demo:v1 --to /opt/demo/app \\
+      --map '*.so=/opt/demo/lib' --map '*.control=/opt/demo/share/extension' \\
+      --map '*.sql=/opt/demo/share/extension'
+  # upgrade in place: the recorded placement is used
+  stagehand install oci-layout:examples/demo:v2
+  # move it (removes the old paths): the new placement, and --move
+  stagehand install oci-layout:examples/demo:v2 --to /srv/demo/app --move
+  # a second copy beside the first
+  stagehand install oci-layout:examples/demo:v2 --to /srv/demo2 --name demo2";
+
 // Parsed once per process: the size of `Install`'s flags does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Install or upgrade a package from an OCI artifact, in one transaction.
-    #[command(
-        after_help = "Example:\n  stagehand install oci-layout:examples/demo:v1 --to /opt/demo/app \\\n      --map '*.so=/opt/demo/lib' --map '*.control=/opt/demo/share/extension' --map '*.sql=/opt/demo/share/extension'"
-    )]
+    ///
+    /// A package's placement (--to, --map, --profile with --install-dir and
+    /// --db-version, --platform) is recorded. Installing an installed package
+    /// again with no placement flags upgrades it where it is. A different
+    /// placement is refused unless --move; --name installs a second copy.
+    #[command(after_help = INSTALL_HELP)]
     Install {
         /// [REGISTRY/]REPO:TAG, [REGISTRY/]REPO@sha256:DIGEST (default registry:
         /// $STAGEHAND_DEFAULT_REGISTRY, else ghcr.io), or oci-layout:PATH[:TAG|@sha256:DIGEST]
         source: String,
-        /// Directory the package owns; swapped as one directory target.
+        /// Directory the package owns; swapped as one directory target (default for an
+        /// installed package: its recorded placement).
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
-        /// GLOB=DIR: layers whose title matches GLOB become files in DIR (repeatable).
+        /// GLOB=DIR: layers whose title matches GLOB become files in DIR (repeatable; a GLOB
+        /// that matches no file of the artifact is an error).
         #[arg(long = "map", value_name = "GLOB=DIR")]
         maps: Vec<String>,
         /// Package name (default: the layout directory's name, or the repository's last path component).
@@ -83,6 +101,10 @@ pub enum Command {
         /// Take over an existing destination no package owns.
         #[arg(long)]
         adopt: bool,
+        /// Move an installed package to the placement given here (without it, a
+        /// placement other than the recorded one is refused and nothing changes).
+        #[arg(long = "move")]
+        move_placement: bool,
         /// Place a Steampipe artifact in Steampipe's layout: steampipe-plugin, steampipe-db or steampipe-fdw.
         #[arg(long, value_name = "NAME", conflicts_with_all = ["to", "maps"])]
         profile: Option<String>,
@@ -431,12 +453,10 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
     };
     // Usage errors in --map are caught before anything is opened.
     let placement = match &cli.command {
-        Command::Install { to, maps, profile, .. } => {
+        // No placement at all: an installed package's recorded one (the
+        // installer decides, and refuses when the package is not installed).
+        Command::Install { to, maps, .. } => {
             let maps = maps.iter().map(|m| MapRule::parse(m)).collect::<Result<Vec<_>, _>>()?;
-            if to.is_none() && maps.is_empty() && profile.is_none() {
-                eprintln!("stagehand: error: install needs --to DIR and/or --map GLOB=DIR to know where files go");
-                return Ok(EXIT_USAGE);
-            }
             Some(Placement { to: to.clone(), maps })
         }
         _ => None,
@@ -498,6 +518,7 @@ fn run_command(
             source,
             name,
             adopt,
+            move_placement,
             profile,
             install_dir,
             db_version,
@@ -546,6 +567,7 @@ fn run_command(
                 placement: placement.unwrap_or_default(),
                 name: name.clone(),
                 adopt: *adopt,
+                move_placement: *move_placement,
                 profile,
                 registry,
                 keep_versions: cli.keep_versions,
@@ -723,7 +745,7 @@ fn run_command(
             if cli.json {
                 let v: Vec<_> = rows
                     .iter()
-                    .map(|(e, c)| json!({"id": e.id, "op": history_op(c), "txn_op": e.op.name(), "package": c.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": c.old_digest(), "new_digest": c.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": c.signed_by}))
+                    .map(|(e, c)| json!({"id": e.id, "op": history_op(c), "txn_op": e.op.name(), "package": c.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": c.old_digest(), "new_digest": c.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": c.signed_by, "moved": c.moved}))
                     .collect();
                 print_json(&serde_json::Value::Array(v));
             } else if !cli.quiet {
@@ -822,15 +844,32 @@ fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installe
         let n = rep.targets.len();
         match rep.op.as_str() {
             "uninstall" => println!("uninstalled {} ({n} targets removed, txn {})", rep.name, rep.txn),
+            _ if rep.moved => println!(
+                "{} {}: {old} -> {new}, moved from {} to {} ({n} targets, txn {})",
+                rep.op,
+                rep.name,
+                shown_list(&rep.moved_from),
+                shown_list(&rep.targets),
+                rep.txn
+            ),
             op => println!("{op} {}: {old} -> {new} ({n} targets, txn {})", rep.name, rep.txn),
         }
     }
     EXIT_OK
 }
 
+/// Paths for human output, comma-separated, control characters escaped.
+fn shown_list(paths: &[String]) -> String {
+    if paths.is_empty() {
+        return "-".to_string();
+    }
+    paths.iter().map(|p| printable(p)).collect::<Vec<_>>().join(", ")
+}
+
 fn history_op(c: &crate::txn::ChangeSummary) -> &'static str {
     match (c.op, &c.old) {
         (crate::txn::Op::Install, Some(v)) if v.is_adopted() => "adopt",
+        (crate::txn::Op::Install, Some(_)) if c.moved => "move",
         (crate::txn::Op::Install, Some(_)) => "upgrade",
         (op, _) => op.name(),
     }

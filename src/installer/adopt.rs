@@ -394,5 +394,6 @@ pub fn restore_put(
         limits,
         exact: true,
         managed_by: None,
+        allow_move: false,
     })
 }

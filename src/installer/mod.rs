@@ -59,6 +59,9 @@ pub enum Error {
     Io { context: String, source: std::io::Error },
     #[error("{0}")]
     Refused(String),
+    /// The command line does not say enough (exit 2, like clap's own usage errors).
+    #[error("{0}")]
+    Usage(String),
     #[error("no package named {0:?} is installed; `stagehand list` shows what is")]
     NotInstalled(String),
     #[error("recovery cannot decide what to do with transaction {txn} (package {package:?}): {reason}. Nothing was changed; inspect the paths named, put the old or new content back by hand, then run `stagehand repair`")]
@@ -82,7 +85,9 @@ impl Error {
             Error::Journal(j) if j.is_unopenable() => EXIT_JOURNAL_UNOPENABLE,
             Error::Interrupted => interrupt::EXIT_INTERRUPTED,
             // Malformed arguments are usage errors, like clap's own.
-            Error::Source(SourceError::BadReference { .. }) | Error::Plan(PlanError::BadMap { .. }) => 2,
+            Error::Source(SourceError::BadReference { .. })
+            | Error::Plan(PlanError::BadMap { .. })
+            | Error::Usage(_) => 2,
             Error::RolledBack { cause } | Error::LeftForRecovery { cause } => match cause.exit_code() {
                 c @ (5 | interrupt::EXIT_INTERRUPTED) => c,
                 _ => 1,
@@ -126,6 +131,11 @@ pub struct InstallRequest {
     /// Take over an existing, unowned destination; what it holds is kept as
     /// an earlier version of the package, which `rollback` restores.
     pub adopt: bool,
+    /// `--move`: the placement may differ from the installed version's, and
+    /// the package moves. Without it an install of an installed package
+    /// keeps its recorded placement (used when `placement` and `profile`
+    /// are empty) and a different one is refused by the planner.
+    pub move_placement: bool,
     /// Place the artifact by a Steampipe profile instead of `placement`.
     pub profile: Option<ProfileRequest>,
     /// How to pull when the source is a registry (and `platform` for an image index in a layout too).
@@ -196,6 +206,11 @@ pub struct TxnReport {
     pub old_digest: Option<String>,
     pub new_digest: Option<String>,
     pub targets: Vec<String>,
+    /// The package now lives elsewhere than before: its placement changed
+    /// (`install --move`, or a rollback to a version placed elsewhere).
+    pub moved: bool,
+    /// With `moved`: the paths it held before and no longer does (removed).
+    pub moved_from: Vec<String>,
     /// A Ctrl-C/SIGTERM arrived after the commit point; the txn was finished anyway.
     pub interrupted: bool,
 }
@@ -333,8 +348,12 @@ impl Installer {
             .collect()
     }
 
-    /// Installs (or upgrades) a package in one transaction.
+    /// Installs (or upgrades) a package in one transaction. A request that
+    /// names no placement upgrades an installed package where it is (its
+    /// recorded placement); one that names another placement is refused
+    /// unless `move_placement` is set.
     pub fn install(&mut self, req: &InstallRequest) -> Result<TxnReport> {
+        let req = &self.with_recorded_placement(req)?;
         let (source_ref, artifact, blobs) = self.fetch(req)?;
         // A layout's blobs are imported into the cache (for a later offline
         // rollback) by the executor, once free space is checked.
@@ -419,33 +438,15 @@ impl Installer {
             manifest_digest: version.manifest_digest.clone(),
             manifest,
         };
-        let p = &version.placement;
-        let profile = match &p.profile {
-            None => None,
-            Some(prof) => Some(ProfileRequest {
-                profile: plan::profile::Profile::parse(prof)?,
-                install_dir: PathBuf::from(p.install_dir.clone().unwrap_or_default()),
-                db_version: p.db_version.clone(),
-                platform: None,
-            }),
-        };
-        let mut registry = source::registry::RegistryOptions::default();
-        if let Some((os, arch)) = p.platform.as_deref().and_then(|s| s.split_once('/')) {
-            registry.platform = Some(source::Platform { os: os.into(), architecture: arch.into(), variant: None });
-        }
-        let req = InstallRequest {
+        let mut req = InstallRequest {
             source: version.source.clone(),
-            placement: Placement {
-                to: p.to.as_ref().map(PathBuf::from),
-                maps: p.maps.iter().map(|m| plan::MapRule::parse(m)).collect::<std::result::Result<_, _>>()?,
-            },
+            placement: Placement::default(),
             name: Some(name.to_string()),
             adopt: false,
-            profile: profile.map(|mut pr| {
-                pr.platform = registry.platform.as_ref().map(|pl| (pl.os.clone(), pl.architecture.clone()));
-                pr
-            }),
-            registry,
+            // Rollback's words name the kept version, and so its placement.
+            move_placement: true,
+            profile: None,
+            registry: source::registry::RegistryOptions::default(),
             keep_versions: keep,
             rollback: true,
             // Rollback reinstalls a kept version from the blob cache; its
@@ -454,6 +455,7 @@ impl Installer {
             require_signature: false,
             limits,
         };
+        resolve::use_placement(&mut req, &version.placement)?;
         let source_ref = source::reference::parse(&version.source)?;
         self.put_request(&source_ref, artifact, Box::new(cache), &req)
     }
@@ -474,8 +476,10 @@ impl TxnReport {
         let c = rec.changes.first();
         let old_digest = c.and_then(|c| c.old.as_ref()).map(|v| v.manifest_digest.clone());
         let adopted = c.and_then(|c| c.old.as_ref()).is_some_and(|v| v.is_adopted());
+        let moved = c.is_some_and(txn::is_move);
         let op = match c.map(|c| c.op) {
             Some(Op::Install) if adopted => "adopt".to_string(),
+            Some(Op::Install) if moved => "move".to_string(),
             Some(Op::Install) if old_digest.is_some() => "upgrade".to_string(),
             Some(o) => o.name().to_string(),
             None => rec.op.name().to_string(),
@@ -489,6 +493,12 @@ impl TxnReport {
             targets: match c.and_then(|c| c.new_package.as_ref()) {
                 Some(p) => p.targets.iter().map(|t| t.path.clone()).collect(),
                 None => rec.targets.iter().map(|t| t.path.clone()).collect(),
+            },
+            moved,
+            moved_from: if moved {
+                rec.targets.iter().filter(|t| t.change == 0 && t.new.is_none()).map(|t| t.path.clone()).collect()
+            } else {
+                Vec::new()
             },
             interrupted: interrupt::requested(),
         }

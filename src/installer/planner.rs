@@ -9,6 +9,9 @@
 //! their owner's files inside a removed or replaced directory go with it.
 //! A new file of one change inside a new directory of another (Steampipe's
 //! FDW inside a new database version) is staged inside that directory.
+//! An install of an installed package keeps its recorded placement: a
+//! different one is a move ([`placement_move`]), refused unless asked for
+//! (`install --move`; an apply's file and a rollback name the placement).
 //! It reads the disk (identities, free space) but changes nothing; the
 //! executor (`run`) carries the plan out.
 
@@ -40,6 +43,9 @@ pub struct PutRequest {
     pub planned: Vec<PlannedTarget>,
     pub placement: PlacementRecord,
     pub adopt: bool,
+    /// The placement may differ from the installed version's: the package
+    /// moves (`install --move`, an apply). Rollbacks are never refused.
+    pub allow_move: bool,
     pub keep_versions: usize,
     pub signed_by: Option<String>,
     /// The desired-state file (canonical path) an `apply` installs it for;
@@ -53,6 +59,68 @@ pub struct PutRequest {
     /// Stage with the exact modes, mtimes (and owners, as root) the layers
     /// carry: only for a version stagehand captured itself (`--adopt`).
     pub exact: bool,
+}
+
+/// A package placed elsewhere than its installed version: what it holds now
+/// and what it will hold, and both placements as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Move {
+    pub old_targets: Vec<String>,
+    pub new_targets: Vec<String>,
+    pub old_placement: PlacementRecord,
+    pub new_placement: PlacementRecord,
+}
+
+impl Move {
+    /// The paths that change, `old -> new`: the old targets the new version
+    /// does not keep, and its targets the old version did not have; a side
+    /// with none is all of its targets (mapped files that go back into the
+    /// `--to` directory: `/lib/x.so -> /opt/app`).
+    pub fn paths(&self) -> (Vec<&str>, Vec<&str>) {
+        fn only<'a>(a: &'a [String], b: &[String]) -> Vec<&'a str> {
+            let diff: Vec<&str> = a.iter().filter(|t| !b.contains(t)).map(String::as_str).collect();
+            if diff.is_empty() {
+                a.iter().map(String::as_str).collect()
+            } else {
+                diff
+            }
+        }
+        (only(&self.old_targets, &self.new_targets), only(&self.new_targets, &self.old_targets))
+    }
+}
+
+/// The move that putting `req` over the installed `old` makes, if its
+/// placement is not the recorded one ([`PlacementRecord::same_place`]).
+pub fn placement_move(old: &PackageRecord, req: &PutRequest) -> Option<Move> {
+    if old.placement.same_place(&req.placement) {
+        return None;
+    }
+    let mut new_targets: Vec<String> = req.planned.iter().map(|t| t.path.to_string_lossy().into_owned()).collect();
+    new_targets.sort();
+    let mut old_targets: Vec<String> = old.targets.iter().map(|t| t.path.clone()).collect();
+    old_targets.sort();
+    Some(Move { old_targets, new_targets, old_placement: old.placement.clone(), new_placement: req.placement.clone() })
+}
+
+/// Refuses an install that would move `old` without `--move`, naming where
+/// it is, where it would go, and the three ways on.
+fn check_placement(old: &PackageRecord, req: &PutRequest) -> Result<()> {
+    if req.op != Op::Install || req.allow_move {
+        return Ok(());
+    }
+    let Some(m) = placement_move(old, req) else { return Ok(()) };
+    let (from, to) = m.paths();
+    Err(Error::Refused(format!(
+        "this install would move {name:?} from {from} to {to}: it is installed with {old}, this install asks for \
+         {new}. Nothing was changed. To upgrade it where it is, leave out --to, --map and --profile (its \
+         recorded placement is used); to move it, repeat the command with --move; to install a second copy \
+         beside it, add --name OTHER",
+        name = req.name,
+        from = from.join(", "),
+        to = to.join(", "),
+        old = m.old_placement.describe(),
+        new = m.new_placement.describe(),
+    )))
 }
 
 /// One package's part of a transaction.
@@ -162,6 +230,11 @@ pub fn plan(
     }
     let others: Vec<PackageRecord> = installed.iter().filter(|p| !names.contains(&p.name)).cloned().collect();
     let old_of = |name: &str| installed.iter().find(|p| p.name == name);
+    for c in &changes {
+        if let (ChangeRequest::Put(req), Some(old)) = (c, old_of(c.name())) {
+            check_placement(old, req)?;
+        }
+    }
     // Every path a changed package owns now: movable by this transaction.
     let old_paths: BTreeSet<String> = changes
         .iter()

@@ -4,6 +4,7 @@
 //! destinations, and placing an artifact by `--to`/`--map` or a profile.
 //! Nothing here journals or touches a destination.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -120,6 +121,37 @@ pub fn resolve_destination(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// True if the request names a placement itself (`--to`, `--map` or
+/// `--profile`); if not, an installed package's recorded one is used.
+fn names_placement(req: &InstallRequest) -> bool {
+    req.placement.to.is_some() || !req.placement.maps.is_empty() || req.profile.is_some()
+}
+
+/// Makes `req` place its artifact as `p` records: `to` and `maps`, or the
+/// profile with its install dir and db version; and the recorded platform
+/// unless the request names one.
+pub(super) fn use_placement(req: &mut InstallRequest, p: &PlacementRecord) -> Result<()> {
+    if req.registry.platform.is_none() {
+        if let Some((os, arch)) = p.platform.as_deref().and_then(|s| s.split_once('/')) {
+            req.registry.platform = Some(source::Platform { os: os.into(), architecture: arch.into(), variant: None });
+        }
+    }
+    req.placement = plan::Placement {
+        to: p.to.as_ref().map(PathBuf::from),
+        maps: p.maps.iter().map(|m| plan::MapRule::parse(m)).collect::<std::result::Result<_, _>>()?,
+    };
+    req.profile = match &p.profile {
+        None => None,
+        Some(prof) => Some(ProfileRequest {
+            profile: plan::profile::Profile::parse(prof)?,
+            install_dir: PathBuf::from(p.install_dir.clone().unwrap_or_default()),
+            db_version: p.db_version.clone(),
+            platform: req.registry.platform.as_ref().map(|pl| (pl.os.clone(), pl.architecture.clone())),
+        }),
+    };
+    Ok(())
+}
+
 /// Where a request's artifact goes: its planned targets, and the placement
 /// as recorded (destinations resolved to absolute paths).
 pub(super) fn place(
@@ -218,6 +250,30 @@ pub(super) fn plugin_path(source_ref: &SourceRef) -> String {
 }
 
 impl Installer {
+    /// The request as it is if it names a placement; else, for an installed
+    /// package, the request with the package's recorded placement (an
+    /// upgrade in place); else a usage error, since nothing says where the
+    /// files go.
+    pub(super) fn with_recorded_placement<'r>(&self, req: &'r InstallRequest) -> Result<Cow<'r, InstallRequest>> {
+        if names_placement(req) {
+            return Ok(Cow::Borrowed(req));
+        }
+        let name = match &req.name {
+            Some(n) => n.clone(),
+            None => source::reference::parse(&req.source)?.default_name(),
+        };
+        let Some(pkg) = self.journal.package(&name)? else {
+            return Err(Error::Usage(format!(
+                "install needs --to DIR and/or --map GLOB=DIR (or --profile NAME) to know where files go: no package \
+                 named {name:?} is installed, so there is no recorded placement to upgrade in. Nothing was changed"
+            )));
+        };
+        let mut req = req.clone();
+        use_placement(&mut req, &pkg.placement)?;
+        tracing::debug!(package = %name, placement = %pkg.placement.describe(), "upgrading in place");
+        Ok(Cow::Owned(req))
+    }
+
     /// Resolves `req.source` to a manifest (checking its signature first,
     /// when asked) and its blobs: a layout's as they are, a registry's
     /// starting to download into the blob cache here, before anything is
@@ -332,6 +388,7 @@ impl Installer {
             planned,
             placement,
             adopt: req.adopt,
+            allow_move: req.move_placement,
             keep_versions: req.keep_versions,
             signed_by: req.verify_key.as_ref().map(|k| k.fingerprint().to_string()),
             managed_by: None,

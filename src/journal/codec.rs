@@ -270,8 +270,8 @@ mod layout_tests {
         assert_eq!(b, want);
     }
 
-    /// Pins `HistoryEntry`'s layout (format 3: one `ChangeSummary` per package;
-    /// format 5: `PlacementRecord::adopted`).
+    /// Pins `HistoryEntry`'s layout (format 3: one `ChangeSummary` per
+    /// package; format 5: `PlacementRecord::adopted`, `ChangeSummary::moved`).
     #[test]
     fn history_entry_bytes_match_the_documentation() {
         use crate::txn::{ChangeSummary, HistoryEntry, Outcome, VersionRecord};
@@ -291,6 +291,7 @@ mod layout_tests {
                 }),
                 new_digest: Some("d".into()),
                 signed_by: Some("k".into()),
+                moved: true,
             }],
             outcome: Outcome::Done,
             error: None,
@@ -316,6 +317,7 @@ mod layout_tests {
         string(&mut want, "d");
         want.push(1); //   signed_by: Some
         string(&mut want, "k");
+        want.push(1); //   moved: true (format 5)
         want.extend(0u32.to_le_bytes()); // outcome: Done
         want.push(0); // error: None
         let crc = crc32fast::hash(&want);
@@ -350,6 +352,7 @@ mod layout_tests {
         want.push(0); // placement.to: None
         want.extend(0u64.to_le_bytes()); // placement.maps: empty
         want.extend([0u8; 4]); // placement.profile, install_dir, db_version, platform: None
+        want.extend(0u64.to_le_bytes()); // placement.adopted: empty (format 5)
         want.extend(0u64.to_le_bytes()); // previous: empty
         want.push(0); // signed_by: None
         want.push(1); // managed_by: Some

@@ -279,6 +279,7 @@ impl Journal {
                     old: c.old.clone(),
                     new_digest: c.new_package.as_ref().map(|p| p.manifest_digest.clone()),
                     signed_by: c.new_package.as_ref().and_then(|p| p.signed_by.clone()),
+                    moved: crate::txn::is_move(c),
                 })
                 .collect(),
             outcome,

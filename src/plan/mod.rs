@@ -112,6 +112,8 @@ pub enum PlanError {
     BadTitle { digest: String, title: String },
     #[error("layer {what} matches no --map and there is no --to DIR to put it in; pass --to DIR or a --map GLOB=DIR that matches it")]
     Unplaced { what: String },
+    #[error("--map {glob:?} matches no file of the artifact ({}); nothing was changed: give a glob that matches one of its files, or leave the --map out", if files.is_empty() { "it has no file layers, only tar layers: use --to DIR".to_string() } else { format!("its files are: {}", files.join(", ")) })]
+    MapMatchesNothing { glob: String, files: Vec<String> },
     #[error("--to {0} receives no layer: every layer was mapped elsewhere")]
     EmptyTo(String),
     #[error("two layers would both be installed at {0}")]
@@ -186,9 +188,23 @@ pub fn place(manifest: &ImageManifest, placement: &Placement) -> Result<Vec<Plan
     for m in &placement.maps {
         abs(&m.dir)?;
     }
+    let uses = layer_uses(manifest)?;
+    let files: Vec<&str> = uses
+        .iter()
+        .filter_map(|(_, u)| match u {
+            LayerUse::File { name, .. } => Some(name.as_str()),
+            LayerUse::Tar { .. } => None,
+        })
+        .collect();
+    if let Some(m) = placement.maps.iter().find(|m| !files.iter().any(|f| m.matches(f))) {
+        return Err(PlanError::MapMatchesNothing {
+            glob: m.glob.clone(),
+            files: files.iter().map(|f| f.to_string()).collect(),
+        });
+    }
     let mut targets = Vec::new();
     let mut to_layers = Vec::new();
-    for (desc, usage) in layer_uses(manifest)? {
+    for (desc, usage) in uses {
         let mapped = match &usage {
             LayerUse::File { name, .. } => placement.maps.iter().find(|m| m.matches(name)).map(|m| m.dir.join(name)),
             LayerUse::Tar { .. } => None,
@@ -295,6 +311,13 @@ mod tests {
         let m = Placement { to: None, maps: vec![MapRule::parse("*=/d").expect("map")] };
         assert_eq!(place(&two, &m), Err(PlanError::Duplicate("/d/f".into())));
         assert!(MapRule::parse("nodir").is_err());
+        let so = Placement { to: Some("/d".into()), maps: vec![MapRule::parse("*.so=/lib").expect("map")] };
+        let files = manifest(vec![layer("a/b", Some("x.control"), 1), layer("a/b", Some("x.sql"), 2)]);
+        assert_eq!(
+            place(&files, &so),
+            Err(PlanError::MapMatchesNothing { glob: "*.so".into(), files: vec!["x.control".into(), "x.sql".into()] })
+        );
+        assert!(matches!(place(&tar, &so), Err(PlanError::MapMatchesNothing { files, .. }) if files.is_empty()));
         let rel = Placement { to: Some("rel".into()), maps: vec![] };
         assert!(matches!(place(&tar, &rel), Err(PlanError::NotAbsolute(_))));
     }

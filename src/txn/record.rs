@@ -292,6 +292,45 @@ impl PlacementRecord {
     pub fn is_adopted(&self) -> bool {
         !self.adopted.is_empty()
     }
+
+    /// True if both place files at the same destinations as asked: the same
+    /// `to`, `maps` (in order), `profile`, `install_dir` and `db_version`.
+    /// The platform picks which layers, not where they go, so it is not
+    /// compared. A new version whose placement is not the same as the
+    /// installed one's moves the package (`install --move`).
+    pub fn same_place(&self, other: &PlacementRecord) -> bool {
+        self.to == other.to
+            && self.maps == other.maps
+            && self.profile == other.profile
+            && self.install_dir == other.install_dir
+            && self.db_version == other.db_version
+    }
+
+    /// The placement as the install flags that ask for it, for messages:
+    /// `--to /opt/a --map '*.so=/opt/lib'`.
+    pub fn describe(&self) -> String {
+        let mut out = Vec::new();
+        if let Some(p) = &self.profile {
+            out.push(format!("--profile {p}"));
+        }
+        if let Some(d) = &self.install_dir {
+            out.push(format!("--install-dir {d}"));
+        }
+        if let Some(v) = &self.db_version {
+            out.push(format!("--db-version {v}"));
+        }
+        if let Some(t) = &self.to {
+            out.push(format!("--to {t}"));
+        }
+        for m in &self.maps {
+            out.push(format!("--map '{m}'"));
+        }
+        if out.is_empty() {
+            "no placement".to_string()
+        } else {
+            out.join(" ")
+        }
+    }
 }
 
 /// An earlier installed version, kept so `rollback` can return to it: an
@@ -382,10 +421,24 @@ pub struct ChangeSummary {
     pub new_digest: Option<String>,
     /// The new version's `PackageRecord::signed_by`.
     pub signed_by: Option<String>,
+    /// The new version was placed elsewhere than the old one (its placement
+    /// is not [`PlacementRecord::same_place`] as the old version's): an
+    /// `install --move`, an apply whose file changed the placement, or a
+    /// rollback to a version placed elsewhere (format 5).
+    pub moved: bool,
 }
 
 impl ChangeSummary {
     pub fn old_digest(&self) -> Option<&str> {
         self.old.as_ref().map(|v| v.manifest_digest.as_str())
+    }
+}
+
+/// True if `change` places its package elsewhere than before: it replaces
+/// an installed version with one whose placement is not the same.
+pub fn is_move(change: &PackageChange) -> bool {
+    match (&change.old, &change.new_package) {
+        (Some(old), Some(new)) => !old.placement.same_place(&new.placement),
+        _ => false,
     }
 }

@@ -200,6 +200,8 @@ impl DesiredSet {
                 placement: Placement { to, maps },
                 name: Some(name.clone()),
                 adopt: spec.adopt,
+                // The file's words name the placement: a changed one moves the package.
+                move_placement: true,
                 profile,
                 registry: source::registry::RegistryOptions {
                     plain_http: spec.plain_http,

@@ -59,13 +59,17 @@ pub enum Confirm<'a> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlannedChange {
     pub name: String,
-    /// "install", "upgrade" (a new digest or placement) or "uninstall".
+    /// "install", "upgrade" (a new digest, same placement), "move" (a new
+    /// placement, and maybe a new digest) or "uninstall".
     pub action: &'static str,
     pub old_digest: Option<String>,
     pub new_digest: Option<String>,
     /// The recorded placement differs from the new one (files move).
     #[serde(skip)]
     pub placement_changed: bool,
+    /// With "move": the old and new targets and placements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<planner::Move>,
 }
 
 impl PlannedChange {
@@ -81,6 +85,15 @@ impl PlannedChange {
                 format!("~ {} {} → {} (new placement)", self.name, d(&self.old_digest), d(&self.new_digest))
             }
             "upgrade" => format!("~ {} {} → {}", self.name, d(&self.old_digest), d(&self.new_digest)),
+            "move" => {
+                let (from, to) = self.moved.as_ref().map(|m| m.paths()).unwrap_or_default();
+                let digests = if self.old_digest == self.new_digest {
+                    String::new()
+                } else {
+                    format!(" ({} → {})", d(&self.old_digest), d(&self.new_digest))
+                };
+                format!("~ {} moved: {} -> {}{digests}", self.name, from.join(", "), to.join(", "))
+            }
             _ => format!("- {}", self.name),
         }
     }
@@ -234,12 +247,18 @@ impl Installer {
                 unchanged.push(p.name.clone());
                 continue;
             }
+            let moved = old.and_then(|o| planner::placement_move(o, &put));
             planned.push(PlannedChange {
                 name: p.name.clone(),
-                action: if old.is_some() { "upgrade" } else { "install" },
+                action: match (old, &moved) {
+                    (None, _) => "install",
+                    (Some(_), Some(_)) => "move",
+                    (Some(_), None) => "upgrade",
+                },
                 old_digest: old.map(|o| o.manifest_digest.clone()),
                 new_digest: Some(put.artifact.manifest_digest.clone()),
                 placement_changed: old.is_some_and(|o| o.placement != put.placement),
+                moved,
             });
             puts.push(ChangeRequest::Put(Box::new(put)));
             to_fetch.push((p, req));
@@ -253,6 +272,7 @@ impl Installer {
                     old_digest: Some(i.manifest_digest.clone()),
                     new_digest: None,
                     placement_changed: false,
+                    moved: None,
                 });
                 removes.push(i.name.clone());
             } else if opts.prune {
@@ -381,6 +401,7 @@ impl Installer {
                             old_digest: Some(n.manifest_digest.clone()),
                             new_digest: None,
                             placement_changed: false,
+                            moved: None,
                         });
                         changes.push(ChangeRequest::Remove { name: c.package.clone() });
                     }
@@ -396,6 +417,7 @@ impl Installer {
                         old_digest: now.map(|n| n.manifest_digest.clone()),
                         new_digest: Some(v.manifest_digest.clone()),
                         placement_changed: now.is_some_and(|n| n.placement != v.placement),
+                        moved: None,
                     });
                     changes.push(ChangeRequest::Put(Box::new(put)));
                 }
@@ -454,6 +476,7 @@ mod tests {
             old_digest: old.map(String::from),
             new_digest: new.map(String::from),
             placement_changed: moved,
+            moved: None,
         }
     }
 
