@@ -357,7 +357,8 @@ fn an_upgrade_that_adopts_needs_room_to_keep_the_capture() {
     let map = format!("*.so={}", sb.dest.join("lib").display());
     let v2 = demo_source("v2");
     let up = |extra: &[&str]| {
-        let mut a = vec!["install", &v2, "--to", app.to_str().unwrap(), "--map", &map, "--adopt"];
+        // Adding a --map changes the recorded placement: that needs --move.
+        let mut a = vec!["install", &v2, "--to", app.to_str().unwrap(), "--map", &map, "--adopt", "--move"];
         a.extend(["--name", NAME]);
         a.extend(extra);
         sb.run(&a)

@@ -323,7 +323,10 @@ fn apply_shows_a_changed_placement_as_a_move() {
         human.describe()
     );
     assert!(sb.world() == before, "a dry run changed DEST");
-    apply(&[]).ok();
+    // A move is confirmed: without a terminal it needs --yes.
+    apply(&[]).fails_with(&["--yes", "Nothing was changed"]);
+    assert!(sb.world() == before, "a refused move changed DEST");
+    apply(&["--yes"]).ok();
     assert!(!sb.dest.join("a/app").exists() && sb.dest.join("b/app").is_dir(), "the apply did not move demo");
     let h = history(&sb);
     assert_eq!(h.last().map(|r| r["op"].clone()), Some("move".into()), "{h:?}");
