@@ -373,3 +373,30 @@ fn an_upgrade_that_adopts_needs_room_to_keep_the_capture() {
     sb.run(&["rollback", NAME, "--to", &kept[1].0]).ok();
     assert_exact(&so, &before, "rollback --to the capture");
 }
+
+/// Adopting, and rolling back to what was adopted, moves nothing: neither
+/// is reported as a move, and installing at the same place over the
+/// restored content needs no `--move` (another place still does).
+#[test]
+fn adopting_and_returning_to_the_capture_is_not_a_move() {
+    let sb = Sandbox::new();
+    let app = sb.dest.join("app");
+    user_tree(&app);
+    let v1 = demo_source("v1");
+    let run = adopt_to(&sb, &v1, &app, &[]);
+    run.ok();
+    assert!(!run.stdout.contains("moved"), "an adopt is not a move:\n{}", run.describe());
+    let run = sb.run(&["rollback", NAME]);
+    run.ok();
+    assert!(!run.stdout.contains("moved"), "a rollback to the capture is not a move:\n{}", run.describe());
+    let history = sb.run(&["history", NAME, "--json"]).ok().json();
+    let moved: Vec<bool> = history.as_array().unwrap().iter().map(|h| h["moved"] == true).collect();
+    assert_eq!(moved, vec![false, false], "{history}");
+    // No placement flags: the capture records none, so say what to give.
+    sb.run(&["install", &demo_source("v2"), "--name", NAME]).fails_with(&["--to", "Nothing was changed"]);
+    let elsewhere = sb.dest.join("elsewhere");
+    sb.run(&["install", &demo_source("v2"), "--name", NAME, "--to", elsewhere.to_str().unwrap()])
+        .fails_with(&["--move"]);
+    sb.run(&["install", &demo_source("v2"), "--name", NAME, "--to", app.to_str().unwrap()]).ok();
+    assert_eq!(sb.listed(NAME).unwrap().digest, demo_digest("v2"));
+}

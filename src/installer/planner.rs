@@ -99,6 +99,11 @@ pub fn placement_move(old: &PackageRecord, req: &PutRequest) -> Option<Move> {
     new_targets.sort();
     let mut old_targets: Vec<String> = old.targets.iter().map(|t| t.path.clone()).collect();
     old_targets.sort();
+    // Content kept by `--adopt` records the paths it was captured from, not
+    // the flags: the same paths again are no move.
+    if old.placement.is_adopted() && old_targets == new_targets {
+        return None;
+    }
     Some(Move { old_targets, new_targets, old_placement: old.placement.clone(), new_placement: req.placement.clone() })
 }
 

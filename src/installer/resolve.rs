@@ -268,6 +268,14 @@ impl Installer {
                  named {name:?} is installed, so there is no recorded placement to upgrade in. Nothing was changed"
             )));
         };
+        if pkg.placement.is_adopted() {
+            return Err(Error::Usage(format!(
+                "{name:?} holds the content --adopt kept ({}), which records no --to or --map: give the placement \
+                 flags to install over it (for its kept artifact version, `stagehand rollback {name}`). Nothing \
+                 was changed",
+                pkg.source
+            )));
+        }
         let mut req = req.clone();
         use_placement(&mut req, &pkg.placement)?;
         tracing::debug!(package = %name, placement = %pkg.placement.describe(), "upgrading in place");

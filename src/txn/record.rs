@@ -438,6 +438,9 @@ impl ChangeSummary {
 /// an installed version with one whose placement is not the same.
 pub fn is_move(change: &PackageChange) -> bool {
     match (&change.old, &change.new_package) {
+        // Content captured by `--adopt` sits at exactly the paths it was
+        // captured from: installing over it, or rolling back to it, moves nothing.
+        (Some(old), Some(new)) if old.is_adopted() || new.placement.is_adopted() => false,
         (Some(old), Some(new)) => !old.placement.same_place(&new.placement),
         _ => false,
     }
