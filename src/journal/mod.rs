@@ -179,8 +179,6 @@ impl Drop for CloseMark {
             return;
         }
         let done = clean::fingerprint(&self.dir).and_then(|fp| match fp {
-            // sled rewrote the same bytes (an idle command): nothing to do.
-            Some(fp) if clean::matches(&self.dir, &fp) => Ok(()),
             Some(fp) => clean::write(&self.dir, &fp),
             None => Ok(()),
         });
@@ -375,12 +373,11 @@ impl Journal {
     pub fn write_txn(&self, rec: &TxnRecord, what: &str) -> Result<()> {
         let bytes = codec::encode(RecordKind::Txn, rec).map_err(JournalError::Encode)?;
         // Where its staging and backup paths go is on disk before they can be.
-        let parents = rec.targets.iter().flat_map(|t| [&t.staging, &t.backup]).filter_map(|p| {
-            Path::new(p).parent().and_then(Path::to_str).filter(|d| !d.is_empty()).map(str::to_string)
-        });
-        self.places
-            .note(parents)
-            .map_err(|source| JournalError::Places { path: places::path(&self.dir), source })?;
+        let parents =
+            rec.targets.iter().flat_map(|t| [&t.staging, &t.backup]).filter_map(|p| {
+                Path::new(p).parent().and_then(Path::to_str).filter(|d| !d.is_empty()).map(str::to_string)
+            });
+        self.places.note(parents).map_err(|source| JournalError::Places { path: places::path(&self.dir), source })?;
         point(&format!("journal.{what}"))?;
         self.txns.insert(txn_key(rec.id), bytes)?;
         point(&format!("journal.{what}.flush"))?;
@@ -674,6 +671,9 @@ mod tests {
             j.meta.insert("format", &[FORMAT_VERSION - 1]).expect("insert");
             j.db.flush().expect("flush");
         }
+        // As an older stagehand leaves it: no clean-close mark.
+        std::fs::remove_file(clean::path(&path)).expect("remove the mark");
+        let db = std::fs::read(path.join("db")).expect("read db");
         match Journal::open(&path) {
             Err(e @ JournalError::OlderFormat { .. }) => {
                 let msg = e.to_string();
@@ -681,7 +681,8 @@ mod tests {
             }
             other => panic!("expected OlderFormat, got {:?}", other.map(|_| ())),
         }
-        // Still refused the second time: nothing was rewritten.
+        // Still refused the second time: nothing was rewritten, not even by sled.
         assert!(matches!(Journal::open(&path), Err(JournalError::OlderFormat { .. })));
+        assert!(std::fs::read(path.join("db")).expect("read db") == db, "a refused journal was changed");
     }
 }

@@ -135,8 +135,7 @@ pub fn survey(journal_dir: &Path) -> io::Result<Survey> {
             dirs.insert(parent.to_path_buf());
         }
     }
-    let mut found: BTreeSet<String> =
-        named.iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).cloned().collect();
+    let mut found: BTreeSet<String> = named.iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).cloned().collect();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for e in entries.flatten() {
@@ -183,12 +182,7 @@ pub fn set_aside(journal_dir: &Path, suffix: &str, survey: &Survey) -> io::Resul
         moved.push((from.display().to_string(), to.display().to_string()));
     }
     let max_txn = survey.named.iter().chain(survey.found.iter()).filter_map(|p| txn_id_of(p)).max().unwrap_or(0);
-    Ok(SetAside {
-        moved,
-        stagehand_paths: survey.found.iter().cloned().collect(),
-        named: survey.named.len(),
-        max_txn,
-    })
+    Ok(SetAside { moved, stagehand_paths: survey.found.iter().cloned().collect(), named: survey.named.len(), max_txn })
 }
 
 #[cfg(test)]
