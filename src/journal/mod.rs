@@ -305,6 +305,15 @@ impl Journal {
             }
             Some(v) => return Err(JournalError::NewerFormat { found: v.first().copied().unwrap_or(0) }),
             None => {
+                // A new journal (the first, or one after a set-aside, even
+                // one killed before it raised the counter) starts past every
+                // staging or backup name on disk in the places, so it never
+                // reuses one; the counter goes first, so a journal with its
+                // format has it too.
+                let max = if scratch { 0 } else { salvage::max_txn_in_places(dir) };
+                if max > 0 {
+                    j.meta.insert("next_txn", &max.to_be_bytes())?;
+                }
                 j.meta.insert("format", &[FORMAT_VERSION])?;
                 j.flush("format")?;
             }

@@ -147,6 +147,23 @@ pub fn survey(journal_dir: &Path) -> io::Result<Survey> {
     Ok(Survey { named, found })
 }
 
+/// The highest transaction id in a `.stagehand-` name in the directories
+/// the places file beside `journal_dir` lists (0 if none): where a new
+/// journal starts counting, even one whose set-aside was killed before it
+/// raised the counter.
+pub fn max_txn_in_places(journal_dir: &Path) -> u64 {
+    let mut max = 0;
+    for dir in super::places::read(&super::places::path(journal_dir)) {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if let Some(id) = e.file_name().to_str().and_then(txn_id_of) {
+                max = max.max(id);
+            }
+        }
+    }
+    max
+}
+
 /// What [`set_aside`] did and found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SetAside {
@@ -168,16 +185,22 @@ pub fn set_aside(journal_dir: &Path, suffix: &str, survey: &Survey) -> io::Resul
     let mut moved = Vec::new();
     // The file lists go with the journal that names them: a fresh journal
     // names none and would collect them as garbage.
-    for from in [journal_dir.to_path_buf(), super::seal::path(journal_dir), super::filelist::root(journal_dir)] {
+    let froms = [journal_dir.to_path_buf(), super::seal::path(journal_dir), super::filelist::root(journal_dir)];
+    let aside = |from: &Path, n: u32| {
+        let mut to = from.as_os_str().to_os_string();
+        to.push(if n == 0 { format!(".damaged-{suffix}") } else { format!(".damaged-{suffix}-{n}") });
+        PathBuf::from(to)
+    };
+    // A name no earlier set-aside took (one in the same second, or one a
+    // kill interrupted, keeps its own).
+    let n = (0..1000)
+        .find(|&n| froms.iter().all(|f| std::fs::symlink_metadata(aside(f, n)).is_err()))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::AlreadyExists, format!("no free .damaged-{suffix}-N name")))?;
+    for from in froms {
         if std::fs::symlink_metadata(&from).is_err() {
             continue;
         }
-        let mut to = from.clone().into_os_string();
-        to.push(format!(".damaged-{suffix}"));
-        let to = PathBuf::from(to);
-        if to.exists() {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} already exists", to.display())));
-        }
+        let to = aside(&from, n);
         fsops::rename(&from, &to, "journal_aside")?;
         moved.push((from.display().to_string(), to.display().to_string()));
     }
