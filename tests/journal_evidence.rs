@@ -227,3 +227,25 @@ fn set_aside_killed_at_each_point_loses_nothing() {
     }
     println!("set-aside killed at {} points: nothing lost", points.len());
 }
+
+/// A full disk while copying the journal to check it is not damage: after a
+/// kill (so the next open checks a copy), ENOSPC injected into the copy
+/// makes `status` fail cleanly (exit 1, not 6, no set-aside hint) and
+/// `repair --set-aside-journal` refuse, moving nothing; without the fault
+/// both the journal and the kill's staging paths are recovered as usual.
+#[test]
+fn a_full_disk_while_probing_is_not_damage() {
+    let (sb, _staged) = killed_upgrade();
+    let before = journal_hashes(&sb);
+    let enospc = [("STAGEHAND_FAIL_AT", std::ffi::OsStr::new("fsops.copy.journal_probe:2=ENOSPC"))];
+    let st = sb.run_env(&["status"], &enospc);
+    assert_eq!(st.code, Some(1), "{}", st.describe());
+    assert!(!st.stderr.contains("set-aside"), "{}", st.describe());
+    let aside = sb.run_env(&["repair", "--set-aside-journal"], &enospc);
+    assert_eq!(aside.code, Some(1), "set-aside of a good journal on a full disk:\n{}", aside.describe());
+    assert!(sb.state.join("journal/db").exists(), "the journal was moved aside");
+    let now = journal_hashes(&sb);
+    assert!(now == before, "the journal changed:\n{}", tree_diff(&now, &before, 20));
+    sb.run(&["status"]).ok();
+    assert!(sb.leftovers().is_empty(), "recovery left {:?}", sb.leftovers());
+}

@@ -47,6 +47,8 @@ pub use codec::MAX_RECORD_BYTES;
 pub enum JournalError {
     #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, `stagehand repair --set-aside-journal` moves it, the journal.seal and the filelists directory beside it aside (deleting nothing) and lists the staging and backup paths it names; installed files are left as they are, but stagehand then forgets what it installed")]
     Open { path: PathBuf, source: sled::Error },
+    #[error("cannot check a copy of the journal at {path} before opening it ({copy}): {source}. The journal was not opened and nothing was changed; fix the cause (a full disk, permissions) and rerun")]
+    Probe { path: PathBuf, copy: PathBuf, source: std::io::Error },
     #[error("the journal at {path} is locked by {} although the state-dir lock is free (a stagehand process still exiting, or a child it forked); waited {waited_ms} ms. The journal is not damaged and nothing was changed: wait for that process to end and rerun", holder_text(pids))]
     SledLocked { path: PathBuf, pids: Vec<u32>, waited_ms: u64 },
     #[error("{source}\nWhile refusing it, sled rewrote part of the journal's files at {path} (it does so at every open); copy the state dir aside before trying anything else")]

@@ -39,9 +39,14 @@ pub fn path(journal_dir: &Path) -> PathBuf {
 /// journal would give; the real journal is untouched either way.
 pub fn check(journal_dir: &Path) -> Result<()> {
     let copy = path(journal_dir);
-    let prep = |source: io::Error| JournalError::Prepare { path: journal_dir.to_path_buf(), source };
-    fsops::remove_tree(&copy, ROLE).map_err(prep)?;
-    copy_dir(journal_dir, &copy).map_err(prep)?;
+    // Failing to make or check the copy says nothing about the journal (a
+    // full disk must not look like damage, nor lead to a set-aside).
+    let probe = |source: io::Error| JournalError::Probe { path: journal_dir.to_path_buf(), copy: copy.clone(), source };
+    fsops::remove_tree(&copy, ROLE).map_err(probe)?;
+    if let Err(e) = copy_dir(journal_dir, &copy) {
+        let _ = fsops::remove_tree(&copy, ROLE);
+        return Err(probe(e));
+    }
     let verdict = Journal::open_here(&copy, true).and_then(|j| {
         j.pending()?;
         j.packages()?;
@@ -49,8 +54,19 @@ pub fn check(journal_dir: &Path) -> Result<()> {
     });
     // sled's background threads may hold the copy's files a moment longer;
     // unlinking them under it is harmless.
-    fsops::remove_tree(&copy, ROLE).map_err(prep)?;
-    verdict.map_err(|e| e.for_path(journal_dir))
+    fsops::remove_tree(&copy, ROLE).map_err(probe)?;
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(JournalError::Prepare { source, .. }) => Err(probe(source)),
+        Err(JournalError::Open { source: sled::Error::Io(e), .. }) if is_resource(&e) => Err(probe(e)),
+        Err(e) => Err(e.for_path(journal_dir)),
+    }
+}
+
+/// An I/O error about the copy's place, not the journal's bytes.
+fn is_resource(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(e.kind(), StorageFull | QuotaExceeded | PermissionDenied | ReadOnlyFilesystem | FileTooLarge)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
