@@ -58,7 +58,14 @@ pub fn check(journal_dir: &Path) -> Result<()> {
     match verdict {
         Ok(()) => Ok(()),
         Err(JournalError::Prepare { source, .. }) => Err(probe(source)),
-        Err(JournalError::Open { source: sled::Error::Io(e), .. }) if is_resource(&e) => Err(probe(e)),
+        Err(JournalError::Open { source: sled::Error::Io(e), .. } | JournalError::Storage(sled::Error::Io(e)))
+            if is_resource(&e) =>
+        {
+            Err(probe(e))
+        }
+        // sled opened the copy but cannot read its records (a blob file
+        // missing, a page pointing nowhere): the journal cannot be opened.
+        Err(JournalError::Storage(source)) => Err(JournalError::Open { path: journal_dir.to_path_buf(), source }),
         Err(e) => Err(e.for_path(journal_dir)),
     }
 }
