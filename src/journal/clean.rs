@@ -27,6 +27,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::fsops;
 
@@ -111,6 +112,47 @@ pub fn write(journal_dir: &Path, fp: &str) -> io::Result<()> {
     fsops::remove_tree(&tmp, "journal_clean")?;
     fsops::write_file(&tmp, &mut render(fp).as_bytes(), 0o600, "journal_clean")?;
     fsops::rename_no_sync(&tmp, &path(journal_dir), "journal_clean")
+}
+
+/// Writes the clean-close mark when dropped: declared last in
+/// [`super::Journal`], so it drops after sled's handles. Not for a scratch
+/// copy, nor after a write failed.
+pub(super) struct CloseMark {
+    dir: PathBuf,
+    enabled: bool,
+    healthy: AtomicBool,
+}
+
+impl CloseMark {
+    pub(super) fn new(journal_dir: &Path, enabled: bool) -> CloseMark {
+        CloseMark { dir: journal_dir.to_path_buf(), enabled, healthy: AtomicBool::new(true) }
+    }
+
+    /// A write failed: write no mark at close (the next open checks a copy).
+    pub(super) fn spoil(&self) {
+        self.healthy.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CloseMark {
+    fn drop(&mut self) {
+        if !self.enabled || !self.healthy.load(Ordering::SeqCst) {
+            return;
+        }
+        // sled's background threads may hold `db` a moment after its last
+        // handle drops, and may still write: mark only once it is closed.
+        let db = self.dir.join("db");
+        if !matches!(super::sledlock::wait_free(&db, std::time::Duration::from_millis(500)), Ok(Ok(()))) {
+            return;
+        }
+        let done = fingerprint(&self.dir).and_then(|fp| match fp {
+            Some(fp) => write(&self.dir, &fp),
+            None => Ok(()),
+        });
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "could not write the journal's clean-close mark; the next open checks a copy");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub enum JournalError {
     Open { path: PathBuf, source: sled::Error },
     #[error("cannot check a copy of the journal at {path} before opening it ({copy}): {source}. The journal was not opened and nothing was changed; fix the cause (a full disk, permissions) and rerun")]
     Probe { path: PathBuf, copy: PathBuf, source: std::io::Error },
-    #[error("the journal at {path} is locked by {} although the state-dir lock is free (a stagehand process still exiting, or a child it forked); waited {waited_ms} ms. The journal is not damaged and nothing was changed: wait for that process to end and rerun", holder_text(pids))]
+    #[error("the journal at {path} is locked by {} although the state-dir lock is free (a stagehand process still exiting, or a child it forked); waited {waited_ms} ms. The journal is not damaged and nothing was changed: wait for that process to end and rerun", sledlock::describe(pids))]
     SledLocked { path: PathBuf, pids: Vec<u32>, waited_ms: u64 },
     #[error("{source}\nWhile refusing it, sled rewrote part of the journal's files at {path} (it does so at every open); copy the state dir aside before trying anything else")]
     Rewritten { path: PathBuf, source: Box<JournalError> },
@@ -79,14 +79,6 @@ pub enum JournalError {
     WriteFileList { path: PathBuf, source: std::io::Error },
     #[error("{package}: {source}. Nothing was changed; `stagehand repair --dry-run` shows the state, and restoring the state dir from a backup (or reinstalling the package) is the fix")]
     FileList { package: String, source: filelist::FileListError },
-}
-
-fn holder_text(pids: &[u32]) -> String {
-    match pids {
-        [] => "another process (not named in /proc/locks)".to_string(),
-        [p] => format!("process {p}"),
-        _ => format!("processes {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")),
-    }
 }
 
 impl JournalError {
@@ -158,36 +150,7 @@ pub struct Journal {
     /// The probe's scratch copy: no clean mark, no power-loss recorder snapshot.
     scratch: bool,
     /// Declared last, so it drops after sled's handles above.
-    close: CloseMark,
-}
-
-/// Writes the clean-close mark when dropped (after the sled handles declared
-/// before it in [`Journal`]), unless a write failed or this is a scratch copy.
-struct CloseMark {
-    dir: PathBuf,
-    enabled: bool,
-    healthy: std::sync::atomic::AtomicBool,
-}
-
-impl Drop for CloseMark {
-    fn drop(&mut self) {
-        if !self.enabled || !self.healthy.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        // sled's background threads may hold `db` a moment after its last
-        // handle drops, and may still write: mark only once it is closed.
-        let db = self.dir.join("db");
-        if !matches!(sledlock::wait_free(&db, std::time::Duration::from_millis(500)), Ok(Ok(()))) {
-            return;
-        }
-        let done = clean::fingerprint(&self.dir).and_then(|fp| match fp {
-            Some(fp) => clean::write(&self.dir, &fp),
-            None => Ok(()),
-        });
-        if let Err(e) = done {
-            tracing::debug!(error = %e, "could not write the journal's clean-close mark; the next open checks a copy");
-        }
-    }
+    close: clean::CloseMark,
 }
 
 fn txn_key(id: TxnId) -> [u8; 8] {
@@ -294,11 +257,7 @@ impl Journal {
             filelists: filelist::root(dir),
             places: places::Places::new(dir),
             scratch,
-            close: CloseMark {
-                dir: dir.to_path_buf(),
-                enabled: !scratch,
-                healthy: std::sync::atomic::AtomicBool::new(true),
-            },
+            close: clean::CloseMark::new(dir, !scratch),
         };
         match j.meta.get("format")? {
             Some(v) if v.first() == Some(&FORMAT_VERSION) => {}
@@ -508,7 +467,7 @@ impl Journal {
     fn flush(&self, what: &str) -> Result<()> {
         let r = self.flush_inner(what);
         if r.is_err() {
-            self.close.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+            self.close.spoil();
         }
         r
     }

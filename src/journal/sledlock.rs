@@ -56,6 +56,15 @@ pub fn wait_free(db: &Path, timeout: Duration) -> io::Result<Result<(), Vec<u32>
     }
 }
 
+/// The holders, for a message.
+pub fn describe(pids: &[u32]) -> String {
+    match pids {
+        [] => "another process (not named in /proc/locks)".to_string(),
+        [p] => format!("process {p}"),
+        _ => format!("processes {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")),
+    }
+}
+
 /// The pids `/proc/locks` shows holding a lock on (`dev`, `ino`); waiters
 /// (`->` lines) are not holders. Lines look like
 /// `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF` (device as hex
