@@ -112,6 +112,11 @@ fn parse_ops(path: &Path) -> Vec<Op> {
         // leftovers we fix before opening) are outside the model too: the
         // journal is the copy taken after our fsyncs of them completed.
         .filter(|l| !l.contains("/state/journal/") && !l.contains("/state/journal\""))
+        // The probe's scratch copy of the journal (opened instead of the
+        // journal after an unclean stop, removed before the open returns)
+        // and the clean-close mark (no fsync by design: losing it only
+        // costs the next open a copy) are outside the model too.
+        .filter(|l| !l.contains("/state/journal.probe") && !l.contains("journal.clean"))
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("bad op line {l}: {e}"));
             let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("op line without {k}: {l}")).to_string();
@@ -239,6 +244,9 @@ fn unmodelled(rel: &Path) -> bool {
         || rel == Path::new("state/lock")
         || rel == Path::new("state/journal.seal")
         || rel == Path::new("state/.journal.seal.stagehand-tmp")
+        || rel == Path::new("state/journal.clean")
+        || rel == Path::new("state/.journal.clean.stagehand-tmp")
+        || rel == Path::new("state/journal.probe")
 }
 
 /// Loads the real tree at `root` into a fresh model; returns the model and

@@ -260,6 +260,19 @@ pub fn hard_link(original: &Path, path: &Path, role: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Copies the regular file `from` to a new `to`, with no fsync: for scratch
+/// copies that are thrown away (the journal's probe copy), never for
+/// content anything relies on after a crash.
+pub fn copy_file(from: &Path, to: &Path, role: &str) -> io::Result<u64> {
+    point("copy", role)?;
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(with_path(io::Error::from(io::ErrorKind::AlreadyExists), "copy to", to));
+    }
+    let n = fs::copy(from, to).map_err(|e| with_path(e, &format!("copy {} to", from.display()), to))?;
+    rec(|| json!({"op": "copy_file", "from": p2s(from), "to": p2s(to)}));
+    Ok(n)
+}
+
 /// Renames `from` to `to` (same directory or same filesystem) and fsyncs the
 /// parent directories of both.
 pub fn rename(from: &Path, to: &Path, role: &str) -> io::Result<()> {

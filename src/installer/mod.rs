@@ -81,6 +81,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Locked { .. } => 4,
+            // sled's own lock held by a straggler: not damage.
+            Error::Journal(j) if j.is_locked() => 4,
             Error::RecoveryRefused { .. } => 5,
             Error::Journal(j) if j.is_unopenable() => EXIT_JOURNAL_UNOPENABLE,
             Error::Interrupted => interrupt::EXIT_INTERRUPTED,
@@ -248,15 +250,21 @@ fn lock_state_dir(state_dir: &Path, opts: &OpenOptions) -> Result<lock::StateLoc
 }
 
 /// `repair --set-aside-journal`: under the lock, and only if the journal
-/// cannot be opened, renames it and its seal to `*.damaged-<unix time>`
-/// (deleting nothing), reports the `.stagehand-` paths it names that exist
-/// on disk (left for the user to inspect), and opens a fresh journal whose
-/// transaction counter starts past every id those names carry.
+/// cannot be opened (proven on a copy: the journal itself is never opened),
+/// renames it and its seal to `*.damaged-<unix time>` (deleting nothing),
+/// reports the `.stagehand-` paths of the old journal that exist on disk
+/// (found before anything opened sled, and without needing the journal's
+/// bytes: see `journal::salvage::survey`), left for the user to inspect,
+/// and opens a fresh journal whose transaction counter starts past every id
+/// those names carry.
 pub fn set_aside_journal(state_dir: &Path, opts: &OpenOptions) -> Result<crate::journal::salvage::SetAside> {
     let _lock = lock_state_dir(state_dir, opts)?;
     let dir = state_dir.join("journal");
-    match Journal::open(&dir) {
-        Ok(_) => {
+    Journal::wait_for_sled_lock(&dir)?;
+    let survey = crate::journal::salvage::survey(&dir)
+        .map_err(io(format!("scanning the journal {} and the places it names", dir.display())))?;
+    match Journal::probe(&dir) {
+        Ok(()) => {
             return Err(Error::Refused(format!(
                 "the journal at {} opens; there is nothing to set aside. Nothing was changed; `stagehand repair` finishes or undoes what is pending",
                 dir.display()
@@ -266,7 +274,7 @@ pub fn set_aside_journal(state_dir: &Path, opts: &OpenOptions) -> Result<crate::
         Err(e) => return Err(e.into()),
     }
     let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let report = crate::journal::salvage::set_aside(&dir, &suffix.to_string())
+    let report = crate::journal::salvage::set_aside(&dir, &suffix.to_string(), &survey)
         .map_err(io(format!("setting the journal {} aside", dir.display())))?;
     let fresh = Journal::open(&dir)?;
     fresh.raise_txn_counter(report.max_txn)?;

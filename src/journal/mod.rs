@@ -12,14 +12,24 @@
 //! its directory, [`leftovers`] clears what a kill leaves that sled
 //! mishandles.
 //!
+//! A journal that cannot be opened is evidence and keeps every byte: sled
+//! writes to its files at every open, also one it then refuses, so unless
+//! they are exactly as the last clean close left them ([`clean`]), a copy
+//! is opened and checked first ([`probe`]). sled's own lock on `db` is told
+//! apart from damage ([`sledlock`]).
+//!
 //! Callers must hold the state-dir lock before [`Journal::open`]: sled takes
 //! an exclusive lock of its own and a second opener would fail obscurely.
 
+pub mod clean;
 pub mod codec;
 pub mod filelist;
 pub mod leftovers;
+pub mod places;
+pub mod probe;
 pub mod salvage;
 pub mod seal;
+pub mod sledlock;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,6 +47,12 @@ pub use codec::MAX_RECORD_BYTES;
 pub enum JournalError {
     #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, `stagehand repair --set-aside-journal` moves it, the journal.seal and the filelists directory beside it aside (deleting nothing) and lists the staging and backup paths it names; installed files are left as they are, but stagehand then forgets what it installed")]
     Open { path: PathBuf, source: sled::Error },
+    #[error("cannot check a copy of the journal at {path} before opening it ({copy}): {source}. The journal was not opened and nothing was changed; fix the cause (a full disk, permissions) and rerun")]
+    Probe { path: PathBuf, copy: PathBuf, source: std::io::Error },
+    #[error("the journal at {path} is locked by {} although the state-dir lock is free (a stagehand process still exiting, or a child it forked); waited {waited_ms} ms. The journal is not damaged and nothing was changed: wait for that process to end and rerun", sledlock::describe(pids))]
+    SledLocked { path: PathBuf, pids: Vec<u32>, waited_ms: u64 },
+    #[error("{source}\nWhile refusing it, sled rewrote part of the journal's files at {path} (it does so at every open); copy the state dir aside before trying anything else")]
+    Rewritten { path: PathBuf, source: Box<JournalError> },
     #[error("journal record {key} is corrupt: {reason}. Nothing was changed or deleted; `stagehand journal` shows the records, and restoring the state dir from a backup is the safe fix")]
     Corrupt { key: String, reason: DecodeError },
     #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
@@ -57,6 +73,8 @@ pub enum JournalError {
     Injected { point: String, source: std::io::Error },
     #[error("cannot encode a journal record: {0}")]
     Encode(String),
+    #[error("cannot record where staging paths go, in {path}: {source}. Nothing of the transaction was written; fix the cause (permissions, a full disk) and rerun")]
+    Places { path: PathBuf, source: std::io::Error },
     #[error("cannot write the file lists under {path}: {source}")]
     WriteFileList { path: PathBuf, source: std::io::Error },
     #[error("{package}: {source}. Nothing was changed; `stagehand repair --dry-run` shows the state, and restoring the state dir from a backup (or reinstalling the package) is the fix")]
@@ -65,15 +83,37 @@ pub enum JournalError {
 
 impl JournalError {
     /// True when the journal as a whole cannot be opened (as opposed to one
-    /// record or one write failing): `repair --set-aside-journal` applies.
+    /// record or one write failing, or sled's lock being held):
+    /// `repair --set-aside-journal` applies.
     pub fn is_unopenable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             JournalError::Open { .. }
-                | JournalError::Prepare { .. }
-                | JournalError::BehindSeal { .. }
-                | JournalError::BadSeal { .. }
-        )
+            | JournalError::Prepare { .. }
+            | JournalError::BehindSeal { .. }
+            | JournalError::BadSeal { .. } => true,
+            JournalError::Rewritten { source, .. } => source.is_unopenable(),
+            _ => false,
+        }
+    }
+
+    /// True when sled's own lock on `db` is held by another process.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, JournalError::SledLocked { .. })
+    }
+
+    /// The same error naming `real` where it names the journal directory
+    /// (errors of the probe copy name the copy).
+    fn for_path(self, real: &Path) -> Self {
+        let real = real.to_path_buf();
+        match self {
+            JournalError::Open { source, .. } => JournalError::Open { path: real, source },
+            JournalError::OlderFormat { found, .. } => JournalError::OlderFormat { path: real, found },
+            JournalError::BehindSeal { path_seal, detail, .. } => {
+                JournalError::BehindSeal { path: real, path_seal, detail }
+            }
+            JournalError::Prepare { source, .. } => JournalError::Prepare { path: real, source },
+            other => other,
+        }
     }
 }
 
@@ -91,7 +131,8 @@ impl From<sled::transaction::TransactionError<()>> for JournalError {
 
 pub type Result<T> = std::result::Result<T, JournalError>;
 
-/// The open journal. Dropping it closes sled.
+/// The open journal. Dropping it closes sled, then writes the clean-close
+/// mark ([`clean`]).
 pub struct Journal {
     dir: PathBuf,
     db: sled::Db,
@@ -104,6 +145,12 @@ pub struct Journal {
     synced: Mutex<Option<BTreeSet<String>>>,
     /// `STATE/filelists`: see [`filelist`].
     filelists: PathBuf,
+    /// `STATE/places`: see [`places`].
+    places: places::Places,
+    /// The probe's scratch copy: no clean mark, no power-loss recorder snapshot.
+    scratch: bool,
+    /// Declared last, so it drops after sled's handles above.
+    close: clean::CloseMark,
 }
 
 fn txn_key(id: TxnId) -> [u8; 8] {
@@ -125,8 +172,67 @@ fn point(name: &str) -> Result<()> {
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal in `dir`.
+    /// Opens (creating if needed) the journal in `dir`: waits (bounded) for
+    /// a straggler's hold on sled's lock; then, unless sled's files are
+    /// exactly as the last clean close left them, opens and checks a copy
+    /// first ([`probe`]), so a journal that is refused keeps every byte.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::wait_for_sled_lock(dir)?;
+        let prep = |source| JournalError::Prepare { path: dir.to_path_buf(), source };
+        // No `db` yet: nothing to keep, sled creates it.
+        if !dir.join("db").exists() {
+            return Self::open_here(dir, false);
+        }
+        let before = clean::fingerprint(dir).map_err(prep)?;
+        let probed = !before.as_deref().is_some_and(|fp| clean::matches(dir, fp));
+        if probed {
+            probe::check(dir)?;
+        }
+        match Self::open_here(dir, false) {
+            Ok(j) => Ok(j),
+            Err(e) if e.is_locked() => Err(e),
+            Err(e) => {
+                // The copy passed, or the files were as a clean close left
+                // them: say whether this open changed them, and suggest
+                // setting aside only what a copy also fails to open.
+                if before.is_none() || clean::fingerprint(dir).ok().flatten() != before {
+                    return Err(JournalError::Rewritten { path: dir.to_path_buf(), source: Box::new(e) });
+                }
+                if !probed && e.is_unopenable() {
+                    probe::check(dir)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a copy of the journal in `dir` as [`Journal::open`] would and
+    /// never opens the journal itself: `Ok` if it would open.
+    pub fn probe(dir: &Path) -> Result<()> {
+        Self::wait_for_sled_lock(dir)?;
+        if !dir.join("db").exists() {
+            return Ok(());
+        }
+        probe::check(dir)
+    }
+
+    /// Waits up to [`sledlock::WAIT`] for another process's hold on sled's
+    /// lock to go; then refuses, naming it (not damage: exit 4).
+    pub fn wait_for_sled_lock(dir: &Path) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        match sledlock::wait_free(&dir.join("db"), sledlock::WAIT) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(pids)) => Err(JournalError::SledLocked {
+                path: dir.to_path_buf(),
+                pids,
+                waited_ms: t0.elapsed().as_millis() as u64,
+            }),
+            Err(source) => Err(JournalError::Prepare { path: dir.to_path_buf(), source }),
+        }
+    }
+
+    /// Opens the journal in `dir` itself: leftovers, sled, format, seal.
+    fn open_here(dir: &Path, scratch: bool) -> Result<Self> {
         let fixed =
             leftovers::prepare(dir).map_err(|source| JournalError::Prepare { path: dir.to_path_buf(), source })?;
         for what in &fixed {
@@ -149,6 +255,9 @@ impl Journal {
             db,
             synced: Mutex::new(None),
             filelists: filelist::root(dir),
+            places: places::Places::new(dir),
+            scratch,
+            close: clean::CloseMark::new(dir, !scratch),
         };
         match j.meta.get("format")? {
             Some(v) if v.first() == Some(&FORMAT_VERSION) => {}
@@ -157,6 +266,15 @@ impl Journal {
             }
             Some(v) => return Err(JournalError::NewerFormat { found: v.first().copied().unwrap_or(0) }),
             None => {
+                // A new journal (the first, or one after a set-aside, even
+                // one killed before it raised the counter) starts past every
+                // staging or backup name on disk in the places, so it never
+                // reuses one; the counter goes first, so a journal with its
+                // format has it too.
+                let max = if scratch { 0 } else { salvage::max_txn_in_places(dir) };
+                if max > 0 {
+                    j.meta.insert("next_txn", &max.to_be_bytes())?;
+                }
                 j.meta.insert("format", &[FORMAT_VERSION])?;
                 j.flush("format")?;
             }
@@ -224,6 +342,12 @@ impl Journal {
     /// the kill points (`journal.<what>`, `journal.<what>.flush`).
     pub fn write_txn(&self, rec: &TxnRecord, what: &str) -> Result<()> {
         let bytes = codec::encode(RecordKind::Txn, rec).map_err(JournalError::Encode)?;
+        // Where its staging and backup paths go is on disk before they can be.
+        let parents =
+            rec.targets.iter().flat_map(|t| [&t.staging, &t.backup]).filter_map(|p| {
+                Path::new(p).parent().and_then(Path::to_str).filter(|d| !d.is_empty()).map(str::to_string)
+            });
+        self.places.note(parents).map_err(|source| JournalError::Places { path: places::path(&self.dir), source })?;
         point(&format!("journal.{what}"))?;
         self.txns.insert(txn_key(rec.id), bytes)?;
         point(&format!("journal.{what}.flush"))?;
@@ -342,10 +466,18 @@ impl Journal {
     /// Only then the test-only recorder snapshots the durable journal, and
     /// not at all if one of those fsyncs was skipped on purpose.
     fn flush(&self, what: &str) -> Result<()> {
+        let r = self.flush_inner(what);
+        if r.is_err() {
+            self.close.spoil();
+        }
+        r
+    }
+
+    fn flush_inner(&self, what: &str) -> Result<()> {
         self.db.flush()?;
         let skipped = crate::fsops::record::skipped_fsyncs();
         self.sync_files()?;
-        if crate::fsops::record::skipped_fsyncs() == skipped {
+        if !self.scratch && crate::fsops::record::skipped_fsyncs() == skipped {
             crate::fsops::record::journal_flushed(&self.dir, what);
         }
         Ok(())
@@ -510,6 +642,9 @@ mod tests {
             j.meta.insert("format", &[FORMAT_VERSION - 1]).expect("insert");
             j.db.flush().expect("flush");
         }
+        // As an older stagehand leaves it: no clean-close mark.
+        std::fs::remove_file(clean::path(&path)).expect("remove the mark");
+        let db = std::fs::read(path.join("db")).expect("read db");
         match Journal::open(&path) {
             Err(e @ JournalError::OlderFormat { .. }) => {
                 let msg = e.to_string();
@@ -517,7 +652,8 @@ mod tests {
             }
             other => panic!("expected OlderFormat, got {:?}", other.map(|_| ())),
         }
-        // Still refused the second time: nothing was rewritten.
+        // Still refused the second time: nothing was rewritten, not even by sled.
         assert!(matches!(Journal::open(&path), Err(JournalError::OlderFormat { .. })));
+        assert!(std::fs::read(path.join("db")).expect("read db") == db, "a refused journal was changed");
     }
 }
