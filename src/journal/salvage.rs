@@ -86,7 +86,8 @@ pub struct SetAside {
     pub stagehand_paths: Vec<String>,
     /// Every such path the damaged journal names (existing or not).
     pub named: usize,
-    /// The highest transaction id seen in those names (0 if none).
+    /// The highest transaction id seen in those names or vouched for by the
+    /// seal (0 if none): the fresh journal's counter starts past it.
     pub max_txn: u64,
 }
 
@@ -95,6 +96,9 @@ pub struct SetAside {
 /// `.stagehand-` paths the moved journal names. Deletes nothing.
 pub fn set_aside(journal_dir: &Path, suffix: &str) -> io::Result<SetAside> {
     let named = scan_dir(journal_dir)?;
+    // The seal's highest reserved id covers transactions whose names the
+    // damaged bytes lost (a damaged seal vouches for nothing).
+    let sealed = super::seal::read(journal_dir).ok().flatten().map_or(0, |s| s.highest());
     let mut moved = Vec::new();
     // The file lists go with the journal that names them: a fresh journal
     // names none and would collect them as garbage.
@@ -130,7 +134,7 @@ pub fn set_aside(journal_dir: &Path, suffix: &str) -> io::Result<SetAside> {
             }
         }
     }
-    let max_txn = named.iter().chain(found.iter()).filter_map(|p| txn_id_of(p)).max().unwrap_or(0);
+    let max_txn = named.iter().chain(found.iter()).filter_map(|p| txn_id_of(p)).max().unwrap_or(0).max(sealed);
     Ok(SetAside { moved, stagehand_paths: found.into_iter().collect(), named: named.len(), max_txn })
 }
 
