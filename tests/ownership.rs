@@ -85,13 +85,6 @@ fn a_set_aside_journals_leftover_survives_the_next_transactions() {
         .and_then(|r| r.split('.').next())
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("no txn id in {}", at_first[0]));
-    let next_after = rep["next_txn_after"].as_u64().unwrap_or(0);
-    assert!(
-        next_after >= seen_id,
-        "the fresh journal counts from {next_after}, below the interrupted transaction {seen_id} \
-         (the seal was not used):\n{}",
-        aside.describe()
-    );
     // The user reinstalls `other`, then `app`, each over what is on disk.
     sb.run(&install_args(&other_src, &other, true)).ok();
     let again = sb.run(&install_args(&app_src, &app, true));
@@ -100,6 +93,13 @@ fn a_set_aside_journals_leftover_survives_the_next_transactions() {
         !left.is_empty(),
         "0 copies of precious.txt are left after the reinstall:\n{}\nset-aside report: {rep}",
         again.describe()
+    );
+    let next_after = rep["next_txn_after"].as_u64().unwrap_or(0);
+    assert!(
+        next_after >= seen_id,
+        "the fresh journal counts from {next_after}, below the interrupted transaction {seen_id} \
+         (the seal was not used):\n{}",
+        aside.describe()
     );
     // It is where it was (the staging name of the set-aside transaction);
     // the reinstall either used fresh names or refused, naming it.
