@@ -165,8 +165,7 @@ fn without_birth_times_a_users_new_directory_is_not_taken_for_staged_content() {
         println!("SKIPPED (needs root, unprivileged pass): loop-mounted ext4 -I 128");
         return;
     }
-    if !root_or_skip("without_birth_times_a_users_new_directory_is_not_taken_for_staged_content (loop-mounts ext4)")
-    {
+    if !root_or_skip("without_birth_times_a_users_new_directory_is_not_taken_for_staged_content (loop-mounts ext4)") {
         return;
     }
     let tmp = tempdir();
@@ -194,14 +193,23 @@ fn without_birth_times_a_users_new_directory_is_not_taken_for_staged_content() {
     assert!(app.is_dir() && !other.exists(), "app was not swapped first: {:?}", sb.world().keys().collect::<Vec<_>>());
     let staged_tree_ino = ino(&app);
     // The other package's staged tree is lost: rolling forward is impossible.
-    let lost: Vec<PathBuf> = sb.leftovers().iter().filter(|p| p.starts_with(".other.stagehand-") && !p.contains('/')).map(|p| sb.dest.join(p)).collect();
+    let lost: Vec<PathBuf> = sb
+        .leftovers()
+        .iter()
+        .filter(|p| p.starts_with(".other.stagehand-") && !p.contains('/'))
+        .map(|p| sb.dest.join(p))
+        .collect();
     assert_eq!(lost.len(), 1, "{:?}", sb.leftovers());
     fs::remove_dir_all(&lost[0]).unwrap();
     // `repair` rolls back after the commit point, killed before it records that.
     let crash = [("STAGEHAND_CRASH_AT", OsStr::new("journal.rolled_back:1"))];
     let run = sb.run_env(&["repair"], &crash);
     assert!(!run.success(), "the repair was to be killed:\n{}", run.describe());
-    assert!(!app.exists(), "the rollback did not take the new DEST/app away: {:?}", sb.world().keys().collect::<Vec<_>>());
+    assert!(
+        !app.exists(),
+        "the rollback did not take the new DEST/app away: {:?}",
+        sb.world().keys().collect::<Vec<_>>()
+    );
     // The user makes a directory there.
     fs::create_dir(&app).unwrap();
     fs::write(app.join("notes.txt"), PRECIOUS).unwrap();
@@ -215,7 +223,12 @@ fn without_birth_times_a_users_new_directory_is_not_taken_for_staged_content() {
         run.describe()
     );
     run.expect_code(5);
-    assert!(run.stderr.contains(&*app.to_string_lossy()), "the refusal does not name {}:\n{}", app.display(), run.describe());
+    assert!(
+        run.stderr.contains(&*app.to_string_lossy()),
+        "the refusal does not name {}:\n{}",
+        app.display(),
+        run.describe()
+    );
     // Still refused, still there: nothing is guessed on a second look.
     sb.run(&["repair"]).expect_code(5);
     assert_eq!(fs::read(app.join("notes.txt")).unwrap(), PRECIOUS);

@@ -220,8 +220,10 @@ impl Journal {
         let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
         if id > sealed.highest() {
             let reserve = seal::Seal { finished: sealed.finished, reserved: id.saturating_add(seal::RESERVE - 1) };
-            seal::write(&self.dir, reserve)
-                .map_err(|source| JournalError::Sync { point: format!("reserving ids in {}", seal::path(&self.dir).display()), source })?;
+            seal::write(&self.dir, reserve).map_err(|source| JournalError::Sync {
+                point: format!("reserving ids in {}", seal::path(&self.dir).display()),
+                source,
+            })?;
             *sealed = reserve;
         }
         Ok(id)

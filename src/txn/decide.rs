@@ -94,17 +94,21 @@ pub fn decide(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
         Step::Planned | Step::Staged | Step::RollingBack { after_commit: false } => before_commit(rec, observed),
         Step::Committed => match roll_forward(rec, observed).and_then(|s| Ok((s, cleanup(rec, observed, false)?))) {
             Ok((swaps, cleanup)) => RecoveryDecision::RollForward { swaps, cleanup },
-            Err(lost) => match roll_back_after_commit(rec, observed).and_then(|m| Ok((m, cleanup(rec, observed, true)?))) {
-                Ok((moves, cleanup)) => RecoveryDecision::RollBack { after_commit: true, moves, cleanup },
-                Err(why) => RecoveryDecision::Refuse {
-                    reason: format!("cannot roll forward ({lost}) and cannot roll back ({why}); {NOTHING_CHANGED}"),
-                },
-            },
+            Err(lost) => {
+                match roll_back_after_commit(rec, observed).and_then(|m| Ok((m, cleanup(rec, observed, true)?))) {
+                    Ok((moves, cleanup)) => RecoveryDecision::RollBack { after_commit: true, moves, cleanup },
+                    Err(why) => RecoveryDecision::Refuse {
+                        reason: format!("cannot roll forward ({lost}) and cannot roll back ({why}); {NOTHING_CHANGED}"),
+                    },
+                }
+            }
         },
         Step::Cleaning => match roll_forward(rec, observed) {
             Ok(swaps) if swaps.is_empty() => match cleanup(rec, observed, false) {
                 Ok(cleanup) => RecoveryDecision::RollForward { swaps, cleanup },
-                Err(why) => RecoveryDecision::Refuse { reason: format!("cannot finish cleaning up: {why}; {NOTHING_CHANGED}") },
+                Err(why) => {
+                    RecoveryDecision::Refuse { reason: format!("cannot finish cleaning up: {why}; {NOTHING_CHANGED}") }
+                }
             },
             Ok(_) | Err(_) => RecoveryDecision::Refuse {
                 reason: describe_mismatch(rec, observed, "every target was recorded as swapped, but"),
@@ -134,7 +138,10 @@ const NOTHING_CHANGED: &str = "nothing was changed: look at the paths named, mov
 /// directory (or an unhashed file) matches by inode number alone, which
 /// proves nothing once this transaction may itself have freed that inode.
 fn proven(seen: &Identity, rec: &Identity) -> bool {
-    let same_bytes = seen.kind == EntryKind::File && rec.kind == EntryKind::File && seen.sha256.is_some() && seen.sha256 == rec.sha256;
+    let same_bytes = seen.kind == EntryKind::File
+        && rec.kind == EntryKind::File
+        && seen.sha256.is_some()
+        && seen.sha256 == rec.sha256;
     let same_birth = seen.ino == rec.ino && seen.btime.is_some() && seen.btime == rec.btime;
     seen.kind == rec.kind && (same_bytes || same_birth)
 }

@@ -514,7 +514,8 @@ fn rollback_removes_only_what_the_transaction_made() {
             .any(|a| matches!(a, Action::Remove { path } if path == p)),
         RecoveryDecision::Refuse { .. } => false,
     };
-    let refuses_naming = |d: &RecoveryDecision, p: &str| matches!(d, RecoveryDecision::Refuse { reason } if reason.contains(p));
+    let refuses_naming =
+        |d: &RecoveryDecision, p: &str| matches!(d, RecoveryDecision::Refuse { reason } if reason.contains(p));
     // Planned (the staged identity not recorded yet), started at second 50.
     let mut rec = record(Step::Planned, vec![target(0, true, Some(false))]);
     rec.started_at = 50;

@@ -144,7 +144,11 @@ impl Mount {
         fs::create_dir(&probe).unwrap();
         let born = fs::metadata(&probe).unwrap().created();
         fs::remove_dir(&probe).unwrap();
-        assert!(born.is_err(), "ext4 -I 128 at {} reports birth times; the test needs a filesystem without", at.display());
+        assert!(
+            born.is_err(),
+            "ext4 -I 128 at {} reports birth times; the test needs a filesystem without",
+            at.display()
+        );
         m
     }
 
