@@ -154,15 +154,22 @@ fn new_unproven(id: Option<Identity>, t: &TargetPlan) -> bool {
     }
 }
 
+/// How much older than its transaction's start a staging path's birth time
+/// must be to prove it was not made by that transaction.
+const CLOCK_SLACK_SECS: i64 = 2;
+
 /// A partial staging of this transaction: something at a target's staging
 /// path before the commit point, whose staged identity is not recorded yet.
 /// The planner checked that the name was free before the `planned` record,
 /// ids are never reused, and staging creates the name exclusively (mkdir,
 /// `O_EXCL`), so what is there was made by this transaction, unless its
-/// birth time proves it older than the transaction.
+/// birth time proves it older than the transaction (by more than
+/// [`CLOCK_SLACK_SECS`]: `started_at` is whole seconds of the wall clock,
+/// a birth time the filesystem's coarser clock).
 fn partial_staging(rec: &TxnRecord, t: &TargetPlan, id: Option<Identity>) -> bool {
     let unrecorded = t.new.as_ref().is_some_and(|n| n.identity.is_none());
-    let older = id.and_then(|i| i.btime).is_some_and(|b| b.secs < i64::try_from(rec.started_at).unwrap_or(i64::MAX));
+    let started = i64::try_from(rec.started_at).unwrap_or(i64::MAX);
+    let older = id.and_then(|i| i.btime).is_some_and(|b| b.secs.saturating_add(CLOCK_SLACK_SECS) < started);
     unrecorded && !rec.step.is_committed() && !older
 }
 
