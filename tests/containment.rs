@@ -11,6 +11,10 @@
 //!   crosses into another filesystem (root only);
 //! - the state dir on its own filesystem (a tmpfs), the targets on another:
 //!   install, upgrade, uninstall, each verified (root only);
+//! - targets and state dir on a filesystem without birth times (ext4 with
+//!   128-byte inodes, where only inode numbers and digests tell objects
+//!   apart): install, upgrade, rollback, uninstall, each verified, and an
+//!   upgrade killed after its first swap recovered (root only);
 //! - a full disk: an upgrade too big is refused before anything is written,
 //!   and one whose layer expands past its estimate is stopped while staging
 //!   before the disk fills (root only: a loop-mounted ext4).
@@ -198,6 +202,47 @@ fn state_dir_on_another_filesystem() {
     assert!(w == want, "after uninstall:\n{}", tree_diff(&w, &want, 20));
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
     assert!(Path::new(&sb.state).join("journal").exists(), "the journal is not on the tmpfs state dir");
+}
+
+/// Everything on ext4 made with `mkfs.ext4 -I 128`: `statx` reports no
+/// birth time there, so recovery has only inode numbers and digests.
+#[test]
+fn a_filesystem_without_birth_times() {
+    if std::env::var_os("STAGEHAND_TEST_UNPRIVILEGED").is_some() {
+        println!("SKIPPED (needs root, unprivileged pass): a_filesystem_without_birth_times");
+        eprintln!("SKIPPED (needs root, unprivileged pass): a_filesystem_without_birth_times");
+        return;
+    }
+    if !root_or_skip("a_filesystem_without_birth_times (loop-mounts ext4 -I 128)") {
+        return;
+    }
+    let tmp = tempdir();
+    let mnt = tmp.path().join("mnt");
+    let _m = Mount::ext4_without_birth_times(&tmp.path().join("img"), 64, &mnt);
+    let sb = Sandbox::at(mnt.join("sb"));
+    let base = sb.world();
+    let check = |what: &str, ver: Option<&str>| {
+        let w = normalize(&sb.world());
+        let want = normalize(&demo_world(&base, ver));
+        assert!(w == want, "after {what}:\n{}", tree_diff(&w, &want, 20));
+        if ver.is_some() {
+            sb.run(&["verify", DEMO]).ok();
+        }
+        assert!(sb.leftovers().is_empty(), "after {what}: {:?}", sb.leftovers());
+        assert!(pending_of(&sb.status_json()).is_empty(), "after {what}");
+    };
+    sb.install_demo("v1").ok();
+    check("install v1", Some("v1"));
+    // An upgrade killed after its first swap: recovery rolls it forward.
+    let crash = [("STAGEHAND_CRASH_AT", std::ffi::OsStr::new("journal.swapping:2"))];
+    let run = sb.run_env(&sb.install_demo_args("v2"), &crash);
+    assert!(!run.success(), "the upgrade was to be killed:\n{}", run.describe());
+    sb.run(&["repair"]).ok();
+    check("the upgrade to v2, recovered", Some("v2"));
+    sb.run(&["rollback", DEMO]).ok();
+    check("rollback", Some("v1"));
+    sb.run(&["uninstall", DEMO]).ok();
+    check("uninstall", None);
 }
 
 /// Pseudo-random bytes (incompressible), from a fixed seed.

@@ -256,7 +256,7 @@ fn second_process_recovers_first() {
         let commit = pairs.iter().position(|(p, _)| p == "journal.commit").expect("a commit point");
         // Before: the first staging write; after: the first swap.
         let (pt, n) = if before_commit {
-            pairs[..commit].iter().find(|(p, _)| p.starts_with("fsops.write")).expect("a staging write").clone()
+            pairs[..commit].iter().find(|(p, _)| p == "fsops.write.staging").expect("a staging write").clone()
         } else {
             pairs[commit..].iter().find(|(p, _)| p.contains(".swap")).expect("a swap").clone()
         };

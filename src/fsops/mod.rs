@@ -282,6 +282,39 @@ pub fn rename(from: &Path, to: &Path, role: &str) -> io::Result<()> {
     sync_parents(from, to, role)
 }
 
+/// Renames `from` to `to`, which must not exist (`renameat2` with
+/// `RENAME_NOREPLACE`; where the filesystem cannot, an `lstat` of `to`
+/// first), then fsyncs both parents. Recovery and rollback move content to
+/// paths they observed empty: whatever appeared there since is never
+/// replaced, and the error (`AlreadyExists`) names it. Same kill point and
+/// recorded op as [`rename`].
+pub fn rename_new(from: &Path, to: &Path, role: &str) -> io::Result<()> {
+    point("rename", role)?;
+    let cf = CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let ct = CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the call.
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, cf.as_ptr(), libc::AT_FDCWD, ct.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+                if fs::symlink_metadata(to).is_ok() {
+                    return Err(with_path(
+                        io::Error::from(io::ErrorKind::AlreadyExists),
+                        &format!("rename {} to (already exists, not replaced)", from.display()),
+                        to,
+                    ));
+                }
+                fs::rename(from, to).map_err(|e| with_path(e, &format!("rename {} to", from.display()), to))?;
+            }
+            _ => return Err(with_path(err, &format!("rename {} to", from.display()), to)),
+        }
+    }
+    rec(|| json!({"op": "rename", "from": p2s(from), "to": p2s(to)}));
+    sync_parents(from, to, role)
+}
+
 /// Renames `from` to `to` without fsyncing: the caller renames several
 /// names in one directory and then fsyncs it once ([`fsync_dir`]).
 pub fn rename_no_sync(from: &Path, to: &Path, role: &str) -> io::Result<()> {
@@ -555,6 +588,12 @@ mod tests {
         assert_eq!(fs::read(&a).expect("read"), b"world");
         assert_eq!(identity(&b).expect("stat"), Some(ia));
         assert!(write_file(&a, &mut &b"x"[..], 0o644, "test").is_err(), "create_new refuses");
+        // rename_new never replaces what is at its destination.
+        let e = rename_new(&a, &b, "test").expect_err("b exists");
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(fs::read(&b).expect("read"), b"hello", "b is untouched");
+        rename_new(&a, &dir.path().join("c"), "test").expect("rename to a free name");
+        assert!(!a.exists());
     }
 
     #[test]

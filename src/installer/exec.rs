@@ -60,12 +60,13 @@ fn run_action(a: &Action) -> std::io::Result<()> {
         Action::Exchange { a, b, fallback_backup } => {
             let (a, b, fb) = (Path::new(a), Path::new(b), Path::new(fallback_backup));
             if !fsops::exchange(a, b, "swap")? {
-                fsops::rename(b, fb, "backup")?;
-                fsops::rename(a, b, "swap")?;
+                fsops::rename_new(b, fb, "backup")?;
+                fsops::rename_new(a, b, "swap")?;
             }
             Ok(())
         }
-        Action::Rename { from, to } => fsops::rename(Path::new(from), Path::new(to), "move"),
+        // Never over something: `decide` saw `to` empty (or cleared it).
+        Action::Rename { from, to } => fsops::rename_new(Path::new(from), Path::new(to), "move"),
         Action::Remove { path } => fsops::remove_tree(Path::new(path), "cleanup"),
         Action::RemoveEmptyDir { path } => match fsops::remove_empty_dir(Path::new(path), "cleanup") {
             // Something else put files there meanwhile: leave it.

@@ -417,6 +417,7 @@ pub fn plan(
             )));
         }
     }
+    check_names_free(&targets, id)?;
     let space = check_space(state_dir, &changes, adopt_bytes)?;
 
     let mut created_dirs: Vec<String> = created.into_iter().collect();
@@ -550,6 +551,30 @@ fn check_local_files(
         let found = local_files::find(journal, pkg, it, &owned(name))?;
         if !found.is_empty() {
             return Err(local_files::refusal(name, &t.path, &found));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a staging or backup name that is already taken. Recovery and
+/// rollback remove what is at those names as this transaction's own, so a
+/// name is never reused: whatever is there (a set-aside journal's leftover,
+/// say) was not made by this transaction and must not be staged over or
+/// removed. Checked (`lstat`) before the `planned` record is journaled.
+fn check_names_free(targets: &[TargetPlan], id: TxnId) -> Result<()> {
+    for t in targets {
+        for (p, what) in [(&t.staging, "staging"), (&t.backup, "backup")] {
+            let seen = fsops::identity(Path::new(p)).map_err(io(format!("observing {p}")))?;
+            if seen.is_some() {
+                return Err(Error::Refused(format!(
+                    "{p} already exists, but it is the {what} name of this transaction ({id}) for {}: \
+                     stagehand did not make it for this transaction and never reuses or removes it. \
+                     Nothing was changed; look inside it (it may be the only copy of something, left by \
+                     an interrupted transaction of a journal that was set aside), move it away, and run \
+                     the command again",
+                    t.path
+                )));
+            }
         }
     }
     Ok(())

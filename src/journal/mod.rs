@@ -151,6 +151,8 @@ pub struct Journal {
     scratch: bool,
     /// Declared last, so it drops after sled's handles above.
     close: clean::CloseMark,
+    /// The seal as this process last read or wrote it (see [`seal`]).
+    sealed: Mutex<seal::Seal>,
 }
 
 fn txn_key(id: TxnId) -> [u8; 8] {
@@ -258,6 +260,7 @@ impl Journal {
             places: places::Places::new(dir),
             scratch,
             close: clean::CloseMark::new(dir, !scratch),
+            sealed: Mutex::new(seal::Seal::default()),
         };
         match j.meta.get("format")? {
             Some(v) if v.first() == Some(&FORMAT_VERSION) => {}
@@ -288,52 +291,83 @@ impl Journal {
         let sealed =
             seal::read(&self.dir).map_err(|reason| JournalError::BadSeal { path: seal::path(&self.dir), reason })?;
         let Some(sealed) = sealed else { return Ok(()) };
-        let found = self
-            .meta
-            .get("next_txn")?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        *self.sealed.lock().unwrap_or_else(|p| p.into_inner()) = sealed;
+        let finished = sealed.finished;
+        if finished == 0 {
+            // Sealed only to reserve ids: no transaction had finished.
+            return Ok(());
+        }
+        let found = self.counter()?;
         // The sealed txn's history entry was flushed before the seal was
         // written; the counter alone survives a fallback that lost it.
-        let detail = if found < sealed {
-            format!("it knows transactions up to {found}, but transaction {sealed} had finished")
-        } else if !self.history.contains_key(txn_key(sealed))? {
-            format!("transaction {sealed} had finished, but the journal has no record of it")
+        let detail = if found < finished {
+            format!("it knows transactions up to {found}, but transaction {finished} had finished")
+        } else if !self.history.contains_key(txn_key(finished))? {
+            format!("transaction {finished} had finished, but the journal has no record of it")
         } else {
             return Ok(());
         };
         Err(JournalError::BehindSeal { path: self.dir.clone(), path_seal: seal::path(&self.dir), detail })
     }
 
+    /// `meta/next_txn`: the last transaction id handed out (0: none).
+    fn counter(&self) -> Result<TxnId> {
+        Ok(self
+            .meta
+            .get("next_txn")?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
     /// A fresh transaction id: `meta/next_txn`, incremented. The increment
     /// is not flushed on its own: it becomes durable with the txn's
     /// `planned` record, which sled's log always orders after it; an id
     /// whose record never became durable was never used on disk either.
+    /// Before an id above the seal's reserved block is returned, the seal
+    /// reserves the next [`seal::RESERVE`] ids (durably), so the highest id
+    /// ever used survives damage to sled's files; if that write fails, no
+    /// id is returned and nothing is changed on disk.
     pub fn new_txn_id(&self) -> Result<TxnId> {
         let next = self.meta.update_and_fetch("next_txn", |old| {
             let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0);
             Some(n.saturating_add(1).to_be_bytes().to_vec())
         })?;
         let bytes = next.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).unwrap_or([0; 8]);
-        Ok(u64::from_be_bytes(bytes))
+        let id = u64::from_be_bytes(bytes);
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        if id > sealed.highest() {
+            let reserve = seal::Seal { finished: sealed.finished, reserved: id.saturating_add(seal::RESERVE - 1) };
+            seal::write(&self.dir, reserve).map_err(|source| JournalError::Sync {
+                point: format!("reserving ids in {}", seal::path(&self.dir).display()),
+                source,
+            })?;
+            *sealed = reserve;
+        }
+        Ok(id)
     }
 
     /// Raises `meta/next_txn` to at least `min` (durably), so new
     /// transactions never reuse a staging or backup name a journal that was
-    /// set aside may still have on disk.
+    /// set aside may still have on disk. The seal then vouches for `min`
+    /// too, so even this journal's loss cannot take the counter back.
+    /// Never lowers the counter.
     pub fn raise_txn_counter(&self, min: TxnId) -> Result<()> {
-        let cur = self
-            .meta
-            .get("next_txn")?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let cur = self.counter()?;
         if cur < min {
             point("journal.counter")?;
             self.meta.insert("next_txn", &min.to_be_bytes())?;
             point("journal.counter.flush")?;
             self.flush("counter")?;
+        }
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        if min > sealed.highest() {
+            let next = seal::Seal { finished: sealed.finished, reserved: min };
+            seal::write(&self.dir, next).map_err(|source| JournalError::Sync {
+                point: format!("sealing the transaction counter in {}", seal::path(&self.dir).display()),
+                source,
+            })?;
+            *sealed = next;
         }
         Ok(())
     }
@@ -441,8 +475,13 @@ impl Journal {
         self.flush(if completed { "done" } else { "rolled_back" })?;
         // Only after the flush: the seal must never be ahead of the journal.
         // Failing to advance it leaves it behind, which is safe: warn only.
-        if let Err(e) = seal::write(&self.dir, rec.id) {
-            tracing::warn!(error = %e, "could not advance the journal seal");
+        {
+            let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+            let next = seal::Seal { finished: rec.id.max(sealed.finished), reserved: sealed.highest().max(rec.id) };
+            match seal::write(&self.dir, next) {
+                Ok(()) => *sealed = next,
+                Err(e) => tracing::warn!(error = %e, "could not advance the journal seal"),
+            }
         }
         // Only after the flush too: no durable record may name a removed list.
         // Failing here changes nothing the transaction did: warn only.

@@ -173,7 +173,8 @@ pub struct SetAside {
     pub stagehand_paths: Vec<String>,
     /// Every such path the damaged journal names (existing or not).
     pub named: usize,
-    /// The highest transaction id seen in those names (0 if none).
+    /// The highest transaction id seen in those names or vouched for by the
+    /// seal (0 if none): the fresh journal's counter starts past it.
     pub max_txn: u64,
 }
 
@@ -182,6 +183,9 @@ pub struct SetAside {
 /// what `survey` (taken before anything opened the journal) found.
 /// Deletes nothing.
 pub fn set_aside(journal_dir: &Path, suffix: &str, survey: &Survey) -> io::Result<SetAside> {
+    // The seal's highest reserved id covers transactions whose names the
+    // damaged bytes lost (a damaged seal vouches for nothing).
+    let sealed = super::seal::read(journal_dir).ok().flatten().map_or(0, |s| s.highest());
     let mut moved = Vec::new();
     // The file lists go with the journal that names them: a fresh journal
     // names none and would collect them as garbage.
@@ -204,7 +208,8 @@ pub fn set_aside(journal_dir: &Path, suffix: &str, survey: &Survey) -> io::Resul
         fsops::rename(&from, &to, "journal_aside")?;
         moved.push((from.display().to_string(), to.display().to_string()));
     }
-    let max_txn = survey.named.iter().chain(survey.found.iter()).filter_map(|p| txn_id_of(p)).max().unwrap_or(0);
+    let max_txn =
+        survey.named.iter().chain(survey.found.iter()).filter_map(|p| txn_id_of(p)).max().unwrap_or(0).max(sealed);
     Ok(SetAside { moved, stagehand_paths: survey.found.iter().cloned().collect(), named: survey.named.len(), max_txn })
 }
 

@@ -5,7 +5,7 @@
 //! always give the same decision, which is what makes recovery
 //! deterministic and lets the tests below enumerate every case.
 
-use super::record::{Identity, Step, TargetPlan, TxnRecord};
+use super::record::{EntryKind, Identity, Step, TargetPlan, TxnRecord};
 
 /// What one of a target's three paths holds, by identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,29 +92,105 @@ pub fn decide(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
     assert_eq!(rec.targets.len(), observed.len(), "one observation per target");
     let decision = match rec.step {
         Step::Planned | Step::Staged | Step::RollingBack { after_commit: false } => before_commit(rec, observed),
-        Step::Committed => match roll_forward(rec, observed) {
-            Ok(swaps) => RecoveryDecision::RollForward { swaps, cleanup: cleanup(rec, false) },
-            Err(lost) => match roll_back_after_commit(rec, observed) {
-                Ok(moves) => RecoveryDecision::RollBack { after_commit: true, moves, cleanup: cleanup(rec, true) },
-                Err(why) => RecoveryDecision::Refuse {
-                    reason: format!("cannot roll forward ({lost}) and cannot roll back ({why})"),
-                },
-            },
+        Step::Committed => match roll_forward(rec, observed).and_then(|s| Ok((s, cleanup(rec, observed, false)?))) {
+            Ok((swaps, cleanup)) => RecoveryDecision::RollForward { swaps, cleanup },
+            Err(lost) => {
+                match roll_back_after_commit(rec, observed).and_then(|m| Ok((m, cleanup(rec, observed, true)?))) {
+                    Ok((moves, cleanup)) => RecoveryDecision::RollBack { after_commit: true, moves, cleanup },
+                    Err(why) => RecoveryDecision::Refuse {
+                        reason: format!("cannot roll forward ({lost}) and cannot roll back ({why}); {NOTHING_CHANGED}"),
+                    },
+                }
+            }
         },
         Step::Cleaning => match roll_forward(rec, observed) {
-            Ok(swaps) if swaps.is_empty() => RecoveryDecision::RollForward { swaps, cleanup: cleanup(rec, false) },
+            Ok(swaps) if swaps.is_empty() => match cleanup(rec, observed, false) {
+                Ok(cleanup) => RecoveryDecision::RollForward { swaps, cleanup },
+                Err(why) => {
+                    RecoveryDecision::Refuse { reason: format!("cannot finish cleaning up: {why}; {NOTHING_CHANGED}") }
+                }
+            },
             Ok(_) | Err(_) => RecoveryDecision::Refuse {
                 reason: describe_mismatch(rec, observed, "every target was recorded as swapped, but"),
             },
         },
-        Step::RollingBack { after_commit: true } => match roll_back_after_commit(rec, observed) {
-            Ok(moves) => RecoveryDecision::RollBack { after_commit: true, moves, cleanup: cleanup(rec, true) },
-            Err(why) => RecoveryDecision::Refuse { reason: format!("cannot finish rolling back: {why}") },
-        },
+        Step::RollingBack { after_commit: true } => {
+            match roll_back_after_commit(rec, observed).and_then(|m| Ok((m, cleanup(rec, observed, true)?))) {
+                Ok((moves, cleanup)) => RecoveryDecision::RollBack { after_commit: true, moves, cleanup },
+                Err(why) => {
+                    RecoveryDecision::Refuse { reason: format!("cannot finish rolling back: {why}; {NOTHING_CHANGED}") }
+                }
+            }
+        }
     };
     debug_assert!(only_removes_own_paths(rec, &decision), "a decision removes only staging/backup paths");
     debug_assert!(keeps_every_only_copy(rec, observed, &decision), "a decision never removes the only copy");
     decision
+}
+
+/// What a refusal adds: it changed nothing, and what to do.
+const NOTHING_CHANGED: &str = "nothing was changed: look at the paths named, move aside what is not stagehand's \
+     (or put back what is), then run `stagehand repair`";
+
+/// True if `seen` is provably the recorded object `rec`, not a later one that
+/// reuses its inode number: a file with the same digest, or the same inode
+/// with the same birth time. Where the filesystem keeps no birth time, a
+/// directory (or an unhashed file) matches by inode number alone, which
+/// proves nothing once this transaction may itself have freed that inode.
+fn proven(seen: &Identity, rec: &Identity) -> bool {
+    let same_bytes = seen.kind == EntryKind::File
+        && rec.kind == EntryKind::File
+        && seen.sha256.is_some()
+        && seen.sha256 == rec.sha256;
+    let same_birth = seen.ino == rec.ino && seen.btime.is_some() && seen.btime == rec.btime;
+    seen.kind == rec.kind && (same_bytes || same_birth)
+}
+
+/// True if the new content at `id` is matched by inode number alone.
+fn new_unproven(id: Option<Identity>, t: &TargetPlan) -> bool {
+    match (id, t.new.as_ref().and_then(|n| n.identity)) {
+        (Some(seen), Some(rec)) => place(Some(seen), t) == Place::New && !proven(&seen, &rec),
+        _ => false,
+    }
+}
+
+/// How much older than its transaction's start a staging path's birth time
+/// must be to prove it was not made by that transaction.
+const CLOCK_SLACK_SECS: i64 = 2;
+
+/// A partial staging of this transaction: something at a target's staging
+/// path before the commit point, whose staged identity is not recorded yet.
+/// The planner checked that the name was free before the `planned` record,
+/// ids are never reused, and staging creates the name exclusively (mkdir,
+/// `O_EXCL`), so what is there was made by this transaction, unless its
+/// birth time proves it older than the transaction (by more than
+/// [`CLOCK_SLACK_SECS`]: `started_at` is whole seconds of the wall clock,
+/// a birth time the filesystem's coarser clock).
+fn partial_staging(rec: &TxnRecord, t: &TargetPlan, id: Option<Identity>) -> bool {
+    let unrecorded = t.new.as_ref().is_some_and(|n| n.identity.is_none());
+    let started = i64::try_from(rec.started_at).unwrap_or(i64::MAX);
+    let older = id.and_then(|i| i.btime).is_some_and(|b| b.secs.saturating_add(CLOCK_SLACK_SECS) < started);
+    unrecorded && !rec.step.is_committed() && !older
+}
+
+/// The removal of a staging or backup path, if this transaction can prove it
+/// made what is there: its old or new content by identity, or a partial
+/// staging ([`partial_staging`]). Anything else is not its own: `Err` names
+/// the path, and the caller refuses.
+fn remove_own(rec: &TxnRecord, t: &TargetPlan, path: &str, id: Option<Identity>) -> Result<Option<Action>, String> {
+    match place(id, t) {
+        // Absent now, it may hold this transaction's own content once the
+        // decision's moves ran (the old content, after a fallback swap).
+        Place::Absent | Place::Old | Place::New => Ok(Some(Action::Remove { path: path.to_string() })),
+        Place::Foreign if path == t.staging && partial_staging(rec, t, id) => {
+            Ok(Some(Action::Remove { path: path.to_string() }))
+        }
+        Place::Foreign => Err(format!(
+            "{path} holds something this transaction did not make (neither the old nor the new content of {} \
+             it recorded); stagehand removes only what it made",
+            t.path
+        )),
+    }
 }
 
 /// Before the commit point nothing moves a target, so the old content can
@@ -126,8 +202,23 @@ pub fn decide(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
 /// otherwise refuse, naming the paths.
 fn before_commit(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
     let mut ahead = Vec::new();
+    // After a rollback's cleanup, the staged content's inode may be free and
+    // reused at its target (a fresh install's path is free then).
+    let cleaned = matches!(rec.step, Step::RollingBack { .. });
     for (t, o) in rec.targets.iter().zip(observed) {
         let at_target = place(o.target, t);
+        if at_target == Place::New && cleaned && new_unproven(o.target, t) {
+            return RecoveryDecision::Refuse {
+                reason: format!(
+                    "the journal says {} (before the commit point), and {} matches the staged content by inode \
+                     number alone, on a filesystem that records no birth time: it may be a new object that reuses \
+                     the inode of staged content this rollback already removed, so it is not taken as the disk \
+                     being ahead of the record, nor moved or removed; {NOTHING_CHANGED}",
+                    rec.step.name(),
+                    t.path
+                ),
+            };
+        }
         if at_target == Place::New {
             ahead.push(format!("{} already holds the new content", t.path));
         }
@@ -143,10 +234,13 @@ fn before_commit(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
         }
     }
     if ahead.is_empty() {
-        return RecoveryDecision::RollBack { after_commit: false, moves: Vec::new(), cleanup: cleanup(rec, true) };
+        return match cleanup(rec, observed, true) {
+            Ok(cleanup) => RecoveryDecision::RollBack { after_commit: false, moves: Vec::new(), cleanup },
+            Err(why) => RecoveryDecision::Refuse { reason: format!("cannot roll back: {why}; {NOTHING_CHANGED}") },
+        };
     }
-    match roll_forward(rec, observed) {
-        Ok(swaps) => RecoveryDecision::RollForward { swaps, cleanup: cleanup(rec, false) },
+    match roll_forward(rec, observed).and_then(|s| Ok((s, cleanup(rec, observed, false)?))) {
+        Ok((swaps, cleanup)) => RecoveryDecision::RollForward { swaps, cleanup },
         Err(why) => RecoveryDecision::Refuse {
             reason: format!(
                 "the journal says {} (before the commit point), but the disk is ahead of it: {}; \
@@ -162,16 +256,17 @@ fn before_commit(rec: &TxnRecord, observed: &[Observed]) -> RecoveryDecision {
 fn roll_forward(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<TargetSwap>, String> {
     let mut swaps = Vec::new();
     for (index, (t, o)) in rec.targets.iter().zip(observed).enumerate() {
-        let (tp, sp, bp) = (place(o.target, t), place(o.staging, t), place(o.backup, t));
+        let (tp, sp) = (place(o.target, t), place(o.staging, t));
         // The backup path may be needed as a rename destination below; before
-        // any swap of this target it can only hold leftovers, never the old content.
-        let clear_backup = || (bp != Place::Absent).then(|| Action::Remove { path: t.backup.clone() });
+        // any swap of this target it can only hold leftovers, never the old
+        // content; removed only if they are this transaction's own.
+        let clear_backup = || if o.backup.is_some() { remove_own(rec, t, &t.backup, o.backup) } else { Ok(None) };
         let actions = match (&t.new, tp, sp) {
             (_, Place::Foreign, _) => {
                 return Err(format!("{} holds neither the old nor the new content", t.path));
             }
             (Some(_), Place::New, _) | (None, Place::Absent, _) => continue,
-            (Some(_), Place::Old, Place::New) => clear_backup()
+            (Some(_), Place::Old, Place::New) => clear_backup()?
                 .into_iter()
                 .chain([Action::Exchange {
                     a: t.staging.clone(),
@@ -183,7 +278,7 @@ fn roll_forward(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<TargetSwap
                 vec![Action::Rename { from: t.staging.clone(), to: t.path.clone() }]
             }
             (Some(_), _, _) => return Err(format!("the staged new content of {} is gone", t.path)),
-            (None, Place::Old, _) => clear_backup()
+            (None, Place::Old, _) => clear_backup()?
                 .into_iter()
                 .chain([Action::Rename { from: t.path.clone(), to: t.backup.clone() }])
                 .collect(),
@@ -195,22 +290,32 @@ fn roll_forward(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<TargetSwap
 }
 
 fn roll_back_after_commit(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<Action>, String> {
+    // Once journaled as rolling back after the commit point, this rollback's
+    // cleanup may already have removed the new content and freed its inode.
+    let cleaned = rec.step == Step::RollingBack { after_commit: true };
     let mut moves = Vec::new();
     for (t, o) in rec.targets.iter().zip(observed) {
         let (tp, sp, bp) = (place(o.target, t), place(o.staging, t), place(o.backup, t));
         let (path, staging, backup) = (t.path.clone(), t.staging.clone(), t.backup.clone());
+        if tp == Place::New && cleaned && new_unproven(o.target, t) {
+            return Err(format!(
+                "{path} matches the staged content by inode number alone, on a filesystem that records no birth \
+                 time: this rollback may already have removed the staged content, and {path} may be a new object \
+                 that reuses its inode number; stagehand cannot prove it made {path} and will not move or remove it"
+            ));
+        }
         match (t.old.is_some(), tp) {
             (_, Place::Foreign) => return Err(format!("{path} holds neither the old nor the new content")),
             (true, Place::Old) | (false, Place::Absent) => {}
             (true, Place::New) if sp == Place::Old => {
-                if bp != Place::Absent {
-                    moves.push(Action::Remove { path: backup.clone() });
+                if o.backup.is_some() {
+                    moves.extend(remove_own(rec, t, &backup, o.backup)?);
                 }
                 moves.push(Action::Exchange { a: staging, b: path, fallback_backup: backup });
             }
             (true, Place::New) if bp == Place::Old => {
-                if sp != Place::Absent {
-                    moves.push(Action::Remove { path: staging.clone() });
+                if o.staging.is_some() {
+                    moves.extend(remove_own(rec, t, &staging, o.staging)?);
                 }
                 moves.push(Action::Rename { from: path.clone(), to: staging });
                 moves.push(Action::Rename { from: backup, to: path });
@@ -219,8 +324,8 @@ fn roll_back_after_commit(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<
             (true, Place::Absent) if sp == Place::Old => moves.push(Action::Rename { from: staging, to: path }),
             (true, _) => return Err(format!("the old content of {path} is gone")),
             (false, Place::New) => {
-                if sp != Place::Absent {
-                    moves.push(Action::Remove { path: staging.clone() });
+                if o.staging.is_some() {
+                    moves.extend(remove_own(rec, t, &staging, o.staging)?);
                 }
                 moves.push(Action::Rename { from: path, to: staging });
             }
@@ -230,20 +335,21 @@ fn roll_back_after_commit(rec: &TxnRecord, observed: &[Observed]) -> Result<Vec<
     Ok(moves)
 }
 
-/// Removal of every staging and backup path; when rolling back, also the
-/// directories the txn created (innermost first).
-fn cleanup(rec: &TxnRecord, rolling_back: bool) -> Vec<Action> {
+/// Removal of every staging and backup path, each only if this transaction made it ([`remove_own`]); when rolling back,
+/// also the directories the txn created (innermost first). `Err` names a
+/// path that holds something else.
+fn cleanup(rec: &TxnRecord, observed: &[Observed], rolling_back: bool) -> Result<Vec<Action>, String> {
     let mut actions = Vec::new();
-    for t in &rec.targets {
-        actions.push(Action::Remove { path: t.staging.clone() });
-        actions.push(Action::Remove { path: t.backup.clone() });
+    for (t, o) in rec.targets.iter().zip(observed) {
+        actions.extend(remove_own(rec, t, &t.staging, o.staging)?);
+        actions.extend(remove_own(rec, t, &t.backup, o.backup)?);
     }
     if rolling_back {
         for d in rec.created_dirs.iter().rev() {
             actions.push(Action::RemoveEmptyDir { path: d.clone() });
         }
     }
-    actions
+    Ok(actions)
 }
 
 fn describe_mismatch(rec: &TxnRecord, observed: &[Observed], lead: &str) -> String {

@@ -14,8 +14,10 @@ type Fs = BTreeMap<String, u64>; // path -> inode
 
 const FOREIGN: u64 = 900;
 
+/// A directory on a filesystem that keeps birth times (each object's is
+/// its own); the cases without them are checked separately below.
 fn ident(ino: u64) -> Identity {
-    Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: None, btime: None }
+    Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: None, btime: Some(BirthTime { secs: ino as i64, nanos: 0 }) }
 }
 
 fn old_ino(i: usize) -> u64 {
@@ -426,4 +428,128 @@ fn a_reused_directory_inode_is_told_apart_by_its_birth_time() {
     assert_eq!(super::place(Some(dir(300, None)), &t), super::Place::New);
     assert!(!dir(300, born(10)).same_inode(&dir(300, born(11))));
     assert!(dir(300, born(10)).same_inode(&dir(300, None)));
+}
+
+/// Issue 23: without birth times, a directory that reuses the inode number
+/// of staged content a rollback after the commit point already removed
+/// must not be taken for that content: recovery refuses, naming it.
+#[test]
+fn without_birth_times_a_rollback_after_commit_refuses_an_inode_only_match() {
+    let born = |secs| Some(crate::txn::BirthTime { secs, nanos: 0 });
+    let dir = |ino, btime| Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: None, btime };
+    // A fresh install (no old content) of t0, and an upgrade of t1.
+    let mk = |btime| {
+        let mut t0 = target(0, false, Some(true));
+        t0.new = Some(NewContent { kind: EntryKind::Dir, identity: Some(dir(300, btime)) });
+        let mut t1 = target(1, true, Some(true));
+        t1.old = Some(dir(101, btime));
+        t1.new = Some(NewContent { kind: EntryKind::Dir, identity: Some(dir(201, btime)) });
+        (t0, t1)
+    };
+    // The rollback's moves and cleanup ran (t0's staged tree removed, t1's
+    // old content back), then the process died before `rolled_back`; the
+    // user made a directory at t0, which got inode 300 again.
+    let (t0, t1) = mk(None);
+    let rec = record(Step::RollingBack { after_commit: true }, vec![t0, t1]);
+    let obs = vec![
+        Observed { target: Some(dir(300, None)), staging: None, backup: None },
+        Observed { target: Some(dir(101, None)), staging: None, backup: None },
+    ];
+    match decide(&rec, &obs) {
+        RecoveryDecision::Refuse { reason } => {
+            assert!(reason.contains("/d/t0"), "names the path: {reason}");
+            assert!(reason.contains("birth time"), "says why: {reason}");
+        }
+        other => panic!("a directory matched by inode number alone was moved away to be removed: {other:?}"),
+    }
+    // At the commit point itself nothing was removed yet, so the inode
+    // number is still the staged tree's: rolling back after commit proceeds.
+    let mut committed = rec.clone();
+    committed.step = Step::Committed;
+    let obs_c = vec![
+        Observed { target: Some(dir(300, None)), staging: None, backup: None },
+        Observed { target: Some(dir(101, None)), staging: None, backup: None },
+    ];
+    assert!(
+        matches!(decide(&committed, &obs_c), RecoveryDecision::RollBack { after_commit: true, .. }),
+        "t1's staged content is lost: roll back after commit"
+    );
+    // Where the filesystem keeps birth times, the same match is proof.
+    let (t0, t1) = mk(born(10));
+    let rec = record(Step::RollingBack { after_commit: true }, vec![t0, t1]);
+    let obs = vec![
+        Observed { target: Some(dir(300, born(10))), staging: None, backup: None },
+        Observed { target: Some(dir(101, born(10))), staging: None, backup: None },
+    ];
+    match decide(&rec, &obs) {
+        RecoveryDecision::RollBack { moves, .. } => {
+            assert!(moves.contains(&Action::Rename { from: "/d/t0".into(), to: "/d/.t0.stagehand-1.staging".into() }))
+        }
+        other => panic!("the staged tree, proven by its birth time, should be moved back: {other:?}"),
+    }
+    // ...and a new directory with its inode number has another birth time.
+    let obs = vec![
+        Observed { target: Some(dir(300, born(99))), staging: None, backup: None },
+        Observed { target: Some(dir(101, born(10))), staging: None, backup: None },
+    ];
+    assert!(matches!(decide(&rec, &obs), RecoveryDecision::Refuse { .. }));
+}
+
+/// Issue 23: a rollback, before or after the commit point, removes a staging
+/// or backup path only if it can prove this transaction made what is there.
+#[test]
+fn rollback_removes_only_what_the_transaction_made() {
+    let born = |secs| Some(crate::txn::BirthTime { secs, nanos: 0 });
+    let dir = |ino, btime| Identity { dev: 1, ino, kind: EntryKind::Dir, sha256: None, btime };
+    let staging = "/d/.t0.stagehand-1.staging".to_string();
+    let backup = "/d/.t0.stagehand-1.backup".to_string();
+    let removes = |d: &RecoveryDecision, p: &str| match d {
+        RecoveryDecision::RollBack { moves, cleanup, .. } => {
+            moves.iter().chain(cleanup).any(|a| matches!(a, Action::Remove { path } if path == p))
+        }
+        RecoveryDecision::RollForward { swaps, cleanup } => swaps
+            .iter()
+            .flat_map(|s| &s.actions)
+            .chain(cleanup)
+            .any(|a| matches!(a, Action::Remove { path } if path == p)),
+        RecoveryDecision::Refuse { .. } => false,
+    };
+    let refuses_naming =
+        |d: &RecoveryDecision, p: &str| matches!(d, RecoveryDecision::Refuse { reason } if reason.contains(p));
+    // Planned (the staged identity not recorded yet), started at second 50.
+    let mut rec = record(Step::Planned, vec![target(0, true, Some(false))]);
+    rec.started_at = 50;
+    let at = |staging: Option<Identity>, backup: Option<Identity>| {
+        vec![Observed { target: Some(ident(old_ino(0))), staging, backup }]
+    };
+    // A partial staging made during the transaction: removed.
+    let d = decide(&rec, &at(Some(dir(700, born(60))), None));
+    assert!(removes(&d, &staging), "{d:?}");
+    // An object at the staging name born before the transaction (a reused
+    // id's leftover, the user's tree): not its own, refused and named.
+    let d = decide(&rec, &at(Some(dir(700, born(10))), None));
+    assert!(refuses_naming(&d, &staging), "{d:?}");
+    // Nothing of this transaction is ever at its backup name before the
+    // commit point: something there is not its own.
+    let d = decide(&rec, &at(None, Some(dir(701, born(60)))));
+    assert!(refuses_naming(&d, &backup), "{d:?}");
+    // Staged: the staged identity is recorded, so anything else at the
+    // staging name is not its own, birth time or not.
+    let rec = record(Step::Staged, vec![target(0, true, Some(true))]);
+    let d = decide(&rec, &at(Some(dir(702, None)), None));
+    assert!(refuses_naming(&d, &staging), "{d:?}");
+    let d = decide(&rec, &at(Some(ident(new_ino(0))), None));
+    assert!(removes(&d, &staging), "its own staged tree is removed: {d:?}");
+    // After the commit point, a swap done (old content at the staging name)
+    // and something foreign at the backup name: neither direction removes it.
+    for step in [Step::Committed, Step::Cleaning, Step::RollingBack { after_commit: true }] {
+        let rec = record(step, vec![target(0, true, Some(true))]);
+        let obs = vec![Observed {
+            target: Some(ident(new_ino(0))),
+            staging: Some(ident(old_ino(0))),
+            backup: Some(dir(703, None)),
+        }];
+        let d = decide(&rec, &obs);
+        assert!(refuses_naming(&d, &backup), "{step:?}: {d:?}");
+    }
 }

@@ -131,11 +131,35 @@ impl Mount {
 
     /// Makes a `size_mib` ext4 image in `image` and loop-mounts it at `at`.
     pub fn ext4(image: &Path, size_mib: u64, at: &Path) -> Mount {
+        Mount::ext4_with(image, size_mib, at, &[])
+    }
+
+    /// An ext4 with 128-byte inodes (`mkfs.ext4 -I 128`): no room for a
+    /// birth time, so `statx` reports none, as on other filesystems
+    /// without one. Inode numbers are reused, so only they and digests
+    /// can tell objects apart there.
+    pub fn ext4_without_birth_times(image: &Path, size_mib: u64, at: &Path) -> Mount {
+        let m = Mount::ext4_with(image, size_mib, at, &["-I", "128"]);
+        let probe = at.join(".btime-probe");
+        fs::create_dir(&probe).unwrap();
+        let born = fs::metadata(&probe).unwrap().created();
+        fs::remove_dir(&probe).unwrap();
+        assert!(
+            born.is_err(),
+            "ext4 -I 128 at {} reports birth times; the test needs a filesystem without",
+            at.display()
+        );
+        m
+    }
+
+    /// Like [`Mount::ext4`], with extra `mkfs.ext4` arguments.
+    pub fn ext4_with(image: &Path, size_mib: u64, at: &Path, mkfs_args: &[&str]) -> Mount {
         let f = fs::File::create(image).unwrap();
         f.set_len(size_mib << 20).unwrap();
         drop(f);
         let st = Command::new("mkfs.ext4")
             .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .args(mkfs_args)
             .arg(image)
             .status()
             .unwrap_or_else(|e| panic!("spawn mkfs.ext4 (e2fsprogs): {e}"));
