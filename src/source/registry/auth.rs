@@ -7,14 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::{RegistryOptions, ENV_DOCKER_CONFIG};
-use crate::source::http::Basic;
+use crate::source::http::{Basic, Credentials};
 use crate::source::{printable, SourceError};
 
 /// A password that never shows in `Debug` output or logs.
@@ -106,48 +107,101 @@ fn normalize_key(key: &str) -> &str {
     k.split('/').next().unwrap_or(k)
 }
 
+/// How long a `docker-credential-*` helper may take to answer `get`
+/// before it is killed and the pull fails (a helper waiting on a prompt or
+/// a hung keyring would otherwise hang every pull).
+pub const CREDENTIAL_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs `docker-credential-<helper> get`. `Ok(None)` if the helper is not
 /// installed or has nothing for this registry.
-fn run_helper(helper: &str, registry: &str) -> Result<Option<(String, String)>, SourceError> {
-    let bin = format!("docker-credential-{helper}");
+fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, SourceError> {
+    run_helper_program(&format!("docker-credential-{helper}"), registry, CREDENTIAL_HELPER_TIMEOUT)
+}
+
+/// Runs the helper program `bin` (a name looked up on PATH, or a path),
+/// killing it after `timeout`.
+fn run_helper_program(bin: &str, registry: &str, timeout: Duration) -> Result<Option<Credentials>, SourceError> {
     let cred_err = |reason: String| SourceError::Credentials { registry: registry.to_string(), reason };
     tracing::debug!(helper = %bin, registry, "asking the credential helper");
-    let mut child =
-        match Command::new(&bin).arg("get").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
-        {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::debug!(helper = %bin, "credential helper not installed; skipping it");
-                return Ok(None);
-            }
-            Err(e) => return Err(cred_err(format!("running {bin}: {e}"))),
-        };
+    let mut child = match Command::new(bin)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(helper = %bin, "credential helper not installed; skipping it");
+            return Ok(None);
+        }
+        Err(e) => return Err(cred_err(format!("running {bin}: {e}"))),
+    };
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading its input is handled below.
         let _ = stdin.write_all(registry.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|e| cred_err(format!("running {bin}: {e}")))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if msg.to_ascii_lowercase().contains("not found") || out.stdout.is_empty() {
+    // Read both pipes on their own threads so a chatty helper cannot block
+    // on a full pipe while we wait for it to exit.
+    let reader = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = std::io::Read::take(&mut p, 1 << 20).read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_thread = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let err_thread = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(cred_err(format!(
+                    "{bin} get did not answer within {} s and was killed; nothing was pulled. Check that the \
+                     helper works (`echo {} | {bin} get`), or log in with `docker login` or pass --username \
+                     USER --password-stdin",
+                    timeout.as_secs_f64(),
+                    printable(registry)
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                let _ = child.kill();
+                return Err(cred_err(format!("waiting for {bin}: {e}")));
+            }
+        }
+    };
+    let stdout = out_thread.join().unwrap_or_default();
+    let _stderr = err_thread.join().unwrap_or_default();
+    if !status.success() {
+        let msg = String::from_utf8_lossy(&stdout).trim().to_string();
+        if msg.to_ascii_lowercase().contains("not found") || stdout.is_empty() {
             tracing::debug!(helper = %bin, "the credential helper has nothing for this registry");
             return Ok(None);
         }
-        return Err(cred_err(format!("{bin} get failed: {msg}")));
+        return Err(cred_err(format!("{bin} get failed: {}", printable(&msg))));
     }
-    let reply: HelperReply = serde_json::from_slice(&out.stdout)
+    let reply: HelperReply = serde_json::from_slice(&stdout)
         .map_err(|e| cred_err(format!("{bin} printed something that is not credentials JSON: {e}")))?;
     if reply.username == "<token>" {
-        tracing::warn!(helper = %bin, "the credential helper holds an identity token, which stagehand cannot use; pulling anonymously");
-        return Ok(None);
+        tracing::debug!(helper = %bin, "the credential helper holds an identity token");
+        return Ok(Some(Credentials::IdentityToken(reply.secret)));
     }
-    Ok(Some((reply.username, reply.secret)))
+    Ok(Some(Credentials::Basic(Basic { user: reply.username, password: reply.secret })))
 }
 
 /// Finds credentials for `registry`: the flags, else Docker's config
 /// (`credHelpers[registry]`, then `credsStore`, then `auths`), else anonymous.
-pub(super) fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(Option<Basic>, CredSource), SourceError> {
-    let basic = |user: String, password: String| Some(Basic { user, password });
+pub(super) fn resolve_auth(
+    registry: &str,
+    opts: &RegistryOptions,
+) -> Result<(Option<Credentials>, CredSource), SourceError> {
+    let basic = |user: String, password: String| Some(Credentials::Basic(Basic { user, password }));
     if let (Some(user), Some(pass)) = (&opts.username, &opts.password) {
         return Ok((basic(user.clone(), pass.0.clone()), CredSource::Flags));
     }
@@ -174,8 +228,8 @@ pub(super) fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(Op
     let helper = keys.iter().find_map(|k| config.cred_helpers.get(k)).or(config.creds_store.as_ref());
     if let Some(h) = helper.filter(|h| !h.is_empty()) {
         for key in [registry.to_string(), format!("https://{registry}")] {
-            if let Some((user, secret)) = run_helper(h, &key)? {
-                return Ok((basic(user, secret), CredSource::Helper(h.clone())));
+            if let Some(found) = run_helper(h, &key)? {
+                return Ok((Some(found), CredSource::Helper(h.clone())));
             }
         }
     }
@@ -197,6 +251,11 @@ pub(super) fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(Op
     };
     let entry: DockerAuth = serde_json::from_value(entry.clone())
         .map_err(|_| bad("is malformed (expected an object with string \"auth\", or \"username\" and \"password\")"))?;
+    // Docker uses an identity token first when there is one (its `auth`
+    // then holds a placeholder user).
+    if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+        return Ok((Some(Credentials::IdentityToken(token.to_string())), CredSource::ConfigFile(path)));
+    }
     if let Some(b64) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD
@@ -210,17 +269,46 @@ pub(super) fn resolve_auth(registry: &str, opts: &RegistryOptions) -> Result<(Op
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
         return Ok((basic(u.clone(), p.clone()), CredSource::ConfigFile(path)));
     }
-    if entry.identitytoken.is_some() {
-        tracing::warn!(
-            registry,
-            "the Docker config holds only an identity token, which stagehand cannot use; pulling anonymously"
-        );
-    }
     Ok((None, CredSource::Anonymous))
 }
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hung_credential_helper_is_killed_at_its_timeout() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let helper = dir.path().join("docker-credential-hang");
+        let pidfile = dir.path().join("pid");
+        std::fs::write(&helper, format!("#!/bin/sh\necho $$ > {}\nexec sleep 600\n", pidfile.display()))
+            .expect("write helper");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let started = Instant::now();
+        let err = run_helper_program(&helper.display().to_string(), "reg.example", Duration::from_millis(500))
+            .err()
+            .expect("a timeout, not credentials");
+        assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+        let text = err.to_string();
+        assert!(text.contains("did not answer within 0.5 s and was killed"), "{text}");
+        let pid: i32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("a pid");
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "the helper {pid} still runs");
+    }
+
+    #[test]
+    fn a_helper_token_is_an_identity_token() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let helper = dir.path().join("docker-credential-tok");
+        std::fs::write(&helper, "#!/bin/sh\necho '{\"Username\":\"<token>\",\"Secret\":\"refresh-1\"}'\n")
+            .expect("write helper");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let got =
+            run_helper_program(&helper.display().to_string(), "reg.example", Duration::from_secs(20)).expect("runs");
+        assert!(matches!(got, Some(Credentials::IdentityToken(t)) if t == "refresh-1"));
+    }
 
     #[test]
     fn docker_config_keys_normalize() {
