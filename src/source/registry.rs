@@ -28,7 +28,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use super::cache::BlobCache;
-use super::feed::Feed;
 use super::http::{self, HttpFailure, Session};
 use super::manifest::{validate_digest, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST};
 use super::{printable, Platform, ResolvedArtifact, Selector, SourceError, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
@@ -36,6 +35,7 @@ use super::{printable, Platform, ResolvedArtifact, Selector, SourceError, MEDIA_
 mod auth;
 mod blobs;
 pub mod downloads;
+pub mod inflight;
 mod manifests;
 mod sig;
 
@@ -240,15 +240,27 @@ impl Resolved {
     pub fn start(self) -> downloads::Downloads {
         let Resolved { runtime, ctx, cache, jobs, bars, limit, .. } = self;
         let semaphore = Arc::new(tokio::sync::Semaphore::new(limit));
+        let slots = inflight::slots();
         let mut set = tokio::task::JoinSet::new();
         let mut feeds = BTreeMap::new();
+        let mut shared = Vec::new();
         for job in jobs {
-            let feed = Feed::new();
+            let feed = match inflight::claim(cache.root(), &job.desc.digest) {
+                inflight::Claim::Own(feed) => feed,
+                inflight::Claim::Shared(feed) => {
+                    // Another package of this command downloads it: follow that.
+                    tracing::debug!(blob = %job.desc.digest, "shared with another pull of this command");
+                    feeds.insert(job.desc.digest.clone(), feed.clone());
+                    shared.push((job.desc.clone(), feed));
+                    continue;
+                }
+            };
             feeds.insert(job.desc.digest.clone(), feed.clone());
-            let (ctx, cache, bars, sem) = (ctx.clone(), cache.clone(), bars.clone(), semaphore.clone());
+            let (ctx, cache, bars, sem, slots) =
+                (ctx.clone(), cache.clone(), bars.clone(), semaphore.clone(), slots.clone());
             set.spawn_on(
                 async move {
-                    let Ok(_permit) = sem.acquire_owned().await else {
+                    let (Ok(_permit), Ok(_slot)) = (sem.acquire_owned().await, slots.acquire_owned().await) else {
                         feed.failed("interrupted".into());
                         return Err(SourceError::Interrupted);
                     };
@@ -257,7 +269,16 @@ impl Resolved {
                 runtime.handle(),
             );
         }
-        downloads::Downloads::new(runtime, set, feeds, cache, bars.overall, ctx.registry.clone(), ctx.interrupted)
+        downloads::Downloads::new(
+            runtime,
+            set,
+            feeds,
+            shared,
+            cache,
+            bars.overall,
+            ctx.registry.clone(),
+            ctx.interrupted,
+        )
     }
 }
 
