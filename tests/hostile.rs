@@ -127,6 +127,57 @@ fn exceeding_a_cap_fails_before_the_commit_point_naming_it() {
     }
 }
 
+/// A tar whose PAX header says `size` twice: 0 first (what the tar crate
+/// uses), then the length of the 100 entries that follow (what the cap
+/// checker used before issue 25, skipping them as one file's data).
+fn duplicate_pax_size_tar() -> Vec<u8> {
+    let hidden = tar_of(&(0..100).map(|i| (format!("h{i}.txt"), b"x".to_vec())).collect::<Vec<_>>());
+    let hidden = &hidden[..hidden.len() - 1024]; // without its end marker
+    let record = |k: &str, v: &str| {
+        let body = format!(" {k}={v}\n");
+        let mut n = body.len() + 1;
+        while n != body.len() + n.to_string().len() {
+            n = body.len() + n.to_string().len();
+        }
+        format!("{n}{body}")
+    };
+    let records = record("size", "0") + &record("size", &hidden.len().to_string());
+    let mut out = Vec::new();
+    let mut x = tar::Header::new_ustar();
+    x.set_path("pax").unwrap();
+    x.set_entry_type(tar::EntryType::XHeader);
+    x.set_size(records.len() as u64);
+    x.set_mode(0o644);
+    x.set_cksum();
+    out.extend_from_slice(x.as_bytes());
+    out.extend_from_slice(records.as_bytes());
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    let mut f = tar::Header::new_ustar();
+    f.set_path("first.txt").unwrap();
+    f.set_size(0);
+    f.set_mode(0o644);
+    f.set_cksum();
+    out.extend_from_slice(f.as_bytes());
+    out.extend_from_slice(hidden);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[test]
+fn a_layer_read_differently_by_tar_and_the_caps_is_refused() {
+    let sb = Sandbox::new();
+    let layouts = tempdir();
+    let source = hostile_demo_layout(&layouts.path().join("dup-pax"), "v1", &duplicate_pax_size_tar());
+    let before = outside_state(&sb);
+    let mut args = demo_install_args(&sb.dest, &source);
+    args.extend(["--max-entries", "10"].map(OsString::from));
+    let run = sb.run(&args);
+    run.expect_clean_failure();
+    assert!(run.stderr.contains("repeats the key"), "{}", run.describe());
+    assert!(outside_state(&sb) == before, "the refused install changed the disk");
+    assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());
+}
+
 #[test]
 fn rollback_stages_the_kept_version_under_the_caps_it_is_given() {
     let sb = Sandbox::new();
