@@ -92,10 +92,13 @@ fn recognized(h: &[u8; 512]) -> bool {
     (magic == b"ustar\0" && version == b"00") || (magic == b"ustar " && version == b" \0")
 }
 
+/// One PAX record: key and value.
+type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+
 /// The `key=value` records of a PAX extended header, split as `tar` 0.4
 /// splits them (one per line, ending at the first empty line); `Err` if
 /// any record is malformed or anything follows that empty line.
-fn pax_records(data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, ()> {
+fn pax_records(data: &[u8]) -> Result<Vec<PaxRecord<'_>>, ()> {
     let mut out = Vec::new();
     let mut lines = data.split(|b| *b == b'\n');
     for line in lines.by_ref() {

@@ -45,6 +45,7 @@ pub struct Downloads {
 }
 
 impl Downloads {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         runtime: Runtime,
         tasks: Tasks,
