@@ -556,6 +556,22 @@ fn an_identity_token_is_traded_for_an_access_token() {
 }
 
 #[test]
+fn a_refresh_token_post_is_never_redirected() {
+    let server = HostileServer::start("identity_token_redirect", None);
+    let sb = Sandbox::new();
+    let docker = sb.root.join("docker");
+    fs::create_dir(&docker).unwrap();
+    let config = format!(r#"{{"auths": {{"{}": {{"identitytoken": "refresh-xyz"}}}}}}"#, server.addr());
+    fs::write(docker.join("config.json"), config).unwrap();
+    let reference = format!("{}/demo:v1", server.addr());
+    let docker_env = docker.into_os_string();
+    let run = sb.run_env(&pull_args(&sb, &reference, &["--plain-http"]), &[("DOCKER_CONFIG", &docker_env)]);
+    run.expect_clean_failure();
+    assert!(run.stderr.contains("does not follow it"), "{}", run.describe());
+    assert!(!run.stderr.contains("refresh-xyz"), "{}", run.describe());
+}
+
+#[test]
 fn a_state_dir_that_is_a_symlink_is_refused() {
     let sb = Sandbox::new();
     let victim = sb.root.join("victim");

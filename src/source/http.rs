@@ -125,11 +125,25 @@ pub fn refuse_redirect(next: &Url, previous: &[Url]) -> Option<String> {
 /// by `SSL_CERT_FILE` adds its certificates to the system roots (see
 /// [`take_ssl_cert_file`]).
 pub fn client(plain_http: bool) -> Result<reqwest::Client, String> {
-    let redirects =
+    build_client(plain_http, true)
+}
+
+/// The same client, following no redirect at all: for the refresh-token
+/// POST, whose body (the refresh token) a 307 would carry to wherever it
+/// points.
+pub fn client_without_redirects(plain_http: bool) -> Result<reqwest::Client, String> {
+    build_client(plain_http, false)
+}
+
+fn build_client(plain_http: bool, follow: bool) -> Result<reqwest::Client, String> {
+    let redirects = if follow {
         reqwest::redirect::Policy::custom(|attempt| match refuse_redirect(attempt.url(), attempt.previous()) {
             Some(why) => attempt.error(why),
             None => attempt.follow(),
-        });
+        })
+    } else {
+        reqwest::redirect::Policy::none()
+    };
     let mut b = reqwest::Client::builder()
         .redirect(redirects)
         .referer(false)
@@ -328,6 +342,8 @@ pub enum Credentials {
 /// Requests to one repository of one registry, authenticated as it asks.
 pub struct Session {
     client: reqwest::Client,
+    /// [`client_without_redirects`], for the refresh-token POST.
+    token_client: reqwest::Client,
     base: String,
     repository: String,
     plain_http_loopback: bool,
@@ -339,7 +355,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(
-        client: reqwest::Client,
+        (client, token_client): (reqwest::Client, reqwest::Client),
         plain_http: bool,
         registry: &str,
         repository: &str,
@@ -349,6 +365,7 @@ impl Session {
         let scheme = if plain_http { "http" } else { "https" };
         Session {
             client,
+            token_client,
             base: format!("{scheme}://{registry}/v2/{repository}"),
             repository: repository.to_string(),
             plain_http_loopback: plain_http,
@@ -478,7 +495,7 @@ impl Session {
                 q.append_pair("refresh_token", refresh);
             }
             let body = form.query().unwrap_or("").to_string();
-            self.client
+            self.token_client
                 .post(realm_url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(body)
@@ -496,6 +513,14 @@ impl Session {
         };
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status();
+        if status.is_redirection() {
+            return Err(HttpFailure::Refused(format!(
+                "the token realm {} answered the refresh-token request with a redirect ({status}); stagehand does \
+                 not follow it, so the token was sent nowhere else. Ask the registry's operator for a realm that \
+                 answers directly",
+                shown_url(&realm_url)
+            )));
+        }
         let body = read_capped(&mut resp, MAX_TOKEN_BYTES, "token response").await?;
         if !status.is_success() {
             return Err(HttpFailure::Status { status, message: error_message(&body) });

@@ -347,8 +347,12 @@ fn resolve_keeping(
     }
     let (auth, cred_source) = resolve_auth(registry, opts)?;
     tracing::debug!(registry, credentials = %cred_source, "pulling");
-    let client = http::client(opts.plain_http)
-        .map_err(|e| SourceError::Registry { registry: registry.to_string(), reason: format!("HTTP client: {e}") })?;
+    let client_err =
+        |e: String| SourceError::Registry { registry: registry.to_string(), reason: format!("HTTP client: {e}") };
+    let client = (
+        http::client(opts.plain_http).map_err(client_err)?,
+        http::client_without_redirects(opts.plain_http).map_err(client_err)?,
+    );
     let request_timeout = match opts.request_timeout {
         t if t.is_zero() => Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
         t => t,

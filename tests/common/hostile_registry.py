@@ -22,6 +22,7 @@ Modes:
                     at 0.0.0.0 (not loopback; never actually reached)
   identity_token    Bearer registry whose realm takes only an OAuth2
                     refresh_token POST (logs the form), then 404s manifests
+  identity_token_redirect  the same, whose realm redirects the POST (307)
 """
 import base64
 import hashlib
@@ -100,6 +101,8 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n).decode("latin-1")
         self.log_line(f" body={body}")
+        if MODE == "identity_token_redirect" and self.path.startswith("/token"):
+            return self.send(307, b"", [("Location", f"http://127.0.0.2:{CLOSED}/steal")])
         if MODE == "identity_token" and self.path.startswith("/token"):
             if "grant_type=refresh_token" in body and "refresh_token=refresh-xyz" in body:
                 return self.send(200, b'{"access_token":"AT-from-refresh"}')
@@ -134,7 +137,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(307, b"", [("Location", f"http://127.0.0.2:{PORTS['127.0.0.2']}/cdn/{digest}?sig=S")])
         if MODE == "off_machine" and "/blobs/" in self.path:
             return self.send(307, b"", [("Location", f"http://0.0.0.0:{CLOSED}/blob?sig=SECRET-SIGNATURE")])
-        if MODE == "identity_token" and self.path.startswith("/v2/demo/"):
+        if MODE in ("identity_token", "identity_token_redirect") and self.path.startswith("/v2/demo/"):
             if self.headers.get("Authorization") != "Bearer AT-from-refresh":
                 port = self.server.server_address[1]
                 realm = f"http://127.0.0.1:{port}/token"
