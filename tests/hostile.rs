@@ -596,6 +596,12 @@ fn a_state_dir_under_a_directory_others_can_write_is_refused() {
     run.expect_clean_failure();
     assert!(run.stderr.contains("without the sticky bit") && run.stderr.contains("chmod"), "{}", run.describe());
     assert!(!state.exists(), "the state dir was created anyway");
+    // Also when directories between it and the shared one are missing.
+    let deeper = shared.join("missing/state");
+    let run = run_bin(&deeper, &sb.root, &["list"], &[]);
+    run.expect_clean_failure();
+    assert!(run.stderr.contains("without the sticky bit"), "{}", run.describe());
+    assert!(!shared.join("missing").exists(), "a missing ancestor was created anyway");
     // Sticky (like /tmp) is fine: nobody can replace another's entry.
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
     run_bin(&state, &sb.root, &["list"], &[]).ok();

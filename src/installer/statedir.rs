@@ -56,10 +56,10 @@ fn untrusted(path: &Path, meta: &std::fs::Metadata, uid: u32) -> Option<Error> {
 fn unsafe_ancestor(state_dir: &Path, uid: u32) -> Option<Error> {
     let abs =
         if state_dir.is_absolute() { state_dir.to_path_buf() } else { std::env::current_dir().ok()?.join(state_dir) };
-    let parent = abs.parent()?;
+    // The nearest existing directory above (missing ones are created 0700).
     // Symlinks above the state dir are resolved; the directories they lead
     // to are the ones checked.
-    let real = std::fs::canonicalize(parent).ok()?;
+    let real = abs.ancestors().skip(1).find_map(|a| std::fs::canonicalize(a).ok())?;
     let mut dir = Some(real.as_path());
     while let Some(d) = dir {
         let meta = std::fs::metadata(d).ok()?;

@@ -188,7 +188,9 @@ pub fn take_ssl_cert_file() {
     let _ = SSL_CERT_FILE.set(file);
 }
 
-fn extra_roots_file() -> Option<std::path::PathBuf> {
+/// The `SSL_CERT_FILE` taken out of the environment, if any (credential
+/// helpers get it back in theirs).
+pub fn extra_roots_file() -> Option<std::path::PathBuf> {
     SSL_CERT_FILE.get().cloned().flatten()
 }
 

@@ -123,13 +123,13 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, Sourc
 fn run_helper_program(bin: &str, registry: &str, timeout: Duration) -> Result<Option<Credentials>, SourceError> {
     let cred_err = |reason: String| SourceError::Credentials { registry: registry.to_string(), reason };
     tracing::debug!(helper = %bin, registry, "asking the credential helper");
-    let mut child = match Command::new(bin)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
+    let mut cmd = Command::new(bin);
+    cmd.arg("get").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(file) = crate::source::http::extra_roots_file() {
+        // Taken out of our environment at startup; the helper may need it.
+        cmd.env("SSL_CERT_FILE", file);
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::debug!(helper = %bin, "credential helper not installed; skipping it");
