@@ -123,7 +123,7 @@ pub fn refuse_redirect(next: &Url, previous: &[Url]) -> Option<String> {
 /// redirect hop passes [`refuse_redirect`], no `Referer` is sent, and
 /// reqwest drops `Authorization` on a hop to another origin. A file named
 /// by `SSL_CERT_FILE` adds its certificates to the system roots (see
-/// [`take_ssl_cert_file`]).
+/// [`super::roots`]).
 pub fn client(plain_http: bool) -> Result<reqwest::Client, String> {
     build_client(plain_http, true)
 }
@@ -155,43 +155,10 @@ fn build_client(plain_http: bool, follow: bool) -> Result<reqwest::Client, Strin
         // leave the machine through a proxy, in clear text.
         b = b.no_proxy();
     }
-    if let Some(path) = extra_roots_file() {
-        let pem = std::fs::read(&path).map_err(|e| {
-            format!("reading SSL_CERT_FILE {}: {e}; fix the file or unset SSL_CERT_FILE", path.display())
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("SSL_CERT_FILE {} holds no readable PEM certificates: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("SSL_CERT_FILE {} holds no PEM certificates", path.display()));
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+    for c in super::roots::extra_roots()? {
+        b = b.add_root_certificate(c);
     }
     b.build().map_err(error_chain)
-}
-
-/// `SSL_CERT_FILE`, taken out of the environment by [`take_ssl_cert_file`].
-static SSL_CERT_FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-
-/// Takes `SSL_CERT_FILE` out of this process's environment and remembers
-/// it, so its certificates are added to the system roots instead of
-/// replacing them (the platform verifier reads only that file when the
-/// variable is set, so trusting one private CA would break every public
-/// registry and CDN). Call once at startup, before any thread exists.
-pub fn take_ssl_cert_file() {
-    let file = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()).map(std::path::PathBuf::from);
-    if file.is_some() {
-        // Edition 2021: safe; called from main before any thread is started.
-        std::env::remove_var("SSL_CERT_FILE");
-    }
-    let _ = SSL_CERT_FILE.set(file);
-}
-
-/// The `SSL_CERT_FILE` taken out of the environment, if any (credential
-/// helpers get it back in theirs).
-pub fn extra_roots_file() -> Option<std::path::PathBuf> {
-    SSL_CERT_FILE.get().cloned().flatten()
 }
 
 /// `scheme://host:port` of a URL, ports made explicit.

@@ -125,7 +125,7 @@ fn run_helper_program(bin: &str, registry: &str, timeout: Duration) -> Result<Op
     tracing::debug!(helper = %bin, registry, "asking the credential helper");
     let mut cmd = Command::new(bin);
     cmd.arg("get").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(file) = crate::source::http::extra_roots_file() {
+    if let Some(file) = crate::source::roots::extra_roots_file() {
         // Taken out of our environment at startup; the helper may need it.
         cmd.env("SSL_CERT_FILE", file);
     }
