@@ -163,6 +163,83 @@ fn duplicate_pax_size_tar() -> Vec<u8> {
     out
 }
 
+/// A gzip layer under 1 MiB whose PAX header says `size` twice (0 for the
+/// tar crate, 512 MiB + 1 KiB for the cap checker before issue 25), then a
+/// GNU long name of 512 MiB that only the tar crate reads as a header, and
+/// would read whole into memory.
+fn hidden_long_name_bomb() -> Vec<u8> {
+    let name_bytes: u64 = 512 << 20;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let record = |k: &str, v: &str| {
+        let body = format!(" {k}={v}\n");
+        let mut n = body.len() + 1;
+        while n != body.len() + n.to_string().len() {
+            n = body.len() + n.to_string().len();
+        }
+        format!("{n}{body}")
+    };
+    let records = record("size", "0") + &record("size", &(name_bytes + 1024).to_string());
+    let mut x = tar::Header::new_ustar();
+    x.set_path("pax").unwrap();
+    x.set_entry_type(tar::EntryType::XHeader);
+    x.set_size(records.len() as u64);
+    x.set_mode(0o644);
+    x.set_cksum();
+    enc.write_all(x.as_bytes()).unwrap();
+    let mut data = records.into_bytes();
+    data.resize(data.len().div_ceil(512) * 512, 0);
+    enc.write_all(&data).unwrap();
+    let mut f = tar::Header::new_ustar();
+    f.set_path("first.txt").unwrap();
+    f.set_size(0);
+    f.set_mode(0o644);
+    f.set_cksum();
+    enc.write_all(f.as_bytes()).unwrap();
+    let mut bomb = long_name_bomb_tar_prefix(name_bytes);
+    enc.write_all(&bomb.0).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    while bomb.1 > 0 {
+        let n = bomb.1.min(chunk.len() as u64) as usize;
+        enc.write_all(&chunk[..n]).unwrap();
+        bomb.1 -= n as u64;
+    }
+    enc.write_all(&vec![0u8; (512 - (name_bytes % 512) as usize) % 512]).unwrap();
+    enc.write_all(&raw_tar(&[RawEntry::file("ok.txt", b"ok\n")])).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The header of a GNU long name of `name_bytes`, and how many name bytes follow it.
+fn long_name_bomb_tar_prefix(name_bytes: u64) -> (Vec<u8>, u64) {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_mode(0o644);
+    h.set_size(name_bytes);
+    h.set_cksum();
+    (h.as_bytes().to_vec(), name_bytes)
+}
+
+#[test]
+fn a_long_name_hidden_from_the_caps_is_never_read() {
+    let sb = Sandbox::new();
+    let layouts = tempdir();
+    let layer = hidden_long_name_bomb();
+    assert!(layer.len() < 1 << 20, "the bomb layer is {} bytes, not under 1 MiB", layer.len());
+    let source = hostile_demo_layout_with(&layouts.path().join("hidden"), "v1", &|mt| {
+        assert!(mt.contains("gzip"), "the demo's first tar layer is not gzip: {mt}");
+        layer.clone()
+    });
+    let before = outside_state(&sb);
+    let (run, rss_kib, took) =
+        run_bin_opts(&sb.state, &sb.root, &demo_install_args(&sb.dest, &source), &[], &RunOpts::default());
+    run.expect_clean_failure();
+    eprintln!("hidden long-name bomb: layer {} bytes, peak RSS {} KiB, {:?}", layer.len(), rss_kib, took);
+    assert!(rss_kib < 150 * 1024, "peak RSS {rss_kib} KiB: the long name was buffered\n{}", run.describe());
+    assert!(run.stderr.contains("repeats the key"), "{}", run.describe());
+    assert!(outside_state(&sb) == before, "the install changed the disk");
+    assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());
+}
+
 #[test]
 fn a_layer_read_differently_by_tar_and_the_caps_is_refused() {
     let sb = Sandbox::new();
@@ -465,144 +542,4 @@ fn an_https_registry_may_not_redirect_to_http() {
         run.describe()
     );
     assert!(server.requests().iter().any(|r| r.contains("/manifests/")), "{:?}", server.requests());
-}
-
-// ---------------------------------------------------------------------------
-// Issue 25: the client leaks nothing
-// ---------------------------------------------------------------------------
-
-fn alice() -> RunOpts {
-    RunOpts { stdin: Some(b"hunter2-secret\n".to_vec()), ..RunOpts::default() }
-}
-
-#[test]
-fn a_redirect_target_that_asks_for_credentials_gets_none() {
-    let server = HostileServer::start("cdn_challenge", None);
-    let sb = Sandbox::new();
-    let reference = format!("{}/demo:v1", server.addr());
-    let args = pull_args(&sb, &reference, &["--plain-http", "--username", "alice", "--password-stdin"]);
-    let (run, _, _) = run_bin_opts(&sb.state, &sb.root, &args, &[], &alice());
-    run.expect_clean_failure();
-    let log = server.requests();
-    assert!(log.iter().any(|r| r.contains("/cdn/") && r.contains("host=127.0.0.2")), "no CDN request: {log:?}");
-    assert!(!log.iter().any(|r| r.contains("host=127.0.0.3")), "the CDN's realm was asked for a token: {log:?}");
-    assert!(
-        log.iter().filter(|r| r.contains("host=127.0.0.2")).all(|r| r.ends_with("auth=no") && r.contains("referer=no")),
-        "the CDN saw credentials or a Referer: {log:?}"
-    );
-    assert!(run.stderr.contains("answers only the registry's own challenges"), "{}", run.describe());
-    assert!(!run.stderr.contains("were refused") && !run.stderr.contains("hunter2"), "{}", run.describe());
-    common::registry::assert_cache_consistent(&sb.state);
-}
-
-#[test]
-fn a_redirect_to_another_host_carries_no_authorization_or_referer() {
-    let server = HostileServer::start("cdn_ok", None);
-    let sb = Sandbox::new();
-    let reference = format!("{}/demo:v1", server.addr());
-    let args = pull_args(&sb, &reference, &["--plain-http", "--username", "alice", "--password-stdin"]);
-    let (run, _, _) = run_bin_opts(&sb.state, &sb.root, &args, &[], &alice());
-    let log = server.requests();
-    assert!(log.iter().any(|r| r.contains("/manifests/") && r.ends_with("auth=yes")), "{log:?}\n{}", run.describe());
-    let cdn: Vec<_> = log.iter().filter(|r| r.contains("host=127.0.0.2")).collect();
-    assert!(!cdn.is_empty(), "the blobs never reached the CDN: {log:?}\n{}", run.describe());
-    assert!(cdn.iter().all(|r| r.ends_with("auth=no") && r.contains("referer=no")), "{cdn:?}");
-    run.ok();
-    assert_eq!(fs::read(sb.dest.join("app/hello.txt")).unwrap(), b"hello from the registry\n");
-    common::registry::assert_cache_consistent(&sb.state);
-}
-
-#[test]
-fn plain_http_is_never_followed_off_loopback() {
-    let server = HostileServer::start("off_machine", None);
-    let sb = Sandbox::new();
-    let reference = format!("{}/demo:v1", server.addr());
-    let (run, _, took) =
-        run_bin_opts(&sb.state, &sb.root, &pull_args(&sb, &reference, &["--plain-http"]), &[], &RunOpts::default());
-    run.expect_clean_failure();
-    // The policy's own words: refused before any connection was made.
-    assert!(run.stderr.contains("plain HTTP never leaves this machine"), "{}", run.describe());
-    assert!(!run.stderr.contains("SECRET-SIGNATURE"), "{}", run.describe());
-    assert!(took < Duration::from_secs(20), "took {took:?}");
-    assert!(hash_tree(&sb.dest).is_empty(), "something was installed");
-    common::registry::assert_cache_consistent(&sb.state);
-}
-
-#[test]
-fn an_identity_token_is_traded_for_an_access_token() {
-    let server = HostileServer::start("identity_token", None);
-    let sb = Sandbox::new();
-    let docker = sb.root.join("docker");
-    fs::create_dir(&docker).unwrap();
-    // As `docker login` leaves it for a registry that issues refresh tokens.
-    let config =
-        format!(r#"{{"auths": {{"{}": {{"auth": "PHRva2VuPjo=", "identitytoken": "refresh-xyz"}}}}}}"#, server.addr());
-    fs::write(docker.join("config.json"), config).unwrap();
-    let reference = format!("{}/demo:v1", server.addr());
-    let docker_env = docker.into_os_string();
-    let run = sb.run_env(&pull_args(&sb, &reference, &["--plain-http"]), &[("DOCKER_CONFIG", &docker_env)]);
-    run.expect_clean_failure();
-    let log = server.requests();
-    assert!(
-        log.iter().any(|r| r.starts_with("POST /token")
-            && r.contains("grant_type=refresh_token")
-            && r.contains("refresh_token=refresh-xyz")
-            && r.contains("service=reg")),
-        "no refresh-token request: {log:?}"
-    );
-    assert!(log.iter().any(|r| r.contains("/manifests/") && r.ends_with("auth=yes")), "{log:?}");
-    assert!(run.stderr.contains("not found") || run.stderr.contains("no manifest"), "{}", run.describe());
-    assert!(!run.stderr.contains("refresh-xyz"), "{}", run.describe());
-}
-
-#[test]
-fn a_refresh_token_post_is_never_redirected() {
-    let server = HostileServer::start("identity_token_redirect", None);
-    let sb = Sandbox::new();
-    let docker = sb.root.join("docker");
-    fs::create_dir(&docker).unwrap();
-    let config = format!(r#"{{"auths": {{"{}": {{"identitytoken": "refresh-xyz"}}}}}}"#, server.addr());
-    fs::write(docker.join("config.json"), config).unwrap();
-    let reference = format!("{}/demo:v1", server.addr());
-    let docker_env = docker.into_os_string();
-    let run = sb.run_env(&pull_args(&sb, &reference, &["--plain-http"]), &[("DOCKER_CONFIG", &docker_env)]);
-    run.expect_clean_failure();
-    assert!(run.stderr.contains("does not follow it"), "{}", run.describe());
-    assert!(!run.stderr.contains("refresh-xyz"), "{}", run.describe());
-}
-
-#[test]
-fn a_state_dir_that_is_a_symlink_is_refused() {
-    let sb = Sandbox::new();
-    let victim = sb.root.join("victim");
-    fs::create_dir(&victim).unwrap();
-    fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
-    let link = sb.root.join("state-link");
-    std::os::unix::fs::symlink(&victim, &link).unwrap();
-    let run = run_bin(&link, &sb.root, &["list"], &[]);
-    run.expect_clean_failure();
-    assert!(run.stderr.contains("is a symlink") && run.stderr.contains("--state-dir"), "{}", run.describe());
-    assert!(fs::read_dir(&victim).unwrap().next().is_none(), "stagehand wrote into the symlink's target");
-}
-
-#[test]
-fn a_state_dir_under_a_directory_others_can_write_is_refused() {
-    let sb = Sandbox::new();
-    let shared = sb.root.join("shared");
-    fs::create_dir(&shared).unwrap();
-    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
-    let state = shared.join("state");
-    let run = run_bin(&state, &sb.root, &["list"], &[]);
-    run.expect_clean_failure();
-    assert!(run.stderr.contains("without the sticky bit") && run.stderr.contains("chmod"), "{}", run.describe());
-    assert!(!state.exists(), "the state dir was created anyway");
-    // Also when directories between it and the shared one are missing.
-    let deeper = shared.join("missing/state");
-    let run = run_bin(&deeper, &sb.root, &["list"], &[]);
-    run.expect_clean_failure();
-    assert!(run.stderr.contains("without the sticky bit"), "{}", run.describe());
-    assert!(!shared.join("missing").exists(), "a missing ancestor was created anyway");
-    // Sticky (like /tmp) is fine: nobody can replace another's entry.
-    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
-    run_bin(&state, &sb.root, &["list"], &[]).ok();
 }
