@@ -1,14 +1,17 @@
 //! HTTP to one registry repository, under stagehand's policy for servers it
 //! does not trust.
 //!
-//! This module owns the HTTP client (reqwest) and what it may do: no
-//! redirect from https to http, no proxy for a plain-http loopback registry,
-//! an overall deadline on every request, a cap on every body read into
-//! memory (manifest, tag list, token, error), and the registry token flow
-//! (`WWW-Authenticate: Bearer` or `Basic`), which never sends credentials to
-//! a token realm that is not https unless the registry itself is the
-//! loopback plain-http one and so is the realm. It does not interpret
-//! manifests or write files; `registry` does.
+//! This module owns the HTTP client (reqwest) and what it may do: every
+//! redirect hop checked before it is connected to (no https to http, plain
+//! HTTP only to loopback, whoever redirects), no `Referer`, no proxy for a
+//! plain-http loopback registry, an overall deadline on every request, a
+//! cap on every body read into memory (manifest, tag list, token, error),
+//! and the registry token flow (`WWW-Authenticate: Bearer` or `Basic`, with
+//! a user and password or an identity token). Credentials and challenges
+//! are answered only for the registry's own origin: a redirect target that
+//! asks for credentials gets none. A token realm must be https unless the
+//! registry itself is the loopback plain-http one and so is the realm. It
+//! does not interpret manifests or write files; `registry` does.
 
 use std::sync::Mutex;
 use std::time::Duration;
