@@ -27,6 +27,11 @@
 //! - `tar_bounds`: the raw tar stream follower (`plan::tar_bounds`) fed the
 //!   same bytes in two different chunkings reaches the same verdict and the
 //!   same counts; with caps of zero nothing with an entry passes.
+//! - `tar_differential`: the tar crate (as staging runs it, every byte
+//!   it reads fed to `plan::tar_bounds` first) and `TarBounds` read the same
+//!   bytes the same way: after each entry the tar reader yields, the bounds
+//!   have counted exactly as many entries and file bytes, and no entry the
+//!   reader yields lies past a cap the bounds let through.
 //! - `recovery_decide`: `txn::decide` over an arbitrary transaction record
 //!   and observations; never panics; every `Remove` names a staging or backup
 //!   path of the record, every `RemoveEmptyDir` a directory it created;
@@ -631,4 +636,53 @@ pub fn tar_bounds(data: &[u8]) {
         assert_eq!((whole.entries(), whole.expanded()), (chunked.entries(), chunked.expanded()));
         assert!(whole.entries() <= 4 && whole.expanded() <= 4096, "a cap was passed without an error");
     }
+}
+
+/// See the module doc: `tar_differential`. Returns how many entries the tar
+/// reader yielded (for the proptest's own sanity checks).
+pub fn tar_differential(data: &[u8]) -> u64 {
+    use stagehand::plan::limits::Limits;
+    use stagehand::plan::tar_bounds::TarBounds;
+    use std::cell::RefCell;
+    use std::io::Read;
+    use std::rc::Rc;
+
+    struct Bounded<'a> {
+        inner: &'a [u8],
+        bounds: Rc<RefCell<TarBounds>>,
+    }
+    impl Read for Bounded<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.bounds.borrow_mut().feed(&buf[..n]).map_err(|e| std::io::Error::other(e.0))?;
+            Ok(n)
+        }
+    }
+
+    let limits = Limits { max_entries: 6, max_layer_bytes: 8192, max_path_bytes: 64 };
+    let bounds = Rc::new(RefCell::new(TarBounds::new(limits)));
+    let mut archive = tar::Archive::new(Bounded { inner: data, bounds: bounds.clone() });
+    let Ok(entries) = archive.entries() else { return 0 };
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for entry in entries {
+        let Ok(mut entry) = entry else { break };
+        n += 1;
+        let kind = entry.header().entry_type().as_byte();
+        if matches!(kind, b'0' | b'\0' | b'7') {
+            bytes += entry.size();
+        }
+        let b = bounds.borrow();
+        assert_eq!(b.entries(), n, "tar yielded entry {n} ({:?}); the bounds counted {}", kind as char, b.entries());
+        assert_eq!(b.expanded(), bytes, "tar's file bytes after entry {n}: {bytes}; the bounds': {}", b.expanded());
+        assert!(n <= limits.max_entries && bytes <= limits.max_layer_bytes, "a cap was passed without an error");
+        let long = entry.path_bytes().len().max(entry.link_name_bytes().map_or(0, |l| l.len()));
+        // A ustar name and prefix hold 256 bytes; anything longer came from
+        // an extension header, which the bounds capped.
+        assert!(long as u64 <= limits.max_path_bytes.max(256) + 1, "a {long}-byte name passed the bounds");
+        drop(b);
+        if std::io::copy(&mut entry, &mut std::io::sink()).is_err() {
+            break;
+        }
+    }
+    n
 }

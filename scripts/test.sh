@@ -34,7 +34,7 @@ command -v htpasswd >/dev/null 2>&1 || registry_pkgs+=(apache2-utils)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || registry_pkgs+=(qemu-system-x86)
 command -v busybox >/dev/null 2>&1 || registry_pkgs+=(busybox-static)
 command -v mkfs.btrfs >/dev/null 2>&1 || registry_pkgs+=(btrfs-progs)
-# HOSTILE-SERVER TESTS (tests/hostile.rs): python3 runs the hostile loopback
+# HOSTILE-SERVER TESTS (tests/hostile.rs, tests/client_safety.rs): python3 runs the hostile loopback
 # server, openssl makes its TLS certificate, setpriv (util-linux) runs the
 # binary as uid 65534 for the state-dir cases.
 command -v python3 >/dev/null 2>&1 || registry_pkgs+=(python3)

@@ -177,6 +177,13 @@ fn corpus_registry_http() {
 }
 
 #[test]
+fn corpus_tar_differential() {
+    replay("tar_differential", |d| {
+        harness::tar_differential(d);
+    });
+}
+
+#[test]
 fn corpus_tar_bounds() {
     replay("tar_bounds", harness::tar_bounds);
 }

@@ -127,6 +127,134 @@ fn exceeding_a_cap_fails_before_the_commit_point_naming_it() {
     }
 }
 
+/// A tar whose PAX header says `size` twice: 0 first (what the tar crate
+/// uses), then the length of the 100 entries that follow (what the cap
+/// checker used before issue 25, skipping them as one file's data).
+fn duplicate_pax_size_tar() -> Vec<u8> {
+    let hidden = tar_of(&(0..100).map(|i| (format!("h{i}.txt"), b"x".to_vec())).collect::<Vec<_>>());
+    let hidden = &hidden[..hidden.len() - 1024]; // without its end marker
+    let record = |k: &str, v: &str| {
+        let body = format!(" {k}={v}\n");
+        let mut n = body.len() + 1;
+        while n != body.len() + n.to_string().len() {
+            n = body.len() + n.to_string().len();
+        }
+        format!("{n}{body}")
+    };
+    let records = record("size", "0") + &record("size", &hidden.len().to_string());
+    let mut out = Vec::new();
+    let mut x = tar::Header::new_ustar();
+    x.set_path("pax").unwrap();
+    x.set_entry_type(tar::EntryType::XHeader);
+    x.set_size(records.len() as u64);
+    x.set_mode(0o644);
+    x.set_cksum();
+    out.extend_from_slice(x.as_bytes());
+    out.extend_from_slice(records.as_bytes());
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    let mut f = tar::Header::new_ustar();
+    f.set_path("first.txt").unwrap();
+    f.set_size(0);
+    f.set_mode(0o644);
+    f.set_cksum();
+    out.extend_from_slice(f.as_bytes());
+    out.extend_from_slice(hidden);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// A gzip layer under 1 MiB whose PAX header says `size` twice (0 for the
+/// tar crate, 512 MiB + 1 KiB for the cap checker before issue 25), then a
+/// GNU long name of 512 MiB that only the tar crate reads as a header, and
+/// would read whole into memory.
+fn hidden_long_name_bomb() -> Vec<u8> {
+    let name_bytes: u64 = 512 << 20;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let record = |k: &str, v: &str| {
+        let body = format!(" {k}={v}\n");
+        let mut n = body.len() + 1;
+        while n != body.len() + n.to_string().len() {
+            n = body.len() + n.to_string().len();
+        }
+        format!("{n}{body}")
+    };
+    let records = record("size", "0") + &record("size", &(name_bytes + 1024).to_string());
+    let mut x = tar::Header::new_ustar();
+    x.set_path("pax").unwrap();
+    x.set_entry_type(tar::EntryType::XHeader);
+    x.set_size(records.len() as u64);
+    x.set_mode(0o644);
+    x.set_cksum();
+    enc.write_all(x.as_bytes()).unwrap();
+    let mut data = records.into_bytes();
+    data.resize(data.len().div_ceil(512) * 512, 0);
+    enc.write_all(&data).unwrap();
+    let mut f = tar::Header::new_ustar();
+    f.set_path("first.txt").unwrap();
+    f.set_size(0);
+    f.set_mode(0o644);
+    f.set_cksum();
+    enc.write_all(f.as_bytes()).unwrap();
+    let mut bomb = long_name_bomb_tar_prefix(name_bytes);
+    enc.write_all(&bomb.0).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    while bomb.1 > 0 {
+        let n = bomb.1.min(chunk.len() as u64) as usize;
+        enc.write_all(&chunk[..n]).unwrap();
+        bomb.1 -= n as u64;
+    }
+    enc.write_all(&vec![0u8; (512 - (name_bytes % 512) as usize) % 512]).unwrap();
+    enc.write_all(&raw_tar(&[RawEntry::file("ok.txt", b"ok\n")])).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The header of a GNU long name of `name_bytes`, and how many name bytes follow it.
+fn long_name_bomb_tar_prefix(name_bytes: u64) -> (Vec<u8>, u64) {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_mode(0o644);
+    h.set_size(name_bytes);
+    h.set_cksum();
+    (h.as_bytes().to_vec(), name_bytes)
+}
+
+#[test]
+fn a_long_name_hidden_from_the_caps_is_never_read() {
+    let sb = Sandbox::new();
+    let layouts = tempdir();
+    let layer = hidden_long_name_bomb();
+    assert!(layer.len() < 1 << 20, "the bomb layer is {} bytes, not under 1 MiB", layer.len());
+    let source = hostile_demo_layout_with(&layouts.path().join("hidden"), "v1", &|mt| {
+        assert!(mt.contains("gzip"), "the demo's first tar layer is not gzip: {mt}");
+        layer.clone()
+    });
+    let before = outside_state(&sb);
+    let (run, rss_kib, took) =
+        run_bin_opts(&sb.state, &sb.root, &demo_install_args(&sb.dest, &source), &[], &RunOpts::default());
+    run.expect_clean_failure();
+    eprintln!("hidden long-name bomb: layer {} bytes, peak RSS {} KiB, {:?}", layer.len(), rss_kib, took);
+    assert!(rss_kib < 150 * 1024, "peak RSS {rss_kib} KiB: the long name was buffered\n{}", run.describe());
+    assert!(run.stderr.contains("repeats the key"), "{}", run.describe());
+    assert!(outside_state(&sb) == before, "the install changed the disk");
+    assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());
+}
+
+#[test]
+fn a_layer_read_differently_by_tar_and_the_caps_is_refused() {
+    let sb = Sandbox::new();
+    let layouts = tempdir();
+    let source = hostile_demo_layout(&layouts.path().join("dup-pax"), "v1", &duplicate_pax_size_tar());
+    let before = outside_state(&sb);
+    let mut args = demo_install_args(&sb.dest, &source);
+    args.extend(["--max-entries", "10"].map(OsString::from));
+    let run = sb.run(&args);
+    run.expect_clean_failure();
+    assert!(run.stderr.contains("repeats the key"), "{}", run.describe());
+    assert!(outside_state(&sb) == before, "the refused install changed the disk");
+    assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());
+}
+
 #[test]
 fn rollback_stages_the_kept_version_under_the_caps_it_is_given() {
     let sb = Sandbox::new();

@@ -503,3 +503,55 @@ fn apply_dry_run_from_a_registry_leaves_the_cache_unchanged() {
     assert_cache_consistent(&sb.state);
     sb.run(&["verify"]).ok();
 }
+
+/// Two packages of one `apply` that need the same 20 MiB blob: it is
+/// downloaded once (one GET at the registry), both packages install it, and
+/// the cache holds it under its own digest. (Before: both downloads wrote
+/// the same partial file at once, the apply failed, and the cache kept a
+/// `sha256/<hex>` file that hashed to something else.)
+#[test]
+fn apply_downloads_a_blob_two_packages_share_once() {
+    if !require("apply_downloads_a_blob_two_packages_share_once", TOOLS) {
+        return;
+    }
+    let tmp = tempdir("reg-apply-shared");
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let big = pseudo_random(20 * 1024 * 1024, 0x5ba7ed);
+    let big_hex = sha256_hex(&big);
+    let mut layout = LayoutBuilder::new(&tmp.path().join("layout"));
+    for name in ["a", "b"] {
+        let m = layout.file_manifest(&[("big.bin", &big), (&format!("{name}.txt"), name.as_bytes())]);
+        layout.tag(name, &m);
+    }
+    drop(big);
+    for name in ["a", "b"] {
+        skopeo_push(&layout.dir, name, &format!("{}/big:{name}", reg.host()), None, false);
+    }
+    // ~40 MiB/s: the shared blob takes long enough for both pulls to want it at once.
+    let proxy = SlowProxy::start(reg.port, 40 * 1024 * 1024);
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    fs::create_dir_all(&sb.dest).expect("dest");
+    let d = sb.dest.display().to_string();
+    let file = sb.root.join("stagehand.toml");
+    let body: String = ["a", "b"]
+        .iter()
+        .map(|n| {
+            format!(
+                "[package.{n}]\nref = \"127.0.0.1:{}/big:{n}\"\nplain-http = true\nmap = [\"*={d}/{n}\"]\n",
+                proxy.port
+            )
+        })
+        .collect();
+    fs::write(&file, body).expect("write stagehand.toml");
+    let f = file.display().to_string();
+    let run = sb.run_env(&["apply", "--file", &f], &[("RUST_LOG", "stagehand=debug")], None);
+    let run = run.ok();
+    for n in ["a", "b"] {
+        let got = sha256_file(&sb.dest.join(n).join("big.bin"));
+        assert_eq!(got, big_hex, "package {n}'s big.bin");
+    }
+    assert_cache_consistent(&sb.state);
+    let gets = run.stderr.lines().filter(|l| l.contains("GET blob") && l.contains(&big_hex)).count();
+    assert_eq!(gets, 1, "the shared blob was fetched {gets} times:\n{}", run.stderr);
+    drop(proxy);
+}

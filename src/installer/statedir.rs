@@ -6,7 +6,11 @@
 //! existing directory's mode is never changed) and refuses one that anyone
 //! but the current user could have written: the dir or anything in it owned
 //! by another user, writable by group or others, or a symlink inside it.
-//! It only reads metadata; creation goes through `fsops`.
+//! The state dir itself must not be a symlink, and no directory above it
+//! may let another user replace it: each ancestor must belong to root or to
+//! the current user, and must not be writable by group or others unless it
+//! is sticky (like `/tmp`). It only reads metadata; creation goes through
+//! `fsops`.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
@@ -47,18 +51,68 @@ fn untrusted(path: &Path, meta: &std::fs::Metadata, uid: u32) -> Option<Error> {
     None
 }
 
+/// Why a directory above the state dir lets someone else replace the
+/// state dir, if it does.
+fn unsafe_ancestor(state_dir: &Path, uid: u32) -> Option<Error> {
+    let abs =
+        if state_dir.is_absolute() { state_dir.to_path_buf() } else { std::env::current_dir().ok()?.join(state_dir) };
+    // The nearest existing directory above (missing ones are created 0700).
+    // Symlinks above the state dir are resolved; the directories they lead
+    // to are the ones checked.
+    let real = abs.ancestors().skip(1).find_map(|a| std::fs::canonicalize(a).ok())?;
+    let mut dir = Some(real.as_path());
+    while let Some(d) = dir {
+        let meta = std::fs::metadata(d).ok()?;
+        let (owner, mode) = (meta.uid(), meta.mode());
+        let sticky = mode & 0o1000 != 0;
+        let fix = |why: String, fix: String| {
+            Error::Refused(format!(
+                "the state dir {} is not safe: the directory {} above it {why}, so another user could swap the \
+                 state dir for a symlink to a directory of their choosing (nothing was changed); {fix}, or use a \
+                 --state-dir under a directory only root and you can write",
+                state_dir.display(),
+                d.display()
+            ))
+        };
+        if owner != 0 && owner != uid {
+            return Some(fix(format!("is owned by uid {owner}"), format!("run `chown root {}`", d.display())));
+        }
+        if mode & 0o022 != 0 && !sticky {
+            return Some(fix(
+                format!("is writable by group or others without the sticky bit (mode {:o})", mode & 0o7777),
+                format!("run `chmod go-w {}` (or `chmod +t` for a shared directory)", d.display()),
+            ));
+        }
+        dir = d.parent();
+    }
+    None
+}
+
 /// Creates `state_dir` (0700) if it is missing, then checks that it and
 /// everything in it belong to the current user and nobody else can write them.
 pub fn prepare(state_dir: &Path) -> Result<()> {
-    fsops::create_dir_all_durable(state_dir, 0o700, "state")
-        .map_err(|source| Error::Io { context: format!("creating the state dir {}", state_dir.display()), source })?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
+    if let Ok(m) = std::fs::symlink_metadata(state_dir) {
+        if m.file_type().is_symlink() {
+            return Err(Error::Refused(format!(
+                "the state dir {} is a symlink; stagehand refuses it (another user could point it at any \
+                 directory) and changed nothing: pass the real directory it leads to as --state-dir, or \
+                 remove the symlink",
+                state_dir.display()
+            )));
+        }
+    }
+    if let Some(e) = unsafe_ancestor(state_dir, uid) {
+        return Err(e);
+    }
+    fsops::create_dir_all_durable(state_dir, 0o700, "state")
+        .map_err(|source| Error::Io { context: format!("creating the state dir {}", state_dir.display()), source })?;
     let stat = |p: &Path, follow: bool| {
         let m = if follow { std::fs::metadata(p) } else { std::fs::symlink_metadata(p) };
         m.map_err(|source| Error::Io { context: format!("checking {}", p.display()), source })
     };
-    let meta = stat(state_dir, true)?;
+    let meta = stat(state_dir, false)?;
     if !meta.is_dir() {
         return Err(Error::Refused(format!("the state dir {} is not a directory", state_dir.display())));
     }

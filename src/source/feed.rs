@@ -89,6 +89,26 @@ impl Feed {
         self.more.notify_all();
     }
 
+    /// True once the download failed.
+    pub fn has_failed(&self) -> bool {
+        matches!(self.lock().end, Some(Err(_)))
+    }
+
+    /// Waits until the download ends: `Ok` once the blob is complete and in
+    /// the cache, else its failure's message (or that we were interrupted).
+    pub fn wait(&self, interrupted: fn() -> bool) -> Result<(), String> {
+        let mut s = self.lock();
+        loop {
+            if let Some(end) = &s.end {
+                return end.clone();
+            }
+            if interrupted() {
+                return Err("interrupted".into());
+            }
+            s = self.more.wait_timeout(s, WAKE_EVERY).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
     /// True once the download ended, either way.
     pub fn ended(&self) -> bool {
         self.lock().end.is_some()

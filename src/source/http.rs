@@ -1,14 +1,17 @@
 //! HTTP to one registry repository, under stagehand's policy for servers it
 //! does not trust.
 //!
-//! This module owns the HTTP client (reqwest) and what it may do: no
-//! redirect from https to http, no proxy for a plain-http loopback registry,
-//! an overall deadline on every request, a cap on every body read into
-//! memory (manifest, tag list, token, error), and the registry token flow
-//! (`WWW-Authenticate: Bearer` or `Basic`), which never sends credentials to
-//! a token realm that is not https unless the registry itself is the
-//! loopback plain-http one and so is the realm. It does not interpret
-//! manifests or write files; `registry` does.
+//! This module owns the HTTP client (reqwest) and what it may do: every
+//! redirect hop checked before it is connected to (no https to http, plain
+//! HTTP only to loopback, whoever redirects), no `Referer`, no proxy for a
+//! plain-http loopback registry, an overall deadline on every request, a
+//! cap on every body read into memory (manifest, tag list, token, error),
+//! and the registry token flow (`WWW-Authenticate: Bearer` or `Basic`, with
+//! a user and password or an identity token). Credentials and challenges
+//! are answered only for the registry's own origin: a redirect target that
+//! asks for credentials gets none. A token realm must be https unless the
+//! registry itself is the loopback plain-http one and so is the realm. It
+//! does not interpret manifests or write files; `registry` does.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -95,21 +98,58 @@ pub fn strip_queries(text: &str) -> String {
     out
 }
 
-/// The client every request of a pull goes through, with the policy.
+/// The refusal of one redirect hop, if our policy refuses it: more than
+/// [`MAX_REDIRECTS`], a scheme other than http(s), https to http, or plain
+/// HTTP to anything but a loopback address. Decided before the hop is
+/// connected to, so a refused hop never sees a byte.
+pub fn refuse_redirect(next: &Url, previous: &[Url]) -> Option<String> {
+    let to = shown_url(next);
+    if previous.len() >= MAX_REDIRECTS {
+        return Some(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    if next.scheme() != "https" && next.scheme() != "http" {
+        return Some(format!("refused a redirect to {to}, which is neither https nor http"));
+    }
+    if previous.iter().any(|u| u.scheme() == "https") && next.scheme() != "https" {
+        return Some(format!("refused a redirect from https to {to}, which is not https"));
+    }
+    if next.scheme() == "http" && !url_is_loopback(next) {
+        return Some(format!(
+            "refused a redirect to {to}: plain HTTP never leaves this machine (only loopback addresses may be \
+             reached without TLS); nothing was sent there"
+        ));
+    }
+    None
+}
+
+/// The client every request of a pull goes through, with the policy: every
+/// redirect hop passes [`refuse_redirect`], no `Referer` is sent, and
+/// reqwest drops `Authorization` on a hop to another origin. A file named
+/// by `SSL_CERT_FILE` adds its certificates to the system roots (see
+/// [`super::roots`]).
 pub fn client(plain_http: bool) -> Result<reqwest::Client, String> {
-    let redirects = reqwest::redirect::Policy::custom(|attempt| {
-        if attempt.previous().len() >= MAX_REDIRECTS {
-            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-        }
-        let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
-        if from_https && attempt.url().scheme() != "https" {
-            let to = shown_url(attempt.url());
-            return attempt.error(format!("refused a redirect from https to {to}, which is not https"));
-        }
-        attempt.follow()
-    });
+    build_client(plain_http, true)
+}
+
+/// The same client, following no redirect at all: for the refresh-token
+/// POST, whose body (the refresh token) a 307 would carry to wherever it
+/// points.
+pub fn client_without_redirects(plain_http: bool) -> Result<reqwest::Client, String> {
+    build_client(plain_http, false)
+}
+
+fn build_client(plain_http: bool, follow: bool) -> Result<reqwest::Client, String> {
+    let redirects = if follow {
+        reqwest::redirect::Policy::custom(|attempt| match refuse_redirect(attempt.url(), attempt.previous()) {
+            Some(why) => attempt.error(why),
+            None => attempt.follow(),
+        })
+    } else {
+        reqwest::redirect::Policy::none()
+    };
     let mut b = reqwest::Client::builder()
         .redirect(redirects)
+        .referer(false)
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .user_agent(concat!("stagehand/", env!("CARGO_PKG_VERSION")));
@@ -118,7 +158,15 @@ pub fn client(plain_http: bool) -> Result<reqwest::Client, String> {
         // leave the machine through a proxy, in clear text.
         b = b.no_proxy();
     }
+    for c in super::roots::extra_roots()? {
+        b = b.add_root_certificate(c);
+    }
     b.build().map_err(error_chain)
+}
+
+/// `scheme://host:port` of a URL, ports made explicit.
+pub fn origin(u: &Url) -> (String, Option<String>, Option<u16>) {
+    (u.scheme().to_string(), u.host_str().map(str::to_ascii_lowercase), u.port_or_known_default())
 }
 
 /// True if the URL's host is loopback.
@@ -246,42 +294,55 @@ struct TokenReply {
     access_token: Option<String>,
 }
 
-/// Credentials for the registry.
+/// A user name and password for the registry.
 #[derive(Clone)]
 pub struct Basic {
     pub user: String,
     pub password: String,
 }
 
+/// Credentials for the registry: a user and password, or an identity
+/// token (a refresh token, as Docker's `identitytoken` and a credential
+/// helper's `<token>` user hold), which is traded for an access token at
+/// the registry's token realm (OAuth2 `grant_type=refresh_token`).
+#[derive(Clone)]
+pub enum Credentials {
+    Basic(Basic),
+    IdentityToken(String),
+}
+
 /// Requests to one repository of one registry, authenticated as it asks.
 pub struct Session {
     client: reqwest::Client,
+    /// [`client_without_redirects`], for the refresh-token POST.
+    token_client: reqwest::Client,
     base: String,
     repository: String,
     plain_http_loopback: bool,
     timeout: Duration,
-    basic: Option<Basic>,
+    credentials: Option<Credentials>,
     /// The `Authorization` value to send, once the registry asked for one.
     authorization: Mutex<Option<HeaderValue>>,
 }
 
 impl Session {
     pub fn new(
-        client: reqwest::Client,
+        (client, token_client): (reqwest::Client, reqwest::Client),
         plain_http: bool,
         registry: &str,
         repository: &str,
         timeout: Duration,
-        basic: Option<Basic>,
+        credentials: Option<Credentials>,
     ) -> Session {
         let scheme = if plain_http { "http" } else { "https" };
         Session {
             client,
+            token_client,
             base: format!("{scheme}://{registry}/v2/{repository}"),
             repository: repository.to_string(),
             plain_http_loopback: plain_http,
             timeout,
-            basic,
+            credentials,
             authorization: Mutex::new(None),
         }
     }
@@ -291,13 +352,18 @@ impl Session {
         format!("{}/{path}", self.base)
     }
 
+    /// True if `u` has the registry's own scheme, host and port.
+    fn is_own_origin(&self, u: &Url) -> bool {
+        Url::parse(&self.base).is_ok_and(|b| origin(&b) == origin(u))
+    }
+
     fn current_auth(&self) -> Option<HeaderValue> {
         self.authorization.lock().map(|a| a.clone()).unwrap_or(None)
     }
 
     fn basic_header(&self) -> Option<HeaderValue> {
         use base64::Engine as _;
-        let b = self.basic.as_ref()?;
+        let Some(Credentials::Basic(b)) = self.credentials.as_ref() else { return None };
         let raw = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", b.user, b.password));
         let mut v = HeaderValue::from_str(&format!("Basic {raw}")).ok()?;
         v.set_sensitive(true);
@@ -333,6 +399,16 @@ impl Session {
             self.client.get(&url).headers(headers).timeout(timeout).send()
         };
         let mut resp = send(self.current_auth()).await.map_err(transport)?;
+        if resp.status() == StatusCode::UNAUTHORIZED && !self.is_own_origin(resp.url()) {
+            // A redirect target (a CDN) asks for credentials: they are the
+            // registry's, and are never offered to another origin.
+            return Err(HttpFailure::Refused(format!(
+                "the registry redirected {path} to {}, which answered 401 Unauthorized; stagehand answers only the \
+                 registry's own challenges, so no credentials were sent there. The registry's storage redirect is \
+                 misconfigured (or hostile): tell its operator",
+                shown_url(resp.url())
+            )));
+        }
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge =
                 resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(parse_challenge);
@@ -366,9 +442,10 @@ impl Session {
         let realm_url = Url::parse(&realm).map_err(|_| {
             HttpFailure::Refused(format!("the registry named a token realm that is not a URL: {}", printable(&realm)))
         })?;
-        if self.basic.is_some() && !realm_allowed(&realm_url, self.plain_http_loopback) {
+        if !realm_allowed(&realm_url, self.plain_http_loopback) {
             return Err(HttpFailure::Refused(format!(
-                "the registry sends us for a token to {}, which is not https; stagehand will not send credentials there",
+                "the registry sends us for a token to {}, which is not https; stagehand will not send credentials \
+                 or requests there (plain HTTP is only for a loopback registry and its loopback realm)",
                 shown_url(&realm_url)
             )));
         }
@@ -376,16 +453,46 @@ impl Session {
             return Err(HttpFailure::Refused(format!("unsupported token realm {}", shown_url(&realm_url))));
         }
         let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
-        let mut query: Vec<(&str, &str)> = vec![("scope", &scope)];
-        if let Some(s) = &service {
-            query.push(("service", s));
-        }
-        let mut req = self.client.get(realm_url.clone()).query(&query).timeout(self.timeout);
-        if let Some(b) = self.basic_header() {
-            req = req.header(AUTHORIZATION, b);
-        }
+        let req = if let Some(Credentials::IdentityToken(refresh)) = &self.credentials {
+            // The distribution token spec's OAuth2 flow: POST a form.
+            let mut form = Url::parse("http://form.invalid/").map_err(|e| HttpFailure::Refused(e.to_string()))?;
+            {
+                let mut q = form.query_pairs_mut();
+                q.append_pair("grant_type", "refresh_token");
+                if let Some(s) = &service {
+                    q.append_pair("service", s);
+                }
+                q.append_pair("scope", &scope);
+                q.append_pair("client_id", "stagehand");
+                q.append_pair("refresh_token", refresh);
+            }
+            let body = form.query().unwrap_or("").to_string();
+            self.token_client
+                .post(realm_url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body)
+                .timeout(self.timeout)
+        } else {
+            let mut query: Vec<(&str, &str)> = vec![("scope", &scope)];
+            if let Some(s) = &service {
+                query.push(("service", s));
+            }
+            let mut req = self.client.get(realm_url.clone()).query(&query).timeout(self.timeout);
+            if let Some(b) = self.basic_header() {
+                req = req.header(AUTHORIZATION, b);
+            }
+            req
+        };
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status();
+        if status.is_redirection() {
+            return Err(HttpFailure::Refused(format!(
+                "the token realm {} answered the refresh-token request with a redirect ({status}); stagehand does \
+                 not follow it, so the token was sent nowhere else. Ask the registry's operator for a realm that \
+                 answers directly",
+                shown_url(&realm_url)
+            )));
+        }
         let body = read_capped(&mut resp, MAX_TOKEN_BYTES, "token response").await?;
         if !status.is_success() {
             return Err(HttpFailure::Status { status, message: error_message(&body) });
@@ -437,6 +544,24 @@ mod tests {
         assert!(!realm_allowed(&u("http://127.0.0.1:5000/token"), false));
         assert!(realm_allowed(&u("http://127.0.0.1:5000/token"), true));
         assert!(realm_allowed(&u("http://localhost:5000/token"), true));
+    }
+
+    #[test]
+    fn redirects_never_take_plain_http_off_loopback() {
+        let u = |s: &str| Url::parse(s).expect("url");
+        let from_plain = [u("http://127.0.0.1:5000/v2/x/blobs/sha256:ab")];
+        let from_tls = [u("https://reg.example/v2/x/blobs/sha256:ab")];
+        for off in ["http://192.0.2.1/blob?sig=x", "http://10.0.0.1:80/b", "http://cdn.example/b", "http://0.0.0.0:9/b"]
+        {
+            let why = refuse_redirect(&u(off), &from_plain).expect("refused");
+            assert!(why.contains("plain HTTP never leaves this machine") && !why.contains("sig="), "{why}");
+        }
+        for ok in ["http://127.0.0.2:8080/b", "http://localhost/b", "http://[::1]:9/b", "https://cdn.example/b"] {
+            assert_eq!(refuse_redirect(&u(ok), &from_plain), None, "{ok}");
+        }
+        assert!(refuse_redirect(&u("http://127.0.0.1/b"), &from_tls).expect("refused").contains("from https"));
+        assert!(refuse_redirect(&u("ftp://127.0.0.1/b"), &from_plain).is_some());
+        assert!(refuse_redirect(&u("https://cdn.example/b"), &vec![u("https://a.example/"); MAX_REDIRECTS]).is_some());
     }
 
     #[test]

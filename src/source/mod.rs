@@ -19,6 +19,7 @@ pub mod layout;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
+pub mod roots;
 pub mod signature;
 pub mod verify;
 

@@ -397,6 +397,16 @@ impl Sandbox {
     }
 }
 
+/// After every registry test (pass or clean failure): the blob cache's
+/// rule holds, every `blobs/sha256/<hex>` hashes to its name.
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            assert_cache_consistent(&self.state);
+        }
+    }
+}
+
 /// The demo world for `ver` under a destination laid out by
 /// [`Sandbox::demo_args`], computed straight from `examples/src/demo/<ver>`.
 pub fn demo_world(ver: &str) -> Tree {

@@ -36,6 +36,8 @@ struct Running {
 pub struct Downloads {
     running: Mutex<Option<Running>>,
     feeds: BTreeMap<String, Arc<Feed>>,
+    /// Blobs another pull of this process downloads for us (see `inflight`).
+    shared: Vec<(Descriptor, Arc<Feed>)>,
     cache: BlobCache,
     overall: ProgressBar,
     registry: String,
@@ -43,10 +45,12 @@ pub struct Downloads {
 }
 
 impl Downloads {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         runtime: Runtime,
         tasks: Tasks,
         feeds: BTreeMap<String, Arc<Feed>>,
+        shared: Vec<(Descriptor, Arc<Feed>)>,
         cache: BlobCache,
         overall: ProgressBar,
         registry: String,
@@ -55,6 +59,7 @@ impl Downloads {
         Downloads {
             running: Mutex::new(Some(Running { runtime, tasks })),
             feeds,
+            shared,
             cache,
             overall,
             registry,
@@ -123,10 +128,26 @@ impl BlobSource for Downloads {
     }
 
     fn complete(&self) -> Result<(), SourceError> {
-        match self.take() {
-            Some(run) => self.join(run, false).map_or(Ok(()), Err),
-            None => Ok(()),
+        if let Some(run) = self.take() {
+            if let Some(e) = self.join(run, false) {
+                return Err(e);
+            }
         }
+        for (desc, feed) in &self.shared {
+            if let Err(message) = feed.wait(self.interrupted) {
+                if (self.interrupted)() {
+                    return Err(SourceError::Interrupted);
+                }
+                return Err(SourceError::Registry {
+                    registry: self.registry.clone(),
+                    reason: format!(
+                        "{} (downloaded once for several packages of this command) failed: {message}",
+                        blob_label(desc)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn abort(&self) -> Option<SourceError> {
