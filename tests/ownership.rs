@@ -233,3 +233,40 @@ fn without_birth_times_a_users_new_directory_is_not_taken_for_staged_content() {
     sb.run(&["repair"]).expect_code(5);
     assert_eq!(fs::read(app.join("notes.txt")).unwrap(), PRECIOUS);
 }
+
+/// A journal emptied (sled's main file cut to 0 bytes) before any
+/// transaction finished opens, to sled, as a new empty one; the seal has
+/// reserved ids by then, so it is refused (exit 6), not taken for a fresh
+/// journal that forgets the interrupted transaction. Set-aside then
+/// reports the user's tree at its staging name, and ids go on past it.
+#[test]
+fn a_journal_emptied_before_any_transaction_finished_is_refused() {
+    let sb = Sandbox::new();
+    let app_src = dir_package(&sb.root.join("layouts/app"), "app");
+    let app = sb.dest.join("app");
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("precious.txt"), PRECIOUS).unwrap();
+    let crash = [("STAGEHAND_CRASH_AT", OsStr::new("fsops.fsync_dir.swap:1"))];
+    let run = sb.run_env(&install_args(&app_src, &app, true), &crash);
+    assert!(!run.success(), "the install was to be killed:\n{}", run.describe());
+    let at_first = copies_of(&sb.dest, PRECIOUS);
+    assert!(at_first.len() == 1 && at_first[0].contains(".stagehand-"), "{at_first:?}");
+    let db = sb.state.join("journal/db");
+    fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(0).unwrap();
+    let status = sb.run(&["status"]);
+    status.expect_code(6);
+    assert!(status.stderr.contains("seal"), "{}", status.describe());
+    let aside = sb.run(&["repair", "--set-aside-journal", "--json"]);
+    aside.ok();
+    let rep = aside.json();
+    let found: Vec<String> = rep["stagehand_paths"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{rep}"))
+        .iter()
+        .filter_map(|p| p.as_str().map(str::to_string))
+        .collect();
+    let staging = sb.dest.join(at_first[0].split('/').next().unwrap_or_default());
+    assert!(found.contains(&staging.display().to_string()), "set-aside does not report {staging:?}: {rep}");
+    sb.run(&install_args(&app_src, &app, true)).ok();
+    assert_eq!(copies_of(&sb.dest, PRECIOUS), at_first, "precious.txt moved or was lost");
+}

@@ -269,6 +269,22 @@ impl Journal {
             }
             Some(v) => return Err(JournalError::NewerFormat { found: v.first().copied().unwrap_or(0) }),
             None => {
+                // No format: sled found no records at all. Beside a seal
+                // that vouches for handed-out ids, that is a journal that
+                // lost its files (cut short, emptied), not a new one:
+                // refused, so set-aside can still find what it named.
+                if let Ok(Some(sealed)) = seal::read(dir) {
+                    if sealed.highest() > 0 {
+                        return Err(JournalError::BehindSeal {
+                            path: dir.to_path_buf(),
+                            path_seal: seal::path(dir),
+                            detail: format!(
+                                "it holds no records at all, but transaction ids up to {} were handed out",
+                                sealed.highest()
+                            ),
+                        });
+                    }
+                }
                 // A new journal (the first, or one after a set-aside, even
                 // one killed before it raised the counter) starts past every
                 // staging or backup name on disk in the places, so it never
