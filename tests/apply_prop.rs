@@ -384,7 +384,7 @@ impl World {
     /// mtimes; `etc` at most an empty directory) with `aI` not installed
     /// or installed at its adopted version, or exactly the package's
     /// version with `aI` listed at it; never a mix, and never `.stagehand-`
-    /// leftovers. A run that exits 0 leaves the new one.
+    /// leftovers. A run that is not killed must succeed and leave the new one.
     fn adopt(
         &self,
         i: usize,
@@ -452,7 +452,7 @@ impl World {
         let ctx = format!("install --adopt (crash at {point:?})");
         let is_pkg = holds(&ctx).map_err(|e| format!("{e}\n{}", run.describe()))?;
         match listed(&ctx)? {
-            None if !is_pkg && !run.success() => return Ok(()),
+            None if !is_pkg && point.is_some() => return Ok(()),
             Some(l) if is_pkg && l.digest == digest_of(pkg, ver) => {}
             l => {
                 return Err(format!("{ctx}: listed as {l:?}, the disk holds the package: {is_pkg}\n{}", run.describe()))
@@ -475,7 +475,7 @@ impl World {
         let ctx = format!("rollback {name} (crash at {point:?})");
         let is_pkg = holds(&ctx).map_err(|e| format!("{e}\n{}", run.describe()))?;
         match listed(&ctx)? {
-            Some(l) if is_pkg && !run.success() && l.digest == digest_of(pkg, ver) => Ok(()),
+            Some(l) if is_pkg && point.is_some() && l.digest == digest_of(pkg, ver) => Ok(()),
             Some(l) if !is_pkg && l.source.starts_with("adopted:") => Ok(()),
             l => Err(format!("{ctx}: listed as {l:?}, the disk holds the package: {is_pkg}\n{}", run.describe())),
         }
