@@ -14,51 +14,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
 
 const NAME: &str = "ex1";
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// A user's directory at `dir`: files of modes 0640, 0700 and 04750, a
-/// 300 KB file, a subdirectory and an empty 0700 one, a hard link, and
-/// symlinks (relative, absolute outside, dangling); every mtime set with
-/// nanoseconds, directories last. As root one file belongs to uid 65534.
-fn user_tree(dir: &Path) {
-    fs::create_dir_all(dir.join("sub/empty")).unwrap();
-    fs::write(dir.join("a.txt"), b"the user's own notes\n").unwrap();
-    chmod(&dir.join("a.txt"), 0o640);
-    fs::write(dir.join("run.sh"), b"#!/bin/sh\necho mine\n").unwrap();
-    chmod(&dir.join("run.sh"), 0o700);
-    fs::write(dir.join("tool"), b"a setuid tool\n").unwrap();
-    chmod(&dir.join("tool"), 0o4750);
-    fs::write(dir.join("sub/big.bin"), pseudo_random(300_000, 7)).unwrap();
-    fs::hard_link(dir.join("a.txt"), dir.join("sub/a-again.txt")).unwrap();
-    std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
-    std::os::unix::fs::symlink("/etc/hostname", dir.join("abs-link")).unwrap();
-    std::os::unix::fs::symlink("../nowhere", dir.join("sub/dangling")).unwrap();
-    if as_root() {
-        std::os::unix::fs::lchown(dir.join("run.sh"), Some(65534), Some(65534)).unwrap();
-    }
-    chmod(&dir.join("sub/empty"), 0o700);
-    chmod(&dir.join("sub"), 0o750);
-    for (i, rel) in ["a.txt", "run.sh", "tool", "sub/big.bin", "link", "abs-link", "sub/dangling"].iter().enumerate() {
-        set_mtime(&dir.join(rel), 1_000_000_000 + i as i64 * 1000, 123_456_789 + i as i64);
-    }
-    set_mtime(&dir.join("sub/empty"), 900_000_000, 1);
-    set_mtime(&dir.join("sub"), 900_000_001, 999_999_999);
-    set_mtime(dir, 800_000_000, 42);
-}
 
 /// A copy of the demo layout under the sandbox (deleted later to prove a
 /// rollback needs no source).

@@ -7,14 +7,21 @@
 //! directory: v1 has `a.conf`, v2 `a.conf` and `b.conf`, v3 only `c.conf`).
 //! Two desired-state files (`f0.toml`, `f1.toml`) share one state dir.
 //! Each case is a sequence of 2–4 steps; a step either writes a random
-//! desired set (each package absent or at a random version) into one of
-//! the files and applies it with or without `--prune` (always `--yes`), in
+//! desired set (each package absent, or at a random version and placement:
+//! its tree at `pN/app` or `pN/moved/app`, so a changed placement is a
+//! move) into one of the files and applies it with or without `--prune`
+//! (always `--yes`, which a move or removal needs without a terminal), in
 //! some steps crashing the apply (SIGABRT, as SIGKILL would) at a random
 //! kill point of that apply's own trace, then running `repair`; or installs
-//! one package by hand. After every step:
+//! one package by hand at its recorded placement; or adopts a user's
+//! directory (distinct modes and mtimes) with `install --adopt` and rolls
+//! it back, either run possibly crashed likewise (see `World::adopt` for
+//! what is checked: exactly the user's directory or exactly the package's
+//! version, never a mix). After every step:
 //! - DEST, hashed with `std::fs` only, is exactly the union of the trees of
-//!   the versions the state says (nothing else: no staging, no backup, no
-//!   file of a removed target; only empty parent directories may remain);
+//!   the versions the state says, each at its placement (nothing else: no
+//!   staging, no backup, no file of a removed target or of the placement
+//!   a package moved from; only empty parent directories may remain);
 //! - that state is the desired one, or after a crash possibly the previous
 //!   one, for EVERY package at once. The model is scoped to files: a
 //!   package records the file that last installed or changed it (a hand
@@ -45,14 +52,18 @@ const PKGS: usize = 3;
 const VERSIONS: [&str; 3] = ["v1", "v2", "v3"];
 const FILES: usize = 2;
 
-/// Package index → version index.
-type State = BTreeMap<usize, usize>;
+/// Where a package's tree goes: `pN/app` or, moved, `pN/moved/app`.
+const PLACES: [&str; 2] = ["app", "moved/app"];
 
-/// Package index → (version index, the file that manages it; `None`: by hand).
-type Model = BTreeMap<usize, (usize, Option<usize>)>;
+/// Package index → (version index, placement index).
+type State = BTreeMap<usize, (usize, usize)>;
+
+/// Package index → (version index, placement index, the file that manages
+/// it; `None`: by hand).
+type Model = BTreeMap<usize, (usize, usize, Option<usize>)>;
 
 fn versions(m: &Model) -> State {
-    m.iter().map(|(p, (v, _))| (*p, *v)).collect()
+    m.iter().map(|(p, (v, at, _))| (*p, (*v, *at))).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -65,14 +76,21 @@ enum Step {
         /// Crash at the (seed mod trace length)-th kill point of the apply.
         crash: Option<u32>,
     },
-    /// `install` of one package by hand, placed as the files place it.
+    /// `install` of one package by hand, at its recorded placement.
     Hand { pkg: usize, ver: usize },
+    /// `install --adopt` of package `pkg` at `ver` (named `aI`, I the step)
+    /// over a user's directory outside DEST, then `rollback aI`; each run
+    /// crashed at its (seed mod trace length)-th kill point, or not.
+    Adopt { pkg: usize, ver: usize, crash_install: Option<u32>, crash_rollback: Option<u32> },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     let apply = (
         0..FILES,
-        proptest::collection::vec(proptest::option::of(0..VERSIONS.len()), PKGS),
+        proptest::collection::vec(
+            proptest::option::of((0..VERSIONS.len(), proptest::bool::weighted(0.3).prop_map(usize::from))),
+            PKGS,
+        ),
         any::<bool>(),
         proptest::option::weighted(0.4, any::<u32>()),
     )
@@ -83,7 +101,19 @@ fn step() -> impl Strategy<Value = Step> {
             crash,
         });
     let hand = (0..PKGS, 0..VERSIONS.len()).prop_map(|(pkg, ver)| Step::Hand { pkg, ver });
-    prop_oneof![5 => apply, 1 => hand]
+    let adopt = (
+        0..PKGS,
+        0..VERSIONS.len(),
+        proptest::option::weighted(0.5, any::<u32>()),
+        proptest::option::weighted(0.5, any::<u32>()),
+    )
+        .prop_map(|(pkg, ver, crash_install, crash_rollback)| Step::Adopt {
+            pkg,
+            ver,
+            crash_install,
+            crash_rollback,
+        });
+    prop_oneof![5 => apply, 1 => hand, 1 => adopt]
 }
 
 /// The model after `s` succeeds from `old`.
@@ -92,19 +122,22 @@ fn after(old: &Model, s: &Step) -> Model {
     match s {
         Step::Apply { file, desired, prune, .. } => {
             if *prune {
-                new.retain(|p, (_, owner)| desired.contains_key(p) || *owner != Some(*file));
+                new.retain(|p, (_, _, owner)| desired.contains_key(p) || *owner != Some(*file));
             }
-            for (p, v) in desired {
-                // Already as desired: left alone, its manager too.
-                if old.get(p).map(|(ov, _)| ov) != Some(v) {
-                    new.insert(*p, (*v, Some(*file)));
+            for (p, (v, at)) in desired {
+                // Already as desired: left alone, its manager too. Another
+                // version or placement (a move): this file manages it now.
+                if old.get(p).map(|(ov, oat, _)| (ov, oat)) != Some((v, at)) {
+                    new.insert(*p, (*v, *at, Some(*file)));
                 }
             }
         }
         Step::Hand { pkg, ver } => {
-            let owner = old.get(pkg).and_then(|(_, o)| *o);
-            new.insert(*pkg, (*ver, owner));
+            let (at, owner) = old.get(pkg).map_or((0, None), |(_, at, o)| (*at, *o));
+            new.insert(*pkg, (*ver, at, owner));
         }
+        // The adopted package is not one of the `pN`: checked on its own.
+        Step::Adopt { .. } => {}
     }
     new
 }
@@ -162,23 +195,29 @@ fn digest_of(pkg: usize, ver: usize) -> String {
     layout_tag_digest(layout(pkg), VERSIONS[ver])
 }
 
-/// What package `pkg` at `ver` leaves under DEST, computed from the bytes
+/// What package `pkg` at `ver` leaves under `dest` when its tree goes to
+/// `dest/TO` and its mapped files to `dest/ETC`, computed from the bytes
 /// the layout was built from, and its targets (absolute).
-fn expected_tree(dest: &Path, pkg: usize, ver: usize) -> (Tree, BTreeSet<String>) {
+fn placed_tree(dest: &Path, pkg: usize, ver: usize, to: &str, etc: &str) -> (Tree, BTreeSet<String>) {
     let (tree, files) = version_files(pkg, ver);
     let mut w = Tree::new();
     let file = |b: &[u8]| Node::File { sha256: sha256_hex(b), exec: false, len: b.len() as u64 };
-    w.insert(format!("p{pkg}/app"), Node::Dir);
+    w.insert(to.to_string(), Node::Dir);
     for (rel, bytes) in &tree {
-        w.insert(format!("p{pkg}/app/{rel}"), file(bytes));
+        w.insert(format!("{to}/{rel}"), file(bytes));
     }
-    let mut targets = BTreeSet::from([dest.join(format!("p{pkg}/app")).display().to_string()]);
+    let mut targets = BTreeSet::from([dest.join(to).display().to_string()]);
     for (title, bytes) in &files {
-        w.insert(format!("p{pkg}/etc/{title}"), file(bytes));
-        targets.insert(dest.join(format!("p{pkg}/etc/{title}")).display().to_string());
+        w.insert(format!("{etc}/{title}"), file(bytes));
+        targets.insert(dest.join(format!("{etc}/{title}")).display().to_string());
     }
     add_ancestors(&mut w);
     (w, targets)
+}
+
+/// What package `pkg` at `ver`, placed at `PLACES[at]`, leaves under DEST.
+fn expected_tree(dest: &Path, pkg: usize, (ver, at): (usize, usize)) -> (Tree, BTreeSet<String>) {
+    placed_tree(dest, pkg, ver, &format!("p{pkg}/{}", PLACES[at]), &format!("p{pkg}/etc"))
 }
 
 fn expected_world(dest: &Path, state: &State) -> Tree {
@@ -194,7 +233,7 @@ fn actual_world(dest: &Path) -> Tree {
             .iter()
             .filter(|(k, v)| {
                 **v == Node::Dir
-                    && (0..PKGS).any(|p| **k == format!("p{p}") || **k == format!("p{p}/etc"))
+                    && (0..PKGS).any(|p| [format!("p{p}"), format!("p{p}/etc"), format!("p{p}/moved")].contains(k))
                     && !w.keys().any(|o| o.starts_with(&format!("{k}/")))
             })
             .map(|(k, _)| k.clone())
@@ -211,6 +250,9 @@ fn actual_world(dest: &Path) -> Tree {
 static STEPS: AtomicU64 = AtomicU64::new(0);
 static CRASHES: AtomicU64 = AtomicU64::new(0);
 static HANDS: AtomicU64 = AtomicU64::new(0);
+static ADOPTS: AtomicU64 = AtomicU64::new(0);
+static ADOPT_CRASHES: AtomicU64 = AtomicU64::new(0);
+static MOVES: AtomicU64 = AtomicU64::new(0);
 static ENDED_OLD: AtomicU64 = AtomicU64::new(0);
 static ENDED_NEW: AtomicU64 = AtomicU64::new(0);
 static CASES: AtomicU64 = AtomicU64::new(0);
@@ -222,6 +264,20 @@ struct World {
     files: Vec<PathBuf>,
     snap: PathBuf,
     model: Model,
+}
+
+/// `install SOURCE --name NAME --to TO --map *.conf=ETC` of `pkg` at `ver`.
+fn hand_install(pkg: usize, ver: usize, name: &str, to: &Path, etc: &Path) -> Vec<OsString> {
+    vec![
+        "install".into(),
+        format!("oci-layout:{}:{}", layout(pkg).display(), VERSIONS[ver]).into(),
+        "--name".into(),
+        name.into(),
+        "--to".into(),
+        to.into(),
+        "--map".into(),
+        format!("*.conf={}", etc.display()).into(),
+    ]
 }
 
 impl World {
@@ -241,13 +297,14 @@ impl World {
 
     fn write_desired(&self, file: usize, desired: &State) {
         let mut body = String::new();
-        for (p, v) in desired {
+        for (p, (v, at)) in desired {
             let d = self.sb.dest.join(format!("p{p}"));
             body.push_str(&format!(
-                "[package.p{p}]\nref = \"oci-layout:{}:{}\"\nto = \"{}/app\"\nmap = [\"*.conf={}/etc\"]\n\n",
+                "[package.p{p}]\nref = \"oci-layout:{}:{}\"\nto = \"{}/{}\"\nmap = [\"*.conf={}/etc\"]\n\n",
                 layout(*p).display(),
                 VERSIONS[*v],
                 d.display(),
+                PLACES[*at],
                 d.display()
             ));
         }
@@ -266,17 +323,10 @@ impl World {
             }
             Step::Hand { pkg, ver } => {
                 let d = self.sb.dest.join(format!("p{pkg}"));
-                vec![
-                    "install".into(),
-                    format!("oci-layout:{}:{}", layout(*pkg).display(), VERSIONS[*ver]).into(),
-                    "--name".into(),
-                    format!("p{pkg}").into(),
-                    "--to".into(),
-                    d.join("app").into(),
-                    "--map".into(),
-                    format!("*.conf={}", d.join("etc").display()).into(),
-                ]
+                let at = self.model.get(pkg).map_or(0, |(_, at, _)| *at);
+                hand_install(*pkg, *ver, &format!("p{pkg}"), &d.join(PLACES[at]), &d.join("etc"))
             }
+            Step::Adopt { .. } => unreachable!("an adopt step runs two commands: see World::adopt"),
         }
     }
 
@@ -305,6 +355,132 @@ impl World {
         read_trace(&trace)
     }
 
+    /// Runs `args` killed at `point`, then `repair`.
+    fn kill_and_repair(&self, args: &[OsString], (pt, n): &(String, u32)) -> Result<Run, String> {
+        let spec = format!("{pt}:{n}");
+        let run = self.sb.run_env(args, &[("STAGEHAND_CRASH_AT", OsStr::new(&spec))]);
+        if run.signal != Some(libc::SIGABRT) {
+            return Err(format!("did not crash at its kill point:\n{}", run.describe()));
+        }
+        let repair = self.sb.run(&["repair"]);
+        if !repair.success() {
+            return Err(format!("repair failed:\n{}", repair.describe()));
+        }
+        Ok(run)
+    }
+
+    /// The kill point `seed` picks from the trace of `args`, and `reset`
+    /// run after the traced run (which STATE and DEST are put back from).
+    fn pick_point(&self, args: &[OsString], seed: u32, reset: impl FnOnce()) -> Option<(String, u32)> {
+        let pairs = self.trace(args);
+        reset();
+        (!pairs.is_empty()).then(|| pairs[seed as usize % pairs.len()].clone())
+    }
+
+    /// The adopt step: a user's directory `adopt/aI/app` (outside DEST) is
+    /// adopted by `aI` (`pkg` at `ver`, mapped files to `adopt/aI/etc`),
+    /// then rolled back, either run possibly killed and repaired. After
+    /// each, `adopt/aI` holds exactly the user's directory (bytes, modes,
+    /// mtimes; `etc` at most an empty directory) with `aI` not installed
+    /// or installed at its adopted version, or exactly the package's
+    /// version with `aI` listed at it; never a mix, and never `.stagehand-`
+    /// leftovers. A run that is not killed must succeed and leave the new one.
+    fn adopt(
+        &self,
+        i: usize,
+        pkg: usize,
+        ver: usize,
+        crash_install: Option<u32>,
+        crash_rollback: Option<u32>,
+    ) -> Result<(), String> {
+        let name = format!("a{i}");
+        let base = self.cfg().with_file_name("adopt").join(&name);
+        let (app, etc) = (base.join("app"), base.join("etc"));
+        let make_user = || {
+            remove_if_exists(&base);
+            user_tree(&app);
+        };
+        make_user();
+        let before = exact_tree(&app);
+        let pkg_tree = placed_tree(&base, pkg, ver, "app", "etc").0;
+        // Which of the two `base` holds: `Ok(true)` the package's version.
+        let holds = |ctx: &str| -> Result<bool, String> {
+            let leftovers = leftovers_under(&base);
+            if !leftovers.is_empty() {
+                return Err(format!("{ctx}: leftovers {leftovers:?}"));
+            }
+            let all = hash_tree(&base);
+            if all == pkg_tree {
+                return Ok(true);
+            }
+            let now = exact_tree(&app);
+            let others: Vec<&String> =
+                all.keys().filter(|k| *k != "app" && !k.starts_with("app/") && *k != "etc").collect();
+            if now == before && others.is_empty() {
+                return Ok(false);
+            }
+            Err(format!(
+                "{ctx}: {} is neither the user's directory nor the package's version\nvs the user's:\n{}entries \
+                 beside it: {others:?}\nvs the package's:\n{}",
+                base.display(),
+                exact_diff(&now, &before),
+                tree_diff(&all, &pkg_tree, 20)
+            ))
+        };
+        let listed = |ctx: &str| -> Result<Option<Listed>, String> {
+            let status = self.sb.run(&["status", "--json"]);
+            let pending = pending_of(&status.try_json()?)?;
+            if !pending.is_empty() {
+                return Err(format!("{ctx}: pending after repair: {pending:?}"));
+            }
+            Ok(parse_list(&self.sb.run(&["list", "--json"]))?.remove(&name))
+        };
+
+        let install = {
+            let mut a = hand_install(pkg, ver, &name, &app, &etc);
+            a.push("--adopt".into());
+            a
+        };
+        let point = crash_install.and_then(|seed| self.pick_point(&install, seed, make_user));
+        let run = match &point {
+            Some(point) => {
+                ADOPT_CRASHES.fetch_add(1, Ordering::Relaxed);
+                self.kill_and_repair(&install, point)?
+            }
+            None => self.sb.run(&install),
+        };
+        let ctx = format!("install --adopt (crash at {point:?})");
+        let is_pkg = holds(&ctx).map_err(|e| format!("{e}\n{}", run.describe()))?;
+        match listed(&ctx)? {
+            None if !is_pkg && point.is_some() => return Ok(()),
+            Some(l) if is_pkg && l.digest == digest_of(pkg, ver) => {}
+            l => {
+                return Err(format!("{ctx}: listed as {l:?}, the disk holds the package: {is_pkg}\n{}", run.describe()))
+            }
+        }
+
+        let rollback: Vec<OsString> = vec!["rollback".into(), name.clone().into()];
+        let installed = self.cfg().with_file_name("adopt-installed");
+        let point = crash_rollback.and_then(|seed| {
+            replace_with_copy(&base, &installed);
+            self.pick_point(&rollback, seed, || replace_with_copy(&installed, &base))
+        });
+        let run = match &point {
+            Some(point) => {
+                ADOPT_CRASHES.fetch_add(1, Ordering::Relaxed);
+                self.kill_and_repair(&rollback, point)?
+            }
+            None => self.sb.run(&rollback),
+        };
+        let ctx = format!("rollback {name} (crash at {point:?})");
+        let is_pkg = holds(&ctx).map_err(|e| format!("{e}\n{}", run.describe()))?;
+        match listed(&ctx)? {
+            Some(l) if is_pkg && point.is_some() && l.digest == digest_of(pkg, ver) => Ok(()),
+            Some(l) if !is_pkg && l.source.starts_with("adopted:") => Ok(()),
+            l => Err(format!("{ctx}: listed as {l:?}, the disk holds the package: {is_pkg}\n{}", run.describe())),
+        }
+    }
+
     /// Checks DEST, the registry and `verify` against `old` or `new` (the
     /// same one for every package); returns which.
     fn check(&self, old: &Model, new: &Model) -> Result<Which, String> {
@@ -317,6 +493,10 @@ impl World {
             return Err(format!("pending after repair: {pending:?}"));
         }
         let dest = &self.sb.dest;
+        let leftovers = self.sb.leftovers();
+        if !leftovers.is_empty() {
+            return Err(format!("leftovers in DEST: {leftovers:?}"));
+        }
         let actual = actual_world(dest);
         let (vold, vnew) = (versions(old), versions(new));
         let which = if actual == expected_world(dest, &vnew) {
@@ -335,7 +515,8 @@ impl World {
         let list = self.sb.run(&["list", "--json"]);
         let listed = parse_list(&list)?;
         let names: BTreeSet<String> = model.keys().map(|p| format!("p{p}")).collect();
-        if listed.keys().cloned().collect::<BTreeSet<_>>() != names {
+        // The adopted packages (`aI`) are checked by `World::adopt`.
+        if listed.keys().filter(|k| k.starts_with('p')).cloned().collect::<BTreeSet<_>>() != names {
             return Err(format!("DEST holds {names:?} but list shows {:?}", listed.keys()));
         }
         let managers: BTreeMap<String, serde_json::Value> = list
@@ -345,13 +526,13 @@ impl World {
             .flatten()
             .map(|p| (p["name"].as_str().unwrap_or_default().to_string(), p["managed_by"].clone()))
             .collect();
-        for (p, (v, owner)) in model {
+        for (p, (v, at, owner)) in model {
             let l = &listed[&format!("p{p}")];
             if l.digest != digest_of(*p, *v) {
                 return Err(format!("p{p} is {} on disk, list shows digest {}", VERSIONS[*v], l.digest));
             }
-            if l.targets != expected_tree(dest, *p, *v).1 {
-                return Err(format!("p{p} {}: list shows targets {:?}", VERSIONS[*v], l.targets));
+            if l.targets != expected_tree(dest, *p, (*v, *at)).1 {
+                return Err(format!("p{p} {} at {}: list shows targets {:?}", VERSIONS[*v], PLACES[*at], l.targets));
             }
             let want = owner.map_or(serde_json::Value::Null, |f| self.files[f].display().to_string().into());
             if managers[&format!("p{p}")] != want {
@@ -378,6 +559,13 @@ impl World {
                 HANDS.fetch_add(1, Ordering::Relaxed);
                 None
             }
+            Step::Adopt { pkg, ver, crash_install, crash_rollback } => {
+                ADOPTS.fetch_add(1, Ordering::Relaxed);
+                let ctx = format!("step {i} ({s:?}, from {old:?})");
+                self.adopt(i, *pkg, *ver, *crash_install, *crash_rollback).map_err(|e| format!("{ctx}: {e}"))?;
+                // The `pN` are untouched, and `verify` covers `aI` too.
+                return self.check(&old, &old).map(|_| ()).map_err(|e| format!("{ctx}: {e}"));
+            }
         };
         let args = self.args(s);
         let crash = match crash_seed {
@@ -388,19 +576,15 @@ impl World {
             None => None,
         };
         let ctx = format!("step {i} ({s:?}, from {old:?}, crash at {crash:?})");
+        if let Step::Apply { desired, .. } = s {
+            if desired.iter().any(|(p, (_, at))| old.get(p).is_some_and(|(_, oat, _)| oat != at)) {
+                MOVES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let run = match &crash {
-            Some((pt, n)) => {
+            Some(point) => {
                 CRASHES.fetch_add(1, Ordering::Relaxed);
-                let spec = format!("{pt}:{n}");
-                let run = self.sb.run_env(&args, &[("STAGEHAND_CRASH_AT", OsStr::new(&spec))]);
-                if run.signal != Some(libc::SIGABRT) {
-                    return Err(format!("{ctx}: did not crash at its kill point:\n{}", run.describe()));
-                }
-                let repair = self.sb.run(&["repair"]);
-                if !repair.success() {
-                    return Err(format!("{ctx}: repair failed:\n{}", repair.describe()));
-                }
-                run
+                self.kill_and_repair(&args, point).map_err(|e| format!("{ctx}: {e}"))?
             }
             None => {
                 let run = self.sb.run(&args);
@@ -448,11 +632,15 @@ fn random_desired_sets_with_crashes() {
     build_layouts(&fs::canonicalize(layouts.path()).unwrap());
     let result = runner.run(&proptest::collection::vec(step(), 2..=4), |steps| run_sequence(&steps));
     println!(
-        "apply proptest: {} cases run (incl. shrinking), {} steps ({} hand installs; {} applies crashed at a kill \
-         point, then repaired); ended on the new set {} / the old set {} times; {:.1}s",
+        "apply proptest: {} cases run (incl. shrinking), {} steps ({} hand installs; {} adopt-then-rollback, {} of \
+         their runs crashed; {} applies moved a package; {} applies crashed at a kill point, then repaired); ended \
+         on the new set {} / the old set {} times; {:.1}s",
         CASES.load(Ordering::Relaxed),
         STEPS.load(Ordering::Relaxed),
         HANDS.load(Ordering::Relaxed),
+        ADOPTS.load(Ordering::Relaxed),
+        ADOPT_CRASHES.load(Ordering::Relaxed),
+        MOVES.load(Ordering::Relaxed),
         CRASHES.load(Ordering::Relaxed),
         ENDED_NEW.load(Ordering::Relaxed),
         ENDED_OLD.load(Ordering::Relaxed),
