@@ -340,6 +340,41 @@ mod tests {
         assert!(check(&key, &other, &good).unwrap_err().contains("another artifact"));
     }
 
+    /// A managed-key DSSE bundle made by Sigstore's conformance suite
+    /// (sigstore-conformance, test/assets/bundle-verify/intoto-canonical-log-entry),
+    /// verificationMaterial cut short: its signature is checked by the same
+    /// PAE and key as ours, and its statement (predicate type
+    /// `https://example.com/test`, subject `a.txt`) is not an image signature.
+    #[test]
+    fn a_conformance_suite_bundle_verifies_and_is_refused_for_its_predicate() {
+        const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7pBlkILi/WN1X8FiQTlZBK2/GlQD
+Ol9bn1iDaSE8B5Eu+uccNndQid2Nmgp8mrTWhT2XhZbshUGMDSDx/6jwvw==
+-----END PUBLIC KEY-----
+";
+        const BUNDLE: &str = r#"{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+  "verificationMaterial": {"publicKey": {"hint": "rJuYlKqs5PMzdPzjkZBg4BveZRpD97PBnngUXPZSlr8="}},
+  "dsseEnvelope": {
+    "payload": "eyJfdHlwZSI6Imh0dHBzOi8vaW4tdG90by5pby9TdGF0ZW1lbnQvdjEiLCJzdWJqZWN0IjpbeyJuYW1lIjoiYS50eHQiLCJkaWdlc3QiOnsic2hhMjU2IjoiYTBjZmM3MTI3MWQ2ZTI3OGU1N2NkMzMyZmY5NTdjM2Y3MDQzZmRkYTM1NGM0Y2JiMTkwYTMwZDU2ZWZhMDFiZiJ9fV0sInByZWRpY2F0ZVR5cGUiOiJodHRwczovL2V4YW1wbGUuY29tL3Rlc3QiLCJwcmVkaWNhdGUiOnt9fQ==",
+    "payloadType": "application/vnd.in-toto+json",
+    "signatures": [{"sig": "MEUCIBb8Pe4/Z0vKtXSvAHV6pcC1F3eTwCZnVejwWERFVwKeAiEAre6v18YSEs3mKaeMgE8Ti0l62CzT5yZvwfGiVd1eTIw=", "keyid": ""}]}}"#;
+        const SUBJECT: &str = "sha256:a0cfc71271d6e278e57cd332ff957c3f7043fdda354c4cbb190a30d56efa01bf";
+        let key = VerifyKey::from_pem(KEY.as_bytes(), "conformance.pub").expect("parses");
+        let e = check(&key, SUBJECT, BUNDLE.as_bytes()).unwrap_err();
+        assert!(e.contains("predicate type") && e.contains("example.com/test"), "{e}");
+        let Signed::Dsse { payload, .. } = parse(BUNDLE.as_bytes()).expect("parses").signed else {
+            panic!("a DSSE bundle");
+        };
+        let statement = String::from_utf8(payload).expect("utf-8");
+        let cosign = statement.replace("https://example.com/test", PREDICATE_COSIGN_SIGN);
+        assert_eq!(check_statement(cosign.as_bytes(), SUBJECT), Ok(()));
+        // One bit of the payload changed: the signature no longer verifies.
+        let tampered = BUNDLE.replace("eyJfdHlwZSI6", "eyJfdHlwZSI7");
+        assert!(check(&key, SUBJECT, tampered.as_bytes()).unwrap_err().contains("does not verify"));
+        let (_, other) = signed_bundle(9, b"{}", false);
+        assert!(check(&other, SUBJECT, BUNDLE.as_bytes()).unwrap_err().contains("does not verify"));
+    }
+
     #[test]
     fn parse_names_what_is_wrong() {
         assert!(parse(b"{").unwrap_err().contains("not a Sigstore bundle"));
