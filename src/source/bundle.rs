@@ -36,8 +36,9 @@ pub const PREDICATE_COSIGN_SIGN: &str = "https://sigstore.dev/cosign/sign/v1";
 /// The in-toto statement types accepted.
 const STATEMENT_TYPES: &[&str] = &["https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1"];
 /// What a [`Candidate`]'s `signature` holds when its payload is a whole
-/// bundle (the signature is inside it). Never valid base64, so no legacy
-/// annotation can be mistaken for it.
+/// bundle (the signature is inside it). Never valid base64, so no valid
+/// legacy annotation is mistaken for it; an annotation forged to equal it
+/// only sends its layer to the bundle check, which it must then pass.
 pub const IN_BUNDLE: &str = "<in the sigstore bundle>";
 /// Most DSSE signatures read from one envelope.
 const MAX_DSSE_SIGNATURES: usize = 16;
@@ -373,6 +374,29 @@ Ol9bn1iDaSE8B5Eu+uccNndQid2Nmgp8mrTWhT2XhZbshUGMDSDx/6jwvw==
         assert!(check(&key, SUBJECT, tampered.as_bytes()).unwrap_err().contains("does not verify"));
         let (_, other) = signed_bundle(9, b"{}", false);
         assert!(check(&other, SUBJECT, BUNDLE.as_bytes()).unwrap_err().contains("does not verify"));
+    }
+
+    /// The conformance suite's `dsse-statement-unknown-type_fail` (a
+    /// managed P-256 key, verificationMaterial cut short): its signature
+    /// verifies, and its statement's `_type` (Statement/v2) is refused, as
+    /// the suite expects of every client.
+    #[test]
+    fn a_conformance_suite_statement_of_unknown_type_is_refused() {
+        const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEC5EkE5q94pBsk2vRdne6qEVUD/Mq
+lDL7n3YoVZnDH+WBOuJxvZ3Gn5ZBaHlTpEEKvYddt0qeNHmxE73TIt6/0g==
+-----END PUBLIC KEY-----
+";
+        const BUNDLE: &str = r#"{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+  "verificationMaterial": {"publicKey": {"hint": "kubfDTvN/gGHh/yeL7Ka/5ciqCZ3uPe1ZWVu5rhiA2o="}},
+  "dsseEnvelope": {
+    "payload": "eyJfdHlwZSI6Imh0dHBzOi8vaW4tdG90by5pby9TdGF0ZW1lbnQvdjIiLCJzdWJqZWN0IjpbeyJuYW1lIjoiYS50eHQiLCJkaWdlc3QiOnsic2hhMjU2IjoiYTBjZmM3MTI3MWQ2ZTI3OGU1N2NkMzMyZmY5NTdjM2Y3MDQzZmRkYTM1NGM0Y2JiMTkwYTMwZDU2ZWZhMDFiZiJ9fV0sInByZWRpY2F0ZVR5cGUiOiJodHRwczovL2V4YW1wbGUuY29tL3Rlc3QiLCJwcmVkaWNhdGUiOnt9fQ==",
+    "payloadType": "application/vnd.in-toto+json",
+    "signatures": [{"sig": "MEYCIQC8CK7TyeBcCepdArzLh+5oeiVpsDnrBt3tc+phrQqloQIhAIQU0AC306V0SGOM0gyriXgDHYJOoU/Ysp96s98lP1S6", "keyid": ""}]}}"#;
+        const SUBJECT: &str = "sha256:a0cfc71271d6e278e57cd332ff957c3f7043fdda354c4cbb190a30d56efa01bf";
+        let key = VerifyKey::from_pem(KEY.as_bytes(), "conformance.pub").expect("parses");
+        let e = check(&key, SUBJECT, BUNDLE.as_bytes()).unwrap_err();
+        assert!(e.contains("_type") && e.contains("Statement/v2"), "{e}");
     }
 
     #[test]
