@@ -225,9 +225,12 @@ pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Re
     }
     let mut reasons = Vec::new();
     for (i, c) in found.candidates.iter().enumerate() {
-        let outcome = c.payload.as_ref().map_err(Clone::clone).and_then(|p| match bundle::is_bundle(c) {
-            true => bundle::check(key, digest, p),
-            false => key.check_signature(p, &c.signature).and_then(|()| check_payload(p, digest)),
+        let outcome = c.payload.as_ref().map_err(Clone::clone).and_then(|p| {
+            if bundle::is_bundle(c) {
+                bundle::check(key, digest, p)
+            } else {
+                key.check_signature(p, &c.signature).and_then(|()| check_payload(p, digest))
+            }
         });
         match outcome {
             Ok(()) => return Ok(i),
