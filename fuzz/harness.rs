@@ -15,6 +15,11 @@
 //!   annotation; a payload is accepted only if it names the expected digest
 //!   (checked by reading the JSON independently); no fuzzed signature
 //!   verifies with a fixed key.
+//! - `bundle_parse`: Sigstore bundles, in-toto statements and the manifests
+//!   that carry bundles; whatever parses names a bundle media type; a
+//!   statement is accepted only if it is cosign's signature of the expected
+//!   digest (read again independently); no fuzzed bundle verifies with a
+//!   fixed key; the DSSE PAE says both lengths and ends with the body.
 //! - `tar_guard`: a sequence of arbitrary tar entries through one
 //!   `TarGuard`; every admitted path is relative, normalized, free of `..`
 //!   and of stagehand's reserved names, never listed twice, never beneath an
@@ -45,6 +50,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use stagehand::journal::codec::{self, RecordKind};
 use stagehand::plan::tar_guard::{Admitted, TarGuard, TarKind};
+use stagehand::source::bundle;
 use stagehand::source::manifest::{parse_index, parse_manifest};
 use stagehand::source::signature::{
     check_payload, parse_signature_manifest, subject_of, VerifyKey, ANNOTATION_SIGNATURE,
@@ -178,6 +184,42 @@ pub fn signature_parse(data: &[u8]) {
     let (sig, payload) = data.split_at(data.len() / 2);
     let sig = String::from_utf8_lossy(sig);
     assert!(key.check_signature(payload, &sig).is_err(), "a fuzzed signature verified");
+}
+
+// ---------------------------------------------------------------------------
+// Sigstore bundles (cosign 3)
+// ---------------------------------------------------------------------------
+
+pub fn bundle_parse(data: &[u8]) {
+    // As a bundle: whatever parses names a bundle media type, and no fuzzed
+    // bundle verifies with a key whose private half nobody kept.
+    if let Ok(b) = bundle::parse(data) {
+        assert!(bundle::is_bundle_media_type(&b.media_type), "accepted mediaType {:?}", b.media_type);
+    }
+    let key = VerifyKey::from_pem(FUZZ_KEY_PEM.as_bytes(), "fuzz key").expect("the fuzz key parses");
+    assert!(bundle::check(&key, FUZZ_DIGEST, data).is_err(), "a fuzzed bundle verified");
+    // As an in-toto statement: accepted only if it is cosign's signature of
+    // FUZZ_DIGEST, read again independently.
+    if bundle::check_statement(data, FUZZ_DIGEST).is_ok() {
+        let v: serde_json::Value = serde_json::from_slice(data).expect("an accepted statement is JSON");
+        assert_eq!(v["predicateType"], bundle::PREDICATE_COSIGN_SIGN);
+        let hex = &FUZZ_DIGEST["sha256:".len()..];
+        let subjects = v["subject"].as_array().expect("an accepted statement has subjects");
+        assert!(subjects.iter().any(|s| s["digest"]["sha256"].as_str().is_some_and(|h| h.eq_ignore_ascii_case(hex))));
+    }
+    // As a manifest: every bundle layer found has a bundle media type and is marked.
+    for l in bundle::bundle_layers(data) {
+        assert!(bundle::is_bundle_media_type(&l.payload.media_type));
+        assert_eq!(l.signature, bundle::IN_BUNDLE);
+    }
+    // The DSSE PAE of (first half as the type, rest as the body) ends with
+    // the body and says both lengths.
+    let (t, body) = data.split_at(data.len() / 2);
+    let t = String::from_utf8_lossy(t);
+    let pae = bundle::pae(&t, body);
+    let head = format!("DSSEv1 {} {t} {} ", t.len(), body.len());
+    assert_eq!(pae.len(), head.len() + body.len());
+    assert!(pae.starts_with(head.as_bytes()) && pae.ends_with(body));
 }
 
 // ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ fi
 # credentials test). tests/registry.rs skips loudly without them, and fails
 # when CI is set.
 # SIGNATURE TESTS: openssl makes the keys and signs the cosign payloads
-# (tests/signature.rs), an independent signer.
+# (tests/signature.rs), an independent signer; it also signs the DSSE of the
+# cosign 3 bundles (tests/signature_bundle.rs, whose referrers-API proxy is python3).
 registry_pkgs=()
 command -v openssl >/dev/null 2>&1 || registry_pkgs+=(openssl)
 command -v docker-registry >/dev/null 2>&1 || registry_pkgs+=(docker-registry)

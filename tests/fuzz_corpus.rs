@@ -46,6 +46,11 @@ fn corpus_signature_parse() {
 }
 
 #[test]
+fn corpus_bundle_parse() {
+    replay("bundle_parse", harness::bundle_parse);
+}
+
+#[test]
 fn corpus_tar_guard() {
     replay("tar_guard", harness::tar_guard);
 }

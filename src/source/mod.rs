@@ -12,6 +12,7 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
+pub mod bundle;
 pub mod cache;
 pub mod feed;
 pub mod http;

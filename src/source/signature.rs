@@ -25,6 +25,7 @@ use p256::pkcs8::DecodePublicKey as _;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::bundle;
 use super::manifest::{self, is_index_media_type, is_manifest_media_type};
 use super::{Descriptor, OciLayout, SourceError, ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES};
 
@@ -224,12 +225,13 @@ pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Re
     }
     let mut reasons = Vec::new();
     for (i, c) in found.candidates.iter().enumerate() {
-        let outcome = c
-            .payload
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|p| key.check_signature(p, &c.signature).map(|()| p))
-            .and_then(|p| check_payload(p, digest));
+        let outcome = c.payload.as_ref().map_err(Clone::clone).and_then(|p| {
+            if bundle::is_bundle(c) {
+                bundle::check(key, digest, p)
+            } else {
+                key.check_signature(p, &c.signature).and_then(|()| check_payload(p, digest))
+            }
+        });
         match outcome {
             Ok(()) => return Ok(i),
             Err(why) => reasons.push(format!("{}: {why}", c.origin)),
@@ -329,7 +331,8 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
 /// each reads the payloads its own way and pushes the candidates.
 pub fn signature_layers(found: &mut Found, origin: &str, bytes: &[u8]) -> Vec<(String, SignatureLayer)> {
     match parse_signature_manifest(bytes) {
-        Ok(layers) => {
+        Ok(mut layers) => {
+            layers.extend(bundle::bundle_layers(bytes));
             let room = MAX_SIGNATURES.saturating_sub(found.candidates.len());
             layers.into_iter().enumerate().take(room).map(|(i, l)| (format!("{origin}, layer {}", i + 1), l)).collect()
         }
