@@ -7,6 +7,8 @@
 //! - [`sandbox`]: a state dir and a destination, snapshots, `list`/`status`;
 //! - [`artifact`]: raw tar archives, layers and OCI layouts built in the test;
 //! - [`host`]: CI or not, tools, root, mounts, ports, a hostile HTTP server;
+//! - [`plmodel`], [`plstates`], [`plcheck`]: the power-loss checker (the op
+//!   log's inode model, its crash states, the recorded scenarios checked);
 //! - [`proof`] and [`registry`]: the flavours of the proof tests and of the
 //!   registry tests (`use common::proof::*`, `use common::registry::*`);
 //!   everything else is `use common::*`.
@@ -17,6 +19,9 @@
 pub mod artifact;
 pub mod demo;
 pub mod host;
+pub mod plcheck;
+pub mod plmodel;
+pub mod plstates;
 pub mod proof;
 pub mod registry;
 pub mod run;
