@@ -74,6 +74,10 @@ pub struct Outcome {
     pub violations: Vec<String>,
 }
 
+/// A check of one materialized crash state: the version DEST ended at, or
+/// the violation.
+pub type StateCheck<'a> = dyn FnMut(&Checker, &CrashState) -> Result<Option<&'static str>, String> + 'a;
+
 /// One distinct crash state: its log prefix and candidate, the sandbox it
 /// leaves, and the journal snapshot of that prefix (whether it holds the
 /// commit record, and which flush it is).
@@ -426,13 +430,7 @@ impl Checker {
     /// Materializes each of `states` and runs `check` on it (the version
     /// DEST ended at, or the violation); with `stop_at_first`, returns at
     /// the first violation.
-    pub fn check_states(
-        &self,
-        states: &[CrashState],
-        stop_at_first: bool,
-        out: &mut Outcome,
-        check: &mut dyn FnMut(&Checker, &CrashState) -> Result<Option<&'static str>, String>,
-    ) {
+    pub fn check_states(&self, states: &[CrashState], stop_at_first: bool, out: &mut Outcome, check: &mut StateCheck) {
         let n = self.replay.events.len();
         for st in states {
             out.checked += 1;
