@@ -262,7 +262,7 @@ fn damaged_case(what: &str, c: &Checker) {
 #[test]
 fn damaged_journal_after_power_loss_is_refused_kept_and_set_aside_loses_nothing() {
     damaged_case("damaged journal [upgrade syncfs]", &setup(Scenario::Upgrade, Sync::Syncfs, None));
-    let how = Setup { skip_fsync: None, dest_rel: String::new(), others: vec!["other".into()] };
+    let how = Setup { others: vec!["other".into()], ..Setup::default() };
     damaged_case(
         "damaged journal [install-fresh beside another package, syncfs]",
         &setup_with(Scenario::InstallFresh, Sync::Syncfs, &how),
@@ -295,13 +295,17 @@ fn long_rel(n: usize) -> String {
     (0..n).map(|i| format!("{i:02}{}", "x".repeat(198))).collect::<Vec<_>>().join("/")
 }
 
-/// Packages installed before the blob scenario's upgrade. With eight, the
-/// upgrade's last flush (the `done` batch, which rewrites the package
-/// registry's leaf) is the one that passes sled's threshold and writes a
-/// blob file; with 9 to 18 the blob files predate the run (measured).
-const OTHERS: usize = 8;
+/// Packages installed before the blob scenario's upgrade, the last of them
+/// killed after its commit point (`journal.cleaning`). The recorded run
+/// first finishes that install: its `done` batch rewrites the package
+/// registry's leaf past sled's threshold, and sled writes a blob file that
+/// every later journal copy of the run, the whole upgrade, holds. Measured:
+/// with 5–7 packages no blob file is written; with 8 and none killed, only
+/// by the upgrade's own last flush; with 9–18 and none killed, the blob
+/// files predate the run.
+const OTHERS: usize = 9;
 
-/// The blob scenario: eight packages, then the demo's upgrade, all under
+/// The blob scenario: nine packages, then the demo's upgrade, all under
 /// ~2,000-byte paths (a demo install's four targets under ~3,400-byte
 /// paths pass the 64 KiB record limit).
 fn blob_setup(skip_fsync: Option<&str>) -> Checker {
@@ -310,6 +314,7 @@ fn blob_setup(skip_fsync: Option<&str>) -> Checker {
         skip_fsync,
         dest_rel: format!("{long}/dest"),
         others: (0..OTHERS).map(|i| format!("{long}/o{i}")).collect(),
+        interrupt_last_other: Some("journal.cleaning"),
     };
     setup_with(Scenario::Upgrade, Sync::Syncfs, &how)
 }
@@ -332,7 +337,7 @@ fn blob_files(c: &Checker) -> (BTreeMap<u64, BTreeSet<String>>, BTreeSet<String>
 }
 
 /// Crash states checked in the blob scenario.
-const BLOB_SAMPLE: usize = 8;
+const BLOB_SAMPLE: usize = 12;
 
 #[test]
 fn blob_files_are_in_the_model_and_every_crash_state_recovers() {
@@ -383,13 +388,67 @@ fn blob_files_are_in_the_model_and_every_crash_state_recovers() {
     assert_eq!(lost.violations.len(), lost.checked, "a crash state missing a blob file its journal needs passed");
 }
 
+/// Which hit of `fsops.fsync.journal` (1-based) in `c`'s recorded run is
+/// the fsync of a blob file the run itself wrote, and that file's name.
+fn first_new_blob_fsync(c: &Checker) -> Option<(usize, String)> {
+    let (_, pristine) = blob_files(c);
+    let log = fs::read_to_string(c.rec_dir.join("ops.jsonl")).unwrap();
+    let journal = format!("{}/", c.state.join("journal").display());
+    let probe = format!("{}/", c.state.join("journal.probe").display());
+    let mut hit = 0;
+    for l in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let Some(p) = v["path"].as_str() else { continue };
+        if v["op"] != "fsync" || !(p.starts_with(&journal) || p.starts_with(&probe)) {
+            continue;
+        }
+        hit += 1;
+        let name = p.rsplit('/').next().unwrap_or(p);
+        if p.starts_with(&format!("{journal}blobs/")) && !pristine.contains(name) {
+            return Some((hit, name.to_string()));
+        }
+    }
+    None
+}
+
+/// The blob file's fsync skipped: the journal copies after it lack the
+/// file (the recorder copies only blob files we fsynced), sled refuses
+/// them, and the checker must say so.
+#[test]
+fn missing_blob_fsync_is_detected() {
+    let t0 = Instant::now();
+    let (hit, blob) = first_new_blob_fsync(&blob_setup(None)).expect("the run fsyncs a blob file it wrote");
+    let skip = format!("fsops.fsync.journal:{hit}");
+    let c = blob_setup(Some(&skip));
+    // The skipped fsync was that blob file's (sled numbers blob files by
+    // log position, the same in both runs): it is on disk, never fsynced.
+    let log = fs::read_to_string(c.rec_dir.join("ops.jsonl")).unwrap();
+    let path = c.state.join("journal/blobs").join(&blob);
+    assert!(path.exists(), "the skip run wrote no blob file {blob}");
+    assert!(
+        !log.lines().any(|l| l.contains("\"fsync\"") && l.contains(&*path.to_string_lossy())),
+        "the skip run fsynced {blob} anyway: {skip} skipped another fsync"
+    );
+    let o = c.run(true);
+    println!(
+        "skip {skip} (blob file {blob}) [upgrade syncfs, long paths]: {} violations after {} crash states, {:.1}s",
+        o.violations.len(),
+        o.checked,
+        t0.elapsed().as_secs_f64()
+    );
+    if let Some(v) = o.violations.first() {
+        println!("  e.g. {}", v.lines().next().unwrap_or(""));
+    }
+    assert!(!o.violations.is_empty(), "removing the fsync of blob file {blob} ({skip}) went unnoticed");
+}
+
 #[test]
 fn missing_places_fsync_is_detected_on_a_damaged_journal() {
     // The places file's rename not made durable: set-aside of an emptied
     // journal can miss staging paths; the damaged-journal check must say so.
     let t0 = Instant::now();
     let skip = "fsops.fsync_dir.places:1";
-    let how = Setup { skip_fsync: Some(skip), dest_rel: String::new(), others: vec!["other".into()] };
+    let how = Setup { skip_fsync: Some(skip), others: vec!["other".into()], ..Setup::default() };
     let c = setup_with(Scenario::InstallFresh, Sync::Syncfs, &how);
     let mut out = Outcome::default();
     let states = c.distinct_states(false, &mut out);

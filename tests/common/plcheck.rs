@@ -103,6 +103,10 @@ pub struct Setup<'a> {
     /// under these directories, relative to the sandbox root. They are in
     /// every world and must stay listed.
     pub others: Vec<String>,
+    /// The last of `others` is installed after everything else and killed
+    /// at this kill point (`STAGEHAND_CRASH_AT`), so the recorded run first
+    /// recovers it: two transactions in one recorded process.
+    pub interrupt_last_other: Option<&'a str>,
 }
 
 pub struct Checker {
@@ -121,6 +125,9 @@ pub struct Checker {
     pub rec_ino: HashMap<u64, Ino>,
     /// The packages installed before, besides the demo (see [`Setup::others`]).
     pub others: BTreeSet<String>,
+    /// Whether the journal the run started from holds a pending transaction
+    /// (see [`Setup::interrupt_last_other`]).
+    pub pristine_pending: bool,
 }
 
 pub fn setup(sc: Scenario, sync: Sync, skip_fsync: Option<&str>) -> Checker {
@@ -147,15 +154,25 @@ pub fn setup_with(sc: Scenario, sync: Sync, how: &Setup) -> Checker {
     }
     run_bin(&state, &root, &["status"], &sync_env).ok();
     let mut others = BTreeSet::new();
-    for (i, dir) in how.others.iter().enumerate() {
-        let name = format!("o{i}");
+    let other_args = |i: usize, dir: &str| {
         let d = root.join(dir);
         fs::create_dir_all(&d).unwrap();
-        run_bin(&state, &root, &demo_install_args(&d, &demo_source("v1"), Some(&name)), &sync_env).ok();
-        others.insert(name);
+        demo_install_args(&d, &demo_source("v1"), Some(&format!("o{i}")))
+    };
+    let last_killed = how.interrupt_last_other.is_some() as usize;
+    for (i, dir) in how.others.iter().enumerate().take(how.others.len() - last_killed.min(how.others.len())) {
+        run_bin(&state, &root, &other_args(i, dir), &sync_env).ok();
+        others.insert(format!("o{i}"));
     }
     if let Some(v) = sc.before() {
         run_bin(&state, &root, &demo_install_args(&dest, &demo_source(v), None), &sync_env).ok();
+    }
+    if let (Some(point), Some(dir)) = (how.interrupt_last_other, how.others.last()) {
+        let i = how.others.len() - 1;
+        let env = [sync_env[0], ("STAGEHAND_CRASH_AT", OsStr::new(point))];
+        let run = run_bin(&state, &root, &other_args(i, dir), &env);
+        assert!(!run.success(), "the install of o{i} was to be killed at {point}:\n{}", run.describe());
+        others.insert(format!("o{i}"));
     }
     let old = hash_tree(&dest);
     let pristine_state = base.join("pristine-state");
@@ -214,7 +231,22 @@ pub fn setup_with(sc: Scenario, sync: Sync, how: &Setup) -> Checker {
         );
     }
     assert_eq!(model_tree, new, "[{}] the replayed op log does not reproduce the recorded run's DEST", sc.name());
-    Checker { sc, sync, _tmp: tmp, root, dest, state, rec_dir, pristine_state, old, new, replay, rec_ino, others }
+    Checker {
+        sc,
+        sync,
+        _tmp: tmp,
+        root,
+        dest,
+        state,
+        rec_dir,
+        pristine_state,
+        old,
+        new,
+        replay,
+        rec_ino,
+        others,
+        pristine_pending: how.interrupt_last_other.is_some(),
+    }
 }
 
 impl Checker {
@@ -289,9 +321,14 @@ impl Checker {
         for name in ["lock", "journal", "journal.seal"] {
             replace_with_copy(&self.pristine_state.join(name), &self.state.join(name));
         }
-        let Some(n) = snap else { return };
         let journal = self.state.join("journal");
-        replace_with_copy(&self.rec_dir.join(format!("journal-{n}")), &journal);
+        match snap {
+            Some(n) => replace_with_copy(&self.rec_dir.join(format!("journal-{n}")), &journal),
+            // The pristine journal names inode numbers only if it holds a
+            // pending transaction.
+            None if !self.pristine_pending => return,
+            None => {}
+        }
         let db = sled::open(&journal).expect("open journal snapshot");
         let txns = db.open_tree("txns").unwrap();
         let mut unknown = 0u64;
