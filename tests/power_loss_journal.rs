@@ -12,14 +12,17 @@
 //!   unrelated files are where they were; an `--adopt` install of the same
 //!   package then succeeds, leaves every reported path alone, and its
 //!   `rollback` gives back exactly what it adopted.
-//! - Blob files: an upgrade whose journal pages pass sled's blob threshold
-//!   (ten packages under ~3,400-byte paths, the demo under one too), so the
-//!   journal copies the checker uses hold sled's `blobs/<lsn>` files; every
-//!   crash state (a sample, to fit the time budget) recovers with 0
-//!   violations.
-//! - The checker can fail: without the fsync of a blob file written during
-//!   the run, or of the places file's rename (what set-aside scans when the
-//!   journal's bytes are gone), the same checks report violations.
+//! - Blob files: nine packages under ~2,000-byte paths, the last killed
+//!   after its commit point, then the demo's upgrade under such a path too:
+//!   the recorded run first finishes the killed install, whose `done` batch
+//!   makes sled write a blob file (`journal/blobs/<lsn>`) that every later
+//!   journal copy of the run holds. Crash states (a sample, to fit the time
+//!   budget) recover with 0 violations; the same states with that blob
+//!   file removed from their journal are all reported.
+//! - The checker can fail: without the fsync of that blob file
+//!   (`fsops.fsync.journal:N`), or of the places file's rename (what
+//!   set-aside scans when the journal's bytes are gone), the same checks
+//!   report violations.
 
 mod common;
 
