@@ -23,7 +23,8 @@
 //! - the journal is the copy taken at the last journal flush in the prefix,
 //!   taken only once our own fsyncs of sled's files and directories are
 //!   done: sled's `flush()` (a `sync_file_range` on Linux, no fsync of its
-//!   blob files or directories) counts for nothing.
+//!   blob files or directories) counts for nothing; of sled's blob files the
+//!   copy holds only those we fsynced, with `blobs/` after them.
 //!
 //! Each distinct state is materialized at the SAME absolute paths (the
 //! journal records absolute paths), the identities (inode numbers) in the
@@ -36,6 +37,11 @@
 //! means roll forward), and after the whole log (success reported) too;
 //! every blob under `STATE/blobs/sha256/` hashes to its name (the cache's
 //! own rule).
+//!
+//! The machinery (the op log and inode model, the crash states, the
+//! recorded scenarios and their checks) is in `tests/common/plmodel.rs`,
+//! `plstates.rs` and `plcheck.rs`; `tests/power_loss_journal.rs` uses it for
+//! a damaged journal, set-aside, and sled's blob files.
 //!
 //! A second test removes one fsync with `STAGEHAND_SKIP_FSYNC` and asserts
 //! the checker reports violations: proof that the checker can see a missing
