@@ -21,6 +21,9 @@ pub enum Scenario {
     InstallFresh,
     Upgrade,
     Uninstall,
+    /// `install --adopt` of v1 over a user's own `app` directory (with
+    /// `precious.txt` and a subdirectory), nothing installed before.
+    Adopt,
 }
 
 impl Scenario {
@@ -29,17 +32,18 @@ impl Scenario {
             Scenario::InstallFresh => "install-fresh",
             Scenario::Upgrade => "upgrade",
             Scenario::Uninstall => "uninstall",
+            Scenario::Adopt => "adopt",
         }
     }
     pub fn before(self) -> Option<&'static str> {
         match self {
-            Scenario::InstallFresh => None,
+            Scenario::InstallFresh | Scenario::Adopt => None,
             _ => Some("v1"),
         }
     }
     pub fn after(self) -> Option<&'static str> {
         match self {
-            Scenario::InstallFresh => Some("v1"),
+            Scenario::InstallFresh | Scenario::Adopt => Some("v1"),
             Scenario::Upgrade => Some("v2"),
             Scenario::Uninstall => None,
         }
@@ -152,6 +156,12 @@ pub fn setup_with(sc: Scenario, sync: Sync, how: &Setup) -> Checker {
         fs::write(dest.join("lib/unrelated.so"), b"not stagehand's\n").unwrap();
         fs::write(dest.join("share/extension/plpgsql.control"), b"# unrelated\n").unwrap();
     }
+    if matches!(sc, Scenario::Adopt) {
+        // The user's own tree where the demo's `app` goes.
+        fs::create_dir_all(dest.join("app/notes")).unwrap();
+        fs::write(dest.join("app/precious.txt"), b"the user's only copy\n").unwrap();
+        fs::write(dest.join("app/notes/todo.txt"), b"adopt me\n").unwrap();
+    }
     run_bin(&state, &root, &["status"], &sync_env).ok();
     let mut others = BTreeSet::new();
     let other_args = |i: usize, dir: &str| {
@@ -180,10 +190,13 @@ pub fn setup_with(sc: Scenario, sync: Sync, how: &Setup) -> Checker {
     let (inodes, initial, rec_ino_initial) = load_tree(&root);
 
     let rec_dir = base.join("record");
-    let args = match sc.after() {
+    let mut args = match sc.after() {
         Some(v) => demo_install_args(&dest, &demo_source(v), None),
         None => vec!["uninstall".into(), "demo".into()],
     };
+    if matches!(sc, Scenario::Adopt) {
+        args.push("--adopt".into());
+    }
     let mut env: Vec<(&str, &OsStr)> = vec![("STAGEHAND_RECORD_OPS", rec_dir.as_os_str()), sync_env[0]];
     if let Some(s) = skip_fsync {
         env.push(("STAGEHAND_SKIP_FSYNC", OsStr::new(s)));
