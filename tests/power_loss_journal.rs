@@ -2,8 +2,9 @@
 //! on the journal's own paths: a journal the disk damaged, the way back
 //! (`repair --set-aside-journal`), and sled's blob files.
 //!
-//! - Damaged journal: crash states of a recorded upgrade (a sample spread
-//!   over the log), each then damaged as a disk could (`journal/db` cut to 0
+//! - Damaged journal: crash states of a recorded upgrade, fresh install and
+//!   `install --adopt` of a user's tree (a sample spread over each log),
+//!   each then damaged as a disk could (`journal/db` cut to 0
 //!   bytes, or every file of the journal gone). What the user gets must be:
 //!   `status` refuses with exit 6 and changes no byte of the journal or of
 //!   DEST; `repair --set-aside-journal --json` keeps the journal byte for
@@ -11,7 +12,10 @@
 //!   those paths one whole version (old or new) can be put back; the user's
 //!   unrelated files are where they were; an `--adopt` install of the same
 //!   package then succeeds, leaves every reported path alone, and its
-//!   `rollback` gives back exactly what it adopted.
+//!   `rollback` gives back exactly what it adopted. Two `#[ignore]`d tests
+//!   fail today (issue 23): `status` refusing an emptied journal directory
+//!   writes a fresh sled into it, and after set-aside `cache prune` deletes
+//!   the only copy of a finished `--adopt`'s user tree.
 //! - Blob files: nine packages under ~2,000-byte paths, the last killed
 //!   after its commit point, then the demo's upgrade under such a path too:
 //!   the recorded run first finishes the killed install, whose `done` batch
@@ -242,7 +246,7 @@ fn report(what: &str, o: &Outcome, all: usize, t0: Instant) {
 }
 
 /// Crash states checked per damaged-journal case.
-const DAMAGED_SAMPLE: usize = 14;
+const DAMAGED_SAMPLE: usize = 12;
 
 /// The damaged-journal check over a spread of `c`'s crash states.
 fn damaged_case(what: &str, c: &Checker) {
@@ -379,7 +383,7 @@ fn blob_files(c: &Checker) -> (BTreeMap<u64, BTreeSet<String>>, BTreeSet<String>
 }
 
 /// Crash states checked in the blob scenario.
-const BLOB_SAMPLE: usize = 12;
+const BLOB_SAMPLE: usize = 10;
 
 #[test]
 fn blob_files_are_in_the_model_and_every_crash_state_recovers() {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use stagehand::journal::codec::{self, RecordKind};
 use stagehand::txn::{BirthTime, Identity, TxnRecord};
@@ -134,6 +134,21 @@ pub struct Checker {
     pub pristine_pending: bool,
 }
 
+/// An `O_PATH` descriptor of every object under `dir` (not following symlinks).
+fn pin_tree(dir: &Path) -> Vec<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(&p);
+        out.push(f.unwrap_or_else(|e| panic!("pin {}: {e}", p.display())));
+        if e.file_type().unwrap().is_dir() {
+            out.extend(pin_tree(&p));
+        }
+    }
+    out
+}
+
 pub fn setup(sc: Scenario, sync: Sync, skip_fsync: Option<&str>) -> Checker {
     setup_with(sc, sync, &Setup { skip_fsync, ..Setup::default() })
 }
@@ -188,6 +203,11 @@ pub fn setup_with(sc: Scenario, sync: Sync, how: &Setup) -> Checker {
     let pristine_state = base.join("pristine-state");
     copy_tree(&state, &pristine_state);
     let (inodes, initial, rec_ino_initial) = load_tree(&root);
+    // Every object of the starting tree held open (`O_PATH`) until the
+    // replay is checked: one the run removes (an adopted tree, a backup)
+    // keeps its inode number, so no object the run creates can reuse it and
+    // the remapping stays unambiguous.
+    let pinned = pin_tree(&root);
 
     let rec_dir = base.join("record");
     let mut args = match sc.after() {
@@ -244,6 +264,7 @@ pub fn setup_with(sc: Scenario, sync: Sync, how: &Setup) -> Checker {
         );
     }
     assert_eq!(model_tree, new, "[{}] the replayed op log does not reproduce the recorded run's DEST", sc.name());
+    drop(pinned);
     Checker {
         sc,
         sync,
