@@ -115,7 +115,7 @@ step doctests cargo test --doc
 # must be readable by that user; the run says so and fails when they are
 # not. Root-only cases (mounts) skip loudly in this pass
 # (STAGEHAND_TEST_UNPRIVILEGED), having run as root above.
-unprivileged_tests=(cli_basic cli_commands crash_matrix containment safety adopt placement)
+unprivileged_tests=(cli_basic cli_commands crash_matrix containment safety adopt placement power_loss_journal)
 run_unprivileged() {
     if [ "$(id -u)" != 0 ]; then
         echo "already an ordinary user ($(id -u)): the run above was unprivileged"

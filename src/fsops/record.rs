@@ -6,7 +6,10 @@
 //! fsync appends a barrier line, and each journal flush, once our fsyncs of sled's files and
 //! directories are done, appends a `journal_flush` line after copying the
 //! journal directory to `DIR/journal-<n>` (the durable journal at that
-//! instant). A checker replays
+//! instant: of sled's blob files, `blobs/<lsn>`, the copy holds only those
+//! this process fsynced with an fsync of `blobs/` after it, so a blob file
+//! whose fsync was skipped, or that sled wrote after our last fsyncs, is not
+//! in it). A checker replays
 //! prefixes of the log onto a copy of the starting tree, dropping what power
 //! loss may drop, and runs recovery on each result.
 //!
@@ -17,6 +20,7 @@
 //! counts for nothing.
 //! Neither variable has any effect when unset.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -28,6 +32,10 @@ struct Recorder {
     dir: PathBuf,
     file: std::fs::File,
     snapshots: u64,
+    /// Blob files (`.../blobs/<lsn>`) fsynced, their directory not yet since.
+    blobs_synced: HashSet<PathBuf>,
+    /// Blob files fsynced and then their directory: durable.
+    blobs_durable: HashSet<PathBuf>,
 }
 
 fn recorder() -> Option<&'static Mutex<Recorder>> {
@@ -36,7 +44,13 @@ fn recorder() -> Option<&'static Mutex<Recorder>> {
         let dir = PathBuf::from(std::env::var_os(ENV_RECORD)?);
         std::fs::create_dir_all(&dir).ok()?;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("ops.jsonl")).ok()?;
-        Some(Mutex::new(Recorder { dir, file, snapshots: 0 }))
+        Some(Mutex::new(Recorder {
+            dir,
+            file,
+            snapshots: 0,
+            blobs_synced: HashSet::new(),
+            blobs_durable: HashSet::new(),
+        }))
     })
     .as_ref()
 }
@@ -54,17 +68,35 @@ pub fn log(line: serde_json::Value) {
             Err(p) => p.into_inner(),
         };
         let _ = writeln!(r.file, "{line}");
+        let path = line["path"].as_str().map(PathBuf::from);
+        match (line["op"].as_str(), path) {
+            (Some("fsync"), Some(p)) if p.parent().is_some_and(|d| d.ends_with("blobs")) => {
+                r.blobs_synced.insert(p);
+            }
+            (Some("fsync_dir"), Some(d)) if d.ends_with("blobs") => {
+                let now: Vec<PathBuf> =
+                    r.blobs_synced.iter().filter(|p| p.parent() == Some(d.as_path())).cloned().collect();
+                for p in now {
+                    r.blobs_synced.remove(&p);
+                    r.blobs_durable.insert(p);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies the tree `from` to `to`, leaving out every file under a `blobs`
+/// directory that is not in `durable_blobs`.
+fn copy_dir(from: &Path, to: &Path, durable_blobs: &HashSet<PathBuf>) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
+    let in_blobs = from.ends_with("blobs");
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let t = to.join(e.file_name());
         if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &t)?;
-        } else {
+            copy_dir(&e.path(), &t, durable_blobs)?;
+        } else if !in_blobs || durable_blobs.contains(&e.path()) {
             std::fs::copy(e.path(), t)?;
         }
     }
@@ -81,7 +113,7 @@ pub fn journal_flushed(journal_dir: &Path, what: &str) {
         r.snapshots += 1;
         let n = r.snapshots;
         let snap = r.dir.join(format!("journal-{n}"));
-        let _ = copy_dir(journal_dir, &snap);
+        let _ = copy_dir(journal_dir, &snap, &r.blobs_durable);
         let _ = writeln!(r.file, "{}", serde_json::json!({"op": "journal_flush", "what": what, "snapshot": n}));
     }
 }

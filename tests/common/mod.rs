@@ -8,6 +8,8 @@
 //! - [`artifact`]: raw tar archives, layers and OCI layouts built in the test;
 //! - [`cosign`]: keys, cosign 3 Sigstore bundles and their referrers, built in the test;
 //! - [`host`]: CI or not, tools, root, mounts, ports, a hostile HTTP server;
+//! - [`plmodel`], [`plstates`], [`plcheck`]: the power-loss checker (the op
+//!   log's inode model, its crash states, the recorded scenarios checked);
 //! - [`proof`] and [`registry`]: the flavours of the proof tests and of the
 //!   registry tests (`use common::proof::*`, `use common::registry::*`);
 //!   everything else is `use common::*`.
@@ -19,6 +21,9 @@ pub mod artifact;
 pub mod cosign;
 pub mod demo;
 pub mod host;
+pub mod plcheck;
+pub mod plmodel;
+pub mod plstates;
 pub mod proof;
 pub mod registry;
 pub mod run;
