@@ -186,7 +186,9 @@ impl Ctx {
                         self.request_timeout.as_secs()
                     );
                 }
-                if !self.plain_http && is_loopback(&self.registry) {
+                if let Some(hint) = hosts::tls_hint(&reason) {
+                    reason.push_str(hint);
+                } else if !self.plain_http && is_loopback(&self.registry) {
                     reason.push_str("; if this registry serves plain HTTP, pass --plain-http");
                 }
                 Failure::Other(SourceError::Unreachable { registry, reason })

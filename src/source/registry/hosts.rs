@@ -48,6 +48,24 @@ pub fn configure(dir: Option<PathBuf>, ca_file: Option<PathBuf>) {
     let _ = SETTINGS.set(Settings { dir, ca_file });
 }
 
+/// What to do about a TLS failure `reason` names, if it is one the host
+/// configuration fixes: an unknown CA, or a client certificate wanted.
+pub fn tls_hint(reason: &str) -> Option<&'static str> {
+    if reason.contains("UnknownIssuer") {
+        Some(
+            "; the registry's certificate is signed by a CA this machine does not trust: add it with --ca-file, or \
+             as `ca` in HOSTS_DIR/REGISTRY/hosts.toml (or HOSTS_DIR/REGISTRY/ca.crt)",
+        )
+    } else if reason.contains("BadCertificate") || reason.contains("CertificateRequired") {
+        Some(
+            "; the registry refused our TLS client certificate (or wants one): give it as `client` in \
+             HOSTS_DIR/REGISTRY/hosts.toml (or client.cert and client.key there)",
+        )
+    } else {
+        None
+    }
+}
+
 /// One host a registry's requests may go to.
 pub struct Endpoint {
     /// `https://host[:port]/v2` (or the path given with `override_path`).
