@@ -151,7 +151,7 @@ fn a_mirror_serving_wrong_bytes_is_refused() {
     let hosts = hosts_dir(&tmp.path().join("certs.d"), &up, &format!("[host.\"http://{}\"]\n", mirror.host()));
     let sb = Sandbox::at(&tmp.path().join("sb"));
     let r = sb.run(&sb.demo_args(&format!("{up}/demo:v1"), &["--hosts-dir", hosts.to_str().expect("utf-8")]));
-    r.fails_with(&["digest mismatch", &layer]);
+    r.fails_with(&["digest mismatch", &layer, &format!("served by the mirror {}", mirror.host())]);
     assert!(sb.listed().is_empty(), "nothing may be installed");
     assert!(!sb.state.join("blobs/sha256").join(&layer[7..]).exists(), "the mirror's bytes entered the cache");
     assert!(partials(&sb.state).is_empty(), "{:?}", partials(&sb.state));
