@@ -91,7 +91,7 @@ fn pull_through_cache_serves_falls_back_and_mirror_only_does_not() {
     // The upstream gone, a fresh state dir installs from the mirror alone.
     upstream.kill();
     let sb2 = Sandbox::at(&tmp.path().join("sb2"));
-    let r = sb2.run(&sb2.demo_args(&format!("{up}/demo@{}", v("v1")), &["--hosts-dir", hd]));
+    let r = sb2.run(&sb2.demo_args(&format!("{up}/demo:v1"), &["--hosts-dir", hd]));
     r.ok();
     assert_eq!(sb2.world(), demo_world("v1"));
     assert_cache_consistent(&sb2.state);
