@@ -1,7 +1,8 @@
 //! Mirrors and private CAs against real registries (Debian's
 //! `docker-registry` on loopback, artifacts pushed with `skopeo`): a second
 //! registry in proxy mode as a real pull-through cache of the first, named
-//! in a containerd `hosts.toml`; falling back to the upstream when the
+//! in a containerd `hosts.toml` (a `pull`-only mirror never resolving a
+//! tag); falling back to the upstream when the
 //! mirror is down, and not when the file makes it mirror-only; a mirror
 //! serving wrong bytes refused by the digest check; registries on TLS with
 //! CAs made by `openssl` (per host in `hosts.toml`, Docker's `ca.crt`, and
@@ -91,6 +92,18 @@ fn pull_through_cache_serves_falls_back_and_mirror_only_does_not() {
     // The upstream gone, a fresh state dir installs from the mirror alone.
     upstream.kill();
     let sb2 = Sandbox::at(&tmp.path().join("sb2"));
+    // ... but not by tag from a mirror trusted only to `pull`: tags are the upstream's word.
+    let pull_only = hosts_dir(
+        &tmp.path().join("certs-pull.d"),
+        &up,
+        &format!("[host.\"http://{}\"]\ncapabilities = [\"pull\"]\n", mirror.host()),
+    );
+    let pd = pull_only.to_str().expect("utf-8");
+    sb2.run(&sb2.demo_args(&format!("{up}/demo:v1"), &["--hosts-dir", pd])).fails_with(&["cannot reach registry", &up]);
+    assert!(sb2.listed().is_empty());
+    sb2.run(&sb2.demo_args(&format!("{up}/demo@{}", v("v1")), &["--hosts-dir", pd, "--name", "by-digest"])).ok();
+    assert_eq!(sb2.listed().get("by-digest"), Some(&v("v1")));
+    let sb2 = Sandbox::at(&tmp.path().join("sb3"));
     let r = sb2.run(&sb2.demo_args(&format!("{up}/demo:v1"), &["--hosts-dir", hd]));
     r.ok();
     assert_eq!(sb2.world(), demo_world("v1"));
