@@ -303,3 +303,51 @@ fn tls_pull_through_cache_in_front_of_a_tls_registry() {
     assert_eq!(sb2.world(), demo_world("v1"));
     assert_cache_consistent(&sb2.state);
 }
+
+#[test]
+fn a_mirror_gets_only_its_own_credentials() {
+    if !require("a_mirror_gets_only_its_own_credentials", &["docker-registry", "skopeo", "htpasswd"]) {
+        return;
+    }
+    let tmp = tempdir("mirror-creds");
+    // Both want alice's password: a mirror handed the registry's credentials would serve.
+    let (up_pw, mirror_pw) = (tmp.path().join("up.htpasswd"), tmp.path().join("mirror.htpasswd"));
+    write_htpasswd(&up_pw, "alice", "s3cret");
+    write_htpasswd(&mirror_pw, "alice", "s3cret");
+    let upstream = Registry::start(&tmp.path().join("upstream"), Some(&up_pw));
+    let mirror = Registry::start(&tmp.path().join("mirror"), Some(&mirror_pw));
+    for reg in [&upstream, &mirror] {
+        skopeo_push(&demo_layout(), "v1", &format!("{}/demo:v1", reg.host()), Some("alice:s3cret"), false);
+    }
+    let up = upstream.host();
+    let hosts = hosts_dir(&tmp.path().join("certs.d"), &up, &format!("[host.\"http://{}\"]\n", mirror.host()));
+    let hd = hosts.to_str().expect("utf-8");
+    let login = ["--hosts-dir", hd, "--username", "alice", "--password-stdin"];
+
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let r = sb.run_env(&sb.demo_args(&format!("{up}/demo:v1"), &login), &[], Some("s3cret\n"));
+    r.ok();
+    assert!(
+        r.stderr.contains("trying the next host") && r.stderr.contains("401"),
+        "the mirror must have been asked without the registry's credentials:\n{}",
+        r.describe()
+    );
+    assert_eq!(sb.world(), demo_world("v1"));
+
+    // Docker's config holding the mirror's own credentials: it serves.
+    let dc = tmp.path().join("docker");
+    fs::create_dir_all(&dc).expect("docker dir");
+    let auth = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+    };
+    fs::write(dc.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, mirror.host()))
+        .expect("config");
+    let sb = Sandbox::at(&tmp.path().join("sb2"));
+    let env = [("DOCKER_CONFIG", dc.to_str().expect("utf-8"))];
+    let r = sb.run_env(&sb.demo_args(&format!("{up}/demo:v1"), &login), &env, Some("s3cret\n"));
+    r.ok();
+    assert!(!r.stderr.contains("trying the next host"), "the mirror failed:\n{}", r.describe());
+    assert_eq!(sb.world(), demo_world("v1"));
+    assert_cache_consistent(&sb.state);
+}

@@ -364,7 +364,10 @@ fn resolve_keeping(
         t => t,
     };
     let hosts = hosts::hosts_for(registry, opts.plain_http).map_err(config_err)?;
-    let session = route::Route::new(hosts, registry, repository, request_timeout, auth).map_err(config_err)?;
+    // A mirror gets only what Docker's config holds for its own name.
+    let stored = RegistryOptions { username: None, password: None, ..opts.clone() };
+    let own = |host: &str| resolve_auth(host, &stored).ok().and_then(|(c, _)| c);
+    let session = route::Route::new(hosts, registry, repository, request_timeout, auth, &own).map_err(config_err)?;
     let ctx = Arc::new(Ctx {
         session,
         cred_source,

@@ -6,7 +6,8 @@
 //! `pull`: a blob, a manifest by digest), then the registry's `server`.
 //! A host that fails (unreachable, an error status, a refused redirect)
 //! hands the request to the next; the last one's failure is the answer.
-//! Only the registry itself gets the registry's credentials. It trusts no
+//! Only the registry itself gets the registry's credentials (a mirror gets
+//! those stored for its own name, if any). It trusts no
 //! host: callers check every byte against the original reference's digests
 //! whoever served it.
 
@@ -37,13 +38,16 @@ pub struct Route {
 }
 
 impl Route {
-    /// A session per host of `hosts`; `credentials` go to the registry only.
+    /// A session per host of `hosts`. `credentials` (the registry's) go to
+    /// the registry only; another host gets what `own_credentials` finds
+    /// stored for its own name (Docker's config), if anything.
     pub fn new(
         hosts: Hosts,
         registry: &str,
         repository: &str,
         timeout: Duration,
         credentials: Option<Credentials>,
+        own_credentials: &dyn Fn(&str) -> Option<Credentials>,
     ) -> Result<Route, String> {
         let mirror_only = hosts.mirror_only().then(|| {
             hosts.file.as_ref().map_or_else(|| "hosts.toml".to_string(), |f| printable(&f.display().to_string()))
@@ -54,7 +58,7 @@ impl Route {
                 http::client(e.plain_http, &e.client).map_err(|m| format!("{}: {m}", e.host))?,
                 http::client_without_redirects(e.plain_http, &e.client).map_err(|m| format!("{}: {m}", e.host))?,
             );
-            let creds = if e.upstream { credentials.clone() } else { None };
+            let creds = if e.upstream { credentials.clone() } else { own_credentials(&e.host) };
             let session = Session::new(clients, e.plain_http, &e.api_root, repository, timeout, creds);
             routed.push(Routed { host: e.host, upstream: e.upstream, pull: e.pull, resolve: e.resolve, session });
         }
