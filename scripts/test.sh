@@ -19,7 +19,7 @@ fi
 # start, one per test, on free loopback ports: no service is started here),
 # skopeo (pushes the test artifacts) and htpasswd (apache2-utils, for the
 # credentials test). tests/registry.rs skips loudly without them, and fails
-# when CI is set.
+# when CI is set. tests/mirrors.rs also needs openssl (its CAs and certificates).
 # SIGNATURE TESTS: openssl makes the keys and signs the cosign payloads
 # (tests/signature.rs), an independent signer; it also signs the DSSE of the
 # cosign 3 bundles (tests/signature_bundle.rs, whose referrers-API proxy is python3).

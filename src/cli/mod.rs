@@ -55,6 +55,14 @@ pub struct Cli {
     /// (without it, such a command is refused and names them).
     #[arg(long, global = true)]
     pub discard_local_files: bool,
+    /// Registry host configuration: DIR/HOST[:PORT]/hosts.toml (containerd's format: mirrors,
+    /// `ca`, `client`) and DIR/_default/hosts.toml; /etc/containerd/certs.d works as it is.
+    #[arg(long, global = true, value_name = "DIR", env = "STAGEHAND_HOSTS_DIR",
+          default_value = crate::source::registry::hosts::DEFAULT_HOSTS_DIR)]
+    pub hosts_dir: PathBuf,
+    /// PEM CA certificates added to the system roots for every registry and mirror.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -404,6 +412,7 @@ pub fn main() -> i32 {
         }
     };
     init_tracing(cli.verbose, cli.quiet);
+    crate::source::registry::hosts::configure(Some(cli.hosts_dir.clone()), cli.ca_file.clone());
     installer::interrupt::install_handlers();
     match run(&cli) {
         Ok(code) => code,

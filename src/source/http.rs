@@ -122,23 +122,42 @@ pub fn refuse_redirect(next: &Url, previous: &[Url]) -> Option<String> {
     None
 }
 
+/// How to reach one registry host beyond the policy every client has: the
+/// TLS roots added to the system's (a host's `ca`, `--ca-file`,
+/// `SSL_CERT_FILE`), a client certificate, headers, a connect timeout and a
+/// proxy (from `hosts.toml`, see `registry::hosts`). Never a way to turn
+/// certificate verification off.
+#[derive(Clone, Default)]
+pub struct HostClient {
+    /// Certificates added to the system roots for this host.
+    pub roots: Vec<reqwest::Certificate>,
+    /// The client certificate and key this host asks for, if any.
+    pub identity: Option<reqwest::Identity>,
+    /// Headers sent with every request to this host.
+    pub headers: HeaderMap,
+    /// Give up connecting after this long (default 30 s).
+    pub connect_timeout: Option<Duration>,
+    /// Reach this host through this proxy (else the environment's).
+    pub proxy: Option<reqwest::Proxy>,
+}
+
 /// The client every request of a pull goes through, with the policy: every
 /// redirect hop passes [`refuse_redirect`], no `Referer` is sent, and
 /// reqwest drops `Authorization` on a hop to another origin. A file named
-/// by `SSL_CERT_FILE` adds its certificates to the system roots (see
-/// [`super::roots`]).
-pub fn client(plain_http: bool) -> Result<reqwest::Client, String> {
-    build_client(plain_http, true)
+/// by `SSL_CERT_FILE`, and `host`'s roots, add their certificates to the
+/// system roots (see [`super::roots`]).
+pub fn client(plain_http: bool, host: &HostClient) -> Result<reqwest::Client, String> {
+    build_client(plain_http, true, host)
 }
 
 /// The same client, following no redirect at all: for the refresh-token
 /// POST, whose body (the refresh token) a 307 would carry to wherever it
 /// points.
-pub fn client_without_redirects(plain_http: bool) -> Result<reqwest::Client, String> {
-    build_client(plain_http, false)
+pub fn client_without_redirects(plain_http: bool, host: &HostClient) -> Result<reqwest::Client, String> {
+    build_client(plain_http, false, host)
 }
 
-fn build_client(plain_http: bool, follow: bool) -> Result<reqwest::Client, String> {
+fn build_client(plain_http: bool, follow: bool, host: &HostClient) -> Result<reqwest::Client, String> {
     let redirects = if follow {
         reqwest::redirect::Policy::custom(|attempt| match refuse_redirect(attempt.url(), attempt.previous()) {
             Some(why) => attempt.error(why),
@@ -150,16 +169,22 @@ fn build_client(plain_http: bool, follow: bool) -> Result<reqwest::Client, Strin
     let mut b = reqwest::Client::builder()
         .redirect(redirects)
         .referer(false)
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(host.connect_timeout.unwrap_or(CONNECT_TIMEOUT))
         .read_timeout(READ_TIMEOUT)
+        .default_headers(host.headers.clone())
         .user_agent(concat!("stagehand/", env!("CARGO_PKG_VERSION")));
     if plain_http {
         // Plain HTTP is only for a loopback registry: what we send must not
         // leave the machine through a proxy, in clear text.
         b = b.no_proxy();
+    } else if let Some(p) = &host.proxy {
+        b = b.proxy(p.clone());
     }
-    for c in super::roots::extra_roots()? {
+    for c in super::roots::extra_roots()?.into_iter().chain(host.roots.iter().cloned()) {
         b = b.add_root_certificate(c);
+    }
+    if let Some(id) = &host.identity {
+        b = b.identity(id.clone());
     }
     b.build().map_err(error_chain)
 }
@@ -326,19 +351,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session with the repository under `api_root` (a registry's or a
+    /// mirror's `.../v2`, without a trailing slash).
     pub fn new(
         (client, token_client): (reqwest::Client, reqwest::Client),
         plain_http: bool,
-        registry: &str,
+        api_root: &str,
         repository: &str,
         timeout: Duration,
         credentials: Option<Credentials>,
     ) -> Session {
-        let scheme = if plain_http { "http" } else { "https" };
         Session {
             client,
             token_client,
-            base: format!("{scheme}://{registry}/v2/{repository}"),
+            base: format!("{api_root}/{repository}"),
             repository: repository.to_string(),
             plain_http_loopback: plain_http,
             timeout,

@@ -11,7 +11,10 @@
 //! - `blobs`: one blob streamed into the [`BlobCache`], hashed while it
 //!   streams, resumed with an HTTP range request after an interruption;
 //! - `downloads`: the running downloads of a pull, which staging follows;
-//! - `sig`: finding cosign signatures on the registry.
+//! - `sig`: finding cosign signatures on the registry;
+//! - `hosts`: a registry's mirrors and TLS settings (containerd's `hosts.toml`);
+//! - `route`: each request tried on those hosts in order, as their
+//!   capabilities allow.
 //!
 //! A pull finishes before the install transaction is planned, and staging
 //! then reads only from the cache, so nothing here ever touches a
@@ -28,15 +31,17 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use super::cache::BlobCache;
-use super::http::{self, HttpFailure, Session};
+use super::http::{self, HttpFailure};
 use super::manifest::{validate_digest, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_DOCKER_MANIFEST_LIST};
 use super::{printable, Platform, ResolvedArtifact, Selector, SourceError, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 
 mod auth;
 mod blobs;
 pub mod downloads;
+pub mod hosts;
 pub mod inflight;
 mod manifests;
+mod route;
 mod sig;
 
 pub use auth::Secret;
@@ -112,7 +117,8 @@ pub fn is_loopback(registry: &str) -> bool {
 
 /// Everything one pull needs, shared by its tasks.
 struct Ctx {
-    session: Session,
+    /// The registry's hosts (mirrors, then itself), tried in order.
+    session: route::Route,
     cred_source: CredSource,
     registry: String,
     repository: String,
@@ -180,7 +186,9 @@ impl Ctx {
                         self.request_timeout.as_secs()
                     );
                 }
-                if !self.plain_http && is_loopback(&self.registry) {
+                if let Some(hint) = hosts::tls_hint(&reason) {
+                    reason.push_str(hint);
+                } else if !self.plain_http && is_loopback(&self.registry) {
                     reason.push_str("; if this registry serves plain HTTP, pass --plain-http");
                 }
                 Failure::Other(SourceError::Unreachable { registry, reason })
@@ -347,17 +355,19 @@ fn resolve_keeping(
     }
     let (auth, cred_source) = resolve_auth(registry, opts)?;
     tracing::debug!(registry, credentials = %cred_source, "pulling");
-    let client_err =
-        |e: String| SourceError::Registry { registry: registry.to_string(), reason: format!("HTTP client: {e}") };
-    let client = (
-        http::client(opts.plain_http).map_err(client_err)?,
-        http::client_without_redirects(opts.plain_http).map_err(client_err)?,
-    );
+    let config_err = |e: String| SourceError::Registry {
+        registry: registry.to_string(),
+        reason: format!("host configuration: {e}"),
+    };
     let request_timeout = match opts.request_timeout {
         t if t.is_zero() => Duration::from_secs(DEFAULT_REQUEST_TIMEOUT_SECS),
         t => t,
     };
-    let session = Session::new(client, opts.plain_http, registry, repository, request_timeout, auth);
+    let hosts = hosts::hosts_for(registry, opts.plain_http).map_err(config_err)?;
+    // A mirror gets only what Docker's config holds for its own name.
+    let stored = RegistryOptions { username: None, password: None, ..opts.clone() };
+    let own = |host: &str| resolve_auth(host, &stored).ok().and_then(|(c, _)| c);
+    let session = route::Route::new(hosts, registry, repository, request_timeout, auth, &own).map_err(config_err)?;
     let ctx = Arc::new(Ctx {
         session,
         cred_source,

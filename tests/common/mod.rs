@@ -7,6 +7,7 @@
 //! - [`sandbox`]: a state dir and a destination, snapshots, `list`/`status`;
 //! - [`artifact`]: raw tar archives, layers and OCI layouts built in the test;
 //! - [`cosign`]: keys, cosign 3 Sigstore bundles and their referrers, built in the test;
+//! - [`certs`]: CAs and certificates made with `openssl` for the TLS tests;
 //! - [`host`]: CI or not, tools, root, mounts, ports, a hostile HTTP server;
 //! - [`plmodel`], [`plstates`], [`plcheck`]: the power-loss checker (the op
 //!   log's inode model, its crash states, the recorded scenarios checked);
@@ -18,6 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod artifact;
+pub mod certs;
 pub mod cosign;
 pub mod demo;
 pub mod host;

@@ -39,12 +39,36 @@ pub struct Registry {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    setup: RegistrySetup,
+}
+
+/// What a registry serves beyond plain HTTP storage (see [`Registry::start_with`]).
+#[derive(Clone, Default)]
+pub struct RegistrySetup {
+    /// `(certificate, key)`: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Require a client certificate signed by this CA (`http.tls.clientcas`).
+    pub client_ca: Option<PathBuf>,
+    /// A pull-through cache of this upstream URL (`proxy: remoteurl:`).
+    pub proxy_of: Option<String>,
+    /// Environment of the registry process (e.g. `SSL_CERT_FILE` for a proxy's upstream).
+    pub env: Vec<(String, String)>,
 }
 
 impl Registry {
     /// Starts a registry storing under `dir/root`, on a free port, with
     /// htpasswd auth if `htpasswd` is given.
     pub fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
+        Registry::start_setup(dir, htpasswd, RegistrySetup::default())
+    }
+
+    /// Starts a registry as [`Registry::start`] does, with TLS, client
+    /// certificates or as a pull-through cache as `setup` says.
+    pub fn start_with(dir: &Path, setup: RegistrySetup) -> Registry {
+        Registry::start_setup(dir, None, setup)
+    }
+
+    fn start_setup(dir: &Path, htpasswd: Option<&Path>, setup: RegistrySetup) -> Registry {
         fs::create_dir_all(dir).expect("registry dir");
         let root = dir.join("root");
         fs::create_dir_all(&root).expect("registry root");
@@ -56,6 +80,7 @@ impl Registry {
                 config: dir.join("config.yml"),
                 log: dir.join("registry.log"),
                 child: None,
+                setup: setup.clone(),
             };
             reg.write_config(htpasswd);
             if reg.spawn() {
@@ -72,8 +97,17 @@ impl Registry {
             self.root.display(),
             self.port
         );
+        if let Some((cert, key)) = &self.setup.tls {
+            cfg.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+            if let Some(ca) = &self.setup.client_ca {
+                cfg.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
+        }
         if let Some(h) = htpasswd {
             cfg.push_str(&format!("auth:\n  htpasswd:\n    realm: stagehand-test\n    path: {}\n", h.display()));
+        }
+        if let Some(url) = &self.setup.proxy_of {
+            cfg.push_str(&format!("proxy:\n  remoteurl: {url}\n"));
         }
         fs::write(&self.config, cfg).expect("write registry config");
     }
@@ -84,6 +118,7 @@ impl Registry {
         let log2 = log.try_clone().expect("clone log");
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(&self.config).stdin(Stdio::null()).stdout(log).stderr(log2);
+        cmd.envs(self.setup.env.iter().map(|(k, v)| (k, v)));
         // Die with the test process if it is killed.
         // SAFETY: prctl is async-signal-safe.
         unsafe {
@@ -102,7 +137,9 @@ impl Registry {
                     return false;
                 }
             }
-            if matches!(http_status(self.port, "/v2/"), Some(200 | 401)) {
+            // A TLS registry answers a plain-HTTP probe with 400.
+            let status = http_status(self.port, "/v2/");
+            if matches!(status, Some(200 | 401)) || (self.setup.tls.is_some() && status == Some(400)) {
                 return true;
             }
             thread::sleep(Duration::from_millis(50));

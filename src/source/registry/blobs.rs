@@ -17,7 +17,7 @@ use super::{Ctx, Failure, MIN_BLOB_RATE, RESUME_RETRIES};
 use crate::source::cache::{BlobCache, BlobWriter};
 use crate::source::feed::Feed;
 use crate::source::http;
-use crate::source::{Descriptor, SourceError};
+use crate::source::{printable, Descriptor, SourceError};
 
 /// Progress bars: one overall, one per layer while it downloads.
 #[derive(Clone)]
@@ -128,7 +128,7 @@ async fn fetch_blob_into(
             size: desc.size,
             reason,
         };
-        let response = match ctx.session.get(&path, None, offset, Some(deadline)).await {
+        let (response, host) = match ctx.session.get_from(&path, None, offset, Some(deadline)).await {
             Ok(r) => r,
             Err(e) => {
                 let err = match ctx.classify(e) {
@@ -141,7 +141,9 @@ async fn fetch_blob_into(
             }
         };
         let mut stream = response;
-        tracing::debug!(status = %stream.status(), content_length = ?stream.content_length(), "blob response");
+        tracing::debug!(status = %stream.status(), content_length = ?stream.content_length(), host = %printable(&host), "blob response");
+        // A mirror's wrong bytes are refused naming the mirror.
+        let named = |e: SourceError| if host == ctx.registry { e } else { served_by(e, &host) };
         // Bytes at the start of the body that the partial file already holds.
         let mut skip = 0u64;
         if offset > 0 && stream.status() != StatusCode::PARTIAL_CONTENT {
@@ -176,7 +178,7 @@ async fn fetch_blob_into(
                         continue;
                     }
                     if let Err(e) = w.write(bytes) {
-                        return Err(kept_on_full_disk(e, w));
+                        return Err(named(kept_on_full_disk(e, w)));
                     }
                     feed.publish(w.flushed());
                     let n = bytes.len() as u64;
@@ -200,7 +202,7 @@ async fn fetch_blob_into(
         match failure {
             None => {
                 bar.finish_and_clear();
-                return w.finish();
+                return w.finish().map_err(named);
             }
             Some(reason) => {
                 let got = w.offset();
@@ -216,6 +218,20 @@ async fn fetch_blob_into(
                 return Err(broken(reason, got));
             }
         }
+    }
+}
+
+/// A size or digest mismatch of bytes a mirror (`host`) served, saying so.
+fn served_by(e: SourceError, host: &str) -> SourceError {
+    let from = |what: String| format!("{what} (served by the mirror {})", printable(host));
+    match e {
+        SourceError::DigestMismatch { what, expected, actual } => {
+            SourceError::DigestMismatch { what: from(what), expected, actual }
+        }
+        SourceError::SizeMismatch { what, expected, actual } => {
+            SourceError::SizeMismatch { what: from(what), expected, actual }
+        }
+        other => other,
     }
 }
 
