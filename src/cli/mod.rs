@@ -162,7 +162,7 @@ pub enum Command {
         /// The desired-state file.
         #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
         file: PathBuf,
-        /// Print the plan (`+ name digest`, `~ name old → new`, `- name`, `= name kept`); change nothing.
+        /// Print the plan (`+ name digest`, `~ name old -> new`, `- name`, `= name kept`); change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Also uninstall the packages THIS file applied and no longer lists
@@ -223,7 +223,7 @@ pub enum Command {
     /// Re-hash installed files against the registry (exit 3 on differences).
     #[command(after_help = "Example:\n  stagehand verify demo")]
     Verify { name: Option<String> },
-    /// Past transactions: when, what, old → new digest, outcome.
+    /// Past transactions: when, what, old -> new digest, outcome.
     #[command(after_help = "Example:\n  stagehand history demo")]
     History { name: Option<String> },
     /// Dump the raw journal records, decoded, for debugging.
@@ -387,6 +387,13 @@ fn shown(message: &str) -> String {
     message.split('\n').map(crate::source::printable).collect::<Vec<_>>().join("\n")
 }
 
+/// A clap usage error as printed: `stagehand: error: …` like every other
+/// error, instead of clap's bare `error: …`.
+fn usage_error_text(rendered: &str) -> String {
+    let body = rendered.strip_prefix("error: ").unwrap_or(rendered);
+    format!("stagehand: error: {body}")
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -399,7 +406,12 @@ pub fn main() -> i32 {
                 let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
                 print_json(&json!({"error": first, "exit_code": code}));
             }
-            let _ = e.print();
+            if code == EXIT_USAGE {
+                // One prefix for every error, clap's usage errors included.
+                eprint!("{}", usage_error_text(&e.render().to_string()));
+            } else {
+                let _ = e.print();
+            }
             return code;
         }
     };
@@ -725,7 +737,12 @@ fn run_command(
                             println!("{}: ok ({} files){}", printable(&r.name), r.files_checked, signed_note(r));
                         }
                     } else {
-                        println!("{}: {} differences{}", printable(&r.name), r.mismatches.len(), signed_note(r));
+                        println!(
+                            "{}: {}{}",
+                            printable(&r.name),
+                            counted(r.mismatches.len(), "difference"),
+                            signed_note(r)
+                        );
                         for m in &r.mismatches {
                             println!("  {:10} {}", m.problem, printable(&m.path));
                         }
@@ -770,27 +787,7 @@ fn run_command(
         Command::Completions { .. } | Command::Man => Ok(EXIT_OK),
         Command::Cache { action: CacheAction::List } => {
             let listing = inst.cache_list()?;
-            if cli.json {
-                print_json(&json!(listing));
-            } else if !cli.quiet {
-                println!("{}", listing.dir);
-                if listing.blobs.is_empty() && listing.partials.is_empty() {
-                    println!("the blob cache is empty");
-                }
-                for b in &listing.blobs {
-                    let used = if b.used_by.is_empty() { "unused".to_string() } else { b.used_by.join(", ") };
-                    println!("{}  {:>12}  {used}", b.blob.digest, b.blob.size);
-                }
-                for p in &listing.partials {
-                    println!("{}  {:>12}  partial download", p.path, p.size);
-                }
-                println!(
-                    "{} blobs, {} partial, {} bytes",
-                    listing.blobs.len(),
-                    listing.partials.len(),
-                    listing.total_bytes
-                );
-            }
+            print_cache_listing(cli, &listing);
             Ok(EXIT_OK)
         }
         Command::Cache { action: CacheAction::Prune { dry_run } } => {
@@ -806,11 +803,11 @@ fn run_command(
                     println!("{verb} {}  {} bytes (partial download)", p.path, p.size);
                 }
                 println!(
-                    "{verb} {} blobs and {} partial downloads ({} bytes); kept {} blobs in use",
-                    rep.removed.len(),
-                    rep.removed_partials.len(),
-                    rep.bytes_freed,
-                    rep.kept
+                    "{verb} {} and {} ({}); kept {} in use",
+                    counted(rep.removed.len(), "blob"),
+                    counted(rep.removed_partials.len(), "partial download"),
+                    counted(rep.bytes_freed, "byte"),
+                    counted(rep.kept, "blob")
                 );
             }
             Ok(EXIT_OK)
@@ -831,6 +828,31 @@ fn run_command(
     }
 }
 
+/// `cache list`: every blob with its users, partial downloads, totals.
+fn print_cache_listing(cli: &Cli, listing: &installer::CacheListing) {
+    if cli.json {
+        print_json(&json!(listing));
+    } else if !cli.quiet {
+        println!("{}", listing.dir);
+        if listing.blobs.is_empty() && listing.partials.is_empty() {
+            println!("the blob cache is empty");
+        }
+        for b in &listing.blobs {
+            let used = if b.used_by.is_empty() { "unused".to_string() } else { b.used_by.join(", ") };
+            println!("{}  {:>12}  {used}", b.blob.digest, b.blob.size);
+        }
+        for p in &listing.partials {
+            println!("{}  {:>12}  partial download", p.path, p.size);
+        }
+        println!(
+            "{}, {} partial, {}",
+            counted(listing.blobs.len(), "blob"),
+            listing.partials.len(),
+            counted(listing.total_bytes, "byte")
+        );
+    }
+}
+
 /// Prints what a finished install, upgrade, rollback or uninstall did.
 fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installer::RecoveryReport]) -> i32 {
     if rep.interrupted {
@@ -843,16 +865,17 @@ fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installe
         let new = rep.new_digest.as_deref().map(short).unwrap_or("-");
         let n = rep.targets.len();
         match rep.op.as_str() {
-            "uninstall" => println!("uninstalled {} ({n} targets removed, txn {})", rep.name, rep.txn),
+            "uninstall" => println!("uninstalled {} ({} removed, txn {})", rep.name, counted(n, "target"), rep.txn),
             _ if rep.moved => println!(
-                "{} {}: {old} -> {new}, moved from {} to {} ({n} targets, txn {})",
+                "{} {}: {old} -> {new}, moved from {} to {} ({}, txn {})",
                 rep.op,
                 rep.name,
                 shown_list(&rep.moved_from),
                 shown_list(&rep.targets),
+                counted(n, "target"),
                 rep.txn
             ),
-            op => println!("{op} {}: {old} -> {new} ({n} targets, txn {})", rep.name, rep.txn),
+            op => println!("{op} {}: {old} -> {new} ({}, txn {})", rep.name, counted(n, "target"), rep.txn),
         }
     }
     EXIT_OK
@@ -891,6 +914,15 @@ fn decode_any(key: &str, bytes: &[u8]) -> serde_json::Value {
 /// A path for human output, control characters escaped.
 fn shown_path(p: &std::path::Path) -> String {
     printable(&p.display().to_string())
+}
+
+/// `1 target`, `2 targets`: a count and its noun, in the right number.
+pub(crate) fn counted<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn short(d: &str) -> &str {

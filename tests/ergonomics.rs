@@ -1,0 +1,118 @@
+//! Everyday output as a person reads it: one error prefix, counts that agree
+//! with their nouns, one arrow style.
+
+mod common;
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+
+use common::*;
+
+/// stderr begins with `stagehand: error: ` and no line carries another
+/// error prefix (clap's bare `error:` included).
+#[track_caller]
+fn assert_one_prefix(run: &Run) {
+    run.expect_clean_failure();
+    assert!(run.stderr.starts_with("stagehand: error: "), "stderr lacks the one error prefix:\n{}", run.describe());
+    for line in run.stderr.lines() {
+        assert!(
+            !line.starts_with("error:") && !line.starts_with("Error:"),
+            "a second error prefix on stderr: {line:?}\n{}",
+            run.describe()
+        );
+    }
+}
+
+fn s(p: &Path) -> &str {
+    path_str(p)
+}
+
+#[test]
+fn every_error_has_one_prefix() {
+    let sb = Sandbox::new();
+    let dest = sb.dest.join("app");
+    let v1 = demo_source("v1");
+    let missing = format!("oci-layout:{}:v1", sb.root.join("no-such-layout").display());
+    let cases: [(&[&str], i32); 6] = [
+        // clap's own usage errors
+        (&["--bogus"], 2),
+        (&["install"], 2),
+        (&["rollback", "demo", "--apply"], 2),
+        // a usage error stagehand finds itself
+        (&["install", &v1, "--to", s(&dest), "--map", "no-equals-sign"], 2),
+        // errors from the installer
+        (&["install", &missing, "--to", s(&dest)], 1),
+        (&["uninstall", "nothing-by-that-name"], 1),
+    ];
+    for (args, code) in cases {
+        let run = sb.run(args);
+        run.expect_code(code);
+        assert_one_prefix(&run);
+    }
+    // --json still puts the usage error on stdout, as an object.
+    let run = sb.run(&["--json", "install"]);
+    run.expect_code(2);
+    assert_one_prefix(&run);
+    assert_eq!(run.json()["exit_code"], 2, "{}", run.describe());
+}
+
+#[test]
+fn counts_agree_with_their_nouns_and_one_arrow() {
+    let sb = Sandbox::new();
+    let app = sb.dest.join("one/app");
+    let v1 = demo_source("v1");
+    let v2 = demo_source("v2");
+
+    // One target.
+    let run = sb.run(&["install", &v1, "--to", s(&app)]);
+    run.ok();
+    assert!(run.stdout.contains("(1 target, txn"), "{}", run.describe());
+    // Several targets.
+    let mut args = demo_install_args(&sb.dest.join("many"), &v1);
+    args.extend(["--name".into(), "many".into()]);
+    let run = sb.run(&args);
+    run.ok();
+    let n = demo_targets_rel("v1").len();
+    assert!(n > 1, "the demo has one target only");
+    assert!(run.stdout.contains(&format!("({n} targets, txn")), "{}", run.describe());
+
+    // One difference.
+    let file = hash_tree(&app)
+        .into_iter()
+        .find(|(_, n)| matches!(n, Node::File { .. }))
+        .map(|(k, _)| app.join(k))
+        .expect("demo v1 has a file");
+    fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(b"edit\n").unwrap();
+    let run = sb.run(&["verify", DEMO]);
+    run.expect_code(3);
+    assert!(run.stdout.contains("demo: 1 difference;"), "{}", run.describe());
+
+    // An apply plan and its summary: `->`, `1 change`, `1 package`.
+    let toml = sb.root.join("one.toml");
+    fs::write(&toml, format!("[package.demo]\nref = {v2:?}\nto = {:?}\n", s(&app))).unwrap();
+    let run = sb.run(&["--discard-local-files", "apply", "--file", s(&toml), "--yes"]);
+    run.ok();
+    assert!(
+        run.stdout.contains(&format!("~ demo {} -> {}", demo_digest("v1"), demo_digest("v2"))),
+        "{}",
+        run.describe()
+    );
+    assert!(run.stdout.contains("applied 1 change in one transaction"), "{}", run.describe());
+    let run = sb.run(&["apply", "--file", s(&toml)]);
+    run.ok();
+    assert!(run.stdout.contains("nothing to do: 1 package already as"), "{}", run.describe());
+
+    let run = sb.run(&["uninstall", DEMO]);
+    run.ok();
+    assert!(run.stdout.contains("(1 target removed, txn"), "{}", run.describe());
+
+    // Nowhere a count in the wrong number, an `(s)`, or the other arrow.
+    for args in [vec!["history"], vec!["list"], vec!["cache", "list"], vec!["cache", "prune", "--dry-run"]] {
+        let run = sb.run(&args);
+        run.ok();
+        for bad in ["(s)", "→", " 1 targets", " 1 blobs", " 1 bytes", " 1 changes"] {
+            assert!(!run.stdout.contains(bad), "{bad:?} in the output:\n{}", run.describe());
+        }
+    }
+}
