@@ -1,5 +1,6 @@
 //! Everyday output as a person reads it: one error prefix, counts that agree
-//! with their nouns, one arrow style.
+//! with their nouns, one arrow style; read-only commands that create
+//! nothing; permission errors that say what to do; digest prefixes.
 
 mod common;
 
@@ -115,4 +116,52 @@ fn counts_agree_with_their_nouns_and_one_arrow() {
             assert!(!run.stdout.contains(bad), "{bad:?} in the output:\n{}", run.describe());
         }
     }
+}
+
+/// Everything under `dir`, as relative paths.
+fn entries_under(dir: &Path) -> Vec<String> {
+    hash_tree(dir).into_keys().filter(|k| !k.is_empty()).collect()
+}
+
+#[test]
+fn read_only_commands_create_no_state_dir() {
+    let tmp = tempdir();
+    let home = fs::canonicalize(tmp.path()).unwrap();
+    let reads: [&[&str]; 6] = [&["list"], &["status"], &["history"], &["verify"], &["journal"], &["cache", "list"]];
+    for args in reads {
+        for json in [false, true] {
+            let mut argv: Vec<&str> = args.to_vec();
+            if json {
+                argv.insert(0, "--json");
+            }
+            // The default state dir, under HOME.
+            let run = run_bin_default_state(&home, &argv);
+            run.ok();
+            assert_eq!(entries_under(&home), Vec::<String>::new(), "it created something:\n{}", run.describe());
+            if json {
+                let v = run.json();
+                let empty = match args[0] {
+                    "status" => v["packages"] == 0 && v["pending"].as_array().is_some_and(|a| a.is_empty()),
+                    "verify" => v["ok"] == true && v["packages"].as_array().is_some_and(|a| a.is_empty()),
+                    "cache" => v["blobs"].as_array().is_some_and(|a| a.is_empty()),
+                    _ => v.as_array().is_some_and(|a| a.is_empty()),
+                };
+                assert!(empty, "not the empty result:\n{}", run.describe());
+            } else {
+                assert!(run.stderr.contains("nothing installed yet"), "{}", run.describe());
+            }
+            // A --state-dir that does not exist, nor its parent.
+            let state = home.join("deep/state");
+            let run = run_bin(&state, &home, &argv, &[]);
+            run.ok();
+            assert_eq!(entries_under(&home), Vec::<String>::new(), "it created something:\n{}", run.describe());
+        }
+    }
+    // `verify NAME`: not installed (exit 1), and still nothing created.
+    let run = run_bin_default_state(&home, &["verify", DEMO]);
+    run.fails_with(&["stagehand: error: ", "no package named"]);
+    assert_eq!(entries_under(&home), Vec::<String>::new(), "it created something:\n{}", run.describe());
+    // A command that writes does create it.
+    run_bin_default_state(&home, &["repair"]).ok();
+    assert!(home.join(".local/state/stagehand").is_dir(), "repair created no state dir");
 }

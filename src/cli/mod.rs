@@ -447,6 +447,11 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         _ => {}
     }
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    if read_only(&cli.command)
+        && matches!(std::fs::symlink_metadata(&state_dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return print_without_state_dir(cli, &state_dir);
+    }
     let dry_run = matches!(cli.command, Command::Repair { dry_run: true, .. });
     let quiet = cli.quiet;
     let opts = OpenOptions {
@@ -826,6 +831,63 @@ fn run_command(
             Ok(EXIT_OK)
         }
     }
+}
+
+/// The commands that only read the state dir: on one that does not exist
+/// they report the empty result and create nothing.
+fn read_only(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::List
+            | Command::Status
+            | Command::History { .. }
+            | Command::Verify { .. }
+            | Command::Journal
+            | Command::Cache { action: CacheAction::List }
+    )
+}
+
+/// A read-only command on a state dir that does not exist: nothing is
+/// installed, so it prints the empty result (and says why on stderr)
+/// without creating the state dir or anything above it.
+fn print_without_state_dir(cli: &Cli, state_dir: &std::path::Path) -> Result<i32, installer::Error> {
+    if let Command::Verify { name: Some(n) } = &cli.command {
+        return Err(installer::Error::NotInstalled(n.clone()));
+    }
+    if !cli.json && !cli.quiet {
+        eprintln!("stagehand: no state dir at {}: nothing installed yet", shown_path(state_dir));
+    }
+    let shown_dir = state_dir.display().to_string();
+    match &cli.command {
+        Command::Cache { .. } => {
+            let cache = crate::source::cache::BlobCache::new(state_dir);
+            let listing = installer::CacheListing {
+                dir: cache.root().display().to_string(),
+                blobs: Vec::new(),
+                partials: Vec::new(),
+                total_bytes: 0,
+            };
+            print_cache_listing(cli, &listing);
+        }
+        Command::Status if cli.json => print_json(&json!({
+            "state_dir": shown_dir,
+            "pending": [],
+            "recovered": [],
+            "packages": 0,
+            "last_txn": null,
+        })),
+        Command::Status if !cli.quiet => {
+            println!("state dir:  {} (not created yet)", shown_path(state_dir));
+            println!("packages:   0");
+            println!("pending:    none");
+            println!("last txn:   none");
+        }
+        Command::Verify { .. } if cli.json => print_json(&json!({"ok": true, "packages": []})),
+        Command::List if !cli.json && !cli.quiet => println!("no packages installed"),
+        _ if cli.json => print_json(&json!([])),
+        _ => {}
+    }
+    Ok(EXIT_OK)
 }
 
 /// `cache list`: every blob with its users, partial downloads, totals.
