@@ -165,3 +165,51 @@ fn read_only_commands_create_no_state_dir() {
     run_bin_default_state(&home, &["repair"]).ok();
     assert!(home.join(".local/state/stagehand").is_dir(), "repair created no state dir");
 }
+
+/// A directory nobody but root may write (mode 0555, owned by root when the
+/// test runs as root, else by the test's own user, who then runs stagehand
+/// and is refused just the same).
+fn read_only_dir(at: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(at).unwrap();
+    fs::set_permissions(at, fs::Permissions::from_mode(0o555)).unwrap();
+}
+
+#[test]
+fn permission_errors_say_what_to_do() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const NOBODY: u32 = 65534;
+    let tmp = tempdir();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    // The user's own directory, for its state dir.
+    let own = root.join("own");
+    fs::create_dir_all(&own).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        chown_tree(&own, NOBODY);
+    }
+    let ro = root.join("ro");
+    read_only_dir(&ro);
+    let v1 = demo_source("v1");
+
+    // A first install into a directory the user may not write.
+    let app = ro.join("app");
+    let run = run_bin_as(NOBODY, &own.join("state"), &own, &["install", &v1, "--to", s(&app)], &[]);
+    run.expect_code(1);
+    run.fails_with(&[
+        "stagehand: error: ",
+        "Permission denied",
+        "nothing was installed; nothing was changed",
+        "run it as root",
+        "choose a destination you own",
+    ]);
+    assert!(!run.stderr.contains("old version"), "a first install has no old version:\n{}", run.describe());
+    assert!(!app.exists(), "{} was created", app.display());
+
+    // A state dir that cannot be created.
+    let state = ro.join("state");
+    let run = run_bin_as(NOBODY, &state, &own, &["install", &v1, "--to", s(&own.join("app"))], &[]);
+    run.fails_with(&["stagehand: error: ", "cannot create the state dir", "--state-dir", "STAGEHAND_STATE_DIR"]);
+    assert!(!state.exists() && !own.join("app").exists(), "something was created:\n{}", run.describe());
+}

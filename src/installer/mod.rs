@@ -12,6 +12,7 @@ mod apply;
 mod cacheuse;
 mod checks;
 pub mod exec;
+pub mod hints;
 pub mod interrupt;
 mod local_files;
 pub mod lock;
@@ -66,8 +67,10 @@ pub enum Error {
     NotInstalled(String),
     #[error("recovery cannot decide what to do with transaction {txn} (package {package:?}): {reason}. Nothing was changed; inspect the paths named, put the old or new content back by hand, then run `stagehand repair`")]
     RecoveryRefused { txn: TxnId, package: String, reason: String },
-    #[error("{cause}\nThe transaction was rolled back: every destination still holds the old version.")]
-    RolledBack { cause: Box<Error> },
+    /// `fresh`: no target held anything before (a first install), so
+    /// nothing was installed rather than "the old version" kept.
+    #[error("{}", hints::rolled_back(cause, *fresh))]
+    RolledBack { cause: Box<Error>, fresh: bool },
     #[error("interrupted")]
     Interrupted,
     #[error("{cause}\nThe new version is committed but not finished; the next stagehand command (or `stagehand repair`) finishes it.")]
@@ -90,7 +93,7 @@ impl Error {
             Error::Source(SourceError::BadReference { .. })
             | Error::Plan(PlanError::BadMap { .. })
             | Error::Usage(_) => 2,
-            Error::RolledBack { cause } | Error::LeftForRecovery { cause } => match cause.exit_code() {
+            Error::RolledBack { cause, .. } | Error::LeftForRecovery { cause } => match cause.exit_code() {
                 c @ (5 | interrupt::EXIT_INTERRUPTED) => c,
                 _ => 1,
             },

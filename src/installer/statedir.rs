@@ -106,8 +106,14 @@ pub fn prepare(state_dir: &Path) -> Result<()> {
     if let Some(e) = unsafe_ancestor(state_dir, uid) {
         return Err(e);
     }
-    fsops::create_dir_all_durable(state_dir, 0o700, "state")
-        .map_err(|source| Error::Io { context: format!("creating the state dir {}", state_dir.display()), source })?;
+    fsops::create_dir_all_durable(state_dir, 0o700, "state").map_err(|source| {
+        use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+        if matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem) {
+            Error::Refused(super::hints::state_dir_not_created(state_dir, &source))
+        } else {
+            Error::Io { context: format!("creating the state dir {}", state_dir.display()), source }
+        }
+    })?;
     let stat = |p: &Path, follow: bool| {
         let m = if follow { std::fs::metadata(p) } else { std::fs::symlink_metadata(p) };
         m.map_err(|source| Error::Io { context: format!("checking {}", p.display()), source })
