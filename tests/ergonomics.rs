@@ -213,3 +213,32 @@ fn permission_errors_say_what_to_do() {
     run.fails_with(&["stagehand: error: ", "cannot create the state dir", "--state-dir", "STAGEHAND_STATE_DIR"]);
     assert!(!state.exists() && !own.join("app").exists(), "something was created:\n{}", run.describe());
 }
+
+#[test]
+fn rollback_takes_a_unique_digest_prefix() {
+    let sb = Sandbox::new();
+    let (v1, v2) = (demo_digest("v1"), demo_digest("v2"));
+    sb.install_demo("v1").ok();
+    sb.install_demo("v2").ok();
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+
+    // 8 hex digits, bare.
+    sb.run(&["rollback", DEMO, "--to", &hex(&v1)[..8]]).ok();
+    assert_eq!(sb.listed(DEMO).unwrap().digest, v1);
+    // With the algorithm, 10 digits, upper case.
+    let upper = format!("sha256:{}", hex(&v2)[..10].to_ascii_uppercase());
+    sb.run(&["rollback", DEMO, "--to", &upper]).ok();
+    assert_eq!(sb.listed(DEMO).unwrap().digest, v2);
+
+    // Unknown: refused, listing the kept versions; nothing changes.
+    let before = sb.world();
+    let unknown =
+        if hex(&v1).starts_with("deadbeef") || hex(&v2).starts_with("deadbeef") { "feedf00d" } else { "deadbeef" };
+    sb.run(&["rollback", DEMO, "--to", unknown]).fails_with(&["not a kept version", "kept: ", &v1]);
+    // Too short to be a prefix: a usage error.
+    sb.run(&["rollback", DEMO, "--to", &hex(&v1)[..7]]).expect_code(2);
+    // The installed one: already there.
+    sb.run(&["rollback", DEMO, "--to", &hex(&v2)[..8]]).fails_with(&["already at", &v2]);
+    assert!(sb.world() == before, "a refused rollback changed the destination");
+    assert_eq!(sb.listed(DEMO).unwrap().digest, v2);
+}

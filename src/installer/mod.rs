@@ -11,6 +11,7 @@ mod adopt;
 mod apply;
 mod cacheuse;
 mod checks;
+mod digest_prefix;
 pub mod exec;
 pub mod hints;
 pub mod interrupt;
@@ -284,6 +285,41 @@ pub fn set_aside_journal(state_dir: &Path, opts: &OpenOptions) -> Result<crate::
     Ok(report)
 }
 
+/// The kept versions of `pkg`, for messages.
+fn kept_list(pkg: &PackageRecord) -> String {
+    let known: Vec<&str> = pkg.previous.iter().map(|v| v.manifest_digest.as_str()).collect();
+    if known.is_empty() {
+        "none".to_string()
+    } else {
+        known.join(", ")
+    }
+}
+
+/// The full digest, among `pkg`'s installed and kept versions, that
+/// `given` (a whole digest or a unique prefix) names.
+fn kept_digest(name: &str, pkg: &PackageRecord, given: &str) -> Result<String> {
+    use digest_prefix::PrefixError;
+    let mut candidates = vec![pkg.manifest_digest.as_str()];
+    candidates.extend(pkg.previous.iter().map(|v| v.manifest_digest.as_str()));
+    match digest_prefix::pick(given, &candidates) {
+        Ok(d) => Ok(d.to_string()),
+        Err(PrefixError::Malformed) => Err(Error::Usage(format!(
+            "--to {given:?} is not a digest: give sha256:HEX, or at least {} of its hex digits (see `stagehand \
+             history {name}`)",
+            digest_prefix::MIN_PREFIX_HEX
+        ))),
+        Err(PrefixError::Unknown) => Err(Error::Refused(format!(
+            "{given} is not a kept version of {name}; kept: {} (installed: {}). Nothing was changed",
+            kept_list(pkg),
+            pkg.manifest_digest
+        ))),
+        Err(PrefixError::Ambiguous(all)) => Err(Error::Refused(format!(
+            "{given} names more than one version of {name}: {}; give more digits. Nothing was changed",
+            all.join(", ")
+        ))),
+    }
+}
+
 impl Installer {
     /// Opens `state_dir` (creating it), takes the lock, opens the journal,
     /// and recovers every unfinished transaction.
@@ -403,16 +439,15 @@ impl Installer {
                     pkg.manifest_digest
                 ))
             })?,
-            Some(d) if d == pkg.manifest_digest => {
-                return Err(Error::Refused(format!("{name} is already at {d}")));
+            Some(given) => {
+                let d = kept_digest(name, &pkg, given)?;
+                if d == pkg.manifest_digest {
+                    return Err(Error::Refused(format!("{name} is already at {d}")));
+                }
+                pkg.previous.iter().find(|v| v.manifest_digest == d).cloned().ok_or_else(|| {
+                    Error::Refused(format!("{d} is not a kept version of {name}; kept: {}", kept_list(&pkg)))
+                })?
             }
-            Some(d) => pkg.previous.iter().find(|v| v.manifest_digest == d).cloned().ok_or_else(|| {
-                let known: Vec<&str> = pkg.previous.iter().map(|v| v.manifest_digest.as_str()).collect();
-                Error::Refused(format!(
-                    "{d} is not a kept version of {name}; kept: {}",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                ))
-            })?,
         };
         let put = self.rollback_put(name, &version, keep, limits)?;
         let rec = self.run_changes(Op::Rollback, vec![ChangeRequest::Put(Box::new(put))], false)?;
