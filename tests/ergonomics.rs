@@ -242,3 +242,30 @@ fn rollback_takes_a_unique_digest_prefix() {
     assert!(sb.world() == before, "a refused rollback changed the destination");
     assert_eq!(sb.listed(DEMO).unwrap().digest, v2);
 }
+
+#[test]
+fn short_help_long_help_examples_and_human_sizes() {
+    let sb = Sandbox::new();
+    for cmd in [vec![], vec!["install"], vec!["apply"], vec!["rollback"]] {
+        let short = sb.run(&[cmd.clone(), vec!["-h"]].concat());
+        let long = sb.run(&[cmd.clone(), vec!["--help"]].concat());
+        short.ok();
+        long.ok();
+        assert!(short.stdout.len() < long.stdout.len(), "-h is not shorter than --help:\n{}", short.describe());
+        assert!(long.stdout.contains("Example"), "--help has no examples:\n{}", long.describe());
+        assert!(!short.stdout.contains("Examples:"), "-h carries the examples:\n{}", short.describe());
+    }
+    let top = sb.run(&["--help"]);
+    for line in ["Examples:", "stagehand install oci-layout:", "stagehand rollback demo", "stagehand apply --file"] {
+        assert!(top.stdout.contains(line), "top-level --help lacks {line:?}:\n{}", top.describe());
+    }
+    // Sizes in units people read, and accepted in them.
+    let help = sb.run(&["install", "--help"]);
+    assert!(help.stdout.contains("[default: 64 GiB]"), "{}", help.describe());
+    assert!(!help.stdout.contains("68719476736"), "{}", help.describe());
+    let app = sb.dest.join("app");
+    let run = sb.run(&["install", &demo_source("v1"), "--to", s(&app), "--max-layer-bytes", "10 B"]);
+    run.fails_with(&["stagehand: error: ", "more than 10 bytes, the --max-layer-bytes cap"]);
+    sb.run(&["install", &demo_source("v1"), "--to", s(&app), "--max-layer-bytes", "64 GB"]).expect_code(2);
+    sb.run(&["install", &demo_source("v1"), "--to", s(&app), "--max-layer-bytes", "2MiB"]).ok();
+}

@@ -6,6 +6,7 @@
 //! 4 state dir locked by another process, 5 recovery could not decide.
 
 mod apply;
+mod units;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,7 +30,9 @@ pub const EXIT_MISMATCH: i32 = 3;
     name = "stagehand",
     version,
     about = "Crash-safe installer for OCI artifacts",
-    long_about = "Installs OCI artifacts so that a crash at any instant leaves every destination with the complete old version or the complete new one. Every step is journaled before it runs; every command first finishes or undoes an interrupted install."
+    long_about = "Installs OCI artifacts so that a crash at any instant leaves every destination with the complete old version or the complete new one. Every step is journaled before it runs; every command first finishes or undoes an interrupted install.",
+    after_help = "`stagehand --help` and `stagehand COMMAND --help` give details and examples.",
+    after_long_help = TOP_EXAMPLES
 )]
 pub struct Cli {
     /// State directory (journal, lock). Default: $STAGEHAND_STATE_DIR, else $XDG_STATE_HOME/stagehand, else ~/.local/state/stagehand.
@@ -59,6 +62,20 @@ pub struct Cli {
     pub command: Command,
 }
 
+const TOP_EXAMPLES: &str = "\
+Examples:
+  # install a package: a directory it owns, and files mapped into shared directories
+  stagehand install oci-layout:examples/demo:v1 --to /opt/demo/app --map '*.so=/opt/demo/lib'
+  # upgrade it where it is, then go back, offline
+  stagehand install oci-layout:examples/demo:v2
+  stagehand rollback demo
+  # what is installed, what happened, whether files were changed by hand
+  stagehand list
+  stagehand history demo
+  stagehand verify demo
+  # a whole set from a desired-state file, in one transaction
+  stagehand apply --file stagehand.toml --dry-run";
+
 const INSTALL_HELP: &str = "\
 Examples:
   # install: the app tree to /opt/demo/app, three files into shared directories
@@ -82,7 +99,7 @@ pub enum Command {
     /// --db-version, --platform) is recorded. Installing an installed package
     /// again with no placement flags upgrades it where it is. A different
     /// placement is refused unless --move; --name installs a second copy.
-    #[command(after_help = INSTALL_HELP)]
+    #[command(after_long_help = INSTALL_HELP)]
     Install {
         /// [REGISTRY/]REPO:TAG, [REGISTRY/]REPO@sha256:DIGEST (default registry:
         /// $STAGEHAND_DEFAULT_REGISTRY, else ghcr.io), or oci-layout:PATH[:TAG|@sha256:DIGEST]
@@ -140,11 +157,14 @@ pub enum Command {
         limits: LimitArgs,
     },
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
-    #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
+    #[command(
+        after_long_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619"
+    )]
     Rollback {
         #[arg(required_unless_present = "apply")]
         name: Option<String>,
-        /// The manifest digest of a kept version (see `stagehand history NAME`).
+        /// The manifest digest of a kept version, or a unique prefix of it (8 hex digits or more;
+        /// see `stagehand history NAME`).
         #[arg(long, value_name = "DIGEST")]
         to: Option<String>,
         /// Undo the last `stagehand apply` as a whole: every package it changed
@@ -157,7 +177,7 @@ pub enum Command {
         limits: LimitArgs,
     },
     /// Switch the installed packages to a desired-state file's, in ONE transaction.
-    #[command(after_help = apply::APPLY_HELP)]
+    #[command(after_long_help = apply::APPLY_HELP)]
     Apply {
         /// The desired-state file.
         #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
@@ -180,14 +200,16 @@ pub enum Command {
         locked: bool,
     },
     /// Pin every reference of a desired-state file in its lock file (installs nothing; pins already there are kept).
-    #[command(after_help = "Example:\n  stagehand lock --file web.toml && stagehand apply --file web.toml --locked")]
+    #[command(
+        after_long_help = "Example:\n  stagehand lock --file web.toml && stagehand apply --file web.toml --locked"
+    )]
     Lock {
         /// The desired-state file.
         #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
         file: PathBuf,
     },
     /// Resolve tags again and move the lock file's pins (all, or the named packages); installs nothing.
-    #[command(after_help = "Examples:\n  stagehand update --dry-run\n  stagehand update demo && stagehand apply")]
+    #[command(after_long_help = "Examples:\n  stagehand update --dry-run\n  stagehand update demo && stagehand apply")]
     Update {
         /// Packages to re-resolve (default: every package of the file).
         names: Vec<String>,
@@ -199,10 +221,10 @@ pub enum Command {
         dry_run: bool,
     },
     /// Remove an installed package, in one transaction.
-    #[command(after_help = "Example:\n  stagehand uninstall demo")]
+    #[command(after_long_help = "Example:\n  stagehand uninstall demo")]
     Uninstall { name: String },
     /// Finish or undo interrupted transactions and report what was done.
-    #[command(after_help = "Examples:\n  stagehand repair --dry-run\n  stagehand repair --set-aside-journal")]
+    #[command(after_long_help = "Examples:\n  stagehand repair --dry-run\n  stagehand repair --set-aside-journal")]
     Repair {
         /// Say what recovery would do without doing it.
         #[arg(long)]
@@ -215,31 +237,31 @@ pub enum Command {
         set_aside_journal: bool,
     },
     /// Show unfinished transactions (after recovery) and counts.
-    #[command(after_help = "Example:\n  stagehand status --json")]
+    #[command(after_long_help = "Example:\n  stagehand status --json")]
     Status,
     /// List installed packages.
-    #[command(after_help = "Example:\n  stagehand list --json")]
+    #[command(after_long_help = "Example:\n  stagehand list --json")]
     List,
     /// Re-hash installed files against the registry (exit 3 on differences).
-    #[command(after_help = "Example:\n  stagehand verify demo")]
+    #[command(after_long_help = "Example:\n  stagehand verify demo")]
     Verify { name: Option<String> },
     /// Past transactions: when, what, old -> new digest, outcome.
-    #[command(after_help = "Example:\n  stagehand history demo")]
+    #[command(after_long_help = "Example:\n  stagehand history demo")]
     History { name: Option<String> },
     /// Dump the raw journal records, decoded, for debugging.
-    #[command(after_help = "Example:\n  stagehand journal --json")]
+    #[command(after_long_help = "Example:\n  stagehand journal --json")]
     Journal,
     /// The blob cache of registry pulls: list it, or prune what nothing uses.
-    #[command(after_help = "Examples:\n  stagehand cache list\n  stagehand cache prune --dry-run")]
+    #[command(after_long_help = "Examples:\n  stagehand cache list\n  stagehand cache prune --dry-run")]
     Cache {
         #[command(subcommand)]
         action: CacheAction,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    #[command(after_help = "Example:\n  stagehand completions bash > /etc/bash_completion.d/stagehand")]
+    #[command(after_long_help = "Example:\n  stagehand completions bash > /etc/bash_completion.d/stagehand")]
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) on stdout.
-    #[command(after_help = "Example:\n  stagehand man > stagehand.1 && man ./stagehand.1")]
+    #[command(after_long_help = "Example:\n  stagehand man > stagehand.1 && man ./stagehand.1")]
     Man,
 }
 
@@ -251,7 +273,8 @@ pub struct LimitArgs {
     #[arg(long, value_name = "N", default_value_t = crate::plan::limits::DEFAULT_MAX_ENTRIES)]
     max_entries: u64,
     /// Refuse a layer whose files add up to more bytes than this.
-    #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_LAYER_BYTES)]
+    /// Bytes, or a number with KiB, MiB, GiB or TiB. [default: 64 GiB]
+    #[arg(long, value_name = "BYTES", default_value = "64 GiB", hide_default_value = true, value_parser = units::parse_size)]
     max_layer_bytes: u64,
     /// Refuse an entry whose path or link name (long names included) is longer than this, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_PATH_BYTES)]
@@ -271,10 +294,10 @@ impl From<LimitArgs> for crate::plan::limits::Limits {
 #[derive(Subcommand, Debug)]
 pub enum CacheAction {
     /// List cached blobs and partial downloads, with the packages that use each.
-    #[command(after_help = "Example:\n  stagehand cache list --json")]
+    #[command(after_long_help = "Example:\n  stagehand cache list --json")]
     List,
     /// Remove cached blobs no installed package, kept version or pending transaction uses, and partial downloads.
-    #[command(after_help = "Example:\n  stagehand cache prune --dry-run")]
+    #[command(after_long_help = "Example:\n  stagehand cache prune --dry-run")]
     Prune {
         /// Say what would be removed without removing it.
         #[arg(long)]
