@@ -470,9 +470,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         _ => {}
     }
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
-    if read_only(&cli.command)
-        && matches!(std::fs::symlink_metadata(&state_dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-    {
+    if read_only(&cli.command) && installer::statedir::is_missing(&state_dir)? {
         return print_without_state_dir(cli, &state_dir);
     }
     let dry_run = matches!(cli.command, Command::Repair { dry_run: true, .. });

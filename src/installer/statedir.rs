@@ -88,6 +88,23 @@ fn unsafe_ancestor(state_dir: &Path, uid: u32) -> Option<Error> {
     None
 }
 
+/// Whether `state_dir` does not exist yet: a read-only command then has
+/// nothing to read and creates nothing. A missing state dir under a
+/// directory another user could write is refused, as [`prepare`] refuses it.
+pub fn is_missing(state_dir: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(state_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            match unsafe_ancestor(state_dir, uid) {
+                Some(e) => Err(e),
+                None => Ok(true),
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Creates `state_dir` (0700) if it is missing, then checks that it and
 /// everything in it belong to the current user and nobody else can write them.
 pub fn prepare(state_dir: &Path) -> Result<()> {
