@@ -127,7 +127,8 @@ fn entries_under(dir: &Path) -> Vec<String> {
 fn read_only_commands_create_no_state_dir() {
     let tmp = tempdir();
     let home = fs::canonicalize(tmp.path()).unwrap();
-    let reads: [&[&str]; 6] = [&["list"], &["status"], &["history"], &["verify"], &["journal"], &["cache", "list"]];
+    let reads: [&[&str]; 7] =
+        [&["list"], &["status"], &["history"], &["verify"], &["journal"], &["cache", "list"], &["repair", "--dry-run"]];
     for args in reads {
         for json in [false, true] {
             let mut argv: Vec<&str> = args.to_vec();
@@ -144,6 +145,7 @@ fn read_only_commands_create_no_state_dir() {
                     "status" => v["packages"] == 0 && v["pending"].as_array().is_some_and(|a| a.is_empty()),
                     "verify" => v["ok"] == true && v["packages"].as_array().is_some_and(|a| a.is_empty()),
                     "cache" => v["blobs"].as_array().is_some_and(|a| a.is_empty()),
+                    "repair" => v["pending"].as_array().is_some_and(|a| a.is_empty()),
                     _ => v.as_array().is_some_and(|a| a.is_empty()),
                 };
                 assert!(empty, "not the empty result:\n{}", run.describe());

@@ -854,7 +854,7 @@ fn run_command(
     }
 }
 
-/// The commands that only read the state dir: on one that does not exist
+/// The commands that only read the state dir (`repair --dry-run` too): on one that does not exist
 /// they report the empty result and create nothing.
 fn read_only(command: &Command) -> bool {
     matches!(
@@ -865,6 +865,7 @@ fn read_only(command: &Command) -> bool {
             | Command::Verify { .. }
             | Command::Journal
             | Command::Cache { action: CacheAction::List }
+            | Command::Repair { dry_run: true, .. }
     )
 }
 
@@ -904,6 +905,8 @@ fn print_without_state_dir(cli: &Cli, state_dir: &std::path::Path) -> Result<i32
             println!("last txn:   none");
         }
         Command::Verify { .. } if cli.json => print_json(&json!({"ok": true, "packages": []})),
+        Command::Repair { .. } if cli.json => print_json(&json!({"dry_run": true, "pending": []})),
+        Command::Repair { .. } if !cli.quiet => println!("nothing pending"),
         Command::List if !cli.json && !cli.quiet => println!("no packages installed"),
         _ if cli.json => print_json(&json!([])),
         _ => {}
