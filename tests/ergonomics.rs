@@ -209,6 +209,14 @@ fn permission_errors_say_what_to_do() {
     assert!(!run.stderr.contains("old version"), "a first install has no old version:\n{}", run.describe());
     assert!(!app.exists(), "{} was created", app.display());
 
+    // A destination that cannot even be looked at (outside any transaction).
+    let closed = root.join("closed");
+    fs::create_dir(&closed).unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o000)).unwrap();
+    let run = run_bin_as(NOBODY, &own.join("state"), &own, &["install", &v1, "--to", s(&closed.join("x/app"))], &[]);
+    run.fails_with(&["stagehand: error: ", "Permission denied", "run it as root", "choose a destination you own"]);
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o755)).unwrap();
+
     // A state dir that cannot be created.
     let state = ro.join("state");
     let run = run_bin_as(NOBODY, &state, &own, &["install", &v1, "--to", s(&own.join("app"))], &[]);

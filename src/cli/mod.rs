@@ -443,10 +443,14 @@ pub fn main() -> i32 {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
+            let message = match installer::hints::next_step(&e) {
+                Some(hint) => format!("{e}\n{hint}"),
+                None => e.to_string(),
+            };
             if cli.json {
-                print_json(&json!({"error": e.to_string(), "exit_code": e.exit_code()}));
+                print_json(&json!({"error": message, "exit_code": e.exit_code()}));
             }
-            eprintln!("stagehand: error: {}", shown(&e.to_string()));
+            eprintln!("stagehand: error: {}", shown(&message));
             e.exit_code()
         }
     }

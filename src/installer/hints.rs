@@ -35,13 +35,30 @@ pub fn rolled_back(cause: &Error, fresh: bool) -> String {
     };
     let mut text = format!("{cause}\n{state}");
     if permission_denied(cause) {
-        text.push_str(&format!(
-            "\nstagehand runs as uid {} and may not write there: run it as root, choose a destination you own \
-             (e.g. under $HOME), or ask the directory's owner for write access.",
-            euid()
-        ));
+        text.push('\n');
+        text.push_str(&not_permitted());
     }
     text
+}
+
+/// What to do about a destination the user may not write or read.
+fn not_permitted() -> String {
+    format!(
+        "stagehand runs as uid {} and may not write there: run it as root, choose a destination you own \
+         (e.g. under $HOME), or ask the directory's owner for write access.",
+        euid()
+    )
+}
+
+/// The next step for an error whose own text does not give one: a refused
+/// permission outside a transaction (a destination that cannot even be
+/// looked at). Errors that carry their advice already get none.
+pub fn next_step(e: &Error) -> Option<String> {
+    match e {
+        Error::RolledBack { .. } | Error::Refused(_) | Error::Usage(_) => None,
+        e if permission_denied(e) => Some(not_permitted()),
+        _ => None,
+    }
 }
 
 /// The text for a state dir that cannot be created.
