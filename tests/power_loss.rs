@@ -705,7 +705,7 @@ fn setup(sc: Scenario, sync: Sync, skip_fsync: Option<&str>) -> Checker {
         fs::write(dest.join("lib/unrelated.so"), b"not stagehand's\n").unwrap();
         fs::write(dest.join("share/extension/plpgsql.control"), b"# unrelated\n").unwrap();
     }
-    run_bin(&state, &root, &["status"], &sync_env).ok();
+    run_bin(&state, &root, &["repair"], &sync_env).ok();
     if let Some(v) = sc.before() {
         run_bin(&state, &root, &demo_install_args(&dest, &demo_source(v), None), &sync_env).ok();
     }
