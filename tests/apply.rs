@@ -271,7 +271,7 @@ fn dry_run_changes_nothing_then_apply_then_nothing_to_do() {
     ]);
     dry.ok();
     assert!(dry.stdout.contains(&format!("+ a {}", demo_digest("v1"))), "{}", dry.describe());
-    assert!(dry.stdout.contains(&format!("~ b {} → {}", demo_digest("v1"), demo_digest("v2"))), "{}", dry.describe());
+    assert!(dry.stdout.contains(&format!("~ b {} -> {}", demo_digest("v1"), demo_digest("v2"))), "{}", dry.describe());
     assert!(dry.stdout.lines().any(|l| l == "- c"), "{}", dry.describe());
     assert!(sb.world() == before, "--dry-run changed DEST");
     assert!(!sb.root.join("stagehand.lock").exists(), "--dry-run wrote the lock file");

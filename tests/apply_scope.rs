@@ -325,7 +325,7 @@ fn the_lock_pins_a_moved_tag_until_update() {
     sb.run(&[OsStr::new("update"), OsStr::new("nosuch"), OsStr::new("--file"), f.as_os_str()]).fails_with(&["nosuch"]);
 
     let run = apply(&sb, &f, &[]);
-    assert!(run.ok().stdout.contains(&format!("~ demo {v1} → {v2}")), "{}", run.describe());
+    assert!(run.ok().stdout.contains(&format!("~ demo {v1} -> {v2}")), "{}", run.describe());
     assert_eq!(sb.listed("demo").map(|p| p.digest), Some(v2));
 }
 

@@ -170,7 +170,7 @@ fn state_dir_from_environment() {
 #[test]
 fn locked_state_dir_exits_4_naming_the_holder() {
     let sb = Sandbox::new();
-    sb.run(&["list"]).ok(); // creates the state dir
+    sb.run(&["repair"]).ok(); // creates the state dir (a read-only command would not)
     let world = sb.world();
 
     let lock_path = sb.state.join("lock");

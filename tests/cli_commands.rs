@@ -1169,7 +1169,7 @@ fn hold_lock(sb: &Sandbox) -> fs::File {
 #[test]
 fn locked_state_dir_exits_4_and_lock_timeout_waits() {
     let sb = Sandbox::new();
-    sb.run(&["list"]).ok(); // creates the state dir
+    sb.run(&["repair"]).ok(); // creates the state dir (a read-only command would not)
     let pid = std::process::id().to_string();
     let lock = hold_lock(&sb);
 

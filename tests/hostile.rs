@@ -314,7 +314,7 @@ fn a_new_state_dir_is_private_and_existing_ancestors_keep_their_mode() {
     let sb = Sandbox::new();
     fs::set_permissions(&sb.root, fs::Permissions::from_mode(0o751)).unwrap();
     let state = sb.root.join("x/y/state");
-    let run = run_bin(&state, &sb.root, &["list"], &[]);
+    let run = run_bin(&state, &sb.root, &["repair"], &[]);
     run.ok();
     for p in [sb.root.join("x"), sb.root.join("x/y"), state.clone()] {
         assert_eq!(mode_of(&p), 0o700, "{}", p.display());
@@ -373,7 +373,7 @@ fn a_state_dir_of_another_user_is_refused() {
     fs::create_dir(&home).unwrap();
     std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
     let theirs = home.join(".local/state/stagehand");
-    let (run, _, _) = run_bin_opts(&theirs, &home, &["list"], &[], &nobody);
+    let (run, _, _) = run_bin_opts(&theirs, &home, &["repair"], &[], &nobody);
     run.ok();
     let meta = fs::metadata(&theirs).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (65534, 0o700));

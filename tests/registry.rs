@@ -491,7 +491,7 @@ fn apply_dry_run_from_a_registry_leaves_the_cache_unchanged() {
     let before = hash_tree(&cache);
     assert!(before.keys().any(|k| k.ends_with(v("v1").trim_start_matches("sha256:"))), "v1 not cached: {before:?}");
     let r = dry();
-    assert!(r.ok().stdout.contains(&format!("~ demo {} → {}", v("v1"), v("v2"))), "{}", r.describe());
+    assert!(r.ok().stdout.contains(&format!("~ demo {} -> {}", v("v1"), v("v2"))), "{}", r.describe());
     assert_eq!(hash_tree(&cache), before, "a dry run of an upgrade changed the blob cache");
     assert_eq!(sb.world(), demo_world("v1"), "a dry run changed DEST");
     assert_eq!(sb.listed().get("demo"), Some(&v("v1")));

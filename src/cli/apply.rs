@@ -1,5 +1,5 @@
 //! Output of `apply`, `lock`, `update` and `rollback --apply`: the plan for
-//! people (`+ name digest`, `~ name old → new`, `- name`, `= name kept`,
+//! people (`+ name digest`, `~ name old -> new`, `- name`, `= name kept`,
 //! and the lock pins that moved) or JSON; and the question an apply that
 //! removes or moves packages asks on a terminal. What needs asking is the
 //! library's decision (`PlannedChange::needs_confirmation`); this only asks.
@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{print_json, Cli, EXIT_OK};
+use super::{counted, print_json, Cli, EXIT_OK};
 use crate::installer::{self, lockfile::LockFile, pins::LockChange, Confirm, Installer};
 
 pub const APPLY_HELP: &str = "\
@@ -105,7 +105,7 @@ pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[instal
     }
     print_lock_changes(rep.lock_file.as_deref(), &rep.lock_changes, rep.dry_run);
     if rep.changes.is_empty() {
-        println!("nothing to do: {} package(s) already as {} says", rep.unchanged.len(), rep.file);
+        println!("nothing to do: {} already as {} says", counted(rep.unchanged.len(), "package"), rep.file);
     }
     for c in &rep.changes {
         println!("{}", c.line());
@@ -115,7 +115,7 @@ pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[instal
     }
     match (rep.dry_run, rep.txn) {
         (true, _) => println!("(dry run: nothing was changed)"),
-        (false, Some(t)) => println!("applied {} change(s) in one transaction (txn {t})", rep.changes.len()),
+        (false, Some(t)) => println!("applied {} in one transaction (txn {t})", counted(rep.changes.len(), "change")),
         (false, None) => {}
     }
     EXIT_OK
@@ -138,7 +138,7 @@ pub fn print_lock(cli: &Cli, lock: &LockFile, path: &Path, changes: &[LockChange
         print_json(&json!({"lock_file": path.display().to_string(), "lock": lock, "lock_changes": changes}));
     } else if !cli.quiet {
         for (name, pin) in &lock.package {
-            println!("{name} {} → {} ({})", pin.reference, pin.digest, pin.platform);
+            println!("{name} {} -> {} ({})", pin.reference, pin.digest, pin.platform);
         }
         for c in changes {
             println!("  {}", c.line());
@@ -158,13 +158,17 @@ pub fn print_update(cli: &Cli, rep: &installer::UpdateReport) -> i32 {
         let moved = rep.changes.len();
         match (moved, rep.dry_run) {
             (0, _) => println!(
-                "every pin is current ({} package(s) resolved); {} unchanged",
-                rep.checked.len(),
+                "every pin is current ({} resolved); {} unchanged",
+                counted(rep.checked.len(), "package"),
                 rep.lock_file
             ),
-            (_, true) => println!("(dry run: {} not written; {moved} pin(s) would move)", rep.lock_file),
+            (_, true) => println!("(dry run: {} not written; {} would move)", rep.lock_file, counted(moved, "pin")),
             (_, false) => {
-                println!("wrote {} ({moved} pin(s) moved); run `stagehand apply` to install them", rep.lock_file)
+                println!(
+                    "wrote {} ({} moved); run `stagehand apply` to install them",
+                    rep.lock_file,
+                    counted(moved, "pin")
+                )
             }
         }
     }

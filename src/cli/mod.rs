@@ -6,6 +6,7 @@
 //! 4 state dir locked by another process, 5 recovery could not decide.
 
 mod apply;
+mod units;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,7 +30,9 @@ pub const EXIT_MISMATCH: i32 = 3;
     name = "stagehand",
     version,
     about = "Crash-safe installer for OCI artifacts",
-    long_about = "Installs OCI artifacts so that a crash at any instant leaves every destination with the complete old version or the complete new one. Every step is journaled before it runs; every command first finishes or undoes an interrupted install."
+    long_about = "Installs OCI artifacts so that a crash at any instant leaves every destination with the complete old version or the complete new one. Every step is journaled before it runs; every command first finishes or undoes an interrupted install.",
+    after_help = "`stagehand --help` and `stagehand COMMAND --help` give details and examples.",
+    after_long_help = TOP_EXAMPLES
 )]
 pub struct Cli {
     /// State directory (journal, lock). Default: $STAGEHAND_STATE_DIR, else $XDG_STATE_HOME/stagehand, else ~/.local/state/stagehand.
@@ -67,6 +70,20 @@ pub struct Cli {
     pub command: Command,
 }
 
+const TOP_EXAMPLES: &str = "\
+Examples:
+  # install a package: a directory it owns, and files mapped into shared directories
+  stagehand install oci-layout:examples/demo:v1 --to /opt/demo/app --map '*.so=/opt/demo/lib'
+  # upgrade it where it is, then go back, offline
+  stagehand install oci-layout:examples/demo:v2
+  stagehand rollback demo
+  # what is installed, what happened, whether files were changed by hand
+  stagehand list
+  stagehand history demo
+  stagehand verify demo
+  # a whole set from a desired-state file, in one transaction
+  stagehand apply --file stagehand.toml --dry-run";
+
 const INSTALL_HELP: &str = "\
 Examples:
   # install: the app tree to /opt/demo/app, three files into shared directories
@@ -90,7 +107,7 @@ pub enum Command {
     /// --db-version, --platform) is recorded. Installing an installed package
     /// again with no placement flags upgrades it where it is. A different
     /// placement is refused unless --move; --name installs a second copy.
-    #[command(after_help = INSTALL_HELP)]
+    #[command(after_long_help = INSTALL_HELP)]
     Install {
         /// [REGISTRY/]REPO:TAG, [REGISTRY/]REPO@sha256:DIGEST (default registry:
         /// $STAGEHAND_DEFAULT_REGISTRY, else ghcr.io), or oci-layout:PATH[:TAG|@sha256:DIGEST]
@@ -148,11 +165,14 @@ pub enum Command {
         limits: LimitArgs,
     },
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
-    #[command(after_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619...")]
+    #[command(
+        after_long_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619"
+    )]
     Rollback {
         #[arg(required_unless_present = "apply")]
         name: Option<String>,
-        /// The manifest digest of a kept version (see `stagehand history NAME`).
+        /// The manifest digest of a kept version, or a unique prefix of it (8 hex digits or more;
+        /// see `stagehand history NAME`).
         #[arg(long, value_name = "DIGEST")]
         to: Option<String>,
         /// Undo the last `stagehand apply` as a whole: every package it changed
@@ -165,12 +185,12 @@ pub enum Command {
         limits: LimitArgs,
     },
     /// Switch the installed packages to a desired-state file's, in ONE transaction.
-    #[command(after_help = apply::APPLY_HELP)]
+    #[command(after_long_help = apply::APPLY_HELP)]
     Apply {
         /// The desired-state file.
         #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
         file: PathBuf,
-        /// Print the plan (`+ name digest`, `~ name old → new`, `- name`, `= name kept`); change nothing.
+        /// Print the plan (`+ name digest`, `~ name old -> new`, `- name`, `= name kept`); change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Also uninstall the packages THIS file applied and no longer lists
@@ -188,14 +208,16 @@ pub enum Command {
         locked: bool,
     },
     /// Pin every reference of a desired-state file in its lock file (installs nothing; pins already there are kept).
-    #[command(after_help = "Example:\n  stagehand lock --file web.toml && stagehand apply --file web.toml --locked")]
+    #[command(
+        after_long_help = "Example:\n  stagehand lock --file web.toml && stagehand apply --file web.toml --locked"
+    )]
     Lock {
         /// The desired-state file.
         #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
         file: PathBuf,
     },
     /// Resolve tags again and move the lock file's pins (all, or the named packages); installs nothing.
-    #[command(after_help = "Examples:\n  stagehand update --dry-run\n  stagehand update demo && stagehand apply")]
+    #[command(after_long_help = "Examples:\n  stagehand update --dry-run\n  stagehand update demo && stagehand apply")]
     Update {
         /// Packages to re-resolve (default: every package of the file).
         names: Vec<String>,
@@ -207,10 +229,10 @@ pub enum Command {
         dry_run: bool,
     },
     /// Remove an installed package, in one transaction.
-    #[command(after_help = "Example:\n  stagehand uninstall demo")]
+    #[command(after_long_help = "Example:\n  stagehand uninstall demo")]
     Uninstall { name: String },
     /// Finish or undo interrupted transactions and report what was done.
-    #[command(after_help = "Examples:\n  stagehand repair --dry-run\n  stagehand repair --set-aside-journal")]
+    #[command(after_long_help = "Examples:\n  stagehand repair --dry-run\n  stagehand repair --set-aside-journal")]
     Repair {
         /// Say what recovery would do without doing it.
         #[arg(long)]
@@ -223,31 +245,31 @@ pub enum Command {
         set_aside_journal: bool,
     },
     /// Show unfinished transactions (after recovery) and counts.
-    #[command(after_help = "Example:\n  stagehand status --json")]
+    #[command(after_long_help = "Example:\n  stagehand status --json")]
     Status,
     /// List installed packages.
-    #[command(after_help = "Example:\n  stagehand list --json")]
+    #[command(after_long_help = "Example:\n  stagehand list --json")]
     List,
     /// Re-hash installed files against the registry (exit 3 on differences).
-    #[command(after_help = "Example:\n  stagehand verify demo")]
+    #[command(after_long_help = "Example:\n  stagehand verify demo")]
     Verify { name: Option<String> },
-    /// Past transactions: when, what, old → new digest, outcome.
-    #[command(after_help = "Example:\n  stagehand history demo")]
+    /// Past transactions: when, what, old -> new digest, outcome.
+    #[command(after_long_help = "Example:\n  stagehand history demo")]
     History { name: Option<String> },
     /// Dump the raw journal records, decoded, for debugging.
-    #[command(after_help = "Example:\n  stagehand journal --json")]
+    #[command(after_long_help = "Example:\n  stagehand journal --json")]
     Journal,
     /// The blob cache of registry pulls: list it, or prune what nothing uses.
-    #[command(after_help = "Examples:\n  stagehand cache list\n  stagehand cache prune --dry-run")]
+    #[command(after_long_help = "Examples:\n  stagehand cache list\n  stagehand cache prune --dry-run")]
     Cache {
         #[command(subcommand)]
         action: CacheAction,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    #[command(after_help = "Example:\n  stagehand completions bash > /etc/bash_completion.d/stagehand")]
+    #[command(after_long_help = "Example:\n  stagehand completions bash > /etc/bash_completion.d/stagehand")]
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff) on stdout.
-    #[command(after_help = "Example:\n  stagehand man > stagehand.1 && man ./stagehand.1")]
+    #[command(after_long_help = "Example:\n  stagehand man > stagehand.1 && man ./stagehand.1")]
     Man,
 }
 
@@ -259,7 +281,8 @@ pub struct LimitArgs {
     #[arg(long, value_name = "N", default_value_t = crate::plan::limits::DEFAULT_MAX_ENTRIES)]
     max_entries: u64,
     /// Refuse a layer whose files add up to more bytes than this.
-    #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_LAYER_BYTES)]
+    /// Bytes, or a number with KiB, MiB, GiB or TiB. [default: 64 GiB]
+    #[arg(long, value_name = "BYTES", default_value = "64 GiB", hide_default_value = true, value_parser = units::parse_size)]
     max_layer_bytes: u64,
     /// Refuse an entry whose path or link name (long names included) is longer than this, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = crate::plan::limits::DEFAULT_MAX_PATH_BYTES)]
@@ -279,10 +302,10 @@ impl From<LimitArgs> for crate::plan::limits::Limits {
 #[derive(Subcommand, Debug)]
 pub enum CacheAction {
     /// List cached blobs and partial downloads, with the packages that use each.
-    #[command(after_help = "Example:\n  stagehand cache list --json")]
+    #[command(after_long_help = "Example:\n  stagehand cache list --json")]
     List,
     /// Remove cached blobs no installed package, kept version or pending transaction uses, and partial downloads.
-    #[command(after_help = "Example:\n  stagehand cache prune --dry-run")]
+    #[command(after_long_help = "Example:\n  stagehand cache prune --dry-run")]
     Prune {
         /// Say what would be removed without removing it.
         #[arg(long)]
@@ -395,6 +418,13 @@ fn shown(message: &str) -> String {
     message.split('\n').map(crate::source::printable).collect::<Vec<_>>().join("\n")
 }
 
+/// A clap usage error as printed: `stagehand: error: …` like every other
+/// error, instead of clap's bare `error: …`.
+fn usage_error_text(rendered: &str) -> String {
+    let body = rendered.strip_prefix("error: ").unwrap_or(rendered);
+    format!("stagehand: error: {body}")
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -407,7 +437,12 @@ pub fn main() -> i32 {
                 let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
                 print_json(&json!({"error": first, "exit_code": code}));
             }
-            let _ = e.print();
+            if code == EXIT_USAGE {
+                // One prefix for every error, clap's usage errors included.
+                eprint!("{}", usage_error_text(&e.render().to_string()));
+            } else {
+                let _ = e.print();
+            }
             return code;
         }
     };
@@ -417,10 +452,14 @@ pub fn main() -> i32 {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
+            let message = match installer::hints::next_step(&e) {
+                Some(hint) => format!("{e}\n{hint}"),
+                None => e.to_string(),
+            };
             if cli.json {
-                print_json(&json!({"error": e.to_string(), "exit_code": e.exit_code()}));
+                print_json(&json!({"error": message, "exit_code": e.exit_code()}));
             }
-            eprintln!("stagehand: error: {}", shown(&e.to_string()));
+            eprintln!("stagehand: error: {}", shown(&message));
             e.exit_code()
         }
     }
@@ -444,6 +483,9 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         _ => {}
     }
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    if read_only(&cli.command) && installer::statedir::is_missing(&state_dir)? {
+        return print_without_state_dir(cli, &state_dir);
+    }
     let dry_run = matches!(cli.command, Command::Repair { dry_run: true, .. });
     let quiet = cli.quiet;
     let opts = OpenOptions {
@@ -734,7 +776,12 @@ fn run_command(
                             println!("{}: ok ({} files){}", printable(&r.name), r.files_checked, signed_note(r));
                         }
                     } else {
-                        println!("{}: {} differences{}", printable(&r.name), r.mismatches.len(), signed_note(r));
+                        println!(
+                            "{}: {}{}",
+                            printable(&r.name),
+                            counted(r.mismatches.len(), "difference"),
+                            signed_note(r)
+                        );
                         for m in &r.mismatches {
                             println!("  {:10} {}", m.problem, printable(&m.path));
                         }
@@ -779,27 +826,7 @@ fn run_command(
         Command::Completions { .. } | Command::Man => Ok(EXIT_OK),
         Command::Cache { action: CacheAction::List } => {
             let listing = inst.cache_list()?;
-            if cli.json {
-                print_json(&json!(listing));
-            } else if !cli.quiet {
-                println!("{}", listing.dir);
-                if listing.blobs.is_empty() && listing.partials.is_empty() {
-                    println!("the blob cache is empty");
-                }
-                for b in &listing.blobs {
-                    let used = if b.used_by.is_empty() { "unused".to_string() } else { b.used_by.join(", ") };
-                    println!("{}  {:>12}  {used}", b.blob.digest, b.blob.size);
-                }
-                for p in &listing.partials {
-                    println!("{}  {:>12}  partial download", p.path, p.size);
-                }
-                println!(
-                    "{} blobs, {} partial, {} bytes",
-                    listing.blobs.len(),
-                    listing.partials.len(),
-                    listing.total_bytes
-                );
-            }
+            print_cache_listing(cli, &listing);
             Ok(EXIT_OK)
         }
         Command::Cache { action: CacheAction::Prune { dry_run } } => {
@@ -815,11 +842,11 @@ fn run_command(
                     println!("{verb} {}  {} bytes (partial download)", p.path, p.size);
                 }
                 println!(
-                    "{verb} {} blobs and {} partial downloads ({} bytes); kept {} blobs in use",
-                    rep.removed.len(),
-                    rep.removed_partials.len(),
-                    rep.bytes_freed,
-                    rep.kept
+                    "{verb} {} and {} ({}); kept {} in use",
+                    counted(rep.removed.len(), "blob"),
+                    counted(rep.removed_partials.len(), "partial download"),
+                    counted(rep.bytes_freed, "byte"),
+                    counted(rep.kept, "blob")
                 );
             }
             Ok(EXIT_OK)
@@ -840,6 +867,91 @@ fn run_command(
     }
 }
 
+/// The commands that only read the state dir (`repair --dry-run` too): on one that does not exist
+/// they report the empty result and create nothing.
+fn read_only(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::List
+            | Command::Status
+            | Command::History { .. }
+            | Command::Verify { .. }
+            | Command::Journal
+            | Command::Cache { action: CacheAction::List }
+            | Command::Repair { dry_run: true, .. }
+    )
+}
+
+/// A read-only command on a state dir that does not exist: nothing is
+/// installed, so it prints the empty result (and says why on stderr)
+/// without creating the state dir or anything above it.
+fn print_without_state_dir(cli: &Cli, state_dir: &std::path::Path) -> Result<i32, installer::Error> {
+    if let Command::Verify { name: Some(n) } = &cli.command {
+        return Err(installer::Error::NotInstalled(n.clone()));
+    }
+    if !cli.json && !cli.quiet {
+        eprintln!("stagehand: no state dir at {}: nothing installed yet", shown_path(state_dir));
+    }
+    let shown_dir = state_dir.display().to_string();
+    match &cli.command {
+        Command::Cache { .. } => {
+            let cache = crate::source::cache::BlobCache::new(state_dir);
+            let listing = installer::CacheListing {
+                dir: cache.root().display().to_string(),
+                blobs: Vec::new(),
+                partials: Vec::new(),
+                total_bytes: 0,
+            };
+            print_cache_listing(cli, &listing);
+        }
+        Command::Status if cli.json => print_json(&json!({
+            "state_dir": shown_dir,
+            "pending": [],
+            "recovered": [],
+            "packages": 0,
+            "last_txn": null,
+        })),
+        Command::Status if !cli.quiet => {
+            println!("state dir:  {} (not created yet)", shown_path(state_dir));
+            println!("packages:   0");
+            println!("pending:    none");
+            println!("last txn:   none");
+        }
+        Command::Verify { .. } if cli.json => print_json(&json!({"ok": true, "packages": []})),
+        Command::Repair { .. } if cli.json => print_json(&json!({"dry_run": true, "pending": []})),
+        Command::Repair { .. } if !cli.quiet => println!("nothing pending"),
+        Command::List if !cli.json && !cli.quiet => println!("no packages installed"),
+        _ if cli.json => print_json(&json!([])),
+        _ => {}
+    }
+    Ok(EXIT_OK)
+}
+
+/// `cache list`: every blob with its users, partial downloads, totals.
+fn print_cache_listing(cli: &Cli, listing: &installer::CacheListing) {
+    if cli.json {
+        print_json(&json!(listing));
+    } else if !cli.quiet {
+        println!("{}", listing.dir);
+        if listing.blobs.is_empty() && listing.partials.is_empty() {
+            println!("the blob cache is empty");
+        }
+        for b in &listing.blobs {
+            let used = if b.used_by.is_empty() { "unused".to_string() } else { b.used_by.join(", ") };
+            println!("{}  {:>12}  {used}", b.blob.digest, b.blob.size);
+        }
+        for p in &listing.partials {
+            println!("{}  {:>12}  partial download", p.path, p.size);
+        }
+        println!(
+            "{}, {} partial, {}",
+            counted(listing.blobs.len(), "blob"),
+            listing.partials.len(),
+            counted(listing.total_bytes, "byte")
+        );
+    }
+}
+
 /// Prints what a finished install, upgrade, rollback or uninstall did.
 fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installer::RecoveryReport]) -> i32 {
     if rep.interrupted {
@@ -852,16 +964,17 @@ fn print_txn_report(cli: &Cli, rep: &installer::TxnReport, recovered: &[installe
         let new = rep.new_digest.as_deref().map(short).unwrap_or("-");
         let n = rep.targets.len();
         match rep.op.as_str() {
-            "uninstall" => println!("uninstalled {} ({n} targets removed, txn {})", rep.name, rep.txn),
+            "uninstall" => println!("uninstalled {} ({} removed, txn {})", rep.name, counted(n, "target"), rep.txn),
             _ if rep.moved => println!(
-                "{} {}: {old} -> {new}, moved from {} to {} ({n} targets, txn {})",
+                "{} {}: {old} -> {new}, moved from {} to {} ({}, txn {})",
                 rep.op,
                 rep.name,
                 shown_list(&rep.moved_from),
                 shown_list(&rep.targets),
+                counted(n, "target"),
                 rep.txn
             ),
-            op => println!("{op} {}: {old} -> {new} ({n} targets, txn {})", rep.name, rep.txn),
+            op => println!("{op} {}: {old} -> {new} ({}, txn {})", rep.name, counted(n, "target"), rep.txn),
         }
     }
     EXIT_OK
@@ -900,6 +1013,15 @@ fn decode_any(key: &str, bytes: &[u8]) -> serde_json::Value {
 /// A path for human output, control characters escaped.
 fn shown_path(p: &std::path::Path) -> String {
     printable(&p.display().to_string())
+}
+
+/// `1 target`, `2 targets`: a count and its noun, in the right number.
+pub(crate) fn counted<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn short(d: &str) -> &str {

@@ -11,7 +11,9 @@ mod adopt;
 mod apply;
 mod cacheuse;
 mod checks;
+mod digest_prefix;
 pub mod exec;
+pub mod hints;
 pub mod interrupt;
 mod local_files;
 pub mod lock;
@@ -66,8 +68,10 @@ pub enum Error {
     NotInstalled(String),
     #[error("recovery cannot decide what to do with transaction {txn} (package {package:?}): {reason}. Nothing was changed; inspect the paths named, put the old or new content back by hand, then run `stagehand repair`")]
     RecoveryRefused { txn: TxnId, package: String, reason: String },
-    #[error("{cause}\nThe transaction was rolled back: every destination still holds the old version.")]
-    RolledBack { cause: Box<Error> },
+    /// `fresh`: no target held anything before (a first install), so
+    /// nothing was installed rather than "the old version" kept.
+    #[error("{}", hints::rolled_back(cause, *fresh))]
+    RolledBack { cause: Box<Error>, fresh: bool },
     #[error("interrupted")]
     Interrupted,
     #[error("{cause}\nThe new version is committed but not finished; the next stagehand command (or `stagehand repair`) finishes it.")]
@@ -90,7 +94,7 @@ impl Error {
             Error::Source(SourceError::BadReference { .. })
             | Error::Plan(PlanError::BadMap { .. })
             | Error::Usage(_) => 2,
-            Error::RolledBack { cause } | Error::LeftForRecovery { cause } => match cause.exit_code() {
+            Error::RolledBack { cause, .. } | Error::LeftForRecovery { cause } => match cause.exit_code() {
                 c @ (5 | interrupt::EXIT_INTERRUPTED) => c,
                 _ => 1,
             },
@@ -281,6 +285,41 @@ pub fn set_aside_journal(state_dir: &Path, opts: &OpenOptions) -> Result<crate::
     Ok(report)
 }
 
+/// The kept versions of `pkg`, for messages.
+fn kept_list(pkg: &PackageRecord) -> String {
+    let known: Vec<&str> = pkg.previous.iter().map(|v| v.manifest_digest.as_str()).collect();
+    if known.is_empty() {
+        "none".to_string()
+    } else {
+        known.join(", ")
+    }
+}
+
+/// The full digest, among `pkg`'s installed and kept versions, that
+/// `given` (a whole digest or a unique prefix) names.
+fn kept_digest(name: &str, pkg: &PackageRecord, given: &str) -> Result<String> {
+    use digest_prefix::PrefixError;
+    let mut candidates = vec![pkg.manifest_digest.as_str()];
+    candidates.extend(pkg.previous.iter().map(|v| v.manifest_digest.as_str()));
+    match digest_prefix::pick(given, &candidates) {
+        Ok(d) => Ok(d.to_string()),
+        Err(PrefixError::Malformed) => Err(Error::Usage(format!(
+            "--to {given:?} is not a digest: give sha256:HEX, or at least {} of its hex digits (see `stagehand \
+             history {name}`)",
+            digest_prefix::MIN_PREFIX_HEX
+        ))),
+        Err(PrefixError::Unknown) => Err(Error::Refused(format!(
+            "{given} is not a kept version of {name}; kept: {} (installed: {}). Nothing was changed",
+            kept_list(pkg),
+            pkg.manifest_digest
+        ))),
+        Err(PrefixError::Ambiguous(all)) => Err(Error::Refused(format!(
+            "{given} names more than one version of {name}: {}; give more digits. Nothing was changed",
+            all.join(", ")
+        ))),
+    }
+}
+
 impl Installer {
     /// Opens `state_dir` (creating it), takes the lock, opens the journal,
     /// and recovers every unfinished transaction.
@@ -400,16 +439,15 @@ impl Installer {
                     pkg.manifest_digest
                 ))
             })?,
-            Some(d) if d == pkg.manifest_digest => {
-                return Err(Error::Refused(format!("{name} is already at {d}")));
+            Some(given) => {
+                let d = kept_digest(name, &pkg, given)?;
+                if d == pkg.manifest_digest {
+                    return Err(Error::Refused(format!("{name} is already at {d}")));
+                }
+                pkg.previous.iter().find(|v| v.manifest_digest == d).cloned().ok_or_else(|| {
+                    Error::Refused(format!("{d} is not a kept version of {name}; kept: {}", kept_list(&pkg)))
+                })?
             }
-            Some(d) => pkg.previous.iter().find(|v| v.manifest_digest == d).cloned().ok_or_else(|| {
-                let known: Vec<&str> = pkg.previous.iter().map(|v| v.manifest_digest.as_str()).collect();
-                Error::Refused(format!(
-                    "{d} is not a kept version of {name}; kept: {}",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                ))
-            })?,
         };
         let put = self.rollback_put(name, &version, keep, limits)?;
         let rec = self.run_changes(Op::Rollback, vec![ChangeRequest::Put(Box::new(put))], false)?;

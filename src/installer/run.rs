@@ -88,8 +88,9 @@ impl Installer {
     fn roll_back(&self, mut rec: TxnRecord, cause: Error) -> Error {
         debug_assert!(!rec.step.is_committed(), "live rollback only before the commit point");
         let msg = cause.to_string();
+        let fresh = rec.targets.iter().all(|t| t.old.is_none()) && rec.changes.iter().all(|c| c.old.is_none());
         match exec::drive(&self.journal, &mut rec, false, Some(msg)) {
-            Ok(_) => Error::RolledBack { cause: Box::new(cause) },
+            Ok(_) => Error::RolledBack { cause: Box::new(cause), fresh },
             Err(e) => Error::Refused(format!(
                 "{cause}\nRolling back also failed ({e}); the next stagehand command (or `stagehand repair`) finishes the rollback."
             )),

@@ -88,6 +88,23 @@ fn unsafe_ancestor(state_dir: &Path, uid: u32) -> Option<Error> {
     None
 }
 
+/// Whether `state_dir` does not exist yet: a read-only command then has
+/// nothing to read and creates nothing. A missing state dir under a
+/// directory another user could write is refused, as [`prepare`] refuses it.
+pub fn is_missing(state_dir: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(state_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            match unsafe_ancestor(state_dir, uid) {
+                Some(e) => Err(e),
+                None => Ok(true),
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Creates `state_dir` (0700) if it is missing, then checks that it and
 /// everything in it belong to the current user and nobody else can write them.
 pub fn prepare(state_dir: &Path) -> Result<()> {
@@ -106,8 +123,14 @@ pub fn prepare(state_dir: &Path) -> Result<()> {
     if let Some(e) = unsafe_ancestor(state_dir, uid) {
         return Err(e);
     }
-    fsops::create_dir_all_durable(state_dir, 0o700, "state")
-        .map_err(|source| Error::Io { context: format!("creating the state dir {}", state_dir.display()), source })?;
+    fsops::create_dir_all_durable(state_dir, 0o700, "state").map_err(|source| {
+        use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+        if matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem) {
+            Error::Refused(super::hints::state_dir_not_created(state_dir, &source))
+        } else {
+            Error::Io { context: format!("creating the state dir {}", state_dir.display()), source }
+        }
+    })?;
     let stat = |p: &Path, follow: bool| {
         let m = if follow { std::fs::metadata(p) } else { std::fs::symlink_metadata(p) };
         m.map_err(|source| Error::Io { context: format!("checking {}", p.display()), source })

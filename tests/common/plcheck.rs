@@ -177,7 +177,7 @@ pub fn setup_with(sc: Scenario, sync: Sync, how: &Setup) -> Checker {
         fs::write(dest.join("app/precious.txt"), b"the user's only copy\n").unwrap();
         fs::write(dest.join("app/notes/todo.txt"), b"adopt me\n").unwrap();
     }
-    run_bin(&state, &root, &["status"], &sync_env).ok();
+    run_bin(&state, &root, &["repair"], &sync_env).ok();
     let mut others = BTreeSet::new();
     let other_args = |i: usize, dir: &str| {
         let d = root.join(dir);

@@ -345,3 +345,18 @@ pub fn read_trace(path: &Path) -> Vec<(String, u32)> {
         })
         .collect()
 }
+
+/// Runs `stagehand ARGS...` with no `--state-dir`, HOME set to `home` and no
+/// STAGEHAND_STATE_DIR or XDG_STATE_HOME: the state dir is the default one
+/// under `home`.
+pub fn run_bin_default_state<S: AsRef<OsStr>>(home: &Path, args: &[S]) -> Run {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    scrub(&mut cmd, &[("HOME", home.as_os_str())]);
+    cmd.env_remove("XDG_STATE_HOME");
+    cmd.current_dir(home).stdin(Stdio::null());
+    no_core_dumps(&mut cmd, None);
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    let (argv, env) = describe_args(args, &[("HOME", home.as_os_str())]);
+    Run::of(argv, env, &out)
+}

@@ -73,7 +73,7 @@ pub struct PlannedChange {
 }
 
 impl PlannedChange {
-    /// `+ name digest`, `~ name old → new`, `- name`.
+    /// `+ name digest`, `~ name old -> new`, `- name`.
     pub fn line(&self) -> String {
         let d = |x: &Option<String>| x.clone().unwrap_or_default();
         match self.action {
@@ -82,15 +82,15 @@ impl PlannedChange {
                 format!("~ {} {} (same digest, new placement)", self.name, d(&self.new_digest))
             }
             "upgrade" if self.placement_changed => {
-                format!("~ {} {} → {} (new placement)", self.name, d(&self.old_digest), d(&self.new_digest))
+                format!("~ {} {} -> {} (new placement)", self.name, d(&self.old_digest), d(&self.new_digest))
             }
-            "upgrade" => format!("~ {} {} → {}", self.name, d(&self.old_digest), d(&self.new_digest)),
+            "upgrade" => format!("~ {} {} -> {}", self.name, d(&self.old_digest), d(&self.new_digest)),
             "move" => {
                 let (from, to) = self.moved.as_ref().map(|m| m.paths()).unwrap_or_default();
                 let digests = if self.old_digest == self.new_digest {
                     String::new()
                 } else {
-                    format!(" ({} → {})", d(&self.old_digest), d(&self.new_digest))
+                    format!(" ({} -> {})", d(&self.old_digest), d(&self.new_digest))
                 };
                 format!("~ {} moved: {} -> {}{digests}", self.name, from.join(", "), to.join(", "))
             }

@@ -155,7 +155,10 @@ impl Writers {
         if lost > 0 {
             out.push((
                 usize::MAX,
-                Err(io::Error::other(format!("{lost} staged file(s) were not written: a writer thread died"))),
+                Err(io::Error::other(format!(
+                    "{lost} staged {} not written: a writer thread died",
+                    if lost == 1 { "file was" } else { "files were" }
+                ))),
             ));
         }
         out

@@ -1,0 +1,72 @@
+//! What to do next, for failures a person can fix: a destination or state
+//! dir the user may not write, and a failed first install (where "the old
+//! version" does not exist). Builds message text only; decides nothing.
+
+use super::Error;
+
+/// The cause (or what it wraps) is a refused permission (EACCES/EPERM) or a
+/// read-only filesystem.
+pub fn permission_denied(e: &Error) -> bool {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    match e {
+        Error::Io { source, .. } => matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem),
+        Error::RolledBack { cause, .. } | Error::LeftForRecovery { cause } => permission_denied(cause),
+        // Errors of the lower layers carry the io::Error as text.
+        other => {
+            let text = other.to_string();
+            ["(os error 13)", "(os error 1)", "(os error 30)"].iter().any(|code| text.contains(code))
+        }
+    }
+}
+
+/// The effective uid, for messages.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The text of [`Error::RolledBack`]: the cause, what is on disk now, and
+/// for a permission problem what to do about it.
+pub fn rolled_back(cause: &Error, fresh: bool) -> String {
+    let state = if fresh {
+        "The transaction was rolled back: nothing was installed; nothing was changed."
+    } else {
+        "The transaction was rolled back: every destination still holds the old version."
+    };
+    let mut text = format!("{cause}\n{state}");
+    if permission_denied(cause) {
+        text.push('\n');
+        text.push_str(&not_permitted());
+    }
+    text
+}
+
+/// What to do about a destination the user may not write or read.
+fn not_permitted() -> String {
+    format!(
+        "stagehand runs as uid {} and may not write there: run it as root, choose a destination you own \
+         (e.g. under $HOME), or ask the directory's owner for write access.",
+        euid()
+    )
+}
+
+/// The next step for an error whose own text does not give one: a refused
+/// permission outside a transaction (a destination that cannot even be
+/// looked at). Errors that carry their advice already get none.
+pub fn next_step(e: &Error) -> Option<String> {
+    match e {
+        Error::RolledBack { .. } | Error::Refused(_) | Error::Usage(_) => None,
+        e if permission_denied(e) => Some(not_permitted()),
+        _ => None,
+    }
+}
+
+/// The text for a state dir that cannot be created.
+pub fn state_dir_not_created(state_dir: &std::path::Path, source: &std::io::Error) -> String {
+    format!(
+        "cannot create the state dir {}: {source}. stagehand runs as uid {} and keeps its journal there: pass \
+         --state-dir DIR (a directory you own), or set STAGEHAND_STATE_DIR",
+        state_dir.display(),
+        euid()
+    )
+}
