@@ -340,3 +340,148 @@ fn signatures_in_a_registry() {
     let publisher = Publisher { layout: sig_layout, registry: Some(host.clone()) };
     run_cases("registry", &sb, &|tag| format!("{host}/demo:{tag}"), &publisher, &keys);
 }
+
+/// How an algorithm's key is made and a payload signed with it by openssl.
+struct Algorithm {
+    name: &'static str,
+    genpkey: &'static [&'static str],
+    /// `openssl` arguments before `-out SIG PAYLOAD` (`{key}` is the private key).
+    sign: &'static [&'static str],
+}
+
+/// Every algorithm cosign signs with, as openssl makes and signs with it.
+const ALGORITHMS: &[Algorithm] = &[
+    Algorithm {
+        name: "ECDSA P-384 (SHA-384)",
+        genpkey: &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        sign: &["dgst", "-sha384", "-sign", "{key}"],
+    },
+    Algorithm {
+        name: "ECDSA P-384 (SHA-256, as cosign 2 signs)",
+        genpkey: &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        sign: &["dgst", "-sha256", "-sign", "{key}"],
+    },
+    Algorithm {
+        name: "Ed25519",
+        genpkey: &["-algorithm", "ed25519"],
+        sign: &["pkeyutl", "-sign", "-rawin", "-inkey", "{key}"],
+    },
+    Algorithm {
+        name: "RSA-2048 PKCS#1 v1.5",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        sign: &["dgst", "-sha256", "-sign", "{key}"],
+    },
+    Algorithm {
+        name: "RSA-3072 PSS (salt as long as the hash)",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"],
+        sign: &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            "{key}",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:digest",
+        ],
+    },
+    Algorithm {
+        name: "RSA-2048 PSS (longest salt)",
+        genpkey: &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        sign: &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            "{key}",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:max",
+        ],
+    },
+];
+
+/// Makes a key pair with `openssl genpkey ARGS`: (private PEM, public PEM).
+fn genpkey(dir: &Path, name: &str, args: &[&str]) -> (PathBuf, PathBuf) {
+    let (private, public) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
+    let (p, q) = (private.to_str().expect("utf-8"), public.to_str().expect("utf-8"));
+    let mut a = vec!["genpkey"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-out", p]);
+    openssl(&a);
+    openssl(&["pkey", "-in", p, "-pubout", "-out", q]);
+    (private, public)
+}
+
+/// Signs `payload` as `alg` says, with one bit flipped in the signature's
+/// last byte if `flip`; returns it base64-encoded.
+fn sign_as(alg: &Algorithm, private: &Path, payload: &[u8], flip: bool) -> String {
+    let tmp = tempdir("sig-sign-as");
+    let (p, s) = (tmp.path().join("payload"), tmp.path().join("sig"));
+    fs::write(&p, payload).expect("write payload");
+    let key = private.to_str().expect("utf-8");
+    let mut args: Vec<&str> = alg.sign.iter().map(|a| if *a == "{key}" { key } else { a }).collect();
+    let (s_str, p_str) = (s.to_str().expect("utf-8"), p.to_str().expect("utf-8"));
+    if alg.sign[0] == "pkeyutl" {
+        args.extend_from_slice(&["-in", p_str, "-out", s_str]);
+    } else {
+        args.extend_from_slice(&["-out", s_str, p_str]);
+    }
+    openssl(&args);
+    let mut raw = fs::read(&s).expect("read sig");
+    if flip {
+        let last = raw.len() - 1;
+        raw[last] ^= 0x01;
+    }
+    base64(&raw)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    let tmp = tempdir("sig-b64");
+    let f = tmp.path().join("raw");
+    fs::write(&f, bytes).expect("write");
+    let b64 = openssl(&["base64", "-A", "-in", f.to_str().expect("utf-8")]);
+    String::from_utf8(b64).expect("base64 is ASCII").trim().to_string()
+}
+
+/// Every algorithm cosign signs with verifies (and a flipped bit in each is
+/// refused); a key of another algorithm is refused naming its own OID.
+#[test]
+fn every_cosign_key_algorithm() {
+    if !require("every_cosign_key_algorithm", &["openssl"]) {
+        return;
+    }
+    let tmp = tempdir("sig-algorithms");
+    let layout = tmp.path().join("demo");
+    copy_tree(&demo_layout(), &layout);
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let keys = tmp.path().join("keys");
+    fs::create_dir_all(&keys).expect("keys dir");
+    let l = layout.display().to_string();
+    let tags = ["v1", "v2"];
+    let digests = tags.map(|t| layout_tag_digest(&demo_layout(), t));
+    for (i, alg) in ALGORITHMS.iter().enumerate() {
+        let (private, public) = genpkey(&keys, &format!("k{i}"), alg.genpkey);
+        let (tag, digest) = (tags[i % 2], &digests[i % 2]);
+        let args =
+            |k: &Path| sb.demo_args(&format!("oci-layout:{l}:{tag}"), &["--verify-key", k.to_str().expect("utf-8")]);
+        let publish = |flip: bool| {
+            let m = sig_manifest(&layout, &[(payload(digest), sign_as(alg, &private, &payload(digest), flip))], None);
+            set_tag(&layout, &sig_tag(digest), &m);
+        };
+        publish(true);
+        let r = sb.run(&args(&public));
+        r.fails_with(&["does not verify with the key"]);
+        publish(false);
+        let r = sb.run(&args(&public));
+        r.ok();
+        assert_eq!(sb.world(), demo_world(tag), "{}: installed {tag}", alg.name);
+        assert_eq!(sb.run(&["list", "--json"]).ok().json()[0]["signed_by"], fingerprint(&public), "{}", alg.name);
+    }
+    // Ed448 (which cosign does not sign with) is named by its own OID, not
+    // by the P-256 one that was expected.
+    let (_, ed448) = genpkey(&keys, "ed448", &["-algorithm", "ed448"]);
+    let r = sb.run(&sb.demo_args(&format!("oci-layout:{l}:v1"), &["--verify-key", ed448.to_str().expect("utf-8")]));
+    r.fails_with(&["1.3.101.113 (Ed448)", "Nothing was changed"]);
+    assert!(!r.stderr.contains("1.2.840.10045.2.1"), "{}", r.describe());
+}

@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod reference;
 pub mod registry;
 pub mod roots;
+pub mod sigkeys;
 pub mod signature;
 pub mod verify;
 

@@ -1,7 +1,8 @@
 //! Cosign signatures: who published a manifest, checked before anything is staged.
 //!
-//! This module owns loading the public key a user trusts (PEM ECDSA P-256, as
-//! `cosign generate-key-pair` writes `cosign.pub`) and its fingerprint, parsing
+//! This module owns loading the public key a user trusts (a PEM `PUBLIC KEY`
+//! as `cosign generate-key-pair` writes `cosign.pub`, of any algorithm
+//! `sigkeys` knows) and its fingerprint, parsing
 //! cosign signature manifests and their simple-signing payloads, and deciding
 //! whether one of the signatures found for a manifest digest verifies. It also
 //! finds signatures in an OCI layout on disk; `registry::sig` finds them in a
@@ -10,8 +11,8 @@
 //! the user names.
 //!
 //! A signature is accepted only if a layer of a signature manifest carries a
-//! `dev.cosignproject.cosign/signature` annotation (base64 of a DER ECDSA
-//! signature) that verifies with the key over the layer's bytes, and those
+//! `dev.cosignproject.cosign/signature` annotation (base64 of the signature:
+//! DER for ECDSA, raw for Ed25519 and RSA) that verifies with the key over the layer's bytes, and those
 //! bytes are a simple-signing payload whose `critical.image.docker-manifest-digest`
 //! is exactly the digest being installed.
 
@@ -19,13 +20,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use base64::Engine as _;
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{DerSignature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey as _;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::manifest::{self, is_index_media_type, is_manifest_media_type};
+use super::sigkeys::PublicKey;
 use super::{Descriptor, OciLayout, SourceError, ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES};
 
 /// The layer annotation holding cosign's base64 DER ECDSA signature.
@@ -56,7 +55,7 @@ pub fn referrers_tag(digest: &str) -> String {
 /// A trusted public key and its fingerprint.
 #[derive(Clone)]
 pub struct VerifyKey {
-    key: VerifyingKey,
+    key: PublicKey,
     /// `sha256:<hex>` of the DER SubjectPublicKeyInfo.
     fingerprint: String,
     /// The file it came from, for messages.
@@ -65,7 +64,11 @@ pub struct VerifyKey {
 
 impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyKey").field("path", &self.path).field("fingerprint", &self.fingerprint).finish()
+        f.debug_struct("VerifyKey")
+            .field("path", &self.path)
+            .field("algorithm", &self.key)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
     }
 }
 
@@ -85,7 +88,8 @@ impl VerifyKey {
         VerifyKey::from_pem(&bytes, &shown)
     }
 
-    /// Parses a PEM `PUBLIC KEY` holding an ECDSA P-256 key.
+    /// Parses a PEM `PUBLIC KEY` of an algorithm cosign signs with
+    /// ([`PublicKey`]).
     pub fn from_pem(pem: &[u8], path: &str) -> Result<VerifyKey, SignatureError> {
         let bad = |reason: String| SignatureError::BadKey { path: path.to_string(), reason };
         let (label, der) = p256::pkcs8::der::pem::decode_vec(pem)
@@ -96,8 +100,7 @@ impl VerifyKey {
         if label != "PUBLIC KEY" {
             return Err(bad(format!("it holds a PEM {label:?}, not a \"PUBLIC KEY\"")));
         }
-        let key =
-            VerifyingKey::from_public_key_der(&der).map_err(|e| bad(format!("not an ECDSA P-256 public key ({e})")))?;
+        let key = PublicKey::from_spki_der(&der).map_err(|e| bad(format!("it holds {e}")))?;
         let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(&der)));
         Ok(VerifyKey { key, fingerprint, path: path.to_string() })
     }
@@ -112,22 +115,25 @@ impl VerifyKey {
         &self.path
     }
 
-    /// Checks `signature_b64` (base64 of a DER ECDSA signature over the
-    /// SHA-256 of `payload`) with this key.
+    /// The key's algorithm, for messages (`ECDSA P-256`, `Ed25519`, …).
+    pub fn algorithm(&self) -> String {
+        self.key.algorithm()
+    }
+
+    /// Checks `signature_b64` (base64 of the raw signature over `payload`,
+    /// as [`PublicKey::verify`] takes it) with this key.
     pub fn check_signature(&self, payload: &[u8], signature_b64: &str) -> Result<(), String> {
-        let der = base64::engine::general_purpose::STANDARD
+        let raw = base64::engine::general_purpose::STANDARD
             .decode(signature_b64.trim())
             .map_err(|e| format!("its signature annotation is not base64 ({e})"))?;
-        let sig =
-            DerSignature::from_bytes(&der).map_err(|_| "its signature is not a DER ECDSA signature".to_string())?;
-        self.key.verify(payload, &sig).map_err(|_| "its signature does not verify with the key".to_string())
+        self.key.verify(payload, &raw)
     }
 }
 
 /// Why a signature check refused, or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("--verify-key {path}: {reason}. Pass the public key cosign wrote (cosign.pub: a PEM \"PUBLIC KEY\", ECDSA P-256). Nothing was changed")]
+    #[error("--verify-key {path}: {reason}. Pass the public key cosign wrote (cosign.pub: a PEM \"PUBLIC KEY\", ECDSA P-256 or P-384, Ed25519 or RSA). Nothing was changed")]
     BadKey { path: String, reason: String },
     #[error("{display} ({digest}) has no cosign signature (looked for {looked}); sign it with `cosign sign --key cosign.key`, or install without --verify-key. Nothing was changed")]
     Unsigned { display: String, digest: String, looked: String },
