@@ -485,3 +485,105 @@ fn every_cosign_key_algorithm() {
     r.fails_with(&["1.3.101.113 (Ed448)", "Nothing was changed"]);
     assert!(!r.stderr.contains("1.2.840.10045.2.1"), "{}", r.describe());
 }
+
+/// The descriptor `tag` has in a layout's index.json (without annotations).
+fn tag_descriptor(layout: &Path, tag: &str) -> Value {
+    let index: Value = serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index.json")).expect("json");
+    let mut d = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag}"))
+        .clone();
+    d.as_object_mut().expect("object").remove("annotations");
+    d
+}
+
+/// A multi-arch image index: linux/amd64 is the demo's v1, linux/arm64 its v2.
+fn multi_arch_index(layout: &Path) -> Value {
+    let entry = |tag: &str, arch: &str| {
+        let mut d = tag_descriptor(layout, tag);
+        d["platform"] = json!({"os": "linux", "architecture": arch});
+        d
+    };
+    let index =
+        json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [entry("v1", "amd64"), entry("v2", "arm64")]});
+    put_blob(layout, MT_INDEX, &serde_json::to_vec(&index).expect("json"))
+}
+
+/// `cosign sign repo:tag` on a multi-arch tag signs the index digest: that
+/// signature covers the platform manifest the index pins. A refused check
+/// leaves nothing behind, not even the index in the blob cache.
+fn multi_arch_cases(what: &str, sb: &Sandbox, source: &str, index_digest: &str, publisher: &Publisher, keys: &Path) {
+    let (a_key, a_pub) = keypair(keys, "trusted");
+    let (b_key, _) = keypair(keys, "other");
+    let layout = &publisher.layout;
+    let index_digest = index_digest.to_string();
+    let other_index = format!("sha256:{}", "1".repeat(64));
+    let args = sb.demo_args(source, &["--platform", "linux/amd64", "--verify-key", a_pub.to_str().expect("utf-8")]);
+    // What a refused install must leave as it was: the cache's files (an
+    // empty cache directory made on the way is not content).
+    let files_only = |mut s: Snapshot| {
+        s.cache.retain(|_, n| !matches!(n, Node::Dir));
+        s
+    };
+    let before = files_only(snapshot(sb));
+    // Signed over the index, by another key; then a valid signature of
+    // another index replayed onto this one: refused, nothing changed.
+    for (case, sig, needle) in [
+        ("wrong-key", (payload(&index_digest), sign(&b_key, &payload(&index_digest), false)), "does not verify"),
+        ("replayed", (payload(&other_index), sign(&a_key, &payload(&other_index), false)), "another artifact"),
+    ] {
+        let m = sig_manifest(layout, &[sig], None);
+        publisher.publish(&sig_tag(&index_digest), &m);
+        let r = sb.run(&args);
+        r.fails_with(&[needle, &index_digest, "Nothing was changed"]);
+        assert_eq!(files_only(snapshot(sb)), before, "{what}/{case}: a refused install changed something");
+    }
+    // Valid over the index: the linux/amd64 manifest (v1) installs.
+    let m = sig_manifest(layout, &[(payload(&index_digest), sign(&a_key, &payload(&index_digest), false))], None);
+    publisher.publish(&sig_tag(&index_digest), &m);
+    sb.run(&args).ok();
+    assert_eq!(sb.world(), demo_world("v1"), "{what}: signed index");
+    assert_eq!(sb.run(&["list", "--json"]).ok().json()[0]["signed_by"], fingerprint(&a_pub), "{what}");
+}
+
+#[test]
+fn multi_arch_tag_signed_on_its_index() {
+    if !require("multi_arch_tag_signed_on_its_index", TOOLS) {
+        return;
+    }
+    let tmp = tempdir("sig-multi");
+    let keys = tmp.path().join("keys");
+    fs::create_dir_all(&keys).expect("keys dir");
+    // An OCI layout holding the index under the tag `multi`.
+    let layout = tmp.path().join("demo");
+    copy_tree(&demo_layout(), &layout);
+    let index = multi_arch_index(&layout);
+    set_tag(&layout, "multi", &index);
+    let sb = Sandbox::at(&tmp.path().join("sb-layout"));
+    let l = layout.display().to_string();
+    let publisher = Publisher { layout: layout.clone(), registry: None };
+    let index_digest = index["digest"].as_str().expect("digest").to_string();
+    multi_arch_cases("layout", &sb, &format!("oci-layout:{l}:multi"), &index_digest, &publisher, &keys);
+
+    // The same, pushed (index and both manifests) to a registry.
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let host = reg.host();
+    skopeo_push(&layout, "multi", &format!("{host}/demo:multi"), None, true);
+    // skopeo writes the index anew: its digest there is not the layout's.
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{host}/demo:multi")])
+        .output()
+        .expect("run skopeo");
+    assert!(out.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&out.stderr));
+    let index_digest = format!("sha256:{}", sha256_hex(&out.stdout));
+    let sig_layout = tmp.path().join("signatures");
+    empty_layout(&sig_layout);
+    let sb = Sandbox::at(&tmp.path().join("sb-registry"));
+    let publisher = Publisher { layout: sig_layout, registry: Some(host.clone()) };
+    let keys = tmp.path().join("keys2");
+    fs::create_dir_all(&keys).expect("keys dir");
+    multi_arch_cases("registry", &sb, &format!("{host}/demo:multi"), &index_digest, &publisher, &keys);
+}

@@ -445,6 +445,7 @@ impl Installer {
             display: version.source.clone(),
             manifest_digest: version.manifest_digest.clone(),
             manifest,
+            index_digest: None,
         };
         let mut req = InstallRequest {
             source: version.source.clone(),

@@ -12,9 +12,10 @@
 //!
 //! A signature is accepted only if a layer of a signature manifest carries a
 //! `dev.cosignproject.cosign/signature` annotation (base64 of the signature:
-//! DER for ECDSA, raw for Ed25519 and RSA) that verifies with the key over the layer's bytes, and those
-//! bytes are a simple-signing payload whose `critical.image.docker-manifest-digest`
-//! is exactly the digest being installed.
+//! DER for ECDSA, raw for Ed25519 and RSA) that verifies with the key over
+//! the layer's bytes, and those bytes are a simple-signing payload whose
+//! `critical.image.docker-manifest-digest` is exactly the digest being
+//! installed, or the image index it was picked from ([`signed_subjects`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -135,7 +136,7 @@ impl VerifyKey {
 pub enum SignatureError {
     #[error("--verify-key {path}: {reason}. Pass the public key cosign wrote (cosign.pub: a PEM \"PUBLIC KEY\", ECDSA P-256 or P-384, Ed25519 or RSA). Nothing was changed")]
     BadKey { path: String, reason: String },
-    #[error("{display} ({digest}) has no cosign signature (looked for {looked}); sign it with `cosign sign --key cosign.key`, or install without --verify-key. Nothing was changed")]
+    #[error("{display} ({digest}) has no cosign signature (looked for {looked}); sign it with `cosign sign --key cosign.key IMAGE@DIGEST` (a signature over a multi-arch index covers the manifests it pins), or install without --verify-key. Nothing was changed")]
     Unsigned { display: String, digest: String, looked: String },
     #[error("{display} ({digest}): no signature verifies with the key {key} ({fingerprint}): {reasons}. Nothing was changed")]
     Rejected { display: String, digest: String, key: String, fingerprint: String, reasons: String },
@@ -251,6 +252,60 @@ pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Re
     })
 }
 
+/// The digests a signature may name to cover `artifact`: its manifest's,
+/// then the image index it was picked from (`cosign sign repo:tag` on a
+/// multi-arch tag signs the index, which pins the manifest by digest).
+pub fn signed_subjects(artifact: &super::ResolvedArtifact) -> Vec<String> {
+    std::iter::once(artifact.manifest_digest.clone()).chain(artifact.index_digest.clone()).collect()
+}
+
+/// Accepts if a signature found for one of the subjects (each digest with
+/// what was found for it, the manifest's first) names that digest and
+/// verifies with `key`; returns which subject and which candidate.
+pub fn decide_subjects(
+    key: &VerifyKey,
+    display: &str,
+    subjects: &[(String, Found)],
+) -> Result<(usize, usize), SignatureError> {
+    let mut unsigned = Vec::new();
+    let mut rejected = Vec::new();
+    for (s, (digest, found)) in subjects.iter().enumerate() {
+        match decide(key, digest, display, found) {
+            Ok(i) => return Ok((s, i)),
+            Err(SignatureError::Unsigned { looked, .. }) => unsigned.push(format!("for {digest}: {looked}")),
+            Err(SignatureError::Rejected { reasons, .. }) => rejected.push(format!("for {digest}: {reasons}")),
+            Err(e) => return Err(e),
+        }
+    }
+    let digest = match subjects {
+        [] => String::new(),
+        [(d, _)] => d.clone(),
+        [(d, _), rest @ ..] => {
+            let others: Vec<&str> = rest.iter().map(|(d, _)| d.as_str()).collect();
+            format!("{d}, or its index {}", others.join(", "))
+        }
+    };
+    let single = subjects.len() == 1;
+    let strip = |v: Vec<String>| -> String {
+        if single {
+            v.into_iter().map(|r| r.split_once(": ").map_or(r.clone(), |(_, rest)| rest.to_string())).collect()
+        } else {
+            v.join("; ")
+        }
+    };
+    if rejected.is_empty() {
+        return Err(SignatureError::Unsigned { display: display.to_string(), digest, looked: strip(unsigned) });
+    }
+    rejected.extend(unsigned.into_iter().map(|u| u.replacen(": ", ": no signature (looked for ", 1) + ")"));
+    Err(SignatureError::Rejected {
+        display: display.to_string(),
+        digest,
+        key: key.path.clone(),
+        fingerprint: key.fingerprint.clone(),
+        reasons: strip(rejected),
+    })
+}
+
 /// Reads a payload blob: refuses a descriptor over [`MAX_PAYLOAD_BYTES`]
 /// and checks the bytes against its digest and size.
 pub fn check_payload_blob(desc: &Descriptor, bytes: &[u8]) -> Result<(), String> {
@@ -363,11 +418,22 @@ pub fn subject_of(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<WithSubject>(bytes).ok()?.subject.map(|s| s.digest)
 }
 
-/// Finds and checks the signatures of an artifact in a layout.
-pub fn verify_layout(layout: &OciLayout, digest: &str, display: &str, key: &VerifyKey) -> Result<(), SourceError> {
-    let found = find_in_layout(layout, digest)?;
-    let i = decide(key, digest, display, &found)?;
-    tracing::info!(origin = %found.candidates[i].origin, key = %key.fingerprint, "cosign signature verified");
+/// Finds and checks the signatures of an artifact in a layout: over its
+/// manifest's digest, or the index it was picked from.
+pub fn verify_layout(
+    layout: &OciLayout,
+    artifact: &super::ResolvedArtifact,
+    display: &str,
+    key: &VerifyKey,
+) -> Result<(), SourceError> {
+    let mut subjects = Vec::new();
+    for digest in signed_subjects(artifact) {
+        let found = find_in_layout(layout, &digest)?;
+        subjects.push((digest, found));
+    }
+    let (s, i) = decide_subjects(key, display, &subjects)?;
+    let (digest, found) = &subjects[s];
+    tracing::info!(origin = %found.candidates[i].origin, signed = %digest, key = %key.fingerprint, "cosign signature verified");
     Ok(())
 }
 
