@@ -587,3 +587,64 @@ fn multi_arch_tag_signed_on_its_index() {
     fs::create_dir_all(&keys).expect("keys dir");
     multi_arch_cases("registry", &sb, &format!("{host}/demo:multi"), &index_digest, &publisher, &keys);
 }
+
+/// 64 signatures that do not verify (by another key, as after a key
+/// rotation) never hide a valid one, whether cosign appended the valid one
+/// last (newest) or it came first; junk alone is refused, counted, clearly.
+#[test]
+fn junk_signatures_never_hide_a_valid_one() {
+    if !require("junk_signatures_never_hide_a_valid_one", TOOLS) {
+        return;
+    }
+    let tmp = tempdir("sig-junk");
+    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let host = reg.host();
+    for tag in ["v1", "v2"] {
+        skopeo_push(&demo_layout(), tag, &format!("{host}/demo:{tag}"), None, false);
+    }
+    let sig_layout = tmp.path().join("signatures");
+    empty_layout(&sig_layout);
+    let publisher = Publisher { layout: sig_layout.clone(), registry: Some(host.clone()) };
+    let keys = tmp.path().join("keys");
+    fs::create_dir_all(&keys).expect("keys dir");
+    let (a_key, a_pub) = keypair(&keys, "trusted");
+    let (b_key, _) = keypair(&keys, "rotated-out");
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let key_args = ["--verify-key", a_pub.to_str().expect("utf-8")];
+    // One junk signature signed once, repeated: distinct payload bytes (an
+    // extra field) so each layer is its own blob, as cosign's would be.
+    let junk_for = |digest: &str| -> Vec<(Vec<u8>, String)> {
+        (0..64)
+            .map(|n| {
+                let mut p: Value = serde_json::from_slice(&payload(digest)).expect("json");
+                p["optional"] = json!({ "n": n });
+                let p = serde_json::to_vec(&p).expect("json");
+                let s = sign(&b_key, &p, false);
+                (p, s)
+            })
+            .collect()
+    };
+    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
+
+    // Junk only: refused, with the first few reasons and a count of the rest.
+    let junk1 = junk_for(&d1);
+    publisher.publish(&sig_tag(&d1), &sig_manifest(&sig_layout, &junk1, None));
+    let r = sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &key_args));
+    r.fails_with(&["no signature verifies with the key", "and 56 more signatures that do not verify either"]);
+    assert!(r.stderr.len() < 4096, "the refusal stays readable: {} bytes", r.stderr.len());
+    assert_eq!(sb.world(), Tree::new());
+
+    // 64 junk signatures, then the valid one cosign appended last: installs.
+    let mut sigs = junk1;
+    sigs.push((payload(&d1), sign(&a_key, &payload(&d1), false)));
+    publisher.publish(&sig_tag(&d1), &sig_manifest(&sig_layout, &sigs, None));
+    sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &key_args)).ok();
+    assert_eq!(sb.world(), demo_world("v1"));
+
+    // The valid one first, 64 junk signatures appended after it: installs.
+    let mut sigs = vec![(payload(&d2), sign(&a_key, &payload(&d2), false))];
+    sigs.extend(junk_for(&d2));
+    publisher.publish(&sig_tag(&d2), &sig_manifest(&sig_layout, &sigs, None));
+    sb.run(&sb.demo_args(&format!("{host}/demo:v2"), &key_args)).ok();
+    assert_eq!(sb.world(), demo_world("v2"));
+}

@@ -22,6 +22,7 @@ pub mod registry;
 pub mod roots;
 pub mod sigkeys;
 pub mod signature;
+pub mod sigsearch;
 pub mod verify;
 
 pub use layout::OciLayout;

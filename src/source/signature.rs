@@ -26,6 +26,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::manifest::{self, is_index_media_type, is_manifest_media_type};
 use super::sigkeys::PublicKey;
+use super::sigsearch::{self, SearchBudget};
 use super::{Descriptor, OciLayout, SourceError, ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES};
 
 /// The layer annotation holding cosign's base64 DER ECDSA signature.
@@ -36,10 +37,6 @@ pub const MEDIA_TYPE_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesi
 pub const PAYLOAD_TYPE: &str = "cosign container image signature";
 /// Largest simple-signing payload we read (cosign's are a few hundred bytes).
 pub const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
-/// Most signature layers considered for one artifact, all manifests together.
-pub const MAX_SIGNATURES: usize = 64;
-/// Most signature manifests (the `.sig` tag plus referrers) read for one artifact.
-pub const MAX_SIGNATURE_MANIFESTS: usize = 32;
 /// Largest key file we read.
 const MAX_KEY_BYTES: u64 = 64 * 1024;
 
@@ -219,6 +216,9 @@ pub struct Found {
     pub problems: Vec<String>,
 }
 
+/// Reasons a refusal lists one by one before it counts the rest.
+const MAX_REASONS_SHOWN: usize = 8;
+
 /// Accepts if one candidate names `digest` and verifies with `key`;
 /// returns the accepted candidate's index.
 pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Result<usize, SignatureError> {
@@ -241,6 +241,11 @@ pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Re
             Ok(()) => return Ok(i),
             Err(why) => reasons.push(format!("{}: {why}", c.origin)),
         }
+    }
+    if reasons.len() > MAX_REASONS_SHOWN {
+        let more = reasons.len() - MAX_REASONS_SHOWN;
+        reasons.truncate(MAX_REASONS_SHOWN);
+        reasons.push(format!("and {more} more signatures that do not verify either"));
     }
     reasons.extend(found.problems.iter().cloned());
     Err(SignatureError::Rejected {
@@ -272,8 +277,8 @@ pub fn decide_subjects(
     for (s, (digest, found)) in subjects.iter().enumerate() {
         match decide(key, digest, display, found) {
             Ok(i) => return Ok((s, i)),
-            Err(SignatureError::Unsigned { looked, .. }) => unsigned.push(format!("for {digest}: {looked}")),
-            Err(SignatureError::Rejected { reasons, .. }) => rejected.push(format!("for {digest}: {reasons}")),
+            Err(SignatureError::Unsigned { looked, .. }) => unsigned.push(format!("{digest}: {looked}")),
+            Err(SignatureError::Rejected { reasons, .. }) => rejected.push(format!("{digest}: {reasons}")),
             Err(e) => return Err(e),
         }
     }
@@ -297,6 +302,7 @@ pub fn decide_subjects(
         return Err(SignatureError::Unsigned { display: display.to_string(), digest, looked: strip(unsigned) });
     }
     rejected.extend(unsigned.into_iter().map(|u| u.replacen(": ", ": no signature (looked for ", 1) + ")"));
+    let rejected = rejected.into_iter().map(|r| format!("for {r}")).collect();
     Err(SignatureError::Rejected {
         display: display.to_string(),
         digest,
@@ -331,6 +337,7 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
     };
     let index = layout.index()?;
     let mut sig_manifests: Vec<(Descriptor, String)> = Vec::new();
+    let mut referrers: Vec<(Descriptor, String)> = Vec::new();
     for entry in &index.manifests {
         let tag = entry.annotations.get(ANNOTATION_REF_NAME).map(String::as_str);
         if entry.digest == digest || entry.size > MAX_MANIFEST_BYTES {
@@ -341,7 +348,7 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
         } else if tag == Some(ref_tag.as_str()) && is_index_media_type(&entry.media_type) {
             match layout.read_small_blob(entry, &format!("referrers index tagged {ref_tag}")) {
                 Ok(bytes) => match manifest::parse_index(&bytes, &format!("referrers index tagged {ref_tag}")) {
-                    Ok(refs) => sig_manifests.extend(
+                    Ok(refs) => referrers.extend(
                         refs.manifests
                             .into_iter()
                             .filter(|d| is_manifest_media_type(&d.media_type))
@@ -355,15 +362,21 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
             // An untagged (or otherwise tagged) manifest may be a referrer.
             if let Ok(bytes) = layout.read_small_blob(entry, "manifest") {
                 if subject_of(&bytes).as_deref() == Some(digest) {
-                    sig_manifests.push((entry.clone(), format!("referrer {}", entry.digest)));
+                    referrers.push((entry.clone(), format!("referrer {}", entry.digest)));
                 }
             }
         }
     }
+    // The `.sig` tag, then the referrers newest first; each read newest
+    // first within, as long as the budget lasts.
+    sig_manifests.extend(sigsearch::newest_first(referrers, |(d, _)| d));
     let mut seen = BTreeSet::new();
     sig_manifests.retain(|(d, _)| seen.insert(d.digest.clone()));
-    sig_manifests.truncate(MAX_SIGNATURE_MANIFESTS);
-    for (desc, origin) in sig_manifests {
+    let mut budget = SearchBudget::default();
+    'manifests: for (desc, origin) in sig_manifests {
+        if !budget.take_manifest(desc.size) {
+            break;
+        }
         let bytes = match layout.read_small_blob(&desc, &format!("signature manifest ({origin})")) {
             Ok(b) => b,
             Err(e) => {
@@ -372,6 +385,9 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
             }
         };
         for (origin, layer) in signature_layers(&mut found, &origin, &bytes) {
+            if check_payload_size(&layer.payload).is_ok() && !budget.take_payload(layer.payload.size) {
+                break 'manifests;
+            }
             let payload = check_payload_size(&layer.payload).and_then(|()| {
                 layout
                     .read_small_blob(&layer.payload, &format!("signature payload ({origin})"))
@@ -380,19 +396,20 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
             found.candidates.push(Candidate { origin, payload, signature: layer.signature });
         }
     }
+    found.problems.extend(budget.stopped().map(str::to_string));
     Ok(found)
 }
 
 /// The signature layers of one signature manifest found at `origin`, each
-/// named `ORIGIN, layer N`, as many as still fit under [`MAX_SIGNATURES`]
-/// beside `found`'s candidates. A manifest that does not parse becomes one
-/// of `found`'s problems. Shared by the layout and the registry finders:
-/// each reads the payloads its own way and pushes the candidates.
+/// named `ORIGIN, layer N`, newest first: cosign appends a new signature as
+/// the manifest's last layer. A manifest that does not parse becomes one of
+/// `found`'s problems. Shared by the layout and the registry finders: each
+/// reads the payloads its own way, within its [`SearchBudget`], and pushes
+/// the candidates.
 pub fn signature_layers(found: &mut Found, origin: &str, bytes: &[u8]) -> Vec<(String, SignatureLayer)> {
     match parse_signature_manifest(bytes) {
         Ok(layers) => {
-            let room = MAX_SIGNATURES.saturating_sub(found.candidates.len());
-            layers.into_iter().enumerate().take(room).map(|(i, l)| (format!("{origin}, layer {}", i + 1), l)).collect()
+            layers.into_iter().enumerate().rev().map(|(i, l)| (format!("{origin}, layer {}", i + 1), l)).collect()
         }
         Err(e) => {
             found.problems.push(format!("{origin}: {e}"));
