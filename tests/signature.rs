@@ -648,3 +648,72 @@ fn junk_signatures_never_hide_a_valid_one() {
     sb.run(&sb.demo_args(&format!("{host}/demo:v2"), &key_args)).ok();
     assert_eq!(sb.world(), demo_world("v2"));
 }
+
+/// With signatures required (`STATE/require-signature`), `rollback` and
+/// `rollback --apply` reinstall only a version whose history shows a
+/// signature verified by the key given now; otherwise they refuse, saying
+/// what to do, and change nothing.
+#[test]
+fn rollback_under_signature_policy() {
+    if !require("rollback_under_signature_policy", &["openssl"]) {
+        return;
+    }
+    let tmp = tempdir("sig-rollback");
+    let layout = tmp.path().join("demo");
+    copy_tree(&demo_layout(), &layout);
+    let keys = tmp.path().join("keys");
+    fs::create_dir_all(&keys).expect("keys dir");
+    let (a_key, a_pub) = keypair(&keys, "trusted");
+    let (_, b_pub) = keypair(&keys, "other");
+    let (a, b) = (a_pub.to_str().expect("utf-8"), b_pub.to_str().expect("utf-8"));
+    let a_fp = fingerprint(&a_pub);
+    let (d1, d2) = (layout_tag_digest(&layout, "v1"), layout_tag_digest(&layout, "v2"));
+    for d in [&d1, &d2] {
+        let m = sig_manifest(&layout, &[(payload(d), sign(&a_key, &payload(d), false))], None);
+        set_tag(&layout, &sig_tag(d), &m);
+    }
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let l = layout.display().to_string();
+    let src = |tag: &str| format!("oci-layout:{l}:{tag}");
+    // v1 signature-checked, then v2 installed without a check.
+    sb.run(&sb.demo_args(&src("v1"), &["--verify-key", a])).ok();
+    sb.run(&sb.demo_args(&src("v2"), &[])).ok();
+    fs::write(sb.state.join("require-signature"), "").expect("touch");
+    let refused = |args: &[&str], needles: &[&str]| {
+        let before = snapshot(&sb);
+        let r = sb.run(args);
+        r.fails_with(needles);
+        assert_eq!(snapshot(&sb), before, "refused {args:?} changed something");
+    };
+    // No key: refused, naming the key that would do.
+    refused(&["rollback", "demo"], &["require-signature exists", "pass --verify-key", &a_fp, "Nothing was changed"]);
+    // Another key: refused.
+    refused(&["rollback", "demo", "--verify-key", b], &["cannot roll demo back", &a_fp, "Nothing was changed"]);
+    // The key that verified v1: rolled back, and recorded as signed by it.
+    sb.run(&["rollback", "demo", "--verify-key", a]).ok();
+    assert_eq!(sb.world(), demo_world("v1"));
+    assert_eq!(sb.run(&["list", "--json"]).ok().json()[0]["signed_by"], a_fp);
+    // Back to v2, which was never signature-checked: refused, with the fix.
+    refused(
+        &["rollback", "demo", "--verify-key", a],
+        &["no verified signature", &format!("stagehand install {} --verify-key", src("v2")), "Nothing was changed"],
+    );
+
+    // rollback --apply: an apply that upgraded to v2 with a key, undone.
+    let d = sb.dest.display();
+    let file = tmp.path().join("stagehand.toml");
+    fs::write(
+        &file,
+        format!(
+            "[package.demo]\nref = {:?}\nto = \"{d}/app\"\nmap = [\"*.so={d}/lib\", \"*.control={d}/ext\", \"*.sql={d}/ext\"]\nverify-key = {a:?}\n",
+            src("v2")
+        ),
+    )
+    .expect("write stagehand.toml");
+    sb.run(&["apply", "--yes", "--file", file.to_str().expect("utf-8")]).ok();
+    assert_eq!(sb.world(), demo_world("v2"));
+    refused(&["rollback", "--apply"], &["pass --verify-key", "Nothing was changed"]);
+    refused(&["rollback", "--apply", "--verify-key", b], &["cannot roll demo back", "Nothing was changed"]);
+    sb.run(&["rollback", "--apply", "--verify-key", a]).ok();
+    assert_eq!(sb.world(), demo_world("v1"));
+}
