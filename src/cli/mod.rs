@@ -151,7 +151,7 @@ pub enum Command {
         /// Read the registry password or token from stdin (with --username).
         #[arg(long, requires = "username")]
         password_stdin: bool,
-        /// Install only if a cosign signature by this public key (PEM, ECDSA P-256, as in cosign.pub)
+        /// Install only if a cosign signature by this public key (PEM, as in cosign.pub)
         /// names the artifact's manifest digest; checked before anything is downloaded or staged.
         #[arg(long, value_name = "PATH")]
         verify_key: Option<PathBuf>,
@@ -179,6 +179,14 @@ pub enum Command {
         /// goes back to its earlier version, in one transaction.
         #[arg(long, conflicts_with_all = ["name", "to"])]
         apply: bool,
+        /// Reinstall only a version whose signature by this public key (cosign.pub) was
+        /// verified when it was installed, as its history shows (a rollback reads the cache,
+        /// where no signature can be checked again).
+        #[arg(long, value_name = "PATH")]
+        verify_key: Option<PathBuf>,
+        /// Refuse a version without such a record (the default when STATE/require-signature exists).
+        #[arg(long)]
+        require_signature: bool,
         // The caps the older version is staged under (journal records do
         // not keep an install's caps: give the ones it was installed with).
         #[command(flatten)]
@@ -344,6 +352,18 @@ fn default_steampipe_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")).join(".steampipe")
+}
+
+/// `rollback`'s `--verify-key` (loaded) and `--require-signature`.
+fn signature_flags(
+    verify_key: Option<&std::path::Path>,
+    require_signature: bool,
+) -> Result<installer::SignatureFlags, installer::Error> {
+    let verify_key = match verify_key {
+        None => None,
+        Some(p) => Some(crate::source::signature::VerifyKey::load(p).map_err(|e| installer::Error::Source(e.into()))?),
+    };
+    Ok(installer::SignatureFlags { verify_key, require_signature })
 }
 
 fn parse_platform(s: &str) -> Result<(String, String), installer::Error> {
@@ -635,13 +655,15 @@ fn run_command(
             let rep = inst.install(&req)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
-        Command::Rollback { apply: true, limits, .. } => {
-            let rep = inst.rollback_apply(cli.keep_versions, (*limits).into())?;
+        Command::Rollback { apply: true, limits, verify_key, require_signature, .. } => {
+            let flags = signature_flags(verify_key.as_deref(), *require_signature)?;
+            let rep = inst.rollback_apply(cli.keep_versions, (*limits).into(), &flags)?;
             Ok(apply::print_report(cli, &rep, recovered))
         }
-        Command::Rollback { name, to, limits, .. } => {
+        Command::Rollback { name, to, limits, verify_key, require_signature, .. } => {
             let name = name.as_deref().unwrap_or_default();
-            let rep = inst.rollback(name, to.as_deref(), cli.keep_versions, (*limits).into())?;
+            let flags = signature_flags(verify_key.as_deref(), *require_signature)?;
+            let rep = inst.rollback(name, to.as_deref(), cli.keep_versions, (*limits).into(), &flags)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
         Command::Apply { file, dry_run, prune, remove, yes, locked } => {

@@ -378,6 +378,7 @@ pub fn restore_put(
         display: version.source.clone(),
         manifest_digest: version.manifest_digest.clone(),
         manifest,
+        index_digest: None,
     };
     Ok(PutRequest {
         name: name.to_string(),

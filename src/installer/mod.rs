@@ -21,6 +21,7 @@ mod planner;
 pub mod progress;
 mod resolve;
 mod run;
+mod sigpolicy;
 pub mod space;
 pub mod stage;
 pub mod statedir;
@@ -158,6 +159,17 @@ pub struct InstallRequest {
     pub require_signature: bool,
     /// Caps on what one layer may expand to (`--max-entries` and friends).
     pub limits: plan::limits::Limits,
+}
+
+/// `rollback`'s signature flags: the policy a kept version must meet, by
+/// what the history recorded when it was installed (`sigpolicy`).
+#[derive(Debug, Clone, Default)]
+pub struct SignatureFlags {
+    /// `--verify-key`: reinstall only a version whose signature by this key
+    /// was verified when it was installed.
+    pub verify_key: Option<source::signature::VerifyKey>,
+    /// `--require-signature` (the default when `STATE/require-signature` exists).
+    pub require_signature: bool,
 }
 
 /// A file in the state dir whose presence makes `--require-signature` the default.
@@ -430,6 +442,7 @@ impl Installer {
         to: Option<&str>,
         keep: usize,
         limits: plan::limits::Limits,
+        flags: &SignatureFlags,
     ) -> Result<TxnReport> {
         let pkg = self.journal.package(name)?.ok_or_else(|| Error::NotInstalled(name.to_string()))?;
         let version = match to {
@@ -449,20 +462,46 @@ impl Installer {
                 })?
             }
         };
-        let put = self.rollback_put(name, &version, keep, limits)?;
+        let put = self.rollback_put(name, &version, keep, limits, flags)?;
         let rec = self.run_changes(Op::Rollback, vec![ChangeRequest::Put(Box::new(put))], false)?;
         Ok(TxnReport::of(&rec))
     }
 
+    /// The signature policy in force now, for a command given `flags`.
+    fn signature_policy(&self, flags: &SignatureFlags) -> sigpolicy::Policy {
+        let state_file = self.state_dir.join(REQUIRE_SIGNATURE_FILE);
+        sigpolicy::Policy {
+            required: if flags.require_signature {
+                Some(sigpolicy::Required::Flag)
+            } else if state_file.exists() {
+                Some(sigpolicy::Required::StateFile(state_file.display().to_string()))
+            } else {
+                None
+            },
+            key: flags.verify_key.as_ref().map(|k| (k.path().to_string(), k.fingerprint().to_string())),
+        }
+    }
+
     /// The planner's input for returning `name` to a kept `version`, read
-    /// only from the blob cache (refused, naming the source, if pruned).
+    /// only from the blob cache (refused, naming the source, if pruned), if
+    /// the signature policy in force now accepts what the history recorded
+    /// of its signature (refused, saying what to do, if not).
     fn rollback_put(
         &self,
         name: &str,
         version: &txn::VersionRecord,
         keep: usize,
         limits: plan::limits::Limits,
+        flags: &SignatureFlags,
     ) -> Result<planner::PutRequest> {
+        let policy = self.signature_policy(flags);
+        let signers = sigpolicy::verified_signers(&self.journal.history()?, name, &version.manifest_digest);
+        let signed_by =
+            match sigpolicy::decide_rollback(&policy, name, &version.manifest_digest, &version.source, &signers) {
+                Ok(sigpolicy::RollbackSignature::Unchecked) => None,
+                Ok(sigpolicy::RollbackSignature::VerifiedBy(fp)) => Some(fp),
+                Err(why) => return Err(Error::Refused(why)),
+            };
         if version.is_adopted() {
             return adopt::restore_put(&self.state_dir, name, version, keep, limits);
         }
@@ -483,6 +522,7 @@ impl Installer {
             display: version.source.clone(),
             manifest_digest: version.manifest_digest.clone(),
             manifest,
+            index_digest: None,
         };
         let mut req = InstallRequest {
             source: version.source.clone(),
@@ -496,14 +536,17 @@ impl Installer {
             keep_versions: keep,
             rollback: true,
             // Rollback reinstalls a kept version from the blob cache; its
-            // signature is not checked again, and the record says so.
+            // signature is not checked again: it is recorded as signed only
+            // where the policy accepted the history's record of its check.
             verify_key: None,
             require_signature: false,
             limits,
         };
         resolve::use_placement(&mut req, &version.placement)?;
         let source_ref = source::reference::parse(&version.source)?;
-        self.put_request(&source_ref, artifact, Box::new(cache), &req)
+        let mut put = self.put_request(&source_ref, artifact, Box::new(cache), &req)?;
+        put.signed_by = signed_by;
+        Ok(put)
     }
 
     /// Removes a package's targets in one transaction.

@@ -318,7 +318,7 @@ impl Installer {
                 let platform = req.registry.platform.clone().unwrap_or_else(source::layout::host_platform);
                 let artifact = layout.resolve_for_platform(selector, &req.source, &platform)?;
                 if let Some(key) = &req.verify_key {
-                    source::signature::verify_layout(&layout, &artifact.manifest_digest, &req.source, key)?;
+                    source::signature::verify_layout(&layout, &artifact, &req.source, key)?;
                 }
                 (artifact, Box::new(layout))
             }

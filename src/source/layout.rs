@@ -112,13 +112,13 @@ impl OciLayout {
     ) -> Result<ResolvedArtifact, SourceError> {
         let index = self.index()?;
         let entry = self.select(&index, sel)?;
-        let manifest_desc = if is_index_media_type(&entry.media_type) {
+        let (manifest_desc, index_digest) = if is_index_media_type(&entry.media_type) {
             let what = format!("index {} in {}", entry.digest, self.name());
             let bytes = self.read_small_blob(&entry, &what)?;
             let nested = parse_index(&bytes, &what)?;
-            pick_platform(&nested, platform, &what)?
+            (pick_platform(&nested, platform, &what)?, Some(entry.digest))
         } else {
-            entry
+            (entry, None)
         };
         let what = format!("manifest {} in {}", manifest_desc.digest, self.name());
         if !is_manifest_media_type(&manifest_desc.media_type) {
@@ -132,7 +132,12 @@ impl OciLayout {
         }
         let bytes = self.read_small_blob(&manifest_desc, &what)?;
         let manifest = parse_manifest(&bytes, &what)?;
-        Ok(ResolvedArtifact { display: display.to_string(), manifest_digest: manifest_desc.digest, manifest })
+        Ok(ResolvedArtifact {
+            display: display.to_string(),
+            manifest_digest: manifest_desc.digest,
+            manifest,
+            index_digest,
+        })
     }
 
     /// Where the blob with `digest` lives; refuses invalid digests, so the

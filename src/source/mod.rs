@@ -21,7 +21,9 @@ pub mod manifest;
 pub mod reference;
 pub mod registry;
 pub mod roots;
+pub mod sigkeys;
 pub mod signature;
+pub mod sigsearch;
 pub mod verify;
 
 pub use layout::OciLayout;
@@ -85,6 +87,9 @@ pub struct ResolvedArtifact {
     /// `sha256:…` of the manifest's bytes.
     pub manifest_digest: String,
     pub manifest: manifest::ImageManifest,
+    /// `sha256:…` of the image index the manifest was picked from (a
+    /// multi-arch tag), if any: a signature over it covers the manifest.
+    pub index_digest: Option<String>,
 }
 
 /// Something that can hand out blob streams, verified against their descriptor.

@@ -1,7 +1,8 @@
 //! Cosign signatures: who published a manifest, checked before anything is staged.
 //!
-//! This module owns loading the public key a user trusts (PEM ECDSA P-256, as
-//! `cosign generate-key-pair` writes `cosign.pub`) and its fingerprint, parsing
+//! This module owns loading the public key a user trusts (a PEM `PUBLIC KEY`
+//! as `cosign generate-key-pair` writes `cosign.pub`, of any algorithm
+//! `sigkeys` knows) and its fingerprint, parsing
 //! cosign signature manifests and their simple-signing payloads, and deciding
 //! whether one of the signatures found for a manifest digest verifies. It also
 //! finds signatures in an OCI layout on disk; `registry::sig` finds them in a
@@ -10,23 +11,23 @@
 //! the user names.
 //!
 //! A signature is accepted only if a layer of a signature manifest carries a
-//! `dev.cosignproject.cosign/signature` annotation (base64 of a DER ECDSA
-//! signature) that verifies with the key over the layer's bytes, and those
-//! bytes are a simple-signing payload whose `critical.image.docker-manifest-digest`
-//! is exactly the digest being installed.
+//! `dev.cosignproject.cosign/signature` annotation (base64 of the signature:
+//! DER for ECDSA, raw for Ed25519 and RSA) that verifies with the key over
+//! the layer's bytes, and those bytes are a simple-signing payload whose
+//! `critical.image.docker-manifest-digest` is exactly the digest being
+//! installed, or the image index it was picked from ([`signed_subjects`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use base64::Engine as _;
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{DerSignature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey as _;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::bundle;
 use super::manifest::{self, is_index_media_type, is_manifest_media_type};
+use super::sigkeys::PublicKey;
+use super::sigsearch::{self, SearchBudget};
 use super::{Descriptor, OciLayout, SourceError, ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES};
 
 /// The layer annotation holding cosign's base64 DER ECDSA signature.
@@ -37,10 +38,6 @@ pub const MEDIA_TYPE_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesi
 pub const PAYLOAD_TYPE: &str = "cosign container image signature";
 /// Largest simple-signing payload we read (cosign's are a few hundred bytes).
 pub const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
-/// Most signature layers considered for one artifact, all manifests together.
-pub const MAX_SIGNATURES: usize = 64;
-/// Most signature manifests (the `.sig` tag plus referrers) read for one artifact.
-pub const MAX_SIGNATURE_MANIFESTS: usize = 32;
 /// Largest key file we read.
 const MAX_KEY_BYTES: u64 = 64 * 1024;
 
@@ -57,7 +54,7 @@ pub fn referrers_tag(digest: &str) -> String {
 /// A trusted public key and its fingerprint.
 #[derive(Clone)]
 pub struct VerifyKey {
-    key: VerifyingKey,
+    key: PublicKey,
     /// `sha256:<hex>` of the DER SubjectPublicKeyInfo.
     fingerprint: String,
     /// The file it came from, for messages.
@@ -66,7 +63,11 @@ pub struct VerifyKey {
 
 impl std::fmt::Debug for VerifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyKey").field("path", &self.path).field("fingerprint", &self.fingerprint).finish()
+        f.debug_struct("VerifyKey")
+            .field("path", &self.path)
+            .field("algorithm", &self.key)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
     }
 }
 
@@ -86,7 +87,8 @@ impl VerifyKey {
         VerifyKey::from_pem(&bytes, &shown)
     }
 
-    /// Parses a PEM `PUBLIC KEY` holding an ECDSA P-256 key.
+    /// Parses a PEM `PUBLIC KEY` of an algorithm cosign signs with
+    /// ([`PublicKey`]).
     pub fn from_pem(pem: &[u8], path: &str) -> Result<VerifyKey, SignatureError> {
         let bad = |reason: String| SignatureError::BadKey { path: path.to_string(), reason };
         let (label, der) = p256::pkcs8::der::pem::decode_vec(pem)
@@ -97,8 +99,7 @@ impl VerifyKey {
         if label != "PUBLIC KEY" {
             return Err(bad(format!("it holds a PEM {label:?}, not a \"PUBLIC KEY\"")));
         }
-        let key =
-            VerifyingKey::from_public_key_der(&der).map_err(|e| bad(format!("not an ECDSA P-256 public key ({e})")))?;
+        let key = PublicKey::from_spki_der(&der).map_err(|e| bad(format!("it holds {e}")))?;
         let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(&der)));
         Ok(VerifyKey { key, fingerprint, path: path.to_string() })
     }
@@ -113,24 +114,27 @@ impl VerifyKey {
         &self.path
     }
 
-    /// Checks `signature_b64` (base64 of a DER ECDSA signature over the
-    /// SHA-256 of `payload`) with this key.
+    /// The key's algorithm, for messages (`ECDSA P-256`, `Ed25519`, …).
+    pub fn algorithm(&self) -> String {
+        self.key.algorithm()
+    }
+
+    /// Checks `signature_b64` (base64 of the raw signature over `payload`,
+    /// as [`PublicKey::verify`] takes it) with this key.
     pub fn check_signature(&self, payload: &[u8], signature_b64: &str) -> Result<(), String> {
-        let der = base64::engine::general_purpose::STANDARD
+        let raw = base64::engine::general_purpose::STANDARD
             .decode(signature_b64.trim())
             .map_err(|e| format!("its signature annotation is not base64 ({e})"))?;
-        let sig =
-            DerSignature::from_bytes(&der).map_err(|_| "its signature is not a DER ECDSA signature".to_string())?;
-        self.key.verify(payload, &sig).map_err(|_| "its signature does not verify with the key".to_string())
+        self.key.verify(payload, &raw)
     }
 }
 
 /// Why a signature check refused, or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("--verify-key {path}: {reason}. Pass the public key cosign wrote (cosign.pub: a PEM \"PUBLIC KEY\", ECDSA P-256). Nothing was changed")]
+    #[error("--verify-key {path}: {reason}. Pass the public key cosign wrote (cosign.pub: a PEM \"PUBLIC KEY\", ECDSA P-256 or P-384, Ed25519 or RSA). Nothing was changed")]
     BadKey { path: String, reason: String },
-    #[error("{display} ({digest}) has no cosign signature (looked for {looked}); sign it with `cosign sign --key cosign.key`, or install without --verify-key. Nothing was changed")]
+    #[error("{display} ({digest}) has no cosign signature (looked for {looked}); sign it with `cosign sign --key cosign.key IMAGE@DIGEST` (a signature over a multi-arch index covers the manifests it pins), or install without --verify-key. Nothing was changed")]
     Unsigned { display: String, digest: String, looked: String },
     #[error("{display} ({digest}): no signature verifies with the key {key} ({fingerprint}): {reasons}. Nothing was changed")]
     Rejected { display: String, digest: String, key: String, fingerprint: String, reasons: String },
@@ -213,6 +217,9 @@ pub struct Found {
     pub problems: Vec<String>,
 }
 
+/// Reasons a refusal lists one by one before it counts the rest.
+const MAX_REASONS_SHOWN: usize = 8;
+
 /// Accepts if one candidate names `digest` and verifies with `key`;
 /// returns the accepted candidate's index.
 pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Result<usize, SignatureError> {
@@ -237,6 +244,11 @@ pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Re
             Err(why) => reasons.push(format!("{}: {why}", c.origin)),
         }
     }
+    if reasons.len() > MAX_REASONS_SHOWN {
+        let more = reasons.len() - MAX_REASONS_SHOWN;
+        reasons.truncate(MAX_REASONS_SHOWN);
+        reasons.push(format!("and {more} more signatures that do not verify either"));
+    }
     reasons.extend(found.problems.iter().cloned());
     Err(SignatureError::Rejected {
         display: display.to_string(),
@@ -244,6 +256,61 @@ pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Re
         key: key.path.clone(),
         fingerprint: key.fingerprint.clone(),
         reasons: reasons.join("; "),
+    })
+}
+
+/// The digests a signature may name to cover `artifact`: its manifest's,
+/// then the image index it was picked from (`cosign sign repo:tag` on a
+/// multi-arch tag signs the index, which pins the manifest by digest).
+pub fn signed_subjects(artifact: &super::ResolvedArtifact) -> Vec<String> {
+    std::iter::once(artifact.manifest_digest.clone()).chain(artifact.index_digest.clone()).collect()
+}
+
+/// Accepts if a signature found for one of the subjects (each digest with
+/// what was found for it, the manifest's first) names that digest and
+/// verifies with `key`; returns which subject and which candidate.
+pub fn decide_subjects(
+    key: &VerifyKey,
+    display: &str,
+    subjects: &[(String, Found)],
+) -> Result<(usize, usize), SignatureError> {
+    let mut unsigned = Vec::new();
+    let mut rejected = Vec::new();
+    for (s, (digest, found)) in subjects.iter().enumerate() {
+        match decide(key, digest, display, found) {
+            Ok(i) => return Ok((s, i)),
+            Err(SignatureError::Unsigned { looked, .. }) => unsigned.push(format!("{digest}: {looked}")),
+            Err(SignatureError::Rejected { reasons, .. }) => rejected.push(format!("{digest}: {reasons}")),
+            Err(e) => return Err(e),
+        }
+    }
+    let digest = match subjects {
+        [] => String::new(),
+        [(d, _)] => d.clone(),
+        [(d, _), rest @ ..] => {
+            let others: Vec<&str> = rest.iter().map(|(d, _)| d.as_str()).collect();
+            format!("{d}, or its index {}", others.join(", "))
+        }
+    };
+    let single = subjects.len() == 1;
+    let strip = |v: Vec<String>| -> String {
+        if single {
+            v.into_iter().map(|r| r.split_once(": ").map_or(r.clone(), |(_, rest)| rest.to_string())).collect()
+        } else {
+            v.join("; ")
+        }
+    };
+    if rejected.is_empty() {
+        return Err(SignatureError::Unsigned { display: display.to_string(), digest, looked: strip(unsigned) });
+    }
+    rejected.extend(unsigned.into_iter().map(|u| u.replacen(": ", ": no signature (looked for ", 1) + ")"));
+    let rejected = rejected.into_iter().map(|r| format!("for {r}")).collect();
+    Err(SignatureError::Rejected {
+        display: display.to_string(),
+        digest,
+        key: key.path.clone(),
+        fingerprint: key.fingerprint.clone(),
+        reasons: strip(rejected),
     })
 }
 
@@ -272,6 +339,7 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
     };
     let index = layout.index()?;
     let mut sig_manifests: Vec<(Descriptor, String)> = Vec::new();
+    let mut referrers: Vec<(Descriptor, String)> = Vec::new();
     for entry in &index.manifests {
         let tag = entry.annotations.get(ANNOTATION_REF_NAME).map(String::as_str);
         if entry.digest == digest || entry.size > MAX_MANIFEST_BYTES {
@@ -282,7 +350,7 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
         } else if tag == Some(ref_tag.as_str()) && is_index_media_type(&entry.media_type) {
             match layout.read_small_blob(entry, &format!("referrers index tagged {ref_tag}")) {
                 Ok(bytes) => match manifest::parse_index(&bytes, &format!("referrers index tagged {ref_tag}")) {
-                    Ok(refs) => sig_manifests.extend(
+                    Ok(refs) => referrers.extend(
                         refs.manifests
                             .into_iter()
                             .filter(|d| is_manifest_media_type(&d.media_type))
@@ -296,15 +364,21 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
             // An untagged (or otherwise tagged) manifest may be a referrer.
             if let Ok(bytes) = layout.read_small_blob(entry, "manifest") {
                 if subject_of(&bytes).as_deref() == Some(digest) {
-                    sig_manifests.push((entry.clone(), format!("referrer {}", entry.digest)));
+                    referrers.push((entry.clone(), format!("referrer {}", entry.digest)));
                 }
             }
         }
     }
+    // The `.sig` tag, then the referrers newest first; each read newest
+    // first within, as long as the budget lasts.
+    sig_manifests.extend(sigsearch::newest_first(referrers, |(d, _)| d));
     let mut seen = BTreeSet::new();
     sig_manifests.retain(|(d, _)| seen.insert(d.digest.clone()));
-    sig_manifests.truncate(MAX_SIGNATURE_MANIFESTS);
-    for (desc, origin) in sig_manifests {
+    let mut budget = SearchBudget::default();
+    'manifests: for (desc, origin) in sig_manifests {
+        if !budget.take_manifest(desc.size) {
+            break;
+        }
         let bytes = match layout.read_small_blob(&desc, &format!("signature manifest ({origin})")) {
             Ok(b) => b,
             Err(e) => {
@@ -313,6 +387,9 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
             }
         };
         for (origin, layer) in signature_layers(&mut found, &origin, &bytes) {
+            if check_payload_size(&layer.payload).is_ok() && !budget.take_payload(layer.payload.size) {
+                break 'manifests;
+            }
             let payload = check_payload_size(&layer.payload).and_then(|()| {
                 layout
                     .read_small_blob(&layer.payload, &format!("signature payload ({origin})"))
@@ -321,20 +398,21 @@ pub fn find_in_layout(layout: &OciLayout, digest: &str) -> Result<Found, SourceE
             found.candidates.push(Candidate { origin, payload, signature: layer.signature });
         }
     }
+    found.problems.extend(budget.stopped().map(str::to_string));
     Ok(found)
 }
 
 /// The signature layers of one signature manifest found at `origin`, each
-/// named `ORIGIN, layer N`, as many as still fit under [`MAX_SIGNATURES`]
-/// beside `found`'s candidates. A manifest that does not parse becomes one
-/// of `found`'s problems. Shared by the layout and the registry finders:
-/// each reads the payloads its own way and pushes the candidates.
+/// named `ORIGIN, layer N`, newest first: cosign appends a new signature as
+/// the manifest's last layer. A manifest that does not parse becomes one of
+/// `found`'s problems. Shared by the layout and the registry finders: each
+/// reads the payloads its own way, within its [`SearchBudget`], and pushes
+/// the candidates.
 pub fn signature_layers(found: &mut Found, origin: &str, bytes: &[u8]) -> Vec<(String, SignatureLayer)> {
     match parse_signature_manifest(bytes) {
         Ok(mut layers) => {
             layers.extend(bundle::bundle_layers(bytes));
-            let room = MAX_SIGNATURES.saturating_sub(found.candidates.len());
-            layers.into_iter().enumerate().take(room).map(|(i, l)| (format!("{origin}, layer {}", i + 1), l)).collect()
+            layers.into_iter().enumerate().rev().map(|(i, l)| (format!("{origin}, layer {}", i + 1), l)).collect()
         }
         Err(e) => {
             found.problems.push(format!("{origin}: {e}"));
@@ -360,11 +438,22 @@ pub fn subject_of(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<WithSubject>(bytes).ok()?.subject.map(|s| s.digest)
 }
 
-/// Finds and checks the signatures of an artifact in a layout.
-pub fn verify_layout(layout: &OciLayout, digest: &str, display: &str, key: &VerifyKey) -> Result<(), SourceError> {
-    let found = find_in_layout(layout, digest)?;
-    let i = decide(key, digest, display, &found)?;
-    tracing::info!(origin = %found.candidates[i].origin, key = %key.fingerprint, "cosign signature verified");
+/// Finds and checks the signatures of an artifact in a layout: over its
+/// manifest's digest, or the index it was picked from.
+pub fn verify_layout(
+    layout: &OciLayout,
+    artifact: &super::ResolvedArtifact,
+    display: &str,
+    key: &VerifyKey,
+) -> Result<(), SourceError> {
+    let mut subjects = Vec::new();
+    for digest in signed_subjects(artifact) {
+        let found = find_in_layout(layout, &digest)?;
+        subjects.push((digest, found));
+    }
+    let (s, i) = decide_subjects(key, display, &subjects)?;
+    let (digest, found) = &subjects[s];
+    tracing::info!(origin = %found.candidates[i].origin, signed = %digest, key = %key.fingerprint, "cosign signature verified");
     Ok(())
 }
 

@@ -380,7 +380,12 @@ impl Installer {
     /// A package it changes keeps its `managed_by`; one it installs again
     /// (an apply pruned it) is recorded as installed by hand, since kept
     /// versions do not record their manager.
-    pub fn rollback_apply(&mut self, keep: usize, limits: crate::plan::limits::Limits) -> Result<ApplyReport> {
+    pub fn rollback_apply(
+        &mut self,
+        keep: usize,
+        limits: crate::plan::limits::Limits,
+        flags: &super::SignatureFlags,
+    ) -> Result<ApplyReport> {
         let history = self.journal.history()?;
         let last = history
             .iter()
@@ -410,7 +415,7 @@ impl Installer {
                     if now.is_some_and(|n| n.manifest_digest == v.manifest_digest && n.placement == v.placement) {
                         continue;
                     }
-                    let put = self.rollback_put(&c.package, v, keep, limits)?;
+                    let put = self.rollback_put(&c.package, v, keep, limits, flags)?;
                     planned.push(PlannedChange {
                         name: c.package.clone(),
                         action: if now.is_some() { "upgrade" } else { "install" },

@@ -186,12 +186,12 @@ pub(super) async fn resolve_async(
     keep: bool,
 ) -> Result<(ResolvedArtifact, Vec<Job>), SourceError> {
     let (mut bytes, mut digest) = ctx.fetch_manifest(cache, selector, None).await?;
+    // The index the manifest was picked from, if any: cached only once the
+    // signature check (which may rest on it) has passed.
+    let mut index_doc: Option<(String, Vec<u8>)> = None;
     if looks_like_index(&bytes) {
         let what = format!("index {digest} of {display}");
         let index = parse_index(&bytes, &what)?;
-        if keep {
-            cache.put_small(&digest, &bytes)?;
-        }
         let platform = opts.platform.clone().unwrap_or_else(host_platform);
         let entry = pick_platform(&index.manifests, &platform, &what)?;
         if !is_manifest_media_type(&entry.media_type) {
@@ -205,17 +205,29 @@ pub(super) async fn resolve_async(
             });
         }
         tracing::debug!(platform = %platform_name(&platform), manifest = %entry.digest, "picked from the image index");
-        (bytes, digest) = ctx.fetch_manifest(cache, &Selector::Digest(entry.digest.clone()), Some(entry.size)).await?;
+        let (m_bytes, m_digest) =
+            ctx.fetch_manifest(cache, &Selector::Digest(entry.digest.clone()), Some(entry.size)).await?;
+        index_doc = Some((digest, std::mem::replace(&mut bytes, m_bytes)));
+        digest = m_digest;
     }
     let what = format!("manifest {digest} of {display}");
     let manifest = parse_manifest(&bytes, &what)?;
+    let index_digest = index_doc.as_ref().map(|(d, _)| d.clone());
     if let Some(key) = &opts.verify_key {
-        // Before a single layer is downloaded.
-        let found = ctx.find_signatures(&digest).await?;
-        let i = crate::source::signature::decide(key, &digest, display, &found)?;
-        tracing::info!(origin = %found.candidates[i].origin, key = %key.fingerprint(), "cosign signature verified");
+        // Before a single layer is downloaded: over the manifest's digest,
+        // or the index it was picked from.
+        let mut subjects = Vec::new();
+        for d in std::iter::once(&digest).chain(index_digest.as_ref()) {
+            subjects.push((d.clone(), ctx.find_signatures(d).await?));
+        }
+        let (s, i) = crate::source::signature::decide_subjects(key, display, &subjects)?;
+        let (signed, found) = &subjects[s];
+        tracing::info!(origin = %found.candidates[i].origin, signed = %signed, key = %key.fingerprint(), "cosign signature verified");
     }
     if keep {
+        if let Some((d, b)) = &index_doc {
+            cache.put_small(d, b)?;
+        }
         cache.put_small(&digest, &bytes)?;
     }
 
@@ -242,7 +254,7 @@ pub(super) async fn resolve_async(
         };
         jobs.push(Job { desc: desc.clone(), what: label });
     }
-    Ok((ResolvedArtifact { display: display.to_string(), manifest_digest: digest, manifest }, jobs))
+    Ok((ResolvedArtifact { display: display.to_string(), manifest_digest: digest, manifest, index_digest }, jobs))
 }
 
 #[cfg(test)]

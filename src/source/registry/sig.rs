@@ -8,14 +8,16 @@ use sha2::{Digest as _, Sha256};
 
 use super::{http, Ctx, Failure, HttpFailure, ACCEPT};
 use crate::source::manifest::{is_manifest_media_type, parse_index, validate_digest};
-use crate::source::signature::{self, Candidate, Found, MAX_SIGNATURE_MANIFESTS};
+use crate::source::signature::{self, Candidate, Found};
+use crate::source::sigsearch::{self, SearchBudget};
 use crate::source::{SourceError, MAX_MANIFEST_BYTES};
 
 /// The media type of an OCI 1.1 referrers response (an image index).
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 impl Ctx {
-    /// Collects the signatures of `digest` in this repository.
+    /// Collects the signatures of `digest` in this repository: the `.sig`
+    /// tag's, then the referrers' newest first, while the budget lasts.
     pub(super) async fn find_signatures(&self, digest: &str) -> Result<Found, SourceError> {
         validate_digest(digest)?;
         let sig_tag = signature::sig_tag(digest);
@@ -23,24 +25,28 @@ impl Ctx {
             looked: vec![format!("tag {sig_tag}"), "OCI referrers (API, else the referrers tag)".into()],
             ..Found::default()
         };
+        let mut budget = SearchBudget::default();
         // (tag or digest, expected digest, where it was found)
         let mut manifests: Vec<(String, Option<String>, String)> =
             vec![(sig_tag.clone(), None, format!("tag {sig_tag}"))];
         match self.referrers(digest).await {
             Ok(Some(index)) => {
-                for d in index.manifests {
-                    if !is_manifest_media_type(&d.media_type) || validate_digest(&d.digest).is_err() {
-                        continue;
-                    }
+                let listed = index
+                    .manifests
+                    .into_iter()
+                    .filter(|d| is_manifest_media_type(&d.media_type) && validate_digest(&d.digest).is_ok());
+                for d in sigsearch::newest_first(listed.collect(), |d| d) {
                     manifests.push((d.digest.clone(), Some(d.digest.clone()), format!("referrer {}", d.digest)));
                 }
             }
             Ok(None) => {}
             Err(e) => found.problems.push(format!("listing referrers: {e}")),
         }
-        manifests.truncate(MAX_SIGNATURE_MANIFESTS);
         let mut seen = std::collections::BTreeSet::new();
-        for (target, expected, origin) in manifests {
+        'manifests: for (target, expected, origin) in manifests {
+            if !budget.take_manifest(0) {
+                break;
+            }
             let bytes = match self
                 .get_capped(&format!("manifests/{target}"), Some(&ACCEPT.join(", ")), MAX_MANIFEST_BYTES, "manifest")
                 .await
@@ -57,14 +63,18 @@ impl Ctx {
                 found.problems.push(format!("{origin}: the registry sent a manifest with digest {actual}"));
                 continue;
             }
-            if !seen.insert(actual) {
+            if !seen.insert(actual) || !budget.take_manifest(bytes.len() as u64) {
                 continue;
             }
             for (origin, layer) in signature::signature_layers(&mut found, &origin, &bytes) {
+                if signature::check_payload_size(&layer.payload).is_ok() && !budget.take_payload(layer.payload.size) {
+                    break 'manifests;
+                }
                 let payload = self.fetch_payload(&layer.payload).await;
                 found.candidates.push(Candidate { origin, payload, signature: layer.signature });
             }
         }
+        found.problems.extend(budget.stopped().map(str::to_string));
         Ok(found)
     }
 
