@@ -12,9 +12,9 @@
 //!   those paths one whole version (old or new) can be put back; the user's
 //!   unrelated files are where they were; an `--adopt` install of the same
 //!   package then succeeds, leaves every reported path alone, and its
-//!   `rollback` gives back exactly what it adopted. Two `#[ignore]`d tests
-//!   fail today (issue 23): `status` refusing an emptied journal directory
-//!   writes a fresh sled into it, and after set-aside `cache prune` deletes
+//!   `rollback` gives back exactly what it adopted. Two more tests hold
+//!   what this check found: `status` refusing an emptied journal directory
+//!   wrote a fresh sled into it, and after set-aside `cache prune` deleted
 //!   the only copy of a finished `--adopt`'s user tree.
 //! - Blob files: nine packages under ~2,000-byte paths, the last killed
 //!   after its commit point, then the demo's upgrade under such a path too:
@@ -283,10 +283,9 @@ fn damaged_journal_after_power_loss_is_refused_kept_and_set_aside_loses_nothing(
 }
 
 /// The strict form of the journal check above, for a journal whose every
-/// file is gone: the command that refuses it adds nothing either. Fails
-/// today (a fresh sled `conf`, `db` and `blobs/` appear): reported on issue 23.
+/// file is gone: the command that refuses it adds nothing either (a fresh
+/// sled `conf`, `db` and `blobs/` used to appear).
 #[test]
-#[ignore = "fails today: `status` refusing an emptied journal directory creates sled files in it (issue 23)"]
 fn refused_empty_journal_gets_no_new_files() {
     let c = setup(Scenario::Upgrade, Sync::Syncfs, None);
     let mut out = Outcome::default();
@@ -316,11 +315,10 @@ fn bytes_anywhere(dir: &Path, needle: &[u8]) -> bool {
 
 /// An `install --adopt` of a user's tree that finished (the tree is now
 /// only a kept version, a blob in the cache), then the journal damaged:
-/// set-aside must not leave that tree to `cache prune`. Fails today: the
-/// report names nothing of it, and `cache prune` removes the only copy of
-/// `precious.txt` (reported on issue 23).
+/// set-aside must not leave that tree to `cache prune` (which removed the
+/// only copy of `precious.txt`: the report names nothing of it, and no
+/// journal says the blob is a kept version any more).
 #[test]
-#[ignore = "fails today: after set-aside, `cache prune` deletes an adopted tree's only copy (issue 23)"]
 fn adopted_tree_survives_set_aside_and_cache_prune() {
     let how = Setup { others: vec!["other".into()], ..Setup::default() };
     let c = setup_with(Scenario::Adopt, Sync::Syncfs, &how);

@@ -28,8 +28,28 @@ impl Installer {
     /// transaction references, and every partial download.
     pub fn cache_prune(&self, dry_run: bool) -> Result<source::cache::PruneReport> {
         let cache = source::cache::BlobCache::new(&self.state_dir);
-        let keep: BTreeSet<String> = self.cache_users(&cache)?.into_keys().collect();
+        let mut keep: BTreeSet<String> = self.cache_users(&cache)?.into_keys().collect();
+        if let Some(aside) = self.set_aside_journal() {
+            tracing::warn!(
+                journal = %aside.display(),
+                "a set-aside journal may name versions kept in the cache (what --adopt replaced, what rollback \
+                 restores) that stagehand can no longer read: no complete blob is removed while it is there; \
+                 delete it once nothing in it is needed, then prune again"
+            );
+            keep.extend(cache.list()?.blobs.into_iter().map(|b| b.digest));
+        }
         Ok(cache.prune(&keep, dry_run)?)
+    }
+
+    /// A journal `repair --set-aside-journal` moved aside (`journal.damaged-*`),
+    /// if any is in the state dir. Its kept versions may be the only copy of
+    /// what a package replaced, and nothing here can read them any more.
+    fn set_aside_journal(&self) -> Option<std::path::PathBuf> {
+        std::fs::read_dir(&self.state_dir)
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("journal.damaged-"))
+            .map(|e| e.path())
     }
 
     /// After a successful transaction: drop cached blobs no installed or kept
@@ -37,7 +57,7 @@ impl Installer {
     /// transaction is done, and the next prune tries again.
     pub(super) fn prune_quietly(&self) {
         let cache = source::cache::BlobCache::new(&self.state_dir);
-        if !cache.root().exists() {
+        if !cache.root().exists() || self.set_aside_journal().is_some() {
             return;
         }
         let keep = match self.cache_users(&cache) {

@@ -181,8 +181,11 @@ impl Journal {
     pub fn open(dir: &Path) -> Result<Self> {
         Self::wait_for_sled_lock(dir)?;
         let prep = |source| JournalError::Prepare { path: dir.to_path_buf(), source };
-        // No `db` yet: nothing to keep, sled creates it.
+        // No `db` yet: nothing to keep, sled creates it; unless a seal
+        // vouches for handed-out ids, and then the journal lost its files:
+        // refused before sled writes a byte into its directory.
         if !dir.join("db").exists() {
+            Self::refuse_if_sealed(dir, "its files are gone (no `db`)")?;
             return Self::open_here(dir, false);
         }
         let before = clean::fingerprint(dir).map_err(prep)?;
@@ -213,7 +216,7 @@ impl Journal {
     pub fn probe(dir: &Path) -> Result<()> {
         Self::wait_for_sled_lock(dir)?;
         if !dir.join("db").exists() {
-            return Ok(());
+            return Self::refuse_if_sealed(dir, "its files are gone (no `db`)");
         }
         probe::check(dir)
     }
@@ -230,6 +233,20 @@ impl Journal {
                 waited_ms: t0.elapsed().as_millis() as u64,
             }),
             Err(source) => Err(JournalError::Prepare { path: dir.to_path_buf(), source }),
+        }
+    }
+
+    /// A journal without records (`what`) beside a seal that vouches for
+    /// handed-out ids lost its files (cut short, emptied): refused, so
+    /// set-aside can still find what it named.
+    fn refuse_if_sealed(dir: &Path, what: &str) -> Result<()> {
+        match seal::read(dir) {
+            Ok(Some(sealed)) if sealed.highest() > 0 => Err(JournalError::BehindSeal {
+                path: dir.to_path_buf(),
+                path_seal: seal::path(dir),
+                detail: format!("{what}, but transaction ids up to {} were handed out", sealed.highest()),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -273,18 +290,7 @@ impl Journal {
                 // that vouches for handed-out ids, that is a journal that
                 // lost its files (cut short, emptied), not a new one:
                 // refused, so set-aside can still find what it named.
-                if let Ok(Some(sealed)) = seal::read(dir) {
-                    if sealed.highest() > 0 {
-                        return Err(JournalError::BehindSeal {
-                            path: dir.to_path_buf(),
-                            path_seal: seal::path(dir),
-                            detail: format!(
-                                "it holds no records at all, but transaction ids up to {} were handed out",
-                                sealed.highest()
-                            ),
-                        });
-                    }
-                }
+                Self::refuse_if_sealed(dir, "it holds no records at all")?;
                 // A new journal (the first, or one after a set-aside, even
                 // one killed before it raised the counter) starts past every
                 // staging or backup name on disk in the places, so it never
