@@ -59,10 +59,7 @@ fn pull_through_cache_serves_falls_back_and_mirror_only_does_not() {
         return;
     }
     let tmp = tempdir("mirror-proxy");
-    let mut upstream = Registry::start(&tmp.path().join("upstream"), None);
-    for tag in ["v1", "v2"] {
-        skopeo_push(&demo_layout(), tag, &format!("{}/demo:{tag}", upstream.host()), None, false);
-    }
+    let mut upstream = demo_registry(&tmp.path().join("upstream"));
     let setup = RegistrySetup { proxy_of: Some(format!("http://{}", upstream.host())), ..Default::default() };
     let mut mirror = Registry::start_with(&tmp.path().join("mirror"), setup);
     let up = upstream.host();

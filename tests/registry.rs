@@ -13,22 +13,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::registry::*;
 
 const TOOLS: &[&str] = &["docker-registry", "skopeo"];
-
-/// A registry holding the demo's v1 and v2 as `REG/demo:v1`, `REG/demo:v2`.
-fn demo_registry(dir: &Path) -> Registry {
-    let reg = Registry::start(&dir.join("registry"), None);
-    for tag in ["v1", "v2"] {
-        skopeo_push(&demo_layout(), tag, &format!("{}/demo:{tag}", reg.host()), None, false);
-    }
-    reg
-}
 
 fn v(tag: &str) -> String {
     layout_tag_digest(&demo_layout(), tag)

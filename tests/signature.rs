@@ -23,33 +23,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::cosign::{empty_layout, fingerprint, keypair, layout_blob, openssl, referrers_tag, set_tag};
 use common::registry::*;
 use serde_json::{json, Value};
 
 const TOOLS: &[&str] = &["docker-registry", "skopeo", "openssl"];
 const SIG_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const MT_SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl").args(args).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-/// An ECDSA P-256 key pair made by openssl: (private PEM, public PEM).
-fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (private, public) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
-    let (p, q) = (private.to_str().expect("utf-8"), public.to_str().expect("utf-8"));
-    openssl(&["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", p]);
-    openssl(&["ec", "-in", p, "-pubout", "-out", q]);
-    (private, public)
-}
-
-/// sha256 of the DER SubjectPublicKeyInfo, computed by openssl.
-fn fingerprint(public: &Path) -> String {
-    let der = openssl(&["pkey", "-pubin", "-in", public.to_str().expect("utf-8"), "-outform", "DER"]);
-    format!("sha256:{}", sha256_hex(&der))
-}
 
 /// A cosign simple-signing payload naming `digest`.
 fn payload(digest: &str) -> Vec<u8> {
@@ -89,21 +69,13 @@ fn sign(private: &Path, payload: &[u8], flip: bool) -> String {
     String::from_utf8(b64).expect("base64 is ASCII").trim().to_string()
 }
 
-/// Stores a blob in an OCI layout; returns its descriptor.
-fn put_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value {
-    let hex = sha256_hex(bytes);
-    fs::create_dir_all(layout.join("blobs/sha256")).expect("blobs dir");
-    fs::write(layout.join("blobs/sha256").join(&hex), bytes).expect("write blob");
-    json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
-}
-
 /// A signature manifest as cosign writes it: one simple-signing layer per
 /// `(payload, base64 signature)`, a config naming the layers' diff ids.
 fn sig_manifest(layout: &Path, sigs: &[(Vec<u8>, String)], subject: Option<&str>) -> Value {
     let layers: Vec<Value> = sigs
         .iter()
         .map(|(p, s)| {
-            let mut d = put_blob(layout, MT_SIMPLE_SIGNING, p);
+            let mut d = layout_blob(layout, MT_SIMPLE_SIGNING, p);
             d["annotations"] = json!({ SIG_ANNOTATION: s });
             d
         })
@@ -114,7 +86,7 @@ fn sig_manifest(layout: &Path, sigs: &[(Vec<u8>, String)], subject: Option<&str>
         "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}
     });
     let config =
-        put_blob(layout, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).expect("json"));
+        layout_blob(layout, "application/vnd.oci.image.config.v1+json", &serde_json::to_vec(&config).expect("json"));
     let mut m = json!({
         "schemaVersion": 2,
         "mediaType": MT_MANIFEST,
@@ -125,7 +97,7 @@ fn sig_manifest(layout: &Path, sigs: &[(Vec<u8>, String)], subject: Option<&str>
         m["subject"] = json!({"mediaType": MT_MANIFEST, "digest": d, "size": 1});
         m["artifactType"] = json!("application/vnd.dev.cosign.artifact.sig.v1+json");
     }
-    put_blob(layout, MT_MANIFEST, &serde_json::to_vec(&m).expect("json"))
+    layout_blob(layout, MT_MANIFEST, &serde_json::to_vec(&m).expect("json"))
 }
 
 /// An OCI 1.1 referrers index listing `manifests`.
@@ -135,34 +107,11 @@ fn referrers_index(layout: &Path, manifests: &[Value]) -> Value {
         e["artifactType"] = json!("application/vnd.dev.cosign.artifact.sig.v1+json");
     }
     let index = json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": entries});
-    put_blob(layout, MT_INDEX, &serde_json::to_vec(&index).expect("json"))
-}
-
-/// Points `tag` at `desc` in the layout's index.json (replacing it).
-fn set_tag(layout: &Path, tag: &str, desc: &Value) {
-    let path = layout.join("index.json");
-    let mut index: Value = serde_json::from_slice(&fs::read(&path).expect("read index.json")).expect("parse");
-    let manifests = index["manifests"].as_array_mut().expect("manifests");
-    manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() != Some(tag));
-    let mut d = desc.clone();
-    d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
-    manifests.push(d);
-    fs::write(&path, serde_json::to_vec(&index).expect("json")).expect("write index.json");
-}
-
-/// An empty OCI layout.
-fn empty_layout(dir: &Path) {
-    fs::create_dir_all(dir.join("blobs/sha256")).expect("layout dirs");
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
-    fs::write(dir.join("index.json"), r#"{"schemaVersion":2,"manifests":[]}"#).expect("index.json");
+    layout_blob(layout, MT_INDEX, &serde_json::to_vec(&index).expect("json"))
 }
 
 fn sig_tag(digest: &str) -> String {
     format!("{}.sig", digest.replacen(':', "-", 1))
-}
-
-fn referrers_tag(digest: &str) -> String {
-    digest.replacen(':', "-", 1)
 }
 
 /// Where signatures are published: the artifact's own layout, or a scratch
@@ -327,11 +276,8 @@ fn signatures_in_a_registry() {
         return;
     }
     let tmp = tempdir("sig-registry");
-    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let reg = demo_registry(tmp.path());
     let host = reg.host();
-    for tag in ["v1", "v2"] {
-        skopeo_push(&demo_layout(), tag, &format!("{host}/demo:{tag}"), None, false);
-    }
     let sig_layout = tmp.path().join("signatures");
     empty_layout(&sig_layout);
     let sb = Sandbox::at(&tmp.path().join("sb"));
@@ -509,7 +455,7 @@ fn multi_arch_index(layout: &Path) -> Value {
     };
     let index =
         json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [entry("v1", "amd64"), entry("v2", "arm64")]});
-    put_blob(layout, MT_INDEX, &serde_json::to_vec(&index).expect("json"))
+    layout_blob(layout, MT_INDEX, &serde_json::to_vec(&index).expect("json"))
 }
 
 /// `cosign sign repo:tag` on a multi-arch tag signs the index digest: that
@@ -597,11 +543,8 @@ fn junk_signatures_never_hide_a_valid_one() {
         return;
     }
     let tmp = tempdir("sig-junk");
-    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let reg = demo_registry(tmp.path());
     let host = reg.host();
-    for tag in ["v1", "v2"] {
-        skopeo_push(&demo_layout(), tag, &format!("{host}/demo:{tag}"), None, false);
-    }
     let sig_layout = tmp.path().join("signatures");
     empty_layout(&sig_layout);
     let publisher = Publisher { layout: sig_layout.clone(), registry: Some(host.clone()) };

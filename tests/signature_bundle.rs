@@ -160,11 +160,8 @@ fn bundles_in_a_registry_by_the_referrers_tag() {
         return;
     }
     let tmp = tempdir("bundle-registry");
-    let reg = Registry::start(&tmp.path().join("registry"), None);
+    let reg = demo_registry(tmp.path());
     let host = reg.host();
-    for tag in ["v1", "v2"] {
-        skopeo_push(&demo_layout(), tag, &format!("{host}/demo:{tag}"), None, false);
-    }
     let sigs = tmp.path().join("signatures");
     empty_layout(&sigs);
     let sb = Sandbox::at(&tmp.path().join("sb"));

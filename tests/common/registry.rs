@@ -188,6 +188,16 @@ impl Drop for Registry {
     }
 }
 
+/// A registry under `dir/registry` holding the demo's v1 and v2 as
+/// `REG/demo:v1`, `REG/demo:v2`.
+pub fn demo_registry(dir: &Path) -> Registry {
+    let reg = Registry::start(&dir.join("registry"), None);
+    for tag in ["v1", "v2"] {
+        skopeo_push(&demo_layout(), tag, &format!("{}/demo:{tag}", reg.host()), None, false);
+    }
+    reg
+}
+
 /// `skopeo copy [--all] oci:SRC docker://DEST`, over plain HTTP.
 pub fn skopeo_push(src_layout: &Path, src_tag: &str, dest: &str, creds: Option<&str>, all: bool) {
     let mut cmd = Command::new("skopeo");
