@@ -193,7 +193,11 @@ fn permission_errors_say_what_to_do() {
     }
     let ro = root.join("ro");
     read_only_dir(&ro);
-    let v1 = demo_source("v1");
+    // The demo copied where uid 65534 can read it (a checkout may sit under
+    // a private directory, as a clean clone in a mktemp dir does).
+    let demo = root.join("demo");
+    copy_tree(&demo_layout(), &demo);
+    let v1 = format!("oci-layout:{}:v1", demo.display());
 
     // A first install into a directory the user may not write.
     let app = ro.join("app");
