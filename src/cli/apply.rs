@@ -9,7 +9,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{counted, print_json, Cli, EXIT_OK};
+use super::output::{counted, print_json};
+use super::{Cli, EXIT_OK};
 use crate::installer::{self, lockfile::LockFile, pins::LockChange, Confirm, Installer};
 
 pub const APPLY_HELP: &str = "\
