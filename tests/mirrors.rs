@@ -7,7 +7,9 @@
 //! serving wrong bytes refused by the digest check; registries on TLS with
 //! CAs made by `openssl` (per host in `hosts.toml`, Docker's `ca.crt`, and
 //! `--ca-file` beside the system roots), a registry that requires a client
-//! certificate, and `skip_verify` refused.
+//! certificate, and `skip_verify` refused; a mirror reached through
+//! `hosts.toml`'s `proxy`, given its `header`s and told `ns=REGISTRY`, and a
+//! mirror that never accepts a connection given up after its `dial_timeout`.
 //!
 //! Skipped with a loud message if the tools are missing, except in CI.
 
@@ -347,4 +349,132 @@ fn a_mirror_gets_only_its_own_credentials() {
     assert!(!r.stderr.contains("trying the next host"), "the mirror failed:\n{}", r.describe());
     assert_eq!(sb.world(), demo_world("v1"));
     assert_cache_consistent(&sb.state);
+}
+
+/// A TCP port that accepts no connection: a listener with a backlog of 0
+/// whose queue is already full, so the kernel drops every new SYN and a
+/// connect hangs (as a firewalled mirror does). Killed on drop.
+struct Blackhole(std::process::Child, u16);
+
+impl Blackhole {
+    fn start() -> Blackhole {
+        use std::io::BufRead as _;
+        let script = "import socket,time\n\
+                      s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(0)\n\
+                      port=s.getsockname()[1]; held=[]\n\
+                      for _ in range(3):\n    c=socket.socket(); c.setblocking(False); c.connect_ex(('127.0.0.1',port)); held.append(c)\n\
+                      time.sleep(0.2); print(port, flush=True); time.sleep(600)\n";
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("port");
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("blackhole printed {line:?}"));
+        Blackhole(child, port)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_mirror_gets_ns_and_its_headers_a_proxy_tunnels_tls_and_a_dead_mirror_its_dial_timeout() {
+    const TEST: &str = "a_mirror_gets_ns_and_its_headers_a_proxy_tunnels_tls_and_a_dead_mirror_its_dial_timeout";
+    if !require(TEST, TOOLS) {
+        return;
+    }
+    let tmp = tempdir("mirror-knobs");
+    let upstream = demo_registry(&tmp.path().join("upstream"));
+    let setup = RegistrySetup { proxy_of: Some(format!("http://{}", upstream.host())), ..Default::default() };
+    let mirror = Registry::start_with(&tmp.path().join("mirror"), setup);
+    // The mirror host is a logging proxy in front of the pull-through cache:
+    // it records each request line and its X- headers.
+    let front = common::cosign::ReferrersProxy::start(mirror.port, &tmp.path().join("front"));
+    let up = upstream.host();
+    let mirror_toml = format!(
+        "[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n[host.\"http://{}\".header]\nX-Fleet = \"blue\"\n",
+        front.host(),
+        front.host()
+    );
+    let hosts = hosts_dir(&tmp.path().join("certs.d"), &up, &mirror_toml);
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let r = sb.run(&sb.demo_args(&format!("{up}/demo:v1"), &["--hosts-dir", hosts.to_str().expect("utf-8")]));
+    r.ok();
+    assert!(!r.stderr.contains("trying the next host"), "the mirror failed:\n{}", r.describe());
+    assert_eq!(sb.world(), demo_world("v1"));
+    // Every request to the mirror names the registry in `ns=` (as containerd's
+    // do) and carries the header; the registry itself is never told a namespace.
+    let asked = front.requests();
+    let ns = format!("ns={}", up.replace(':', "%3A"));
+    let lines: Vec<&String> = asked.iter().filter(|l| !l.starts_with("  ")).collect();
+    assert!(lines.iter().any(|l| l.contains("/blobs/sha256:")), "no blob from the mirror: {asked:?}");
+    for l in &lines {
+        assert!(l.starts_with("GET /v2/demo/") && l.contains(&ns), "no {ns}: {l}");
+    }
+    let fleet = asked.iter().filter(|l| l.trim().eq_ignore_ascii_case("X-Fleet: blue")).count();
+    assert_eq!(fleet, lines.len(), "the header missed some requests: {asked:?}");
+    assert!(!upstream.log().contains("ns="), "the registry was sent ns=");
+
+    // `proxy` on a plain-HTTP host is refused: clear text never goes through a proxy.
+    let hosts = hosts_dir(
+        &tmp.path().join("certs-proxied.d"),
+        &up,
+        &mirror_toml.replacen("capabilities", &format!("proxy = \"http://{}\"\ncapabilities", front.host()), 1),
+    );
+    let r = sb.run(&sb.demo_args(&format!("{up}/demo:v2"), &["--hosts-dir", hosts.to_str().expect("utf-8")]));
+    r.fails_with(&["never sends plain HTTP through a proxy", "hosts.toml"]);
+    assert_eq!(sb.world(), demo_world("v1"));
+
+    // Over TLS, `proxy` is used: the registry is reached through a CONNECT tunnel.
+    let pki = tmp.path().join("pki");
+    let ca = Ca::new(&pki, "tls-ca");
+    let tls = Registry::start_with(
+        &tmp.path().join("tls"),
+        RegistrySetup { tls: Some(ca.issue("tls", true)), ..Default::default() },
+    );
+    push_tls("v2", &format!("{}/demo:v2", tls.host()), None);
+    let tunnel = common::cosign::ReferrersProxy::start(tls.port, &tmp.path().join("tunnel"));
+    let th = tls.host();
+    let hosts = hosts_dir(
+        &tmp.path().join("certs-tls.d"),
+        &th,
+        &format!("ca = \"{}\"\nproxy = \"http://{}\"\n", ca.cert.display(), tunnel.host()),
+    );
+    let sb2 = Sandbox::at(&tmp.path().join("sb2"));
+    sb2.run(&tls_args(&sb2, &format!("{th}/demo:v2"), &["--hosts-dir", hosts.to_str().expect("utf-8")])).ok();
+    assert_eq!(sb2.world(), demo_world("v2"));
+    let tunnelled = tunnel.requests();
+    assert!(
+        tunnelled.iter().any(|l| l == &format!("CONNECT {th} HTTP/1.1") || l.starts_with(&format!("CONNECT {th}"))),
+        "{tunnelled:?}"
+    );
+
+    // A mirror that never accepts a connection: `dial_timeout` gives up on it
+    // long before the default 30 s, and the registry serves.
+    let dead = Blackhole::start();
+    let hosts = hosts_dir(
+        &tmp.path().join("certs-dead.d"),
+        &up,
+        &format!(
+            "[host.\"http://127.0.0.1:{}\"]\ncapabilities = [\"pull\", \"resolve\"]\ndial_timeout = \"1s\"\n",
+            dead.1
+        ),
+    );
+    let sb3 = Sandbox::at(&tmp.path().join("sb3"));
+    let started = std::time::Instant::now();
+    let r = sb3.run(&sb3.demo_args(&format!("{up}/demo:v2"), &["--hosts-dir", hosts.to_str().expect("utf-8")]));
+    let took = started.elapsed();
+    r.ok();
+    let fallbacks = r.stderr.matches("trying the next host").count();
+    assert!(fallbacks > 0 && r.stderr.contains(&format!("127.0.0.1:{}", dead.1)), "{}", r.describe());
+    assert_eq!(sb3.world(), demo_world("v2"));
+    // Each request tried the dead mirror first; with the default it would wait 30 s each.
+    let each = took.as_secs_f64() / fallbacks as f64;
+    assert!(each < 10.0, "dial_timeout = 1s, yet {fallbacks} fallbacks took {took:?}");
 }

@@ -226,7 +226,8 @@ impl ReferrersProxy {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The request lines it received so far.
+    /// The request lines it received so far (each followed by its `X-`
+    /// headers, as `  NAME: VALUE` lines).
     pub fn requests(&self) -> Vec<String> {
         fs::read_to_string(&self.log).expect("read log").lines().map(str::to_string).collect()
     }

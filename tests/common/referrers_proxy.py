@@ -8,13 +8,19 @@ Debian's docker-registry (distribution 2.8) has no referrers API. This
 proxy answers GET /v2/<name>/referrers/<digest> itself, with the image
 index in REFERRERS_DIR/<algo>-<hex> (written by the test) or, as the OCI
 distribution spec says for a subject without referrers, an empty index;
-every other request is forwarded to the registry unchanged. Every request
-line is appended to LOGFILE.
+every other request is forwarded to the registry unchanged (a request in
+absolute form, as an HTTP proxy gets it, is forwarded as it is: the
+registry accepts that form too, so this also serves as a forward proxy).
+A CONNECT to a loopback address is tunnelled (an HTTPS proxy's work).
+Every request line is appended to LOGFILE, followed by each `X-` header it
+carried as `  NAME: VALUE`.
 """
 import http.client
 import json
 import os
 import re
+import select
+import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -35,6 +41,12 @@ class Handler(BaseHTTPRequestHandler):
     def handle_one(self):
         with open(LOG, "a") as f:
             f.write(f"{self.command} {self.path}\n")
+            for k, v in self.headers.items():
+                if k.lower().startswith("x-"):
+                    f.write(f"  {k}: {v}\n")
+        if self.command == "CONNECT":
+            self.tunnel()
+            return
         m = ROUTE.match(self.path)
         if m and self.command in ("GET", "HEAD"):
             path = os.path.join(REFERRERS, m.group(2).replace(":", "-"))
@@ -67,7 +79,29 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         conn.close()
 
-    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_one
+    def tunnel(self):
+        host, _, port = self.path.rpartition(":")
+        if host not in ("127.0.0.1", "localhost"):
+            self.send_error(403)
+            return
+        upstream = socket.create_connection((host, int(port)), timeout=30)
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.close_connection = True
+        ends = [self.connection, upstream]
+        while True:
+            ready, _, _ = select.select(ends, [], [], 30)
+            if not ready:
+                break
+            for r in ready:
+                data = r.recv(65536)
+                if not data:
+                    upstream.close()
+                    return
+                (upstream if r is self.connection else self.connection).sendall(data)
+        upstream.close()
+
+    do_CONNECT = do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_one
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -473,6 +473,13 @@ fn endpoint(
         }
     }
     let which = if server { "server".to_string() } else { format!("host {shown}") };
+    if plain_http && fields.proxy.is_some() {
+        return Err(format!(
+            "{}: {which} is plain HTTP and sets `proxy`: stagehand never sends plain HTTP through a proxy, which \
+             could carry it off this machine in clear text. Remove `proxy` for it, or serve it over https",
+            file.display()
+        ));
+    }
     let client = host_client(fields, ns_dir, file, global_roots, &which)?;
     Ok(Endpoint {
         api_root,
@@ -545,6 +552,10 @@ mod tests {
             ("[host.\"https://m.example\"]\nskip_verify = true\n", "never disables certificate verification"),
             ("skip_verify = true\n", "never disables certificate verification"),
             ("[host.\"http://m.example\"]\n", "plain HTTP off this machine"),
+            (
+                "[host.\"http://127.0.0.1:5001\"]\nproxy = \"http://127.0.0.1:3128\"\n",
+                "never sends plain HTTP through a proxy",
+            ),
             ("[host.\"https://m.example\"]\ncapabilities = [\"fly\"]\n", "unknown capability"),
             ("[host.\"https://m.example\"]\nca = \"missing.crt\"\n", "missing.crt"),
         ] {

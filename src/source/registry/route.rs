@@ -6,7 +6,8 @@
 //! `pull`: a blob, a manifest by digest), then the registry's `server`.
 //! A host that fails (unreachable, an error status, a refused redirect)
 //! hands the request to the next; the last one's failure is the answer.
-//! Only the registry itself gets the registry's credentials (a mirror gets
+//! A mirror's requests carry `ns=REGISTRY` in their query, as containerd's
+//! do. Only the registry itself gets the registry's credentials (a mirror gets
 //! those stored for its own name, if any). It trusts no
 //! host: callers check every byte against the original reference's digests
 //! whoever served it.
@@ -87,7 +88,8 @@ impl Route {
         let hosts: Vec<&Routed> = self.eligible(needs_resolve(path)).collect();
         let mut last = None;
         for (i, h) in hosts.iter().enumerate() {
-            match h.session.get(path, accept, offset, timeout).await {
+            let for_host = if h.upstream { path.to_string() } else { with_namespace(path, &self.registry) };
+            match h.session.get(&for_host, accept, offset, timeout).await {
                 Ok(resp) => return Ok((resp, h.host.clone())),
                 Err(e) => {
                     if i + 1 < hosts.len() {
@@ -139,6 +141,21 @@ fn needs_resolve(path: &str) -> bool {
     }
 }
 
+/// `path` as a mirror gets it: with `ns=REGISTRY` in its query, as
+/// containerd sends it, so a cache serving several registries knows which
+/// one the request is for (distribution ignores it).
+fn with_namespace(path: &str, registry: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let ns: String = registry
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("{path}{sep}ns={ns}")
+}
+
 /// A failure, short, for a log line.
 fn describe(e: &HttpFailure) -> String {
     match e {
@@ -159,5 +176,11 @@ mod tests {
         assert!(needs_resolve("tags/list"));
         assert!(!needs_resolve("manifests/sha256:abcd"));
         assert!(!needs_resolve("blobs/sha256:abcd"));
+    }
+
+    #[test]
+    fn a_mirror_is_told_the_registry() {
+        assert_eq!(with_namespace("blobs/sha256:ab", "127.0.0.1:5000"), "blobs/sha256:ab?ns=127.0.0.1%3A5000");
+        assert_eq!(with_namespace("tags/list?n=10", "r.example"), "tags/list?n=10&ns=r.example");
     }
 }
