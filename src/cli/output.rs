@@ -161,6 +161,9 @@ pub(super) fn decode_any(key: &str, bytes: &[u8]) -> serde_json::Value {
     use crate::journal::codec::{decode, RecordKind};
     let r = if key.starts_with("txns/") {
         decode::<crate::txn::TxnRecord>(RecordKind::Txn, bytes).map(|r| serde_json::to_value(r).unwrap_or_default())
+    } else if key.starts_with("served/") {
+        decode::<crate::txn::ServedRecord>(RecordKind::Served, bytes)
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
     } else if key.starts_with("history/") {
         decode::<crate::txn::HistoryEntry>(RecordKind::History, bytes)
             .map(|r| serde_json::to_value(r).unwrap_or_default())

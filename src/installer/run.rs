@@ -13,7 +13,9 @@ use crate::fsops;
 use crate::journal::{Journal, JournalError};
 use crate::plan::PlannedContent;
 use crate::source::SourceError;
-use crate::txn::{EntryKind, FileEntry, InstalledTarget, NewContent, Outcome, PackageRecord, Step, TxnRecord};
+use crate::txn::{
+    EntryKind, FileEntry, InstalledTarget, NewContent, Outcome, PackageRecord, ServedBlob, ServedRecord, Step, TxnRecord,
+};
 
 impl Installer {
     /// Runs a planned transaction to its end. Returns the finished record.
@@ -58,6 +60,11 @@ impl Installer {
                     Err(SourceError::Interrupted) => return Err(self.roll_back(rec, Error::Interrupted)),
                     Err(e) => return Err(self.roll_back(rec, e.into())),
                 }
+            }
+            // Which host served each fetched blob: made durable by the staged record's flush.
+            let served = served_record(&rec, &work);
+            if !served.blobs.is_empty() {
+                self.journal.write_served(rec.id, &served).map_err(|e| self.roll_back(rec.clone(), e.into()))?;
             }
             self.journal.write_txn(&rec, "staged").map_err(|e| self.roll_back(rec.clone(), e.into()))?;
             // The last boundary before the commit point: a Ctrl-C here still rolls back.
@@ -239,4 +246,19 @@ fn stage_all(
         }
     }
     Ok(())
+}
+
+/// What each change's pull fetched, and from which host (`work[i]` is
+/// `rec.changes[i]`'s).
+fn served_record(rec: &TxnRecord, work: &[ChangeWork]) -> ServedRecord {
+    let blobs = rec
+        .changes
+        .iter()
+        .zip(work)
+        .filter_map(|(c, w)| w.blobs.as_deref().map(|b| (c, b.served())))
+        .flat_map(|(c, served)| {
+            served.into_iter().map(|s| ServedBlob { package: c.name.clone(), digest: s.digest, host: s.host })
+        })
+        .collect();
+    ServedRecord { blobs }
 }

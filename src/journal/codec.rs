@@ -30,6 +30,8 @@ pub enum RecordKind {
     History = 3,
     /// A target's `Vec<FileEntry>`, stored as a file, not in sled.
     FileList = 4,
+    /// A transaction's `ServedRecord` (tree `served`).
+    Served = 5,
 }
 
 impl RecordKind {
@@ -39,6 +41,7 @@ impl RecordKind {
             2 => Some(RecordKind::Package),
             3 => Some(RecordKind::History),
             4 => Some(RecordKind::FileList),
+            5 => Some(RecordKind::Served),
             _ => None,
         }
     }
@@ -360,6 +363,25 @@ mod layout_tests {
         let crc = crc32fast::hash(&want);
         want.extend(crc.to_le_bytes());
         assert_eq!(b, want);
+    }
+
+    /// Pins `ServedRecord`'s layout (kind 5, tree `served`).
+    #[test]
+    fn served_record_bytes_match_the_documentation() {
+        use crate::txn::{ServedBlob, ServedRecord};
+        let r = ServedRecord {
+            blobs: vec![ServedBlob { package: "d".into(), digest: "sha256:a".into(), host: "m:5".into() }],
+        };
+        let b = encode(RecordKind::Served, &r).expect("encodes");
+        let mut want = vec![FORMAT_VERSION, 5];
+        want.extend(1u64.to_le_bytes()); // blobs: 1
+        string(&mut want, "d"); // package
+        string(&mut want, "sha256:a"); // digest
+        string(&mut want, "m:5"); // host
+        let crc = crc32fast::hash(&want);
+        want.extend(crc.to_le_bytes());
+        assert_eq!(b, want);
+        assert_eq!(decode::<ServedRecord>(RecordKind::Served, &b).expect("decodes"), r);
     }
 
     /// Pins the file list layout (format 4) and an `InstalledTarget`'s

@@ -38,7 +38,9 @@ use std::sync::Mutex;
 use sled::Transactional;
 
 use crate::fsops::{self, killpoint};
-use crate::txn::{ChangeSummary, FileEntry, FileListRef, HistoryEntry, Outcome, PackageRecord, TxnId, TxnRecord};
+use crate::txn::{
+    ChangeSummary, FileEntry, FileListRef, HistoryEntry, Outcome, PackageRecord, ServedRecord, TxnId, TxnRecord,
+};
 use codec::{DecodeError, RecordKind, FORMAT_VERSION};
 
 pub use codec::MAX_RECORD_BYTES;
@@ -139,6 +141,8 @@ pub struct Journal {
     meta: sled::Tree,
     txns: sled::Tree,
     history: sled::Tree,
+    /// Which host served what each transaction fetched (`ServedRecord`).
+    served: sled::Tree,
     packages: sled::Tree,
     /// sled's files (relative names, `blobs/<lsn>` for blobs) as of our last
     /// fsync of the directory: see [`Journal::sync_files`].
@@ -271,6 +275,7 @@ impl Journal {
             txns: open("txns")?,
             history: open("history")?,
             packages: open("packages")?,
+            served: open("served")?,
             db,
             synced: Mutex::new(None),
             filelists: filelist::root(dir),
@@ -408,6 +413,25 @@ impl Journal {
         self.txns.insert(txn_key(rec.id), bytes)?;
         point(&format!("journal.{what}.flush"))?;
         self.flush(what)
+    }
+
+    /// Notes which host served what transaction `id` fetched. Not flushed
+    /// here: the `staged` record's flush, which follows, makes it durable
+    /// (and a record lost with a crash before that only loses the note).
+    pub fn write_served(&self, id: TxnId, rec: &ServedRecord) -> Result<()> {
+        let bytes = codec::encode(RecordKind::Served, rec).map_err(JournalError::Encode)?;
+        self.served.insert(txn_key(id), bytes)?;
+        Ok(())
+    }
+
+    /// What transaction `id` fetched and from which hosts, if it noted any.
+    pub fn served(&self, id: TxnId) -> Result<Option<ServedRecord>> {
+        match self.served.get(txn_key(id))? {
+            None => Ok(None),
+            Some(v) => codec::decode(RecordKind::Served, &v)
+                .map(Some)
+                .map_err(|reason| JournalError::Corrupt { key: display_key("served", &txn_key(id)), reason }),
+        }
     }
 
     /// Writes the file lists of staged targets and makes them durable: before
@@ -623,7 +647,9 @@ impl Journal {
     /// Raw records for debugging: (key, bytes) per tree, undecoded.
     pub fn raw(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        for (name, tree) in [("txns", &self.txns), ("history", &self.history), ("packages", &self.packages)] {
+        for (name, tree) in
+            [("txns", &self.txns), ("history", &self.history), ("packages", &self.packages), ("served", &self.served)]
+        {
             for kv in tree.iter() {
                 let (k, v) = kv?;
                 out.push((display_key(name, &k), v.to_vec()));

@@ -92,6 +92,15 @@ pub struct ResolvedArtifact {
     pub index_digest: Option<String>,
 }
 
+/// A manifest or blob a registry pull fetched, and the host that served it
+/// (a mirror of `hosts.toml`, or the registry itself). Bytes are checked
+/// against the original reference's digests whoever served them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Served {
+    pub digest: String,
+    pub host: String,
+}
+
 /// Something that can hand out blob streams, verified against their descriptor.
 pub trait BlobSource {
     /// Opens the blob for `desc`. The returned reader yields exactly the blob's
@@ -115,6 +124,12 @@ pub trait BlobSource {
     /// the cause to report when staging failed while reading a blob.
     fn abort(&self) -> Option<SourceError> {
         None
+    }
+
+    /// What this source fetched from the network so far, and which host
+    /// served each (the manifest too); empty for a layout or the cache.
+    fn served(&self) -> Vec<Served> {
+        Vec::new()
     }
 }
 

@@ -125,6 +125,8 @@ struct Ctx {
     plain_http: bool,
     request_timeout: Duration,
     interrupted: fn() -> bool,
+    /// Every manifest and blob fetched over the network, and its host.
+    served: Arc<std::sync::Mutex<Vec<crate::source::Served>>>,
 }
 
 /// Why a request failed, before it is turned into a message.
@@ -135,6 +137,12 @@ enum Failure {
 }
 
 impl Ctx {
+    /// Notes that `host` served `digest` (verified).
+    fn note_served(&self, digest: &str, host: &str) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served.push(crate::source::Served { digest: digest.to_string(), host: host.to_string() });
+    }
+
     fn name(&self) -> String {
         printable(&format!("{}/{}", self.registry, self.repository))
     }
@@ -286,6 +294,7 @@ impl Resolved {
             bars.overall,
             ctx.registry.clone(),
             ctx.interrupted,
+            ctx.served.clone(),
         )
     }
 }
@@ -376,6 +385,7 @@ fn resolve_keeping(
         plain_http: opts.plain_http,
         request_timeout,
         interrupted,
+        served: Arc::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

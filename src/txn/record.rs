@@ -396,6 +396,24 @@ impl Outcome {
     }
 }
 
+/// Which host served each manifest and blob a transaction's registry pulls
+/// fetched (tree `served`, keyed like its transaction; written before the
+/// `staged` record). Only what was fetched over the network is listed: a
+/// blob already in the cache, or a layout's, has no row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedRecord {
+    pub blobs: Vec<ServedBlob>,
+}
+
+/// One fetched manifest or blob: the package whose pull fetched it (a blob
+/// two packages of one apply share is fetched once, by one of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedBlob {
+    pub package: String,
+    pub digest: String,
+    pub host: String,
+}
+
 /// A finished transaction (tree `history`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {

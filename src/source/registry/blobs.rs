@@ -202,7 +202,9 @@ async fn fetch_blob_into(
         match failure {
             None => {
                 bar.finish_and_clear();
-                return w.finish().map_err(named);
+                w.finish().map_err(named)?;
+                ctx.note_served(digest, &host);
+                return Ok(());
             }
             Some(reason) => {
                 let got = w.offset();

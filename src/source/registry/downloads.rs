@@ -42,6 +42,8 @@ pub struct Downloads {
     overall: ProgressBar,
     registry: String,
     interrupted: fn() -> bool,
+    /// What the pull fetched and from which host (shared with its tasks).
+    served: Arc<Mutex<Vec<crate::source::Served>>>,
 }
 
 impl Downloads {
@@ -55,6 +57,7 @@ impl Downloads {
         overall: ProgressBar,
         registry: String,
         interrupted: fn() -> bool,
+        served: Arc<Mutex<Vec<crate::source::Served>>>,
     ) -> Downloads {
         Downloads {
             running: Mutex::new(Some(Running { runtime, tasks })),
@@ -64,6 +67,7 @@ impl Downloads {
             overall,
             registry,
             interrupted,
+            served,
         }
     }
 
@@ -157,6 +161,10 @@ impl BlobSource for Downloads {
         // failure); one still running is stopped, not a failure of its own.
         let run = self.take()?;
         self.join(run, true)
+    }
+
+    fn served(&self) -> Vec<crate::source::Served> {
+        self.served.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -46,8 +46,12 @@ impl Ctx {
         let path = format!("manifests/{target}");
         tracing::debug!(url = %self.session.url(&path), "GET manifest");
         let what = format!("manifest {target} of {}", self.name());
-        let fetched = match self.session.get(&path, Some(&ACCEPT.join(", ")), 0, None).await {
-            Ok(mut resp) => http::read_capped(&mut resp, MAX_MANIFEST_BYTES, "manifest").await,
+        let mut host = String::new();
+        let fetched = match self.session.get_from(&path, Some(&ACCEPT.join(", ")), 0, None).await {
+            Ok((mut resp, from)) => {
+                host = from;
+                http::read_capped(&mut resp, MAX_MANIFEST_BYTES, "manifest").await
+            }
             Err(e) => Err(e),
         };
         let body = match fetched {
@@ -77,6 +81,7 @@ impl Ctx {
                 return Err(SourceError::SizeMismatch { what, expected: size, actual: body.len() as u64 });
             }
         }
+        self.note_served(&actual, &host);
         Ok((body, actual))
     }
 
