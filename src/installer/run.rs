@@ -14,7 +14,8 @@ use crate::journal::{Journal, JournalError};
 use crate::plan::PlannedContent;
 use crate::source::SourceError;
 use crate::txn::{
-    EntryKind, FileEntry, InstalledTarget, NewContent, Outcome, PackageRecord, ServedBlob, ServedRecord, Step, TxnRecord,
+    EntryKind, FileEntry, InstalledTarget, NewContent, Outcome, PackageRecord, ServedBlob, ServedRecord, Step,
+    TxnRecord,
 };
 
 impl Installer {
