@@ -9,7 +9,7 @@ mod apply;
 mod args;
 mod commands;
 mod output;
-mod units;
+pub(crate) mod units;
 
 use std::path::PathBuf;
 use std::time::Duration;

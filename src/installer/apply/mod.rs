@@ -15,6 +15,7 @@
 //! hand, is never pruned; only `remove` (`--remove NAME`) names one.
 
 pub mod desired;
+pub mod desired_keys;
 pub mod lockfile;
 pub mod pins;
 
