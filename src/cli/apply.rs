@@ -175,3 +175,31 @@ pub fn print_update(cli: &Cli, rep: &installer::UpdateReport) -> i32 {
     }
     EXIT_OK
 }
+
+/// `NAME REF locked -> latest (status)`, one line a package; exit 1 if a
+/// reference could not be resolved.
+pub fn print_outdated(cli: &Cli, rep: &installer::outdated::OutdatedReport) -> i32 {
+    let failed = rep.packages.iter().any(|p| p.error.is_some());
+    if cli.json {
+        print_json(&json!({"result": rep}));
+    } else {
+        for p in &rep.packages {
+            let locked = p.locked.as_deref().unwrap_or("(not locked)");
+            let line = match (p.status, &p.latest, &p.error) {
+                ("current", _, _) => format!("{} {} {locked} (current)", p.name, p.reference),
+                (_, Some(latest), _) => format!("{} {} {locked} -> {latest} ({})", p.name, p.reference, p.status),
+                (_, None, e) => {
+                    format!("{} {} {locked}: cannot resolve: {}", p.name, p.reference, e.as_deref().unwrap_or(""))
+                }
+            };
+            if !cli.quiet || p.error.is_some() {
+                println!("{line}");
+            }
+        }
+    }
+    if failed {
+        eprintln!("stagehand: error: a reference of {} could not be resolved (shown above)", rep.file);
+        return super::EXIT_ERROR;
+    }
+    EXIT_OK
+}

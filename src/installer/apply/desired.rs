@@ -78,7 +78,15 @@ pub fn find(file: Option<&Path>) -> Result<PathBuf> {
         return Ok(f.to_path_buf());
     }
     if let Some(f) = std::env::var_os(FILE_ENV).filter(|f| !f.is_empty()) {
-        return Ok(PathBuf::from(f));
+        let f = PathBuf::from(f);
+        if !f.is_file() {
+            return Err(Error::Refused(format!(
+                "${FILE_ENV} names {}, which is not a file; nothing was changed. Set it to the desired-state \
+                 file, unset it to use the first {FILE_NAME} in this directory or above, or pass --file",
+                f.display()
+            )));
+        }
+        return Ok(f);
     }
     let cwd = std::env::current_dir()
         .map_err(|source| Error::Io { context: "finding the current directory".into(), source })?;

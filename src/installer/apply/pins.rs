@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::desired::{DesiredPackage, DesiredSet};
-use super::lockfile::{LockFile, Pin, LOCK_VERSION};
+use super::lockfile::{LockFile, Pin, Signer, LOCK_VERSION};
 use crate::installer::{Error, InstallRequest, Installer, Result};
 use crate::source::{self, reference::LAYOUT_SCHEME, SourceError, SourceRef};
 
@@ -68,6 +68,13 @@ pub fn platform_of(req: &InstallRequest) -> String {
     format!("{}/{}", p.os, p.architecture)
 }
 
+/// Whose signature resolving `req` verified: its key's fingerprint (a
+/// keyless policy adds its identity and issuer here). `None`: no signature
+/// was asked for, so none was checked.
+pub fn signer_of(req: &InstallRequest) -> Option<Signer> {
+    req.verify_key.as_ref().map(|k| Signer::Key { key: k.fingerprint().to_string() })
+}
+
 /// The lock's pin for `p`, if its entry is unchanged (same reference, same platform).
 fn usable_pin<'a>(p: &DesiredPackage, lock: Option<&'a LockFile>) -> Option<&'a Pin> {
     lock?.package.get(&p.name).filter(|pin| pin.reference == p.reference && pin.platform == platform_of(&p.request))
@@ -89,7 +96,7 @@ impl Installer {
             let mut req = p.request.clone();
             let kept = usable_pin(p, old).filter(|_| !reresolve(&p.name));
             if let Some(pin) = kept {
-                req.source = pinned(&p.request.source, &pin.digest)?;
+                req.source = pinned(&p.request.source, pin.install_digest())?;
             }
             let (source_ref, artifact, blobs) = match (self.resolve_only(&req), kept) {
                 (Err(Error::Source(e)), Some(pin)) if !matches!(e, SourceError::Interrupted) => {
@@ -101,10 +108,25 @@ impl Installer {
                 }
                 (r, _) => r?,
             };
+            if let Some(pin) = kept.filter(|pin| pin.digest != artifact.manifest_digest) {
+                return Err(Error::Refused(format!(
+                    "{}: the lock pins {} to {} in index {}, but that index now gives {} for {}. Nothing was \
+                     changed; `stagehand update {}` resolves its reference again",
+                    p.name,
+                    p.reference,
+                    pin.digest,
+                    pin.install_digest(),
+                    artifact.manifest_digest,
+                    pin.platform,
+                    p.name
+                )));
+            }
             let pin = Pin {
                 reference: p.reference.clone(),
                 digest: artifact.manifest_digest.clone(),
                 platform: platform_of(&p.request),
+                index: artifact.index_digest.clone(),
+                signer: signer_of(&req),
             };
             let before = old.and_then(|l| l.package.get(&p.name));
             if before != Some(&pin) {
@@ -115,7 +137,7 @@ impl Installer {
                     new_digest: Some(pin.digest.clone()),
                 });
             }
-            req.source = pinned(&p.request.source, &pin.digest)?;
+            req.source = pinned(&p.request.source, pin.install_digest())?;
             pins.insert(p.name.clone(), pin);
             packages.push(Resolved { request: req, source_ref, artifact, blobs });
         }
@@ -167,6 +189,35 @@ pub fn check_agreement(set: &DesiredSet, lock: &LockFile, lock_path: &std::path:
         lock_path.display(),
         diffs.join("; "),
         set.path.display()
+    )))
+}
+
+/// Refuses, naming both, when a package's signer verified now differs from
+/// the one the lock recorded (`apply --locked`, after every reference was
+/// resolved and its signature verified again).
+pub fn check_signers(set: &DesiredSet, lock: &LockFile, now: &LockFile, lock_path: &std::path::Path) -> Result<()> {
+    let shown =
+        |s: Option<&Signer>| s.map_or_else(|| "no signer (no signature was checked)".to_string(), |s| s.to_string());
+    let mut diffs = Vec::new();
+    for (name, pin) in &lock.package {
+        let verified = now.package.get(name).and_then(|p| p.signer.as_ref());
+        if pin.signer.as_ref() != verified {
+            diffs.push(format!(
+                "{name}: the lock records {}, this apply verified {}",
+                shown(pin.signer.as_ref()),
+                shown(verified)
+            ));
+        }
+    }
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "--locked: the signer changed ({}); nothing was changed. If the new signer is the right one, \
+         `stagehand lock --file {}` records it in {}",
+        diffs.join("; "),
+        set.path.display(),
+        lock_path.display()
     )))
 }
 
