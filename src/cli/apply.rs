@@ -14,8 +14,18 @@ use super::{Cli, EXIT_OK};
 use crate::installer::{self, lockfile::LockFile, pins::LockChange, Confirm, Installer};
 
 pub const APPLY_HELP: &str = "\
-The desired-state file lists packages; keys are the install flags' long names,
-relative paths are relative to the file:
+The desired-state file: --file, else $STAGEHAND_FILE, else the first
+stagehand.toml in this directory or one above it. It lists packages; keys are
+the install flags' long names (ref, name, to, map, adopt, profile, install-dir,
+db-version, platform, plain-http, verify-key, require-signature,
+request-timeout, max-entries, max-layer-bytes, max-path-bytes, keep-versions,
+and username with password-env, the environment variable holding the
+password: never a password in the file). [defaults] sets keys for every
+package that does not set them. Relative paths are relative to the file:
+
+  [defaults]
+  max-layer-bytes = \"2 GiB\"
+  keep-versions = 3
 
   [package.demo]
   ref = \"oci-layout:examples/demo:v2\"
@@ -42,13 +52,16 @@ The lock file sits beside the file, named after it (web.toml: web.lock,
 stagehand.toml: stagehand.lock). Like Cargo.lock, it pins each reference to
 a manifest digest: apply keeps every pin whose entry is unchanged (tags are
 not resolved again) and prints each pin that moves; `stagehand update`
-re-resolves tags on purpose; `apply --locked` installs exactly the pins.
+re-resolves tags on purpose; `apply --locked` installs exactly the pins,
+verifies each signature again and refuses a signer other than the one the
+lock records. `stagehand outdated` shows which tags moved, changing nothing.
 
 Examples:
   stagehand apply --dry-run
   stagehand apply --file fleet/web.toml --prune --yes
   stagehand update --dry-run && stagehand update && stagehand apply
   stagehand lock && stagehand apply --locked
+  stagehand outdated
   stagehand rollback --apply";
 
 /// Runs `apply`: asks on a terminal when the plan uninstalls or moves a
