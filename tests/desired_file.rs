@@ -246,7 +246,8 @@ fn the_lock_records_the_signer_and_locked_refuses_another() {
     assert_eq!(sb.list_json(), listed, "a refused apply changed the installed set");
     assert_eq!(fs::read(&lock_path).expect("lock"), lock, "a refused apply rewrote the lock");
     // `lock` records the new signer on purpose; then --locked agrees.
-    sb.run(&["lock", "--file", f]).ok();
+    let r = sb.run(&["lock", "--file", f]);
+    assert!(r.ok().stdout.contains(&format!("signed by key {}", fingerprint(&b_pub))), "{}", r.describe());
     assert_eq!(pin()["signer"]["key"].as_str(), Some(fingerprint(&b_pub).as_str()));
     sb.run(&["apply", "--locked", "--yes", "--file", f]).ok();
 }

@@ -152,7 +152,9 @@ pub fn print_lock(cli: &Cli, lock: &LockFile, path: &Path, changes: &[LockChange
         print_json(&json!({"lock_file": path.display().to_string(), "lock": lock, "lock_changes": changes}));
     } else if !cli.quiet {
         for (name, pin) in &lock.package {
-            println!("{name} {} -> {} ({})", pin.reference, pin.digest, pin.platform);
+            let index = pin.index.as_deref().map(|i| format!(", index {i}")).unwrap_or_default();
+            let signer = pin.signer.as_ref().map(|s| format!(", signed by {s}")).unwrap_or_default();
+            println!("{name} {} -> {} ({}{index}{signer})", pin.reference, pin.digest, pin.platform);
         }
         for c in changes {
             println!("  {}", c.line());
