@@ -112,6 +112,10 @@ fn the_file_is_found_walking_up_or_by_stagehand_file_and_file_wins() {
     r.fails_with(&["$STAGEHAND_FILE", &missing.display().to_string()]);
     let r = run_bin(&sb.state, &sb.root, &["outdated"], &[]);
     r.fails_with(&["no stagehand.toml in", &sb.root.display().to_string(), "--file"]);
+    let moved = sb.root.join("moved.toml");
+    fs::write(&moved, format!("# a comment\n\n{}", package("a", &demo_source("v9"), "out", ""))).expect("write");
+    let r = run_bin(&sb.state, &deep, &["apply", "--dry-run"], &[("STAGEHAND_FILE", moved.as_os_str())]);
+    r.fails_with(&[&format!("{}:3: package \"a\"", moved.display()), "v9"]);
     let bad = sb.root.join("bad.toml");
     fs::write(&bad, "[package.a]\nref = \"oci-layout:x:v1\"\nto = \"/a\"\nmax-entrys = 5\n").expect("write");
     let r = run_bin(&sb.state, &deep, &["apply", "--dry-run"], &[("STAGEHAND_FILE", bad.as_os_str())]);

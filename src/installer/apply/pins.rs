@@ -80,6 +80,18 @@ fn usable_pin<'a>(p: &DesiredPackage, lock: Option<&'a LockFile>) -> Option<&'a 
     lock?.package.get(&p.name).filter(|pin| pin.reference == p.reference && pin.platform == platform_of(&p.request))
 }
 
+/// `FILE:LINE: package "NAME": ERROR` for a package whose reference
+/// cannot be resolved, so the error says which file and entry; an
+/// interruption or a malformed reference (a usage error) passes as it is.
+fn in_file(set: &DesiredSet, p: &DesiredPackage, e: Error) -> Error {
+    match e {
+        Error::Source(s) if !matches!(s, SourceError::Interrupted | SourceError::BadReference { .. }) => {
+            Error::Refused(format!("{}:{}: package {:?}: {s}", set.path.display(), p.line, p.name))
+        }
+        e => e,
+    }
+}
+
 impl Installer {
     /// Resolves every package of `set` (see the module doc). `reresolve`
     /// names the packages whose pins are ignored (`update`).
@@ -101,12 +113,17 @@ impl Installer {
             let (source_ref, artifact, blobs) = match (self.resolve_only(&req), kept) {
                 (Err(Error::Source(e)), Some(pin)) if !matches!(e, SourceError::Interrupted) => {
                     return Err(Error::Refused(format!(
-                        "{}: the lock pins {} to {}, which cannot be resolved: {e}. Nothing was changed; \
-                         `stagehand update {}` resolves its reference again",
-                        p.name, p.reference, pin.digest, p.name
+                        "{}:{}: package {:?}: the lock pins {} to {}, which cannot be resolved: {e}. Nothing was \
+                         changed; `stagehand update {}` resolves its reference again",
+                        set.path.display(),
+                        p.line,
+                        p.name,
+                        p.reference,
+                        pin.digest,
+                        p.name
                     )))
                 }
-                (r, _) => r?,
+                (r, _) => r.map_err(|e| in_file(set, p, e))?,
             };
             if let Some(pin) = kept.filter(|pin| pin.digest != artifact.manifest_digest) {
                 return Err(Error::Refused(format!(
@@ -224,6 +241,38 @@ pub fn check_signers(set: &DesiredSet, lock: &LockFile, now: &LockFile, lock_pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lock(signer: Option<Signer>) -> LockFile {
+        let pin = Pin {
+            reference: "r:v1".into(),
+            digest: "sha256:d".into(),
+            platform: "linux/amd64".into(),
+            index: None,
+            signer,
+        };
+        LockFile { version: LOCK_VERSION, package: [("demo".to_string(), pin)].into() }
+    }
+
+    #[test]
+    fn a_changed_signer_is_refused_naming_both() {
+        let set = DesiredSet {
+            path: "/d/stagehand.toml".into(),
+            canonical: "/d/stagehand.toml".into(),
+            packages: Vec::new(),
+        };
+        let key = |k: &str| Some(Signer::Key { key: k.into() });
+        let p = std::path::Path::new("/d/stagehand.lock");
+        assert!(check_signers(&set, &lock(key("sha256:a")), &lock(key("sha256:a")), p).is_ok());
+        assert!(check_signers(&set, &lock(None), &lock(None), p).is_ok());
+        let e = check_signers(&set, &lock(key("sha256:a")), &lock(key("sha256:b")), p).unwrap_err().to_string();
+        assert!(e.contains("key sha256:a") && e.contains("key sha256:b") && e.contains("stagehand lock"), "{e}");
+        // Dropping the check is a change of signer too, and so is adding one.
+        let e = check_signers(&set, &lock(key("sha256:a")), &lock(None), p).unwrap_err().to_string();
+        assert!(e.contains("key sha256:a") && e.contains("no signer"), "{e}");
+        let keyless = Some(Signer::Identity { identity: "me@example.org".into(), issuer: "https://i".into() });
+        let e = check_signers(&set, &lock(None), &lock(keyless), p).unwrap_err().to_string();
+        assert!(e.contains("identity me@example.org (issuer https://i)"), "{e}");
+    }
 
     #[test]
     fn lock_change_lines() {
