@@ -324,6 +324,13 @@ mod tests {
         assert_eq!(r.registry.request_timeout, std::time::Duration::from_secs(7));
         assert_eq!((r.limits.max_entries, r.limits.max_layer_bytes, r.limits.max_path_bytes), (10, 2 << 20, 100));
         assert_eq!(r.keep_versions, 3);
+        let s = parse(
+            "[package.db]\nref = \"oci-layout:d:v1\"\nprofile = \"steampipe-db\"\ninstall-dir = \"sp\"\n\
+             db-version = \"14.19.0\"\n",
+        );
+        let r = &s.packages[0].request;
+        let p = r.profile.as_ref().expect("a profile");
+        assert_eq!((p.install_dir.as_path(), p.db_version.as_deref()), (Path::new("/x/y/sp"), Some("14.19.0")));
         // Unset: the flags' defaults.
         let r = &parse("[package.demo]\nref = \"oci-layout:d:v1\"\nto = \"/a\"\n").packages[0].request;
         assert_eq!(r.limits, plan::limits::Limits::default());
