@@ -14,8 +14,18 @@ use super::{Cli, EXIT_OK};
 use crate::installer::{self, lockfile::LockFile, pins::LockChange, Confirm, Installer};
 
 pub const APPLY_HELP: &str = "\
-The desired-state file lists packages; keys are the install flags' long names,
-relative paths are relative to the file:
+The desired-state file: --file, else $STAGEHAND_FILE, else the first
+stagehand.toml in this directory or one above it. It lists packages; keys are
+the install flags' long names (ref, name, to, map, adopt, profile, install-dir,
+db-version, platform, plain-http, verify-key, require-signature,
+request-timeout, max-entries, max-layer-bytes, max-path-bytes, keep-versions,
+and username with password-env, the environment variable holding the
+password: never a password in the file). [defaults] sets keys for every
+package that does not set them. Relative paths are relative to the file:
+
+  [defaults]
+  max-layer-bytes = \"2 GiB\"
+  keep-versions = 3
 
   [package.demo]
   ref = \"oci-layout:examples/demo:v2\"
@@ -42,13 +52,16 @@ The lock file sits beside the file, named after it (web.toml: web.lock,
 stagehand.toml: stagehand.lock). Like Cargo.lock, it pins each reference to
 a manifest digest: apply keeps every pin whose entry is unchanged (tags are
 not resolved again) and prints each pin that moves; `stagehand update`
-re-resolves tags on purpose; `apply --locked` installs exactly the pins.
+re-resolves tags on purpose; `apply --locked` installs exactly the pins,
+verifies each signature again and refuses a signer other than the one the
+lock records. `stagehand outdated` shows which tags moved, changing nothing.
 
 Examples:
   stagehand apply --dry-run
   stagehand apply --file fleet/web.toml --prune --yes
   stagehand update --dry-run && stagehand update && stagehand apply
   stagehand lock && stagehand apply --locked
+  stagehand outdated
   stagehand rollback --apply";
 
 /// Runs `apply`: asks on a terminal when the plan uninstalls or moves a
@@ -139,7 +152,9 @@ pub fn print_lock(cli: &Cli, lock: &LockFile, path: &Path, changes: &[LockChange
         print_json(&json!({"lock_file": path.display().to_string(), "lock": lock, "lock_changes": changes}));
     } else if !cli.quiet {
         for (name, pin) in &lock.package {
-            println!("{name} {} -> {} ({})", pin.reference, pin.digest, pin.platform);
+            let index = pin.index.as_deref().map(|i| format!(", index {i}")).unwrap_or_default();
+            let signer = pin.signer.as_ref().map(|s| format!(", signed by {s}")).unwrap_or_default();
+            println!("{name} {} -> {} ({}{index}{signer})", pin.reference, pin.digest, pin.platform);
         }
         for c in changes {
             println!("  {}", c.line());
@@ -172,6 +187,34 @@ pub fn print_update(cli: &Cli, rep: &installer::UpdateReport) -> i32 {
                 )
             }
         }
+    }
+    EXIT_OK
+}
+
+/// `NAME REF locked -> latest (status)`, one line a package; exit 1 if a
+/// reference could not be resolved.
+pub fn print_outdated(cli: &Cli, rep: &installer::outdated::OutdatedReport) -> i32 {
+    let failed = rep.packages.iter().any(|p| p.error.is_some());
+    if cli.json {
+        print_json(&json!({"result": rep}));
+    } else {
+        for p in &rep.packages {
+            let locked = p.locked.as_deref().unwrap_or("(not locked)");
+            let line = match (p.status, &p.latest, &p.error) {
+                ("current", _, _) => format!("{} {} {locked} (current)", p.name, p.reference),
+                (_, Some(latest), _) => format!("{} {} {locked} -> {latest} ({})", p.name, p.reference, p.status),
+                (_, None, e) => {
+                    format!("{} {} {locked}: cannot resolve: {}", p.name, p.reference, e.as_deref().unwrap_or(""))
+                }
+            };
+            if !cli.quiet || p.error.is_some() {
+                println!("{line}");
+            }
+        }
+    }
+    if failed {
+        eprintln!("stagehand: error: a reference of {} could not be resolved (shown above)", rep.file);
+        return super::EXIT_ERROR;
     }
     EXIT_OK
 }

@@ -178,9 +178,10 @@ pub enum Command {
     /// Switch the installed packages to a desired-state file's, in ONE transaction.
     #[command(after_long_help = apply::APPLY_HELP)]
     Apply {
-        /// The desired-state file.
-        #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
-        file: PathBuf,
+        /// The desired-state file (default: $STAGEHAND_FILE, else the first stagehand.toml
+        /// in this directory or one above it).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
         /// Print the plan (`+ name digest`, `~ name old -> new`, `- name`, `= name kept`); change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -203,21 +204,32 @@ pub enum Command {
         after_long_help = "Example:\n  stagehand lock --file web.toml && stagehand apply --file web.toml --locked"
     )]
     Lock {
-        /// The desired-state file.
-        #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
-        file: PathBuf,
+        /// The desired-state file (default: $STAGEHAND_FILE, else the first stagehand.toml
+        /// in this directory or one above it).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
     },
     /// Resolve tags again and move the lock file's pins (all, or the named packages); installs nothing.
     #[command(after_long_help = "Examples:\n  stagehand update --dry-run\n  stagehand update demo && stagehand apply")]
     Update {
         /// Packages to re-resolve (default: every package of the file).
         names: Vec<String>,
-        /// The desired-state file.
-        #[arg(long, value_name = "FILE", default_value = "stagehand.toml")]
-        file: PathBuf,
+        /// The desired-state file (default: $STAGEHAND_FILE, else the first stagehand.toml
+        /// in this directory or one above it).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
         /// Show what would move; write nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// For each package of a desired-state file: the lock's pin against what its reference
+    /// resolves to now. Changes nothing (no lock write, no state dir needed).
+    #[command(after_long_help = "Examples:\n  stagehand outdated\n  stagehand outdated --file web.toml --json")]
+    Outdated {
+        /// The desired-state file (default: $STAGEHAND_FILE, else the first stagehand.toml
+        /// in this directory or one above it).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
     },
     /// Remove an installed package, in one transaction.
     #[command(after_long_help = "Example:\n  stagehand uninstall demo")]

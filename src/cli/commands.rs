@@ -116,15 +116,15 @@ pub(super) fn run_command(
                 progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
                 keep_versions: cli.keep_versions,
             };
-            apply::run_apply(cli, inst, file, &opts, *yes, recovered)
+            apply::run_apply(cli, inst, &installer::desired::find(file.as_deref())?, &opts, *yes, recovered)
         }
         Command::Lock { file } => {
-            let set = installer::desired::DesiredSet::load(file)?;
+            let set = installer::desired::DesiredSet::load(&installer::desired::find(file.as_deref())?)?;
             let (lock, path, changes) = inst.lock(&set)?;
             Ok(apply::print_lock(cli, &lock, &path, &changes))
         }
         Command::Update { names, file, dry_run } => {
-            let set = installer::desired::DesiredSet::load(file)?;
+            let set = installer::desired::DesiredSet::load(&installer::desired::find(file.as_deref())?)?;
             let rep = inst.update(&set, names, *dry_run)?;
             Ok(apply::print_update(cli, &rep))
         }
@@ -285,7 +285,7 @@ pub(super) fn run_command(
             }
             Ok(EXIT_OK)
         }
-        Command::Completions { .. } | Command::Man => Ok(EXIT_OK),
+        Command::Completions { .. } | Command::Man | Command::Outdated { .. } => Ok(EXIT_OK),
         Command::Cache { action: CacheAction::List } => {
             let listing = inst.cache_list()?;
             print_cache_listing(cli, &listing);

@@ -9,7 +9,7 @@ mod apply;
 mod args;
 mod commands;
 mod output;
-mod units;
+pub(crate) mod units;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -175,6 +175,13 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
                 .render(&mut std::io::stdout())
                 .map_err(|source| installer::Error::Io { context: "writing the man page".into(), source })?;
             return Ok(EXIT_OK);
+        }
+        // Reads no state: works without a state dir, and while another command holds it.
+        Command::Outdated { file } => {
+            let set = installer::desired::DesiredSet::load(&installer::desired::find(file.as_deref())?)?;
+            let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+            let rep = installer::outdated::outdated(&state_dir, &set)?;
+            return Ok(apply::print_outdated(cli, &rep));
         }
         _ => {}
     }

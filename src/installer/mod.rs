@@ -37,7 +37,7 @@ use crate::plan::{self, Placement, PlanError};
 use crate::source::{self, SourceError};
 use crate::txn::{self, Op, PackageRecord, TxnId, TxnRecord};
 pub use apply::{
-    desired, lockfile, pins, ApplyOptions, ApplyReport, Confirm, KeptPackage, PlannedChange, UpdateReport,
+    desired, lockfile, outdated, pins, ApplyOptions, ApplyReport, Confirm, KeptPackage, PlannedChange, UpdateReport,
 };
 use planner::ChangeRequest;
 pub use resolve::resolve_destination;

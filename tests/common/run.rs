@@ -19,6 +19,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_stagehand");
 /// Environment variables of the binary that a test must never inherit.
 const SCRUBBED_ENV: &[&str] = &[
     "STAGEHAND_STATE_DIR",
+    "STAGEHAND_FILE",
     "STAGEHAND_TRACE_POINTS",
     "STAGEHAND_CRASH_AT",
     "STAGEHAND_FAIL_AT",

@@ -13,7 +13,15 @@
 //! ref = "oci-layout:examples/demo:v2"
 //! digest = "sha256:…"
 //! platform = "linux/amd64"
+//! index = "sha256:…"            # a multi-arch tag: the index the manifest was picked from
+//! signer = { key = "sha256:…" } # the signer verified when it was pinned
 //! ```
+//!
+//! A pin with `index` is installed by the index's digest (the platform's
+//! manifest within it is checked against `digest`), so a signature over the
+//! index is found and checked again by `apply --locked`. `signer` is the
+//! key (its fingerprint) whose signature was verified; a keyless signer is
+//! written `{ identity = "…", issuer = "…" }`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +45,39 @@ pub struct Pin {
     pub digest: String,
     /// `OS/ARCH` it was resolved for.
     pub platform: String,
+    /// `sha256:…` of the image index `digest` was picked from (a multi-arch tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// Whose signature was verified when it was pinned; `None`: none was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<Signer>,
+}
+
+impl Pin {
+    /// The digest to install it by: the index's if there is one (so a
+    /// signature over the index covers it), else the manifest's.
+    pub fn install_digest(&self) -> &str {
+        self.index.as_deref().unwrap_or(&self.digest)
+    }
+}
+
+/// Who signed a pinned artifact, as verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Signer {
+    /// A cosign key: its fingerprint (`sha256:…` of its public key, DER).
+    Key { key: String },
+    /// A keyless signature: the certificate's identity and OIDC issuer.
+    Identity { identity: String, issuer: String },
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signer::Key { key } => write!(f, "key {key}"),
+            Signer::Identity { identity, issuer } => write!(f, "identity {identity} (issuer {issuer})"),
+        }
+    }
 }
 
 /// A lock file's content.
@@ -134,7 +175,33 @@ mod tests {
         let mut l = LockFile { version: LOCK_VERSION, package: BTreeMap::new() };
         l.package.insert(
             "demo".into(),
-            Pin { reference: "oci-layout:d:v1".into(), digest: "sha256:ab".into(), platform: "linux/amd64".into() },
+            Pin {
+                reference: "oci-layout:d:v1".into(),
+                digest: "sha256:ab".into(),
+                platform: "linux/amd64".into(),
+                index: None,
+                signer: None,
+            },
+        );
+        l.package.insert(
+            "signed".into(),
+            Pin {
+                reference: "r/x:v1".into(),
+                digest: "sha256:cd".into(),
+                platform: "linux/amd64".into(),
+                index: Some("sha256:ef".into()),
+                signer: Some(Signer::Key { key: "sha256:12".into() }),
+            },
+        );
+        l.package.insert(
+            "keyless".into(),
+            Pin {
+                reference: "r/y:v1".into(),
+                digest: "sha256:cd".into(),
+                platform: "linux/amd64".into(),
+                index: None,
+                signer: Some(Signer::Identity { identity: "me@example.org".into(), issuer: "https://issuer".into() }),
+            },
         );
         l.write(&p).expect("write");
         assert_eq!(LockFile::read(&p).expect("read"), Some(l));

@@ -15,7 +15,9 @@
 //! hand, is never pruned; only `remove` (`--remove NAME`) names one.
 
 pub mod desired;
+pub mod desired_keys;
 pub mod lockfile;
+pub mod outdated;
 pub mod pins;
 
 use super::planner::{self, ChangeRequest};
@@ -227,6 +229,9 @@ impl Installer {
         let me = set.manager();
         // Manifests only: nothing is downloaded before the plan is confirmed.
         let pinned = self.pin_set(set, old_lock.as_ref(), &|_| false)?;
+        if let (true, Some(lock)) = (opts.locked, &old_lock) {
+            pins::check_signers(set, lock, &pinned.lock, &lock_path)?;
+        }
         let mut puts = Vec::new();
         let mut removes = Vec::new();
         let mut planned = Vec::new();

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::desired::{DesiredPackage, DesiredSet};
-use super::lockfile::{LockFile, Pin, LOCK_VERSION};
+use super::lockfile::{LockFile, Pin, Signer, LOCK_VERSION};
 use crate::installer::{Error, InstallRequest, Installer, Result};
 use crate::source::{self, reference::LAYOUT_SCHEME, SourceError, SourceRef};
 
@@ -68,9 +68,28 @@ pub fn platform_of(req: &InstallRequest) -> String {
     format!("{}/{}", p.os, p.architecture)
 }
 
+/// Whose signature resolving `req` verified: its key's fingerprint (a
+/// keyless policy adds its identity and issuer here). `None`: no signature
+/// was asked for, so none was checked.
+pub fn signer_of(req: &InstallRequest) -> Option<Signer> {
+    req.verify_key.as_ref().map(|k| Signer::Key { key: k.fingerprint().to_string() })
+}
+
 /// The lock's pin for `p`, if its entry is unchanged (same reference, same platform).
 fn usable_pin<'a>(p: &DesiredPackage, lock: Option<&'a LockFile>) -> Option<&'a Pin> {
     lock?.package.get(&p.name).filter(|pin| pin.reference == p.reference && pin.platform == platform_of(&p.request))
+}
+
+/// `FILE:LINE: package "NAME": ERROR` for a package whose reference
+/// cannot be resolved, so the error says which file and entry; an
+/// interruption or a malformed reference (a usage error) passes as it is.
+fn in_file(set: &DesiredSet, p: &DesiredPackage, e: Error) -> Error {
+    match e {
+        Error::Source(s) if !matches!(s, SourceError::Interrupted | SourceError::BadReference { .. }) => {
+            Error::Refused(format!("{}:{}: package {:?}: {s}", set.path.display(), p.line, p.name))
+        }
+        e => e,
+    }
 }
 
 impl Installer {
@@ -89,22 +108,42 @@ impl Installer {
             let mut req = p.request.clone();
             let kept = usable_pin(p, old).filter(|_| !reresolve(&p.name));
             if let Some(pin) = kept {
-                req.source = pinned(&p.request.source, &pin.digest)?;
+                req.source = pinned(&p.request.source, pin.install_digest())?;
             }
             let (source_ref, artifact, blobs) = match (self.resolve_only(&req), kept) {
                 (Err(Error::Source(e)), Some(pin)) if !matches!(e, SourceError::Interrupted) => {
                     return Err(Error::Refused(format!(
-                        "{}: the lock pins {} to {}, which cannot be resolved: {e}. Nothing was changed; \
-                         `stagehand update {}` resolves its reference again",
-                        p.name, p.reference, pin.digest, p.name
+                        "{}:{}: package {:?}: the lock pins {} to {}, which cannot be resolved: {e}. Nothing was \
+                         changed; `stagehand update {}` resolves its reference again",
+                        set.path.display(),
+                        p.line,
+                        p.name,
+                        p.reference,
+                        pin.digest,
+                        p.name
                     )))
                 }
-                (r, _) => r?,
+                (r, _) => r.map_err(|e| in_file(set, p, e))?,
             };
+            if let Some(pin) = kept.filter(|pin| pin.digest != artifact.manifest_digest) {
+                return Err(Error::Refused(format!(
+                    "{}: the lock pins {} to {} in index {}, but that index now gives {} for {}. Nothing was \
+                     changed; `stagehand update {}` resolves its reference again",
+                    p.name,
+                    p.reference,
+                    pin.digest,
+                    pin.install_digest(),
+                    artifact.manifest_digest,
+                    pin.platform,
+                    p.name
+                )));
+            }
             let pin = Pin {
                 reference: p.reference.clone(),
                 digest: artifact.manifest_digest.clone(),
                 platform: platform_of(&p.request),
+                index: artifact.index_digest.clone(),
+                signer: signer_of(&req),
             };
             let before = old.and_then(|l| l.package.get(&p.name));
             if before != Some(&pin) {
@@ -115,7 +154,7 @@ impl Installer {
                     new_digest: Some(pin.digest.clone()),
                 });
             }
-            req.source = pinned(&p.request.source, &pin.digest)?;
+            req.source = pinned(&p.request.source, pin.install_digest())?;
             pins.insert(p.name.clone(), pin);
             packages.push(Resolved { request: req, source_ref, artifact, blobs });
         }
@@ -170,9 +209,70 @@ pub fn check_agreement(set: &DesiredSet, lock: &LockFile, lock_path: &std::path:
     )))
 }
 
+/// Refuses, naming both, when a package's signer verified now differs from
+/// the one the lock recorded (`apply --locked`, after every reference was
+/// resolved and its signature verified again).
+pub fn check_signers(set: &DesiredSet, lock: &LockFile, now: &LockFile, lock_path: &std::path::Path) -> Result<()> {
+    let shown =
+        |s: Option<&Signer>| s.map_or_else(|| "no signer (no signature was checked)".to_string(), |s| s.to_string());
+    let mut diffs = Vec::new();
+    for (name, pin) in &lock.package {
+        let verified = now.package.get(name).and_then(|p| p.signer.as_ref());
+        if pin.signer.as_ref() != verified {
+            diffs.push(format!(
+                "{name}: the lock records {}, this apply verified {}",
+                shown(pin.signer.as_ref()),
+                shown(verified)
+            ));
+        }
+    }
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "--locked: the signer changed ({}); nothing was changed. If the new signer is the right one, \
+         `stagehand lock --file {}` records it in {}",
+        diffs.join("; "),
+        set.path.display(),
+        lock_path.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lock(signer: Option<Signer>) -> LockFile {
+        let pin = Pin {
+            reference: "r:v1".into(),
+            digest: "sha256:d".into(),
+            platform: "linux/amd64".into(),
+            index: None,
+            signer,
+        };
+        LockFile { version: LOCK_VERSION, package: [("demo".to_string(), pin)].into() }
+    }
+
+    #[test]
+    fn a_changed_signer_is_refused_naming_both() {
+        let set = DesiredSet {
+            path: "/d/stagehand.toml".into(),
+            canonical: "/d/stagehand.toml".into(),
+            packages: Vec::new(),
+        };
+        let key = |k: &str| Some(Signer::Key { key: k.into() });
+        let p = std::path::Path::new("/d/stagehand.lock");
+        assert!(check_signers(&set, &lock(key("sha256:a")), &lock(key("sha256:a")), p).is_ok());
+        assert!(check_signers(&set, &lock(None), &lock(None), p).is_ok());
+        let e = check_signers(&set, &lock(key("sha256:a")), &lock(key("sha256:b")), p).unwrap_err().to_string();
+        assert!(e.contains("key sha256:a") && e.contains("key sha256:b") && e.contains("stagehand lock"), "{e}");
+        // Dropping the check is a change of signer too, and so is adding one.
+        let e = check_signers(&set, &lock(key("sha256:a")), &lock(None), p).unwrap_err().to_string();
+        assert!(e.contains("key sha256:a") && e.contains("no signer"), "{e}");
+        let keyless = Some(Signer::Identity { identity: "me@example.org".into(), issuer: "https://i".into() });
+        let e = check_signers(&set, &lock(None), &lock(keyless), p).unwrap_err().to_string();
+        assert!(e.contains("identity me@example.org (issuer https://i)"), "{e}");
+    }
 
     #[test]
     fn lock_change_lines() {
