@@ -55,6 +55,19 @@ fn push_tls(tag: &str, dest: &str, cert_dir: Option<&Path>) {
     assert!(out.status.success(), "skopeo -> {dest}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `list --json`'s `served_by` of one package: (digest, host) pairs.
+fn served_by(sb: &Sandbox, name: &str) -> Vec<(String, String)> {
+    let j = sb.run(&["list", "--json"]).ok().json();
+    let pkg = j.as_array().and_then(|a| a.iter().find(|p| p["name"] == name).cloned());
+    let pkg = pkg.unwrap_or_else(|| panic!("{name} not listed: {j}"));
+    pkg["served_by"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no served_by: {pkg}"))
+        .iter()
+        .map(|s| (s["digest"].as_str().unwrap_or_default().into(), s["host"].as_str().unwrap_or_default().into()))
+        .collect()
+}
+
 #[test]
 fn pull_through_cache_serves_falls_back_and_mirror_only_does_not() {
     if !require("pull_through_cache_serves_falls_back_and_mirror_only_does_not", TOOLS) {
@@ -87,6 +100,16 @@ fn pull_through_cache_serves_falls_back_and_mirror_only_does_not() {
     for hex in &cached {
         assert!(mirror.blob_data(&format!("sha256:{hex}")).exists(), "the mirror did not serve {hex}");
     }
+    // The record says so: every fetched blob and the manifest, served by the mirror.
+    let served = served_by(&sb, "demo");
+    assert!(served.iter().all(|(_, h)| h == &mirror.host()), "served_by names another host: {served:?}");
+    for hex in &cached {
+        assert!(
+            served.iter().any(|(d, _)| d == &format!("sha256:{hex}")),
+            "sha256:{hex} missing from served_by: {served:?}"
+        );
+    }
+    assert!(served.iter().any(|(d, _)| d == &v("v1")), "the manifest missing from served_by: {served:?}");
 
     // The upstream gone, a fresh state dir installs from the mirror alone.
     upstream.kill();
@@ -120,6 +143,21 @@ fn pull_through_cache_serves_falls_back_and_mirror_only_does_not() {
     );
     assert_eq!(sb.world(), demo_world("v2"));
     assert_cache_consistent(&sb.state);
+    let served = served_by(&sb, "demo");
+    assert!(!served.is_empty() && served.iter().all(|(_, h)| h == &up), "v2 came from the upstream: {served:?}");
+    let history = sb.run(&["history", "--json"]).ok().json();
+    let rows = history.as_array().expect("history is an array");
+    let hosts_of = |digest: &str| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r["new_digest"] == digest)
+            .flat_map(|r| r["served_by"].as_array().cloned().unwrap_or_default())
+            .map(|s| s["host"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(hosts_of(&v("v1")).contains(&mirror.host()), "history of v1: {history}");
+    assert!(hosts_of(&v("v2")).iter().all(|h| h == &up) && !hosts_of(&v("v2")).is_empty(), "history of v2: {history}");
+    let status = sb.run(&["status", "--json"]).ok().json();
+    assert_eq!(status["served_by"]["demo"].as_array().map(Vec::len), Some(served.len()), "status: {status}");
 
     // Mirror-only (the mirror is the `server`), mirror down: a clear error,
     // the upstream never asked, nothing changed.

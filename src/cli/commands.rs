@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::args::{CacheAction, Cli, Command};
 use super::output::{
-    counted, decode_any, history_op, package_json, print_cache_listing, print_json, print_txn_report, short,
-    shown_path, signed_note,
+    counted, decode_any, history_op, package_json, print_cache_listing, print_json, print_txn_report, served_json,
+    short, shown_path, signed_note,
 };
 use super::{
     apply, default_steampipe_dir, parse_platform, read_password_stdin, signature_flags, EXIT_MISMATCH, EXIT_OK,
@@ -180,9 +180,14 @@ pub(super) fn run_command(
         }
         Command::Status => {
             let pending = inst.pending()?;
-            let packages = inst.list()?.len();
+            let installed = inst.list()?;
+            let packages = installed.len();
             let last_txn = inst.journal().last_finished_txn()?;
             if cli.json {
+                let mut served = serde_json::Map::new();
+                for p in &installed {
+                    served.insert(p.name.clone(), served_json(inst, p.txn, &p.name)?);
+                }
                 let p: Vec<_> = pending
                     .iter()
                     .map(|r| {
@@ -196,6 +201,7 @@ pub(super) fn run_command(
                     "recovered": recovered,
                     "packages": packages,
                     "last_txn": last_txn,
+                    "served_by": served,
                 }));
             } else if !cli.quiet {
                 println!("state dir:  {}", shown_path(inst.state_dir()));
@@ -211,7 +217,13 @@ pub(super) fn run_command(
         Command::List => {
             let pkgs = inst.list()?;
             if cli.json {
-                print_json(&serde_json::Value::Array(pkgs.iter().map(package_json).collect()));
+                let mut v = Vec::with_capacity(pkgs.len());
+                for p in &pkgs {
+                    let mut j = package_json(p);
+                    j["served_by"] = served_json(inst, p.txn, &p.name)?;
+                    v.push(j);
+                }
+                print_json(&serde_json::Value::Array(v));
             } else if !cli.quiet {
                 if pkgs.is_empty() {
                     println!("no packages installed");
@@ -261,10 +273,11 @@ pub(super) fn run_command(
                 .filter(|(_, c)| name.as_ref().is_none_or(|n| &c.package == n))
                 .collect();
             if cli.json {
-                let v: Vec<_> = rows
-                    .iter()
-                    .map(|(e, c)| json!({"id": e.id, "op": history_op(c), "txn_op": e.op.name(), "package": c.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": c.old_digest(), "new_digest": c.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": c.signed_by, "moved": c.moved}))
-                    .collect();
+                let mut v = Vec::with_capacity(rows.len());
+                for (e, c) in &rows {
+                    let served_by = served_json(inst, e.id, &c.package)?;
+                    v.push(json!({"id": e.id, "op": history_op(c), "txn_op": e.op.name(), "package": c.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": c.old_digest(), "new_digest": c.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": c.signed_by, "moved": c.moved, "served_by": served_by}));
+                }
                 print_json(&serde_json::Value::Array(v));
             } else if !cli.quiet {
                 for (i, (e, c)) in rows.iter().enumerate() {

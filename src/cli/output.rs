@@ -42,6 +42,21 @@ pub(super) fn package_json(p: &PackageRecord) -> serde_json::Value {
     })
 }
 
+/// Which host served each manifest and blob that transaction `txn` fetched
+/// for `package` (`[]` when nothing was fetched: a local layout, the cache,
+/// or a transaction from before the served tree).
+pub(super) fn served_json(
+    inst: &installer::Installer,
+    txn: crate::txn::TxnId,
+    package: &str,
+) -> Result<serde_json::Value, installer::Error> {
+    let rec = inst.journal().served(txn)?;
+    let blobs = rec.map(|r| r.blobs).unwrap_or_default();
+    Ok(serde_json::Value::Array(
+        blobs.iter().filter(|b| b.package == package).map(|b| json!({"digest": b.digest, "host": b.host})).collect(),
+    ))
+}
+
 /// A read-only command on a state dir that does not exist: nothing is
 /// installed, so it prints the empty result (and says why on stderr)
 /// without creating the state dir or anything above it.
