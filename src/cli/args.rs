@@ -198,6 +198,9 @@ pub enum Command {
         /// Install exactly the digests pinned in the lock file; fail if it and the file disagree.
         #[arg(long)]
         locked: bool,
+        /// With --dry-run: exit 0 if nothing would change, 10 if the plan has changes (errors keep their codes).
+        #[arg(long, requires = "dry_run")]
+        detailed_exitcode: bool,
     },
     /// Pin every reference of a desired-state file in its lock file (installs nothing; pins already there are kept).
     #[command(
