@@ -272,6 +272,18 @@ fn check_removals(set: &DesiredSet, remove: &[String], installed: &[PackageRecor
     Ok(())
 }
 
+/// `e`, prefixed with the file, line and package it comes from (usage
+/// errors and interruptions keep their own form and exit code).
+fn at_line(set: &DesiredSet, p: &desired::DesiredPackage, e: Error) -> Error {
+    match e {
+        Error::Plan(crate::plan::PlanError::BadMap { .. }) | Error::Usage(_) | Error::Interrupted => e,
+        Error::Plan(_) | Error::Refused(_) | Error::Source(_) | Error::Unsafe(_) => {
+            Error::Refused(format!("{}:{}: package {:?}: {e}", set.path.display(), p.line, p.name))
+        }
+        e => e,
+    }
+}
+
 /// "db, demo and plugin".
 fn and_list(names: &[String]) -> String {
     match names {
@@ -328,7 +340,7 @@ impl Installer {
                 req.keep_versions = opts.keep_versions;
             }
             req.registry.progress = opts.progress;
-            let mut put = self.put_request(&r.source_ref, r.artifact, r.blobs, &req)?;
+            let mut put = self.put_request(&r.source_ref, r.artifact, r.blobs, &req).map_err(|e| at_line(set, p, e))?;
             // The registry keeps the reference as the file writes it (resolved), not its pinned form.
             put.source = p.request.source.clone();
             put.managed_by = Some(me.clone());
