@@ -56,8 +56,12 @@ re-resolves tags on purpose; `apply --locked` installs exactly the pins,
 verifies each signature again and refuses a signer other than the one the
 lock records. `stagehand outdated` shows which tags moved, changing nothing.
 
+The plan is printed before any work. `apply --dry-run --detailed-exitcode`
+exits 0 when nothing would change, 10 when the plan has changes.
+
 Examples:
   stagehand apply --dry-run
+  stagehand apply --dry-run --detailed-exitcode || [ $? = 10 ]
   stagehand apply --file fleet/web.toml --prune --yes
   stagehand update --dry-run && stagehand update && stagehand apply
   stagehand lock && stagehand apply --locked

@@ -182,7 +182,8 @@ pub enum Command {
         /// in this directory or one above it).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// Print the plan (`+ name digest`, `~ name old -> new`, `- name`, `= name kept`); change nothing.
+        /// Print the plan (`+ name digest`, `~ name old -> new`, `- name`, `= name kept`, each with its
+        /// details); change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Also uninstall the packages THIS file applied and no longer lists
