@@ -56,22 +56,33 @@ re-resolves tags on purpose; `apply --locked` installs exactly the pins,
 verifies each signature again and refuses a signer other than the one the
 lock records. `stagehand outdated` shows which tags moved, changing nothing.
 
+The plan is printed before any work. `apply --dry-run --detailed-exitcode`
+exits 0 when nothing would change, 10 when the plan has changes.
+
 Examples:
   stagehand apply --dry-run
+  stagehand apply --dry-run --detailed-exitcode || [ $? = 10 ]
   stagehand apply --file fleet/web.toml --prune --yes
   stagehand update --dry-run && stagehand update && stagehand apply
   stagehand lock && stagehand apply --locked
   stagehand outdated
   stagehand rollback --apply";
 
-/// Runs `apply`: asks on a terminal when the plan uninstalls or moves a
-/// package, unless `yes`; without a terminal the library refuses.
+/// Exit code of `apply --dry-run --detailed-exitcode` when the plan has changes.
+pub const EXIT_CHANGES: i32 = 10;
+
+/// Runs `apply`: prints the plan as soon as it is known (before anything
+/// is fetched or journaled, so a failing apply still shows it); asks on a
+/// terminal when the plan uninstalls or moves a package, unless `yes`;
+/// without a terminal the library refuses. With `detailed`, exits
+/// [`EXIT_CHANGES`] when the plan has changes.
 pub fn run_apply(
     cli: &Cli,
     inst: &mut Installer,
     file: &Path,
     opts: &installer::ApplyOptions,
     yes: bool,
+    detailed: bool,
     recovered: &[installer::RecoveryReport],
 ) -> Result<i32, installer::Error> {
     let set = installer::desired::DesiredSet::load(file)?;
@@ -83,20 +94,40 @@ pub fn run_apply(
     } else {
         Confirm::Refuse
     };
-    let rep = inst.apply(&set, opts, confirm)?;
-    Ok(print_report(cli, &rep, recovered))
+    let human = !cli.json && !cli.quiet;
+    let mut show = |rep: &installer::ApplyReport| {
+        if human {
+            print_plan(rep);
+        }
+    };
+    let rep = inst.apply_showing(&set, opts, confirm, &mut show)?;
+    let code = finish_report(cli, &rep, recovered, false);
+    Ok(if detailed && code == EXIT_OK && !rep.changes.is_empty() { EXIT_CHANGES } else { code })
 }
 
-/// Shows the plan on stderr and reads the answer from the terminal.
-fn ask_on_terminal(rep: &installer::ApplyReport) -> bool {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "stagehand apply --file {} will:", rep.file);
+/// The plan: pins that move, then each change with its details, and the
+/// packages a prune keeps.
+fn print_plan(rep: &installer::ApplyReport) {
+    let verb = if rep.dry_run { "would update" } else { "will update" };
+    print_lock_changes(rep.lock_file.as_deref(), &rep.lock_changes, verb);
+    if rep.changes.is_empty() {
+        println!("nothing to do: {} already as {} says", counted(rep.unchanged.len(), "package"), rep.file);
+    }
     for c in &rep.changes {
-        let _ = writeln!(err, "  {}", c.line());
+        println!("{}", c.line());
+        for d in c.details() {
+            println!("{d}");
+        }
     }
     for k in &rep.kept {
-        let _ = writeln!(err, "  {}", k.line());
+        println!("{}", k.line());
     }
+    let _ = std::io::stdout().flush();
+}
+
+/// Asks on stderr (the plan was just printed) and reads the answer from the terminal.
+fn ask_on_terminal(rep: &installer::ApplyReport) -> bool {
+    let mut err = std::io::stderr().lock();
     let _ = write!(err, "This will {}. Type 'yes' to go ahead: ", rep.to_confirm().join(", "));
     let _ = err.flush();
     let mut answer = String::new();
@@ -107,6 +138,16 @@ fn ask_on_terminal(rep: &installer::ApplyReport) -> bool {
 }
 
 pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[installer::RecoveryReport]) -> i32 {
+    finish_report(cli, rep, recovered, true)
+}
+
+/// The report after the work: the plan too unless it was shown before (`with_plan`).
+fn finish_report(
+    cli: &Cli,
+    rep: &installer::ApplyReport,
+    recovered: &[installer::RecoveryReport],
+    with_plan: bool,
+) -> i32 {
     if rep.interrupted {
         eprintln!("stagehand: interrupted after the commit point: the apply was finished, not undone");
     }
@@ -117,15 +158,8 @@ pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[instal
     if cli.quiet {
         return EXIT_OK;
     }
-    print_lock_changes(rep.lock_file.as_deref(), &rep.lock_changes, rep.dry_run);
-    if rep.changes.is_empty() {
-        println!("nothing to do: {} already as {} says", counted(rep.unchanged.len(), "package"), rep.file);
-    }
-    for c in &rep.changes {
-        println!("{}", c.line());
-    }
-    for k in &rep.kept {
-        println!("{}", k.line());
+    if with_plan {
+        print_plan(rep);
     }
     match (rep.dry_run, rep.txn) {
         (true, _) => println!("(dry run: nothing was changed)"),
@@ -136,11 +170,10 @@ pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[instal
 }
 
 /// `lock FILE: NAME REF old -> new` for each pin that moved.
-fn print_lock_changes(lock_file: Option<&str>, changes: &[LockChange], dry_run: bool) {
+fn print_lock_changes(lock_file: Option<&str>, changes: &[LockChange], verb: &str) {
     if changes.is_empty() {
         return;
     }
-    let verb = if dry_run { "would update" } else { "updated" };
     println!("{verb} {}:", lock_file.unwrap_or("the lock file"));
     for c in changes {
         println!("  {}", c.line());

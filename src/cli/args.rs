@@ -182,7 +182,8 @@ pub enum Command {
         /// in this directory or one above it).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// Print the plan (`+ name digest`, `~ name old -> new`, `- name`, `= name kept`); change nothing.
+        /// Print the plan (`+ name digest`, `~ name old -> new`, `- name`, `= name kept`, each with its
+        /// details); change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Also uninstall the packages THIS file applied and no longer lists
@@ -198,6 +199,9 @@ pub enum Command {
         /// Install exactly the digests pinned in the lock file; fail if it and the file disagree.
         #[arg(long)]
         locked: bool,
+        /// With --dry-run: exit 0 if nothing would change, 10 if the plan has changes (errors keep their codes).
+        #[arg(long, requires = "dry_run")]
+        detailed_exitcode: bool,
     },
     /// Pin every reference of a desired-state file in its lock file (installs nothing; pins already there are kept).
     #[command(

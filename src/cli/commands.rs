@@ -106,7 +106,7 @@ pub(super) fn run_command(
             let rep = inst.rollback(name, to.as_deref(), cli.keep_versions, (*limits).into(), &flags)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
-        Command::Apply { file, dry_run, prune, remove, yes, locked } => {
+        Command::Apply { file, dry_run, prune, remove, yes, locked, detailed_exitcode } => {
             use std::io::IsTerminal as _;
             let opts = installer::ApplyOptions {
                 dry_run: *dry_run,
@@ -116,7 +116,8 @@ pub(super) fn run_command(
                 progress: !cli.quiet && !cli.json && std::io::stderr().is_terminal(),
                 keep_versions: cli.keep_versions,
             };
-            apply::run_apply(cli, inst, &installer::desired::find(file.as_deref())?, &opts, *yes, recovered)
+            let file = installer::desired::find(file.as_deref())?;
+            apply::run_apply(cli, inst, &file, &opts, *yes, *detailed_exitcode, recovered)
         }
         Command::Lock { file } => {
             let set = installer::desired::DesiredSet::load(&installer::desired::find(file.as_deref())?)?;

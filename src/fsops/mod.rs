@@ -508,6 +508,19 @@ pub fn birth_time(m: &fs::Metadata) -> Option<BirthTime> {
 /// device of its nearest existing ancestor, and the bytes free there for an
 /// ordinary user (`statvfs` `f_bavail`). Read-only.
 pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
+    let (dev, v) = statvfs_of(path)?;
+    Ok((dev, (v.f_bavail as u64).saturating_mul(v.f_frsize as u64)))
+}
+
+/// The total size in bytes of the filesystem that holds `path` (or would
+/// hold it): 0 for a pseudo filesystem such as `/proc`. Read-only.
+pub fn total_space(path: &Path) -> io::Result<u64> {
+    let (_, v) = statvfs_of(path)?;
+    Ok((v.f_blocks as u64).saturating_mul(v.f_frsize as u64))
+}
+
+/// `statvfs` of the nearest existing ancestor of `path`, with its device.
+fn statvfs_of(path: &Path) -> io::Result<(u64, libc::statvfs)> {
     let mut p = path;
     let meta = loop {
         match fs::metadata(p) {
@@ -525,7 +538,7 @@ pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut v) } != 0 {
         return Err(with_path(io::Error::last_os_error(), "statvfs", p));
     }
-    Ok((meta.dev(), (v.f_bavail as u64).saturating_mul(v.f_frsize as u64)))
+    Ok((meta.dev(), v))
 }
 
 /// The kind of a directory entry, from its metadata.

@@ -66,6 +66,15 @@ impl SpaceCheck {
     pub fn check(&self) -> Result<()> {
         for need in self.by_dev.values() {
             let (_, free) = stat_fs(&need.at)?;
+            // A filesystem of no size at all (/proc, /sys) holds no files.
+            if free == 0 && fsops::total_space(&need.at).is_ok_and(|t| t == 0) {
+                return Err(Error::Refused(format!(
+                    "{} is not a place to install: its filesystem reports a total size of 0 bytes (a pseudo \
+                     filesystem such as /proc or /sys). Nothing was changed; choose a destination on a real \
+                     filesystem",
+                    need.at.display()
+                )));
+            }
             if need.bytes.saturating_add(MARGIN_BYTES) > free {
                 return Err(Error::Refused(format!(
                     "not enough free space on the filesystem of {}: this install needs about {} bytes ({}) \

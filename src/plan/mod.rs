@@ -102,11 +102,25 @@ pub enum PlannedContent {
     File(Descriptor, FileBytes),
 }
 
+/// For a Steampipe layer placed by hand: the profile that places it.
+fn steampipe_hint(media_type: &str) -> String {
+    let profile = ["plugin", "db", "fdw"].into_iter().find(|kind| {
+        media_type.contains(&format!(".steampipe.{kind}.")) || media_type.contains(&format!(".steampipe.{kind}+"))
+    });
+    match profile {
+        Some(kind) => format!(
+            ". It is a Steampipe {kind} artifact, which its profile places: use --profile steampipe-{kind} \
+             (profile = \"steampipe-{kind}\" in a desired-state file, see the README's profiles) instead of --to and --map"
+        ),
+        None => String::new(),
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
     #[error("--map {spec:?}: {reason}")]
     BadMap { spec: String, reason: String },
-    #[error("layer {digest} (media type {media_type}) is neither a tar layer nor annotated with org.opencontainers.image.title, so there is no way to place it")]
+    #[error("layer {digest} (media type {media_type}) is neither a tar layer nor annotated with org.opencontainers.image.title, so there is no way to place it{}", steampipe_hint(media_type))]
     Unplaceable { digest: String, media_type: String },
     #[error("layer {digest} has an unsafe title {title:?}: a title must be one plain file name")]
     BadTitle { digest: String, title: String },

@@ -58,7 +58,7 @@ pub enum Confirm<'a> {
 }
 
 /// One package the apply changes.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PlannedChange {
     pub name: String,
     /// "install", "upgrade" (a new digest, same placement), "move" (a new
@@ -72,6 +72,16 @@ pub struct PlannedChange {
     /// With "move": the old and new targets and placements.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moved: Option<planner::Move>,
+    /// The reference as the file writes it (a tag, usually), which
+    /// resolved to `new_digest`; `None` for an uninstall.
+    pub reference: Option<String>,
+    /// The paths the package holds now (empty for an install).
+    pub old_targets: Vec<String>,
+    /// The paths it will hold (empty for an uninstall).
+    pub new_targets: Vec<String>,
+    /// Bytes of its layers not yet in the blob cache: downloaded from a
+    /// registry, or copied from an OCI layout, before the transaction.
+    pub fetch_bytes: u64,
 }
 
 impl PlannedChange {
@@ -100,6 +110,32 @@ impl PlannedChange {
         }
     }
 
+    /// The lines under [`PlannedChange::line`]: the reference, the
+    /// placement that changes (`to = "/srv/a" -> "/srv/b"`), the targets
+    /// added or removed, and the bytes to fetch. Indented four spaces.
+    pub fn details(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(r) = &self.reference {
+            out.push(format!("    ref = {r:?}"));
+        }
+        if let Some(m) = &self.moved {
+            out.extend(placement_diff(&m.old_placement, &m.new_placement).into_iter().map(|l| format!("    {l}")));
+        }
+        let list = |t: &[String]| t.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
+        match self.action {
+            "install" => out.push(format!("    targets = {}", list(&self.new_targets))),
+            "uninstall" => out.push(format!("    targets = {} (removed)", list(&self.old_targets))),
+            _ if self.old_targets != self.new_targets => {
+                out.push(format!("    targets = {} -> {}", list(&self.old_targets), list(&self.new_targets)))
+            }
+            _ => {}
+        }
+        if self.new_digest.is_some() {
+            out.push(format!("    fetch = {}", human_bytes(self.fetch_bytes)));
+        }
+        out
+    }
+
     /// What it does to what is installed, in words: `uninstall demo`,
     /// `move demo to a new placement`, `upgrade demo`, `install demo`.
     pub fn what(&self) -> String {
@@ -118,6 +154,42 @@ impl PlannedChange {
         matches!(self.action, "uninstall" | "move")
             || (self.action == "upgrade" && (self.placement_changed || self.old_digest == self.new_digest))
     }
+}
+
+/// `key = "old" -> "new"` for each placement field that differs.
+fn placement_diff(old: &crate::txn::PlacementRecord, new: &crate::txn::PlacementRecord) -> Vec<String> {
+    let q = |v: &Option<String>| v.as_ref().map(|s| format!("{s:?}")).unwrap_or_else(|| "(none)".into());
+    let mut out = Vec::new();
+    for (key, a, b) in [
+        ("profile", &old.profile, &new.profile),
+        ("install-dir", &old.install_dir, &new.install_dir),
+        ("db-version", &old.db_version, &new.db_version),
+        ("to", &old.to, &new.to),
+        ("platform", &old.platform, &new.platform),
+    ] {
+        if a != b {
+            out.push(format!("{key} = {} -> {}", q(a), q(b)));
+        }
+    }
+    if old.maps != new.maps {
+        out.push(format!("map = {:?} -> {:?}", old.maps, new.maps));
+    }
+    out
+}
+
+/// `1.5 KiB`, `12 bytes`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return if n == 1 { "1 byte".into() } else { format!("{n} bytes") };
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// An installed package `apply --prune` leaves alone: the file does not
@@ -200,6 +272,18 @@ fn check_removals(set: &DesiredSet, remove: &[String], installed: &[PackageRecor
     Ok(())
 }
 
+/// `e`, prefixed with the file, line and package it comes from (usage
+/// errors and interruptions keep their own form and exit code).
+fn at_line(set: &DesiredSet, p: &desired::DesiredPackage, e: Error) -> Error {
+    match e {
+        Error::Plan(crate::plan::PlanError::BadMap { .. }) | Error::Usage(_) | Error::Interrupted => e,
+        Error::Plan(_) | Error::Refused(_) | Error::Source(_) | Error::Unsafe(_) => {
+            Error::Refused(format!("{}:{}: package {:?}: {e}", set.path.display(), p.line, p.name))
+        }
+        e => e,
+    }
+}
+
 /// "db, demo and plugin".
 fn and_list(names: &[String]) -> String {
     match names {
@@ -212,6 +296,19 @@ fn and_list(names: &[String]) -> String {
 impl Installer {
     /// Switches the installed set to `set` in one transaction (see the module doc).
     pub fn apply(&mut self, set: &DesiredSet, opts: &ApplyOptions, confirm: Confirm) -> Result<ApplyReport> {
+        self.apply_showing(set, opts, confirm, &mut |_| {})
+    }
+
+    /// [`Installer::apply`], calling `show` with the plan as soon as it is
+    /// known: before it is confirmed, checked by the planner, fetched or
+    /// journaled, so a plan that then fails was still shown.
+    pub fn apply_showing(
+        &mut self,
+        set: &DesiredSet,
+        opts: &ApplyOptions,
+        confirm: Confirm,
+        show: &mut dyn FnMut(&ApplyReport),
+    ) -> Result<ApplyReport> {
         let lock_path = lockfile::path_for(&set.path);
         let old_lock = LockFile::read(&lock_path)?;
         if opts.locked {
@@ -243,7 +340,7 @@ impl Installer {
                 req.keep_versions = opts.keep_versions;
             }
             req.registry.progress = opts.progress;
-            let mut put = self.put_request(&r.source_ref, r.artifact, r.blobs, &req)?;
+            let mut put = self.put_request(&r.source_ref, r.artifact, r.blobs, &req).map_err(|e| at_line(set, p, e))?;
             // The registry keeps the reference as the file writes it (resolved), not its pinned form.
             put.source = p.request.source.clone();
             put.managed_by = Some(me.clone());
@@ -253,6 +350,15 @@ impl Installer {
                 continue;
             }
             let moved = old.and_then(|o| planner::placement_move(o, &put));
+            let cache = crate::source::cache::BlobCache::new(&self.state_dir);
+            let fetch_bytes = put
+                .artifact
+                .manifest
+                .layers
+                .iter()
+                .filter(|d| !cache.contains(d).unwrap_or(false))
+                .map(|d| d.size)
+                .sum();
             planned.push(PlannedChange {
                 name: p.name.clone(),
                 action: match (old, &moved) {
@@ -264,6 +370,10 @@ impl Installer {
                 new_digest: Some(put.artifact.manifest_digest.clone()),
                 placement_changed: old.is_some_and(|o| o.placement != put.placement),
                 moved,
+                reference: Some(p.reference.clone()),
+                old_targets: old.map(|o| o.targets.iter().map(|t| t.path.clone()).collect()).unwrap_or_default(),
+                new_targets: put.planned.iter().map(|t| t.path.to_string_lossy().into_owned()).collect(),
+                fetch_bytes,
             });
             puts.push(ChangeRequest::Put(Box::new(put)));
             to_fetch.push((p, req));
@@ -275,9 +385,8 @@ impl Installer {
                     name: i.name.clone(),
                     action: "uninstall",
                     old_digest: Some(i.manifest_digest.clone()),
-                    new_digest: None,
-                    placement_changed: false,
-                    moved: None,
+                    old_targets: i.targets.iter().map(|t| t.path.clone()).collect(),
+                    ..Default::default()
                 });
                 removes.push(i.name.clone());
             } else if opts.prune {
@@ -297,6 +406,7 @@ impl Installer {
             lock_changes: pinned.changes,
             interrupted: false,
         };
+        show(&report);
         let removes = removes.into_iter().map(|name| ChangeRequest::Remove { name });
         if opts.dry_run {
             if !report.changes.is_empty() {
@@ -409,9 +519,8 @@ impl Installer {
                             name: c.package.clone(),
                             action: "uninstall",
                             old_digest: Some(n.manifest_digest.clone()),
-                            new_digest: None,
-                            placement_changed: false,
-                            moved: None,
+                            old_targets: n.targets.iter().map(|t| t.path.clone()).collect(),
+                            ..Default::default()
                         });
                         changes.push(ChangeRequest::Remove { name: c.package.clone() });
                     }
@@ -427,7 +536,12 @@ impl Installer {
                         old_digest: now.map(|n| n.manifest_digest.clone()),
                         new_digest: Some(v.manifest_digest.clone()),
                         placement_changed: now.is_some_and(|n| n.placement != v.placement),
-                        moved: None,
+                        reference: Some(v.source.clone()),
+                        old_targets: now
+                            .map(|n| n.targets.iter().map(|t| t.path.clone()).collect())
+                            .unwrap_or_default(),
+                        new_targets: put.planned.iter().map(|t| t.path.to_string_lossy().into_owned()).collect(),
+                        ..Default::default()
                     });
                     changes.push(ChangeRequest::Put(Box::new(put)));
                 }
@@ -486,7 +600,7 @@ mod tests {
             old_digest: old.map(String::from),
             new_digest: new.map(String::from),
             placement_changed: moved,
-            moved: None,
+            ..Default::default()
         }
     }
 
