@@ -33,7 +33,7 @@ package that does not set them. Relative paths are relative to the file:
   map = [\"*.so=/opt/demo/lib\", \"*.control=/opt/demo/share/extension\"]
 
   [package.db]
-  ref = \"oci-layout:examples/steampipe-db:14.19.0\"
+  ref = \"oci-layout:examples/steampipe-db:v1\"
   profile = \"steampipe-db\"
   install-dir = \"/home/me/.steampipe\"
   db-version = \"14.19.0\"
@@ -92,7 +92,7 @@ fn ask_on_terminal(rep: &installer::ApplyReport) -> bool {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "stagehand apply --file {} will:", rep.file);
     for c in &rep.changes {
-        let _ = writeln!(err, "  {}", c.line());
+        let _ = writeln!(err, "  {}", super::colour::plan_line_err(&c.line()));
     }
     for k in &rep.kept {
         let _ = writeln!(err, "  {}", k.line());
@@ -122,7 +122,7 @@ pub fn print_report(cli: &Cli, rep: &installer::ApplyReport, recovered: &[instal
         println!("nothing to do: {} already as {} says", counted(rep.unchanged.len(), "package"), rep.file);
     }
     for c in &rep.changes {
-        println!("{}", c.line());
+        println!("{}", super::colour::plan_line(&c.line()));
     }
     for k in &rep.kept {
         println!("{}", k.line());
@@ -213,7 +213,7 @@ pub fn print_outdated(cli: &Cli, rep: &installer::outdated::OutdatedReport) -> i
         }
     }
     if failed {
-        eprintln!("stagehand: error: a reference of {} could not be resolved (shown above)", rep.file);
+        eprintln!("{} a reference of {} could not be resolved (shown above)", super::colour::error_prefix(), rep.file);
         return super::EXIT_ERROR;
     }
     EXIT_OK
