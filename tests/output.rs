@@ -201,8 +201,10 @@ fn man_dir_writes_a_page_per_command_with_its_sections() {
             assert!(text.contains(sh), "{p} lacks {sh}");
         }
         if groff {
-            let out = Command::new("groff").args(["-man", "-Tutf8", "-ww"]).arg(&path).output().expect("groff");
-            let rendered = String::from_utf8_lossy(&out.stdout);
+            // -k: UTF-8 through preconv, as man(1) does; -P-c: bold as overstrikes (`E\bE`), dropped below, not as escapes.
+            let out =
+                Command::new("groff").args(["-k", "-man", "-Tutf8", "-ww", "-P-c"]).arg(&path).output().expect("groff");
+            let rendered = plain(&String::from_utf8_lossy(&out.stdout));
             assert!(out.status.success(), "groff failed on {p}");
             assert!(out.stderr.is_empty(), "groff warns on {p}: {}", String::from_utf8_lossy(&out.stderr));
             for title in ["EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES"] {
@@ -219,4 +221,17 @@ fn man_dir_writes_a_page_per_command_with_its_sections() {
     let stdout = sb.run(&["man"]);
     stdout.ok();
     assert!(stdout.stdout.contains(".SH \"EXIT STATUS\""), "{}", stdout.describe());
+}
+
+/// Text rendered by grotty with its overstrikes (`X\bX`, `_\bX`) removed.
+fn plain(text: &str) -> String {
+    let mut out: Vec<char> = Vec::new();
+    for c in text.chars() {
+        if c == '\u{8}' {
+            out.pop();
+        } else {
+            out.push(c);
+        }
+    }
+    out.into_iter().collect()
 }

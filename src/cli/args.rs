@@ -279,7 +279,7 @@ pub enum Command {
         after_long_help = "Examples:\n  stagehand man --dir /usr/local/share/man/man1\n  stagehand man > stagehand.1 && man -l stagehand.1"
     )]
     Man {
-        /// Write stagehand.1, stagehand-install.1, … (one page per command) into DIR, created if missing.
+        /// Write stagehand.1, stagehand-install.1, ... (one page per command) into DIR, created if missing.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
