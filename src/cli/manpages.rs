@@ -263,9 +263,9 @@ mod tests {
                 assert!(text.contains(sh), "{} lacks {sh}:\n{text}", file_name(page));
             }
             // Every page another page names exists.
-            for word in text.split(|c: char| c.is_whitespace() || c == '\\') {
+            let unescaped = text.replace("\\-", "-").replace("\\fB", " ").replace("\\fR", " ").replace("\\fI", " ");
+            for word in unescaped.split(|c: char| c.is_whitespace() || c == ',') {
                 if let Some(n) = word.strip_suffix("(1)") {
-                    let n = n.trim_start_matches("fR").trim_start_matches("fB");
                     assert!(
                         names.contains(&format!("{n}.1")),
                         "{} names {n}(1), which is not written",
