@@ -60,6 +60,18 @@ if [ "${#fs_pkgs[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${fs_pkgs[@]}"
 fi
+# OUTPUT AND HELP TESTS (tests/output.rs, tests/help_examples.rs): man-db runs
+# `man -l` of a help example, groff (groff-base) renders every man page and
+# must not warn, script (bsdutils) gives the colour and progress tests a terminal.
+doc_pkgs=()
+command -v man >/dev/null 2>&1 || doc_pkgs+=(man-db)
+command -v groff >/dev/null 2>&1 || doc_pkgs+=(groff-base)
+command -v script >/dev/null 2>&1 || doc_pkgs+=(bsdutils)
+if [ "${#doc_pkgs[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing ${doc_pkgs[*]} for the output and help tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${doc_pkgs[@]}"
+fi
 # ---------------------------------------------------------------------------
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -249,8 +249,8 @@ fn rollback_takes_a_unique_digest_prefix() {
     let unknown =
         if hex(&v1).starts_with("deadbeef") || hex(&v2).starts_with("deadbeef") { "feedf00d" } else { "deadbeef" };
     sb.run(&["rollback", DEMO, "--to", unknown]).fails_with(&["not a kept version", "kept: ", &v1]);
-    // Too short to be a prefix: a usage error.
-    sb.run(&["rollback", DEMO, "--to", &hex(&v1)[..7]]).expect_code(2);
+    // Too short to be a prefix (7 hex digits is the least): a usage error.
+    sb.run(&["rollback", DEMO, "--to", &hex(&v1)[..6]]).expect_code(2);
     // The installed one: already there.
     sb.run(&["rollback", DEMO, "--to", &hex(&v2)[..8]]).fails_with(&["already at", &v2]);
     assert!(sb.world() == before, "a refused rollback changed the destination");

@@ -33,7 +33,7 @@ package that does not set them. Relative paths are relative to the file:
   map = [\"*.so=/opt/demo/lib\", \"*.control=/opt/demo/share/extension\"]
 
   [package.db]
-  ref = \"oci-layout:examples/steampipe-db:14.19.0\"
+  ref = \"oci-layout:examples/steampipe-db:v1\"
   profile = \"steampipe-db\"
   install-dir = \"/home/me/.steampipe\"
   db-version = \"14.19.0\"
@@ -114,7 +114,7 @@ fn print_plan(rep: &installer::ApplyReport) {
         println!("nothing to do: {} already as {} says", counted(rep.unchanged.len(), "package"), rep.file);
     }
     for c in &rep.changes {
-        println!("{}", c.line());
+        println!("{}", super::colour::plan_line(&c.line()));
         for d in c.details() {
             println!("{d}");
         }
@@ -246,7 +246,7 @@ pub fn print_outdated(cli: &Cli, rep: &installer::outdated::OutdatedReport) -> i
         }
     }
     if failed {
-        eprintln!("stagehand: error: a reference of {} could not be resolved (shown above)", rep.file);
+        eprintln!("{} a reference of {} could not be resolved (shown above)", super::colour::error_prefix(), rep.file);
         return super::EXIT_ERROR;
     }
     EXIT_OK

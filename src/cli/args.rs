@@ -24,6 +24,9 @@ pub struct Cli {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never. --json is never coloured.
+    #[arg(long, global = true, value_name = "WHEN", value_enum, default_value_t = super::colour::ColorChoice::Auto)]
+    pub color: super::colour::ColorChoice,
     /// Print nothing but errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -64,8 +67,8 @@ Examples:
   stagehand list
   stagehand history demo
   stagehand verify demo
-  # a whole set from a desired-state file, in one transaction
-  stagehand apply --file stagehand.toml --dry-run";
+  # a whole set from a desired-state file, in one transaction: first the plan
+  stagehand apply --file examples/stagehand.toml --dry-run";
 
 const INSTALL_HELP: &str = "\
 Examples:
@@ -149,12 +152,12 @@ pub enum Command {
     },
     /// Switch a package back to the version it replaced (or --to an earlier kept one), offline, in one transaction.
     #[command(
-        after_long_help = "Examples:\n  stagehand rollback demo\n  stagehand rollback demo --to sha256:a46b5619"
+        after_long_help = "Examples:\n  # back to the version the last install replaced\n  stagehand rollback demo\n  # to a kept version, by a unique prefix of its digest (see `stagehand history demo`)\n  stagehand rollback demo --to sha256:5cdbcdf1"
     )]
     Rollback {
         #[arg(required_unless_present = "apply")]
         name: Option<String>,
-        /// The manifest digest of a kept version, or a unique prefix of it (8 hex digits or more;
+        /// The manifest digest of a kept version, or a unique prefix of it (7 hex digits or more;
         /// see `stagehand history NAME`).
         #[arg(long, value_name = "DIGEST")]
         to: Option<String>,
@@ -275,9 +278,15 @@ pub enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_long_help = "Example:\n  stagehand completions bash > /etc/bash_completion.d/stagehand")]
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff) on stdout.
-    #[command(after_long_help = "Example:\n  stagehand man > stagehand.1 && man ./stagehand.1")]
-    Man,
+    /// Write the man pages: one per command into --dir, or the top page on stdout.
+    #[command(
+        after_long_help = "Examples:\n  stagehand man --dir /usr/local/share/man/man1\n  stagehand man > stagehand.1 && man -l stagehand.1"
+    )]
+    Man {
+        /// Write stagehand.1, stagehand-install.1, ... (one page per command) into DIR, created if missing.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The caps on what one layer may expand to, shared by `install` and

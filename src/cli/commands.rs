@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::args::{CacheAction, Cli, Command};
 use super::output::{
-    counted, decode_any, history_op, package_json, print_cache_listing, print_json, print_txn_report, served_json,
-    short, shown_path, signed_note,
+    counted, decode_any, package_json, print_cache_listing, print_json, print_txn_report, served_json, short,
+    shown_path, signed_note,
 };
 use super::{
     apply, default_steampipe_dir, parse_platform, read_password_stdin, signature_flags, EXIT_MISMATCH, EXIT_OK,
@@ -266,40 +266,10 @@ pub(super) fn run_command(
             Ok(if bad { EXIT_MISMATCH } else { EXIT_OK })
         }
         Command::History { name } => {
-            // One row per package change; an apply's rows share its txn id.
-            let h = inst.history()?;
-            let rows: Vec<(&crate::txn::HistoryEntry, &crate::txn::ChangeSummary)> = h
-                .iter()
-                .flat_map(|e| e.changes.iter().map(move |c| (e, c)))
-                .filter(|(_, c)| name.as_ref().is_none_or(|n| &c.package == n))
-                .collect();
-            if cli.json {
-                let mut v = Vec::with_capacity(rows.len());
-                for (e, c) in &rows {
-                    let served_by = served_json(inst, e.id, &c.package)?;
-                    v.push(json!({"id": e.id, "op": history_op(c), "txn_op": e.op.name(), "package": c.package, "started_at": e.started_at, "finished_at": e.finished_at, "old_digest": c.old_digest(), "new_digest": c.new_digest, "outcome": e.outcome.name(), "error": e.error, "signed_by": c.signed_by, "moved": c.moved, "served_by": served_by}));
-                }
-                print_json(&serde_json::Value::Array(v));
-            } else if !cli.quiet {
-                for (i, (e, c)) in rows.iter().enumerate() {
-                    let old = c.old_digest().map(short).unwrap_or("-");
-                    let new = c.new_digest.as_deref().map(short).unwrap_or("-");
-                    let op = if e.op == crate::txn::Op::Apply {
-                        format!("{} (apply)", history_op(c))
-                    } else {
-                        history_op(c).to_string()
-                    };
-                    let package = printable(&c.package);
-                    println!("{:>6}  {package:10}  {op:9}  {old} -> {new}  {}", e.id, e.outcome.name());
-                    let last_of_txn = rows.get(i + 1).is_none_or(|(n, _)| n.id != e.id);
-                    if let (true, Some(note)) = (last_of_txn, &e.error) {
-                        println!("        {}", printable(note));
-                    }
-                }
-            }
+            super::history::print_history(cli, inst, name.as_deref())?;
             Ok(EXIT_OK)
         }
-        Command::Completions { .. } | Command::Man | Command::Outdated { .. } => Ok(EXIT_OK),
+        Command::Completions { .. } | Command::Man { .. } | Command::Outdated { .. } => Ok(EXIT_OK),
         Command::Cache { action: CacheAction::List } => {
             let listing = inst.cache_list()?;
             print_cache_listing(cli, &listing);

@@ -7,7 +7,10 @@
 
 mod apply;
 mod args;
+mod colour;
 mod commands;
+mod history;
+mod manpages;
 mod output;
 pub(crate) mod units;
 
@@ -98,14 +101,8 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(colour_on_stderr())
+        .with_ansi(colour::on_stderr())
         .try_init();
-}
-
-/// Colour only on a terminal, and never with `NO_COLOR` set (no-color.org).
-fn colour_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// An error message as printed: control characters (terminal escapes from
@@ -118,7 +115,7 @@ fn shown(message: &str) -> String {
 /// error, instead of clap's bare `error: …`.
 fn usage_error_text(rendered: &str) -> String {
     let body = rendered.strip_prefix("error: ").unwrap_or(rendered);
-    format!("stagehand: error: {body}")
+    format!("{} {body}", colour::error_prefix())
 }
 
 /// Runs the command line; returns the process exit code.
@@ -133,6 +130,7 @@ pub fn main() -> i32 {
                 let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
                 print_json(&json!({"error": first, "exit_code": code}));
             }
+            colour::init(colour::choice_in_args(), false);
             if code == EXIT_USAGE {
                 // One prefix for every error, clap's usage errors included.
                 eprint!("{}", usage_error_text(&e.render().to_string()));
@@ -142,6 +140,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    colour::init(cli.color, cli.json);
     init_tracing(cli.verbose, cli.quiet);
     crate::source::registry::hosts::configure(Some(cli.hosts_dir.clone()), cli.ca_file.clone());
     installer::interrupt::install_handlers();
@@ -155,7 +154,7 @@ pub fn main() -> i32 {
             if cli.json {
                 print_json(&json!({"error": message, "exit_code": e.exit_code()}));
             }
-            eprintln!("stagehand: error: {}", shown(&message));
+            eprintln!("{} {}", colour::error_prefix(), shown(&message));
             e.exit_code()
         }
     }
@@ -169,11 +168,19 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
             clap_complete::generate(*shell, &mut cmd, "stagehand", &mut std::io::stdout());
             return Ok(EXIT_OK);
         }
-        Command::Man => {
+        Command::Man { dir } => {
             let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map_err(|source| installer::Error::Io { context: "writing the man page".into(), source })?;
+            match dir {
+                None => manpages::write_top(cmd, &mut std::io::stdout())
+                    .map_err(|source| installer::Error::Io { context: "writing the man page".into(), source })?,
+                Some(dir) => {
+                    let written = manpages::write_all(cmd, dir).map_err(|source| installer::Error::Io {
+                        context: format!("writing the man pages into {}", dir.display()),
+                        source,
+                    })?;
+                    output::print_written(cli, &written);
+                }
+            }
             return Ok(EXIT_OK);
         }
         // Reads no state: works without a state dir, and while another command holds it.
@@ -255,7 +262,7 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
             package: r.package.clone(),
             reason: r.reason.clone().unwrap_or_default(),
         };
-        eprintln!("stagehand: error: {}", shown(&e.to_string()));
+        eprintln!("{} {}", colour::error_prefix(), shown(&e.to_string()));
         return Ok(e.exit_code());
     }
     Ok(code)

@@ -15,6 +15,18 @@ pub(crate) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
 }
 
+/// `man --dir`: the pages written.
+pub(super) fn print_written(cli: &Cli, paths: &[std::path::PathBuf]) {
+    if cli.json {
+        print_json(&json!({"written": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()}));
+    } else if !cli.quiet {
+        for p in paths {
+            println!("{}", shown_path(p));
+        }
+        println!("wrote {}", counted(paths.len(), "man page"));
+    }
+}
+
 /// `verify`'s note on whether a package's signature was checked at install.
 pub(super) fn signed_note(r: &installer::VerifyReport) -> String {
     match &r.signed_by {

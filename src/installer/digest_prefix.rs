@@ -3,8 +3,8 @@
 //! [`MIN_PREFIX_HEX`] hex digits names one of a package's versions; an
 //! ambiguous or unknown one is refused with the candidates. Pure: no I/O.
 
-/// The fewest hex digits a prefix may have (git's short ids have 7).
-pub const MIN_PREFIX_HEX: usize = 8;
+/// The fewest hex digits a prefix may have (git's short ids have 7, as here).
+pub const MIN_PREFIX_HEX: usize = 7;
 
 /// Why a typed digest names no single candidate.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,7 +62,8 @@ mod tests {
         assert_eq!(pick("a46b5619", &[A, B, C]), Err(PrefixError::Ambiguous(vec![A.into(), B.into()])));
         assert_eq!(pick("deadbeef", &[A, B, C]), Err(PrefixError::Unknown));
         assert_eq!(pick("sha512:5cdbcdf1", &[A, C]), Err(PrefixError::Unknown));
-        assert_eq!(pick("5cdbcdf", &[C]), Err(PrefixError::Malformed));
+        assert_eq!(pick("5cdbcdf", &[C]), Ok(C));
+        assert_eq!(pick("5cdbcd", &[C]), Err(PrefixError::Malformed));
         assert_eq!(pick("sha256:xyzxyzxy", &[C]), Err(PrefixError::Malformed));
         assert_eq!(pick("", &[C]), Err(PrefixError::Malformed));
     }

@@ -7,7 +7,7 @@ use std::io::Read;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::source::{verify::blob_label, BlobSource, Descriptor, SourceError};
+use crate::source::{BlobSource, Descriptor, SourceError};
 
 /// One bar for a transaction; [`Progress::over`] wraps each blob source
 /// staging reads from, and every opened blob advances the bar as it is read.
@@ -22,14 +22,15 @@ pub struct Counted<'a> {
 }
 
 impl Progress {
-    /// `total` is the sum of the blob sizes staging will read.
-    pub fn new(total: u64, enabled: bool) -> Self {
+    /// `total` is the sum of the blob sizes staging will read; `name` the
+    /// package (or packages) the bar is for.
+    pub fn new(total: u64, enabled: bool, name: &str) -> Self {
         let target = if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
         let bar = ProgressBar::with_draw_target(Some(total), target);
-        if let Ok(style) = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}") {
+        if let Ok(style) = ProgressStyle::with_template(STYLE) {
             bar.set_style(style.progress_chars("=> "));
         }
-        bar.set_prefix("extracting");
+        bar.set_prefix(bar_name(name));
         Progress { bar }
     }
 
@@ -41,6 +42,27 @@ impl Progress {
     /// Clears the bar (staging is done or failed).
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// The bar: the package, how far, the rate, the time left, and the layer
+/// being read (its title, or its short digest).
+const STYLE: &str = "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}";
+
+/// A package name as the bar shows it: printable, at most 24 characters.
+fn bar_name(name: &str) -> String {
+    let shown = crate::source::printable(name);
+    if shown.chars().count() <= 24 {
+        return shown;
+    }
+    format!("{}…", shown.chars().take(23).collect::<String>())
+}
+
+/// The layer a bar is reading: its title, else `sha256:` and 12 hex digits.
+fn layer_name(desc: &Descriptor) -> String {
+    match desc.title() {
+        Some(t) => crate::source::printable(t),
+        None => desc.digest.chars().take("sha256:".len() + 12).collect(),
     }
 }
 
@@ -60,7 +82,7 @@ impl<R: Read> Read for Counting<R> {
 impl BlobSource for Counted<'_> {
     fn open_blob(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>, SourceError> {
         let inner = self.inner.open_blob(desc)?;
-        self.bar.set_message(blob_label(desc));
+        self.bar.set_message(format!("(extracting {})", layer_name(desc)));
         Ok(Box::new(Counting { inner, bar: self.bar.clone() }))
     }
 
@@ -70,5 +92,25 @@ impl BlobSource for Counted<'_> {
 
     fn abort(&self) -> Option<SourceError> {
         self.inner.abort()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_names_the_package_and_the_layer_shortly() {
+        assert_eq!(bar_name("demo"), "demo");
+        assert_eq!(bar_name(&"x".repeat(40)).chars().count(), 24);
+        let d = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: 1,
+            annotations: Default::default(),
+            platform: None,
+        };
+        assert_eq!(layer_name(&d), "sha256:abababababab");
+        assert!(STYLE.contains("{bytes_per_sec}") && STYLE.contains("{eta}") && STYLE.contains("{prefix"));
     }
 }

@@ -40,7 +40,7 @@ impl Installer {
             if let Err(e) = capture_adopted(&self.state_dir, &mut rec, &mut work) {
                 return Err(self.roll_back(rec, e));
             }
-            let bar = progress::Progress::new(total_bytes, show_progress);
+            let bar = progress::Progress::new(total_bytes, show_progress, &rec.package_names());
             let staged = stage_all(&self.journal, &mut rec, &stage, &mut work, &bar, &budget);
             bar.finish();
             if let Err(e) = staged {

@@ -398,7 +398,7 @@ fn resolve_keeping(
         check_download_space(&cache, total)?;
     }
     let progress = keep && opts.progress && std::io::stderr().is_terminal();
-    let bars = Bars::new(progress && !jobs.is_empty(), total);
+    let bars = Bars::new(progress && !jobs.is_empty(), total, repository.rsplit('/').next().unwrap_or(repository));
     let limit = match opts.max_concurrent_downloads {
         0 => DEFAULT_CONCURRENT_DOWNLOADS,
         n => n,

@@ -28,16 +28,17 @@ pub(super) struct Bars {
 }
 
 impl Bars {
-    pub(super) fn new(enabled: bool, total: u64) -> Bars {
+    /// `name`: what is pulled, as people call it (the repository's last component).
+    pub(super) fn new(enabled: bool, total: u64, name: &str) -> Bars {
         let target = if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
         let multi = MultiProgress::with_draw_target(target);
         let overall = multi.add(ProgressBar::new(total));
-        if let Ok(style) =
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-        {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} (pulling)",
+        ) {
             overall.set_style(style.progress_chars("=> "));
         }
-        overall.set_prefix("pulling");
+        overall.set_prefix(printable(name).chars().take(24).collect::<String>());
         Bars { multi, overall, enabled }
     }
 
