@@ -86,11 +86,6 @@ pub fn plan_line(line: &str) -> String {
     plan_line_for(on_stdout(), line)
 }
 
-/// The same, for stderr (the question an apply asks).
-pub fn plan_line_err(line: &str) -> String {
-    plan_line_for(on_stderr(), line)
-}
-
 fn plan_line_for(on: bool, line: &str) -> String {
     let code = match line.trim_start().chars().next() {
         Some('+') => GREEN,
