@@ -41,6 +41,9 @@ command -v mkfs.btrfs >/dev/null 2>&1 || registry_pkgs+=(btrfs-progs)
 command -v python3 >/dev/null 2>&1 || registry_pkgs+=(python3)
 command -v openssl >/dev/null 2>&1 || registry_pkgs+=(openssl)
 command -v setpriv >/dev/null 2>&1 || registry_pkgs+=(util-linux)
+# SCHEMA TESTS (tests/schemas.rs): python3's jsonschema (draft 2020-12)
+# validates every command's --json output against docs/schemas/.
+python3 -c 'from jsonschema import Draft202012Validator' >/dev/null 2>&1 || registry_pkgs+=(python3-jsonschema)
 if [ "${#registry_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing ${registry_pkgs[*]} for the registry and power-cut tests"

@@ -192,7 +192,8 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         }
         _ => {}
     }
-    let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    // Absolute and normalised, as --json reports it (status, cache list, repair).
+    let state_dir = installer::abspath::normalise(&cli.state_dir.clone().unwrap_or_else(default_state_dir));
     if read_only(&cli.command) && installer::statedir::is_missing(&state_dir)? {
         return print_without_state_dir(cli, &state_dir);
     }

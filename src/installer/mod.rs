@@ -7,6 +7,7 @@
 //! and journal work only through `journal`; every decision about recovery
 //! comes from `txn`.
 
+pub mod abspath;
 mod adopt;
 mod apply;
 mod cacheuse;

@@ -390,7 +390,7 @@ impl Installer {
         Ok(PutRequest {
             name,
             op: if req.rollback { Op::Rollback } else { Op::Install },
-            source: req.source.clone(),
+            source: super::abspath::normal_source(&req.source),
             artifact,
             blobs,
             planned,

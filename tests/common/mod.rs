@@ -8,6 +8,7 @@
 //! - [`artifact`]: raw tar archives, layers and OCI layouts built in the test;
 //! - [`cosign`]: keys, cosign 3 Sigstore bundles and their referrers, built in the test;
 //! - [`certs`]: CAs and certificates made with `openssl` for the TLS tests;
+//! - [`schema`]: validating `--json` output against docs/schemas/ (python3's jsonschema);
 //! - [`host`]: CI or not, tools, root, mounts, ports, a hostile HTTP server;
 //! - [`plmodel`], [`plstates`], [`plcheck`]: the power-loss checker (the op
 //!   log's inode model, its crash states, the recorded scenarios checked);
@@ -30,6 +31,7 @@ pub mod proof;
 pub mod registry;
 pub mod run;
 pub mod sandbox;
+pub mod schema;
 pub mod tree;
 
 pub use artifact::*;

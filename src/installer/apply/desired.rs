@@ -123,10 +123,9 @@ impl DesiredSet {
             let line = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
             Error::Refused(format!("{shown}{line}: {}. Nothing was changed", e.message().trim_end()))
         })?;
-        let base = std::path::absolute(path)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("."));
+        // Absolute and normalised: every path below is reported in --json.
+        let path = &crate::installer::abspath::normalise(path);
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         let mut packages: Vec<DesiredPackage> = Vec::new();
         for (table, spec) in &doc.package {
             let keys = Keys::merge(&shown, text, table, spec.get_ref(), &doc.defaults)?;
@@ -152,7 +151,7 @@ impl DesiredSet {
 
 /// One package's install request, from its keys (see the module doc).
 fn package(keys: &Keys, base: &Path, line: usize) -> Result<DesiredPackage> {
-    let rel = |p: &str| -> PathBuf { base.join(p) };
+    let rel = |p: &str| -> PathBuf { crate::installer::abspath::normalise(&base.join(p)) };
     let name = keys.string("name")?.unwrap_or_else(|| keys.package.to_string());
     if !plan::is_plain_file_name(&name) || name.starts_with('.') {
         let key = if keys.has("name") { "name" } else { "package" };
@@ -168,11 +167,14 @@ fn package(keys: &Keys, base: &Path, line: usize) -> Result<DesiredPackage> {
             let rest = &raw_ref[LAYOUT_SCHEME.len()..];
             let lp_str = lp.to_string_lossy();
             match rest.strip_prefix(&*lp_str) {
-                Some(tail) => format!("{LAYOUT_SCHEME}{}{tail}", base.join(lp).display()),
+                Some(tail) => crate::installer::abspath::normal_source(&format!(
+                    "{LAYOUT_SCHEME}{}{tail}",
+                    base.join(lp).display()
+                )),
                 None => raw_ref.clone(),
             }
         }
-        _ => raw_ref.clone(),
+        _ => crate::installer::abspath::normal_source(&raw_ref),
     };
     let mut maps = Vec::new();
     for m in keys.strings("map")? {

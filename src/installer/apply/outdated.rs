@@ -83,7 +83,7 @@ pub fn outdated(state_dir: &Path, set: &DesiredSet) -> Result<OutdatedReport> {
     }
     Ok(OutdatedReport {
         file: set.canonical.display().to_string(),
-        lock_file: std::path::absolute(&lock_path).unwrap_or(lock_path).display().to_string(),
+        lock_file: crate::installer::abspath::normalise(&lock_path).display().to_string(),
         packages,
     })
 }
