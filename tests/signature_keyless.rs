@@ -42,7 +42,10 @@ fn python_ready(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        common::skip_unless_ci(test, "python3 with cryptography and sigstore 4.x is not installed (scripts/test.sh installs it)");
+        common::skip_unless_ci(
+            test,
+            "python3 with cryptography and sigstore 4.x is not installed (scripts/test.sh installs it)",
+        );
     }
     ok
 }
@@ -85,7 +88,12 @@ const CASES: &[Case] = &[
     },
     Case { name: "expired-no-timestamp", regexp: false, accept: false, needles: &["signing time"] },
     Case { name: "expired-timestamped", regexp: false, accept: true, needles: &[] },
-    Case { name: "other-ca", regexp: false, accept: false, needles: &["certificate does not verify against the trusted root"] },
+    Case {
+        name: "other-ca",
+        regexp: false,
+        accept: false,
+        needles: &["certificate does not verify against the trusted root"],
+    },
     Case { name: "identity-regexp", regexp: true, accept: true, needles: &[] },
 ];
 
@@ -138,7 +146,10 @@ fn keyless_bundles_agree_with_python_sigstore() {
 
         let sb = Sandbox::at(&tmp.path().join(format!("sb-{}", case.name)));
         let before = (sb.world(), sb.run(&["list", "--json"]).ok().json());
-        let r = sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &keyless_args(&root, case.regexp).iter().map(String::as_str).collect::<Vec<_>>()));
+        let r = sb.run(&sb.demo_args(
+            &format!("{host}/demo:v1"),
+            &keyless_args(&root, case.regexp).iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
         let stagehand = if r.success() {
             assert_eq!(sb.world(), demo_world("v1"), "{}: the world is v1's", case.name);
             let list = sb.run(&["list", "--json"]).ok().json();
@@ -152,7 +163,12 @@ fn keyless_bundles_agree_with_python_sigstore() {
         } else {
             r.fails_with(case.needles);
             assert!(r.stderr.contains("Nothing was changed"), "{}: {}", case.name, r.describe());
-            assert_eq!((sb.world(), sb.run(&["list", "--json"]).ok().json()), before, "{}: a refusal changed something", case.name);
+            assert_eq!(
+                (sb.world(), sb.run(&["list", "--json"]).ok().json()),
+                before,
+                "{}: a refusal changed something",
+                case.name
+            );
             "refuse".to_string()
         };
 

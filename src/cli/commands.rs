@@ -10,8 +10,8 @@ use super::output::{
     shown_path, signed_note,
 };
 use super::{
-    apply, default_steampipe_dir, parse_platform, read_password_stdin, signature_flags, signature_policy, EXIT_MISMATCH,
-    EXIT_OK,
+    apply, default_steampipe_dir, parse_platform, read_password_stdin, signature_flags, signature_policy,
+    EXIT_MISMATCH, EXIT_OK,
 };
 use crate::installer::{self, InstallRequest, Installer, ProfileRequest};
 use crate::plan::profile::Profile;

@@ -125,10 +125,15 @@ impl KeylessPolicy {
     pub fn check(&self, digest: &str, bytes: &[u8]) -> Result<String, String> {
         let parsed = bundle::parse(bytes)?;
         if !parsed.has_certificate {
-            return Err("it is signed with a key, not keylessly (it holds no certificate): verify it with --verify-key".into());
+            return Err(
+                "it is signed with a key, not keylessly (it holds no certificate): verify it with --verify-key".into(),
+            );
         }
         let Signed::Dsse { payload_type, payload, .. } = &parsed.signed else {
-            return Err("it is a messageSignature bundle (cosign sign-blob), not an image signature (a DSSE in-toto statement)".into());
+            return Err(
+                "it is a messageSignature bundle (cosign sign-blob), not an image signature (a DSSE in-toto statement)"
+                    .into(),
+            );
         };
         let hex = digest.strip_prefix("sha256:").ok_or_else(|| format!("{digest} is not a sha256 digest"))?;
         let artifact = Sha256Hash::from_hex(hex).map_err(|e| format!("{digest} is not a sha256 digest: {e}"))?;
@@ -181,13 +186,15 @@ impl KeylessPolicy {
             VerifyError::Certificate(c) => {
                 format!("its certificate does not verify against the trusted root {root}: {c}")
             }
-            VerifyError::Timestamp(t) => format!(
-                "no signing time is proven by a log entry or timestamp of the trusted root {root}: {t}"
-            ),
+            VerifyError::Timestamp(t) => {
+                format!("no signing time is proven by a log entry or timestamp of the trusted root {root}: {t}")
+            }
             VerifyError::TransparencyLog(t) => {
                 format!("its transparency-log entry does not verify against the trusted root {root}: {t}")
             }
-            VerifyError::SignatureInvalid(s) => format!("its DSSE signature does not verify with its certificate ({s})"),
+            VerifyError::SignatureInvalid(s) => {
+                format!("its DSSE signature does not verify with its certificate ({s})")
+            }
             other => other.to_string(),
         }
     }

@@ -126,7 +126,11 @@ impl VerifyKey {
     /// A keyless policy in the place of a key: what it accepts are bundles
     /// whose certificate it verifies.
     pub fn keyless(policy: KeylessPolicy) -> VerifyKey {
-        VerifyKey { fingerprint: policy.describe(), path: policy.root_path().to_string(), key: Trust::Keyless(Box::new(policy)) }
+        VerifyKey {
+            fingerprint: policy.describe(),
+            path: policy.root_path().to_string(),
+            key: Trust::Keyless(Box::new(policy)),
+        }
     }
 
     /// The keyless policy, if this is one.
@@ -167,7 +171,10 @@ impl VerifyKey {
     /// as [`PublicKey::verify`] takes it) with this key.
     pub fn check_signature(&self, payload: &[u8], signature_b64: &str) -> Result<(), String> {
         let Trust::Key(key) = &self.key else {
-            return Err("it is a legacy cosign signature; a keyless policy verifies Sigstore bundles (as cosign 3 signs)".into());
+            return Err(
+                "it is a legacy cosign signature; a keyless policy verifies Sigstore bundles (as cosign 3 signs)"
+                    .into(),
+            );
         };
         let raw = base64::engine::general_purpose::STANDARD
             .decode(signature_b64.trim())

@@ -221,16 +221,19 @@ fn package(keys: &Keys, base: &Path, line: usize) -> Result<DesiredPackage> {
     };
     let verify_key = match keys.string("verify-key")? {
         Some(_) if !keyless.is_empty() => {
-            return Err(keys.error("verify-key", "give `verify-key` or a keyless policy (`certificate-identity`…), not both"))
+            return Err(
+                keys.error("verify-key", "give `verify-key` or a keyless policy (`certificate-identity`…), not both")
+            )
         }
         Some(k) => {
             Some(source::signature::VerifyKey::load(&rel(&k)).map_err(|e| keys.error("verify-key", &e.to_string()))?)
         }
         None => {
-            let blamed = ["trusted-root", "certificate-oidc-issuer", "certificate-identity-regexp", "certificate-identity"]
-                .into_iter()
-                .find(|k| keys.has(k))
-                .unwrap_or("trusted-root");
+            let blamed =
+                ["trusted-root", "certificate-oidc-issuer", "certificate-identity-regexp", "certificate-identity"]
+                    .into_iter()
+                    .find(|k| keys.has(k))
+                    .unwrap_or("trusted-root");
             source::keyless::KeylessPolicy::from_options(&keyless)
                 .map_err(|e| keys.error(blamed, &e))?
                 .map(source::signature::VerifyKey::keyless)
