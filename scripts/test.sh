@@ -75,6 +75,18 @@ if [ "${#doc_pkgs[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${doc_pkgs[@]}"
 fi
+# KEYLESS SIGNATURE TEST (tests/signature_keyless.rs): python3's cryptography
+# makes a private Sigstore trust root and bundles; Python sigstore 4.x (from
+# PyPI) is the independent verifier stagehand's verdicts are compared with.
+if ! python3 -c 'import cryptography, rfc8785, sigstore.verify' >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    if ! python3 -m pip --version >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip
+    fi
+    echo "test.sh: installing Python sigstore 4.x for the keyless signature test"
+    python3 -m pip install -q --break-system-packages "sigstore>=4,<5" ||
+        python3 -m pip install -q "sigstore>=4,<5"
+fi
 # ---------------------------------------------------------------------------
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

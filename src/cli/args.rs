@@ -141,6 +141,8 @@ pub enum Command {
         /// names the artifact's manifest digest; checked before anything is downloaded or staged.
         #[arg(long, value_name = "PATH")]
         verify_key: Option<PathBuf>,
+        #[command(flatten)]
+        keyless: KeylessArgs,
         /// Refuse to install without --verify-key (the default when STATE/require-signature exists).
         #[arg(long)]
         require_signature: bool,
@@ -170,6 +172,8 @@ pub enum Command {
         /// where no signature can be checked again).
         #[arg(long, value_name = "PATH")]
         verify_key: Option<PathBuf>,
+        #[command(flatten)]
+        keyless: KeylessArgs,
         /// Refuse a version without such a record (the default when STATE/require-signature exists).
         #[arg(long)]
         require_signature: bool,
@@ -287,6 +291,36 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// A keyless signature policy, shared by `install` and `rollback`: checked
+/// offline against a trusted root, instead of `--verify-key`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KeylessArgs {
+    /// Keyless: accept a Sigstore bundle whose Fulcio certificate names exactly this
+    /// identity (an email, or a CI workflow URL); with --certificate-oidc-issuer and --trusted-root.
+    #[arg(long, value_name = "IDENTITY", conflicts_with_all = ["verify_key", "certificate_identity_regexp"])]
+    pub certificate_identity: Option<String>,
+    /// Keyless: as --certificate-identity, a regular expression the identity must match in full.
+    #[arg(long, value_name = "REGEXP", conflicts_with = "verify_key")]
+    pub certificate_identity_regexp: Option<String>,
+    /// Keyless: the OIDC issuer the certificate must name (e.g. https://token.actions.githubusercontent.com).
+    #[arg(long, value_name = "URL", conflicts_with = "verify_key")]
+    pub certificate_oidc_issuer: Option<String>,
+    /// Keyless: Sigstore's trusted_root.json (Fulcio CAs, Rekor and TSA keys), read offline.
+    #[arg(long, value_name = "FILE", conflicts_with = "verify_key")]
+    pub trusted_root: Option<PathBuf>,
+}
+
+impl KeylessArgs {
+    pub fn options(&self) -> crate::source::keyless::KeylessOptions {
+        crate::source::keyless::KeylessOptions {
+            identity: self.certificate_identity.clone(),
+            identity_regexp: self.certificate_identity_regexp.clone(),
+            issuer: self.certificate_oidc_issuer.clone(),
+            trusted_root: self.trusted_root.clone(),
+        }
+    }
 }
 
 /// The caps on what one layer may expand to, shared by `install` and

@@ -10,7 +10,8 @@ use super::output::{
     shown_path, signed_note,
 };
 use super::{
-    apply, default_steampipe_dir, parse_platform, read_password_stdin, signature_flags, EXIT_MISMATCH, EXIT_OK,
+    apply, default_steampipe_dir, parse_platform, read_password_stdin, signature_flags, signature_policy,
+    EXIT_MISMATCH, EXIT_OK,
 };
 use crate::installer::{self, InstallRequest, Installer, ProfileRequest};
 use crate::plan::profile::Profile;
@@ -38,6 +39,7 @@ pub(super) fn run_command(
             username,
             password_stdin,
             verify_key,
+            keyless,
             require_signature,
             request_timeout,
             limits,
@@ -83,26 +85,21 @@ pub(super) fn run_command(
                 registry,
                 keep_versions: cli.keep_versions,
                 rollback: false,
-                verify_key: match verify_key {
-                    None => None,
-                    Some(p) => Some(
-                        crate::source::signature::VerifyKey::load(p).map_err(|e| installer::Error::Source(e.into()))?,
-                    ),
-                },
+                verify_key: signature_policy(verify_key.as_deref(), keyless)?,
                 require_signature: *require_signature,
                 limits: (*limits).into(),
             };
             let rep = inst.install(&req)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }
-        Command::Rollback { apply: true, limits, verify_key, require_signature, .. } => {
-            let flags = signature_flags(verify_key.as_deref(), *require_signature)?;
+        Command::Rollback { apply: true, limits, verify_key, keyless, require_signature, .. } => {
+            let flags = signature_flags(verify_key.as_deref(), keyless, *require_signature)?;
             let rep = inst.rollback_apply(cli.keep_versions, (*limits).into(), &flags)?;
             Ok(apply::print_report(cli, &rep, recovered))
         }
-        Command::Rollback { name, to, limits, verify_key, require_signature, .. } => {
+        Command::Rollback { name, to, limits, verify_key, keyless, require_signature, .. } => {
             let name = name.as_deref().unwrap_or_default();
-            let flags = signature_flags(verify_key.as_deref(), *require_signature)?;
+            let flags = signature_flags(verify_key.as_deref(), keyless, *require_signature)?;
             let rep = inst.rollback(name, to.as_deref(), cli.keep_versions, (*limits).into(), &flags)?;
             Ok(print_txn_report(cli, &rep, recovered))
         }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::json;
 
-pub use args::{CacheAction, Cli, Command, LimitArgs};
+pub use args::{CacheAction, Cli, Command, KeylessArgs, LimitArgs};
 use output::{print_json, print_without_state_dir};
 
 use crate::installer::{self, Installer, OpenOptions};
@@ -64,16 +64,27 @@ fn default_steampipe_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/")).join(".steampipe")
 }
 
-/// `rollback`'s `--verify-key` (loaded) and `--require-signature`.
+/// `rollback`'s `--verify-key` or keyless policy (loaded) and `--require-signature`.
 fn signature_flags(
     verify_key: Option<&std::path::Path>,
+    keyless: &KeylessArgs,
     require_signature: bool,
 ) -> Result<installer::SignatureFlags, installer::Error> {
-    let verify_key = match verify_key {
-        None => None,
-        Some(p) => Some(crate::source::signature::VerifyKey::load(p).map_err(|e| installer::Error::Source(e.into()))?),
-    };
-    Ok(installer::SignatureFlags { verify_key, require_signature })
+    Ok(installer::SignatureFlags { verify_key: signature_policy(verify_key, keyless)?, require_signature })
+}
+
+/// What `--verify-key PATH` or the keyless flags ask signatures to be checked with.
+fn signature_policy(
+    verify_key: Option<&std::path::Path>,
+    keyless: &KeylessArgs,
+) -> Result<Option<crate::source::signature::VerifyKey>, installer::Error> {
+    use crate::source::{keyless::KeylessPolicy, signature::VerifyKey};
+    if let Some(p) = verify_key {
+        return Ok(Some(VerifyKey::load(p).map_err(|e| installer::Error::Source(e.into()))?));
+    }
+    let policy = KeylessPolicy::from_options(&keyless.options())
+        .map_err(|e| installer::Error::Refused(format!("{e}. Nothing was changed")))?;
+    Ok(policy.map(VerifyKey::keyless))
 }
 
 fn parse_platform(s: &str) -> Result<(String, String), installer::Error> {

@@ -7,9 +7,10 @@
 //! with the predicate type `https://sigstore.dev/cosign/sign/v1` whose
 //! subject names the digest. It does not find bundles (the layout and
 //! registry finders do, by the layer's media type, and hand them over as
-//! [`Candidate`]s marked [`IN_BUNDLE`]), and it does not do keyless
-//! verification: a bundle's certificate, transparency-log entries and
-//! timestamps are not read, so a key-signed bundle is accepted as
+//! [`Candidate`]s marked [`IN_BUNDLE`]), and keyless verification is
+//! `keyless`'s (which reuses [`check_statement`]): for a key, a bundle's
+//! certificate, transparency-log entries and timestamps are not read, so a
+//! key-signed bundle is accepted as
 //! `cosign verify --key K --insecure-ignore-tlog` would accept it. Parsing
 //! and checking are pure and never panic on any input.
 
@@ -231,6 +232,9 @@ pub fn check_statement(statement: &[u8], digest: &str) -> Result<(), String> {
 /// Checks a bundle's bytes: a DSSE signature by `key` over an in-toto
 /// statement that is cosign's image signature of `digest`.
 pub fn check(key: &VerifyKey, digest: &str, bytes: &[u8]) -> Result<(), String> {
+    if let Some(policy) = key.keyless_policy() {
+        return policy.check(digest, bytes).map(|_| ());
+    }
     let b = parse(bytes)?;
     match &b.signed {
         Signed::Dsse { payload_type, payload, signatures } => {
@@ -241,7 +245,7 @@ pub fn check(key: &VerifyKey, digest: &str, bytes: &[u8]) -> Result<(), String> 
             });
             if !verified {
                 let keyless = if b.has_certificate {
-                    " (it was signed keylessly, with a certificate; keyless verification is not supported yet)"
+                    " (it was signed keylessly, with a certificate: verify it with --certificate-identity, --certificate-oidc-issuer and --trusted-root)"
                 } else {
                     ""
                 };

@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod cache;
 pub mod feed;
 pub mod http;
+pub mod keyless;
 pub mod layout;
 pub mod manifest;
 pub mod reference;
@@ -24,6 +25,7 @@ pub mod roots;
 pub mod sigkeys;
 pub mod signature;
 pub mod sigsearch;
+pub mod trust;
 pub mod verify;
 
 pub use layout::OciLayout;

@@ -7,8 +7,8 @@
 //! whether one of the signatures found for a manifest digest verifies. It also
 //! finds signatures in an OCI layout on disk; `registry::sig` finds them in a
 //! registry. Parsing and deciding are pure and never panic on any input (they
-//! are fuzzed). It does not do keyless (Fulcio/Rekor) verification: only a key
-//! the user names.
+//! are fuzzed). A keyless policy (`keyless::KeylessPolicy`) stands where a
+//! key does, in a [`VerifyKey`]; it accepts only Sigstore bundles.
 //!
 //! A signature is accepted only if a layer of a signature manifest carries a
 //! `dev.cosignproject.cosign/signature` annotation (base64 of the signature:
@@ -25,6 +25,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::bundle;
+use super::keyless::KeylessPolicy;
 use super::manifest::{self, is_index_media_type, is_manifest_media_type};
 use super::sigkeys::PublicKey;
 use super::sigsearch::{self, SearchBudget};
@@ -51,13 +52,31 @@ pub fn referrers_tag(digest: &str) -> String {
     digest.replacen(':', "-", 1)
 }
 
-/// A trusted public key and its fingerprint.
+/// What signed: a key the user names, or a keyless identity.
+#[derive(Clone)]
+enum Trust {
+    Key(PublicKey),
+    Keyless(Box<KeylessPolicy>),
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trust::Key(k) => k.fmt(f),
+            Trust::Keyless(p) => f.write_str(&p.describe()),
+        }
+    }
+}
+
+/// Who must have signed: a trusted public key and its fingerprint, or a
+/// keyless policy ([`KeylessPolicy`]) and its identity and issuer.
 #[derive(Clone)]
 pub struct VerifyKey {
-    key: PublicKey,
-    /// `sha256:<hex>` of the DER SubjectPublicKeyInfo.
+    key: Trust,
+    /// `sha256:<hex>` of the DER SubjectPublicKeyInfo, or the keyless
+    /// policy's `identity … (issuer …)`.
     fingerprint: String,
-    /// The file it came from, for messages.
+    /// The file it came from (the key, or the trusted root), for messages.
     path: String,
 }
 
@@ -101,7 +120,33 @@ impl VerifyKey {
         }
         let key = PublicKey::from_spki_der(&der).map_err(|e| bad(format!("it holds {e}")))?;
         let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(&der)));
-        Ok(VerifyKey { key, fingerprint, path: path.to_string() })
+        Ok(VerifyKey { key: Trust::Key(key), fingerprint, path: path.to_string() })
+    }
+
+    /// A keyless policy in the place of a key: what it accepts are bundles
+    /// whose certificate it verifies.
+    pub fn keyless(policy: KeylessPolicy) -> VerifyKey {
+        VerifyKey {
+            fingerprint: policy.describe(),
+            path: policy.root_path().to_string(),
+            key: Trust::Keyless(Box::new(policy)),
+        }
+    }
+
+    /// The keyless policy, if this is one.
+    pub fn keyless_policy(&self) -> Option<&KeylessPolicy> {
+        match &self.key {
+            Trust::Keyless(p) => Some(p),
+            Trust::Key(_) => None,
+        }
+    }
+
+    /// How a refusal names it: `the key PATH`, or `the keyless policy (trusted root PATH)`.
+    pub fn described(&self) -> String {
+        match &self.key {
+            Trust::Key(_) => format!("the key {}", self.path),
+            Trust::Keyless(_) => format!("the keyless policy (trusted root {})", self.path),
+        }
     }
 
     /// `sha256:<hex>` of the key's DER SubjectPublicKeyInfo (what
@@ -116,16 +161,25 @@ impl VerifyKey {
 
     /// The key's algorithm, for messages (`ECDSA P-256`, `Ed25519`, …).
     pub fn algorithm(&self) -> String {
-        self.key.algorithm()
+        match &self.key {
+            Trust::Key(k) => k.algorithm(),
+            Trust::Keyless(_) => "keyless (a Fulcio certificate)".to_string(),
+        }
     }
 
     /// Checks `signature_b64` (base64 of the raw signature over `payload`,
     /// as [`PublicKey::verify`] takes it) with this key.
     pub fn check_signature(&self, payload: &[u8], signature_b64: &str) -> Result<(), String> {
+        let Trust::Key(key) = &self.key else {
+            return Err(
+                "it is a legacy cosign signature; a keyless policy verifies Sigstore bundles (as cosign 3 signs)"
+                    .into(),
+            );
+        };
         let raw = base64::engine::general_purpose::STANDARD
             .decode(signature_b64.trim())
             .map_err(|e| format!("its signature annotation is not base64 ({e})"))?;
-        self.key.verify(payload, &raw)
+        key.verify(payload, &raw)
     }
 }
 
@@ -136,7 +190,7 @@ pub enum SignatureError {
     BadKey { path: String, reason: String },
     #[error("{display} ({digest}) has no cosign signature (looked for {looked}); sign it with `cosign sign --key cosign.key IMAGE@DIGEST` (a signature over a multi-arch index covers the manifests it pins), or install without --verify-key. Nothing was changed")]
     Unsigned { display: String, digest: String, looked: String },
-    #[error("{display} ({digest}): no signature verifies with the key {key} ({fingerprint}): {reasons}. Nothing was changed")]
+    #[error("{display} ({digest}): no signature verifies with {key} ({fingerprint}): {reasons}. Nothing was changed")]
     Rejected { display: String, digest: String, key: String, fingerprint: String, reasons: String },
 }
 
@@ -253,7 +307,7 @@ pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Re
     Err(SignatureError::Rejected {
         display: display.to_string(),
         digest: digest.to_string(),
-        key: key.path.clone(),
+        key: key.described(),
         fingerprint: key.fingerprint.clone(),
         reasons: reasons.join("; "),
     })
@@ -308,7 +362,7 @@ pub fn decide_subjects(
     Err(SignatureError::Rejected {
         display: display.to_string(),
         digest,
-        key: key.path.clone(),
+        key: key.described(),
         fingerprint: key.fingerprint.clone(),
         reasons: strip(rejected),
     })

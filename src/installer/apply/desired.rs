@@ -215,10 +215,30 @@ fn package(keys: &Keys, base: &Path, line: usize) -> Result<DesiredPackage> {
             return Err(keys.error("to", "needs `to` and/or `map` (or `profile`) to know where files go"));
         }
     }
+    let keyless = source::keyless::KeylessOptions {
+        identity: keys.string("certificate-identity")?,
+        identity_regexp: keys.string("certificate-identity-regexp")?,
+        issuer: keys.string("certificate-oidc-issuer")?,
+        trusted_root: keys.string("trusted-root")?.map(|p| rel(&p)),
+    };
     let verify_key = match keys.string("verify-key")? {
-        None => None,
+        Some(_) if !keyless.is_empty() => {
+            return Err(
+                keys.error("verify-key", "give `verify-key` or a keyless policy (`certificate-identity`…), not both")
+            )
+        }
         Some(k) => {
             Some(source::signature::VerifyKey::load(&rel(&k)).map_err(|e| keys.error("verify-key", &e.to_string()))?)
+        }
+        None => {
+            let blamed =
+                ["trusted-root", "certificate-oidc-issuer", "certificate-identity-regexp", "certificate-identity"]
+                    .into_iter()
+                    .find(|k| keys.has(k))
+                    .unwrap_or("trusted-root");
+            source::keyless::KeylessPolicy::from_options(&keyless)
+                .map_err(|e| keys.error(blamed, &e))?
+                .map(source::signature::VerifyKey::keyless)
         }
     };
     let (username, password) = credentials(keys)?;

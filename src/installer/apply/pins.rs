@@ -68,11 +68,22 @@ pub fn platform_of(req: &InstallRequest) -> String {
     format!("{}/{}", p.os, p.architecture)
 }
 
-/// Whose signature resolving `req` verified: its key's fingerprint (a
-/// keyless policy adds its identity and issuer here). `None`: no signature
-/// was asked for, so none was checked.
+/// Whose signature resolving `req` verified: its key's fingerprint, or a
+/// keyless policy's identity and issuer (for a regexp policy, the pattern
+/// the certificate's identity matched in full). `None`: no signature was
+/// asked for, so none was checked.
 pub fn signer_of(req: &InstallRequest) -> Option<Signer> {
-    req.verify_key.as_ref().map(|k| Signer::Key { key: k.fingerprint().to_string() })
+    let k = req.verify_key.as_ref()?;
+    Some(match k.keyless_policy() {
+        None => Signer::Key { key: k.fingerprint().to_string() },
+        Some(p) => Signer::Identity {
+            identity: match p.identity() {
+                source::keyless::Identity::Exact(i) => i.clone(),
+                source::keyless::Identity::Regexp { pattern, .. } => format!("matching {pattern}"),
+            },
+            issuer: p.issuer().to_string(),
+        },
+    })
 }
 
 /// The lock's pin for `p`, if its entry is unchanged (same reference, same platform).

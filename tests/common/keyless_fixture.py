@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""A private Sigstore trust root and keyless bundles signed under it, for
+tests/signature_keyless.rs; and the independent verifier (Python `sigstore`
+4.x) the test compares stagehand with.
+
+    keyless_fixture.py make OUT DIGEST OTHER_DIGEST
+        writes OUT/trusted_root.json and OUT/<case>.json (Sigstore bundles
+        v0.3, DSSE over cosign's in-toto statement of DIGEST), and
+        OUT/cases.json naming each case's expected identity.
+    keyless_fixture.py verify ROOT DIGEST IDENTITY_OR_REGEXP ISSUER REGEXP(0|1) BUNDLE...
+        prints one line per bundle: "accept <identity>" or "refuse <why>".
+
+Roles, all generated here with `cryptography` (nothing is fetched):
+  - a CA in Fulcio's role: leaf certificates with the signer's identity as
+    SAN and the OIDC issuer in Fulcio's extensions 1.3.6.1.4.1.57264.1.1
+    (raw) and .1.8 (DER UTF8String), code-signing EKU, and an embedded SCT
+    from a CT log whose key is in the root;
+  - a log key in Rekor's role: a `dsse` 0.0.1 entry with an inclusion proof
+    in a two-leaf tree, a signed checkpoint, and (unless the case says not)
+    a signed entry timestamp (the "promise") carrying the integrated time.
+"""
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+B64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+OID_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
+OID_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
+OID_SCT = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
+IDENTITY = "signer@example.com"
+ISSUER = "https://issuer.example"
+WORKFLOW = "https://ci.example/org/repo/.github/workflows/release.yml@refs/tags/v1"
+
+
+def der_len(n):
+    if n < 0x80:
+        return bytes([n])
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(b)]) + b
+
+
+def der(tag, body):
+    return bytes([tag]) + der_len(len(body)) + body
+
+
+def spki(key):
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def new_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def sign(key, data):
+    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def make_ca(name, start):
+    key = new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "stagehand-test"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def sct_list(ct_key, tbs, issuer_spki, when):
+    """An RFC 6962 SignedCertificateTimestampList with one precert SCT."""
+    ts = int(when.timestamp() * 1000)
+    entry = hashlib.sha256(issuer_spki).digest() + struct.pack("!I", len(tbs))[1:] + tbs
+    signed = struct.pack("!BBQH", 0, 0, ts, 1) + entry + struct.pack("!H", 0)
+    sig = sign(ct_key, signed)
+    log_id = hashlib.sha256(spki(ct_key)).digest()
+    sct = struct.pack("!B", 0) + log_id + struct.pack("!QH", ts, 0) + struct.pack("!BBH", 4, 3, len(sig)) + sig
+    one = struct.pack("!H", len(sct)) + sct
+    return struct.pack("!H", len(one)) + one
+
+
+def make_leaf(ca_key, ca_cert, ct_key, identity, issuer, start, minutes=10):
+    key = new_key()
+    san = x509.UniformResourceIdentifier(identity) if "://" in identity else x509.RFC822Name(identity)
+
+    def builder():
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([])).issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(minutes=minutes))
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.SubjectAlternativeName([san]), critical=True)
+            .add_extension(x509.UnrecognizedExtension(OID_ISSUER_V1, issuer.encode()), critical=False)
+            .add_extension(x509.UnrecognizedExtension(OID_ISSUER_V2, der(0x0C, issuer.encode())), critical=False)
+        )
+
+    serial = x509.random_serial_number()
+    precert = builder().sign(ca_key, hashes.SHA256())
+    scts = sct_list(ct_key, precert.tbs_certificate_bytes, spki(ca_key), start)
+    cert = builder().add_extension(x509.UnrecognizedExtension(OID_SCT, der(0x04, scts)), critical=False)
+    return key, cert.sign(ca_key, hashes.SHA256())
+
+
+def statement(digest):
+    algo, hexd = digest.split(":", 1)
+    return json.dumps({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "registry.local/demo", "digest": {algo: hexd}}],
+        "predicateType": PREDICATE,
+        "predicate": {},
+    }, separators=(",", ":")).encode()
+
+
+def pae(payload_type, payload):
+    return b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload), payload)
+
+
+def leaf_hash(data):
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def tlog_entry(log_key, cert, payload, sig, integrated, promise):
+    """A Rekor v1 `dsse` 0.0.1 entry at index 1 of a two-leaf tree."""
+    import rfc8785
+
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    body = json.dumps({
+        "apiVersion": "0.0.1", "kind": "dsse",
+        "spec": {
+            "envelopeHash": {"algorithm": "sha256", "value": hashlib.sha256(payload + sig).hexdigest()},
+            "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
+            "signatures": [{"signature": B64(sig), "verifier": B64(pem)}],
+        },
+    }, separators=(",", ":"), sort_keys=True).encode()
+    log_id = hashlib.sha256(spki(log_key)).digest()
+    sibling = leaf_hash(b"an earlier entry")
+    root = hashlib.sha256(b"\x01" + sibling + leaf_hash(body)).digest()
+    name = "rekor.stagehand.test"
+    note = f"{name} - 1\n2\n{B64(root)}\n"
+    note_sig = B64(log_id[:4] + sign(log_key, note.encode()))
+    checkpoint = f"{note}\n\u2014 {name} {note_sig}\n"
+    entry = {
+        "logIndex": "1",
+        "logId": {"keyId": B64(log_id)},
+        "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+        "integratedTime": str(integrated),
+        "inclusionProof": {
+            "logIndex": "1", "rootHash": B64(root), "treeSize": "2",
+            "hashes": [B64(sibling)], "checkpoint": {"envelope": checkpoint},
+        },
+        "canonicalizedBody": B64(body),
+    }
+    if promise:
+        set_body = rfc8785.dumps({"body": B64(body), "integratedTime": integrated,
+                                  "logID": log_id.hex(), "logIndex": 1})
+        entry["inclusionPromise"] = {"signedEntryTimestamp": B64(sign(log_key, set_body))}
+    return entry
+
+
+def bundle(leaf_key, cert, log_key, digest, integrated, promise=True, tamper=False):
+    payload = statement(digest)
+    sig = sign(leaf_key, pae(PAYLOAD_TYPE, payload))
+    if tamper:
+        payload = payload.replace(b'"predicate":{}', b'"predicate":{"x":1}')
+    return {
+        "mediaType": BUNDLE_V03,
+        "verificationMaterial": {
+            "certificate": {"rawBytes": B64(cert.public_bytes(serialization.Encoding.DER))},
+            "tlogEntries": [tlog_entry(log_key, cert, payload, sig, integrated, promise)],
+            "timestampVerificationData": {},
+        },
+        "dsseEnvelope": {"payload": B64(payload), "payloadType": PAYLOAD_TYPE,
+                         "signatures": [{"sig": B64(sig), "keyid": ""}]},
+    }
+
+
+def log_json(key, start):
+    return {
+        "baseUrl": "https://log.stagehand.invalid", "hashAlgorithm": "SHA2_256",
+        "publicKey": {"rawBytes": B64(spki(key)), "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                      "validFor": {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ")}},
+        "logId": {"keyId": B64(hashlib.sha256(spki(key)).digest())},
+    }
+
+
+def make(out, digest, other_digest):
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    epoch = now - dt.timedelta(days=400)
+    ca_key, ca = make_ca("fulcio.stagehand.test", epoch)
+    other_ca_key, other_ca = make_ca("fulcio.stagehand.test", epoch)
+    ct_key, log_key = new_key(), new_key()
+    root = {
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "tlogs": [log_json(log_key, epoch)],
+        "certificateAuthorities": [{
+            "subject": {"organization": "stagehand-test", "commonName": "fulcio.stagehand.test"},
+            "uri": "https://fulcio.stagehand.invalid",
+            "certChain": {"certificates": [{"rawBytes": B64(ca.public_bytes(serialization.Encoding.DER))}]},
+            "validFor": {"start": epoch.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        }],
+        "ctlogs": [log_json(ct_key, epoch)],
+        "timestampAuthorities": [],
+    }
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "trusted_root.json"), "w") as f:
+        json.dump(root, f, indent=1)
+
+    fresh = now - dt.timedelta(minutes=5)
+    signed_at = int((fresh + dt.timedelta(minutes=1)).timestamp())
+    old = now - dt.timedelta(days=30)
+    old_signed_at = int((old + dt.timedelta(minutes=2)).timestamp())
+
+    def leaf(identity=IDENTITY, issuer=ISSUER, start=fresh, ca_pair=(ca_key, ca)):
+        return make_leaf(ca_pair[0], ca_pair[1], ct_key, identity, issuer, start)
+
+    good = leaf()
+    expired = leaf(start=old)
+    cases = {
+        "valid": bundle(*good, log_key, digest, signed_at),
+        "tampered-payload": bundle(*good, log_key, digest, signed_at, tamper=True),
+        "wrong-subject": bundle(*good, log_key, other_digest, signed_at),
+        "wrong-identity": bundle(*leaf(identity="mallory@example.com"), log_key, digest, signed_at),
+        "wrong-issuer": bundle(*leaf(issuer="https://other-issuer.example"), log_key, digest, signed_at),
+        "expired-no-timestamp": bundle(*expired, log_key, digest, old_signed_at, promise=False),
+        "expired-timestamped": bundle(*expired, log_key, digest, old_signed_at),
+        "other-ca": bundle(*leaf(ca_pair=(other_ca_key, other_ca)), log_key, digest, signed_at),
+        "identity-regexp": bundle(*leaf(identity=WORKFLOW), log_key, digest, signed_at),
+    }
+    for name, b in cases.items():
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(b, f)
+    print(json.dumps({"identity": IDENTITY, "issuer": ISSUER, "workflow": WORKFLOW, "cases": list(cases)}))
+
+
+def verify(root_path, digest, identity, issuer, regexp, paths):
+    """Python `sigstore`'s verdict on each bundle, offline, with the same root."""
+    from sigstore.models import Bundle, TrustedRoot
+    from sigstore.verify import Verifier, policy
+
+    verifier = Verifier(trusted_root=TrustedRoot.from_file(root_path))
+    algo, hexd = digest.split(":", 1)
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                b = Bundle.from_json(f.read())
+            if regexp:
+                # sigstore-python pins exact identities only; the issuer is
+                # its policy, the full-match regexp over the SAN is applied here.
+                pol = policy.OIDCIssuer(issuer)
+            else:
+                pol = policy.Identity(identity=identity, issuer=issuer)
+            ptype, payload = verifier.verify_dsse(b, pol)
+            san = b.signing_certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            sans = san.get_values_for_type(x509.RFC822Name) + san.get_values_for_type(x509.UniformResourceIdentifier)
+            if regexp and not any(re.fullmatch(identity, s) for s in sans):
+                raise ValueError(f"no SAN of {sans} matches {identity}")
+            if ptype != PAYLOAD_TYPE:
+                raise ValueError(f"payload type {ptype}")
+            st = json.loads(payload)
+            if st.get("predicateType") != PREDICATE:
+                raise ValueError("not a cosign signature")
+            if not any(s.get("digest", {}).get(algo) == hexd for s in st.get("subject", [])):
+                raise ValueError("subject is another artifact")
+            print(f"accept {sans[0]}")
+        except Exception as e:  # noqa: BLE001 - every failure is a refusal
+            print("refuse " + " ".join(f"{type(e).__name__}: {e}".split())[:200])
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make":
+        make(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "verify":
+        verify(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6] == "1", sys.argv[7:])
+    else:
+        sys.exit(f"unknown command {sys.argv[1]}")

@@ -1,0 +1,192 @@
+//! Keyless signatures, verified offline: `install` with
+//! `--certificate-identity[-regexp]`, `--certificate-oidc-issuer` and
+//! `--trusted-root`, against a private Sigstore trust root generated in the
+//! test (`tests/common/keyless_fixture.py`, python3 `cryptography`): a CA in
+//! Fulcio's role (leaf certificates with the SAN, Fulcio's issuer extensions
+//! and an embedded SCT by a CT log of the root), a log key in Rekor's role
+//! (a `dsse` entry with an inclusion proof, a signed checkpoint and a signed
+//! entry timestamp). The v0.3 bundles are pushed as cosign 3 pushes them, as
+//! referrers (the referrers tag schema) of the demo's manifest in a real
+//! `docker-registry` on loopback.
+//!
+//! Every bundle is also checked by an independent verifier, Python
+//! `sigstore` 4.x, offline with the same trusted root; the test asserts that
+//! it agrees with stagehand on every case and prints the table. Cases: valid,
+//! tampered payload, wrong subject, wrong identity, wrong issuer, expired
+//! certificate without a timestamp, expired but timestamped (the signed
+//! entry timestamp falls within its validity), a certificate from another
+//! CA, and an identity regexp.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::cosign::*;
+use common::registry::*;
+use serde_json::{json, Value};
+
+const TOOLS: &[&str] = &["docker-registry", "skopeo", "python3"];
+const IDENTITY: &str = "signer@example.com";
+const ISSUER: &str = "https://issuer.example";
+const WORKFLOW_REGEXP: &str = r"https://ci\.example/org/repo/\.github/workflows/.*@refs/tags/v.*";
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/keyless_fixture.py")
+}
+
+/// python3 with `cryptography` and `sigstore` (scripts/test.sh installs them).
+fn python_ready(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import cryptography, rfc8785, sigstore.verify"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        common::skip_unless_ci(
+            test,
+            "python3 with cryptography and sigstore 4.x is not installed (scripts/test.sh installs it)",
+        );
+    }
+    ok
+}
+
+fn python(args: &[&str]) -> String {
+    let out = Command::new("python3").arg(fixture()).args(args).output().expect("run python3");
+    assert!(
+        out.status.success(),
+        "keyless_fixture.py {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// One case: its bundle, the policy it is checked with, what both must say.
+struct Case {
+    name: &'static str,
+    regexp: bool,
+    accept: bool,
+    /// Words stagehand's refusal must hold.
+    needles: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case { name: "valid", regexp: false, accept: true, needles: &[] },
+    Case { name: "tampered-payload", regexp: false, accept: false, needles: &["signature"] },
+    Case { name: "wrong-subject", regexp: false, accept: false, needles: &["another artifact"] },
+    Case {
+        name: "wrong-identity",
+        regexp: false,
+        accept: false,
+        needles: &["identity is \"mallory@example.com\", not \"signer@example.com\""],
+    },
+    Case {
+        name: "wrong-issuer",
+        regexp: false,
+        accept: false,
+        needles: &["OIDC issuer is \"https://other-issuer.example\", not \"https://issuer.example\""],
+    },
+    Case { name: "expired-no-timestamp", regexp: false, accept: false, needles: &["signing time"] },
+    Case { name: "expired-timestamped", regexp: false, accept: true, needles: &[] },
+    Case {
+        name: "other-ca",
+        regexp: false,
+        accept: false,
+        needles: &["certificate does not verify against the trusted root"],
+    },
+    Case { name: "identity-regexp", regexp: true, accept: true, needles: &[] },
+];
+
+fn keyless_args(root: &Path, regexp: bool) -> Vec<String> {
+    let (flag, identity) =
+        if regexp { ("--certificate-identity-regexp", WORKFLOW_REGEXP) } else { ("--certificate-identity", IDENTITY) };
+    vec![
+        flag.into(),
+        identity.into(),
+        "--certificate-oidc-issuer".into(),
+        ISSUER.into(),
+        "--trusted-root".into(),
+        root.display().to_string(),
+    ]
+}
+
+/// Makes `bundle` the one referrer of `subject` in the registry, under the
+/// referrers tag schema's `sha256-<hex>` tag, as cosign 3 pushes it.
+fn publish(sigs: &Path, host: &str, subject: &str, bundle: &[u8]) {
+    let m = bundle_referrer(sigs, MT_BUNDLE_V03, bundle, subject);
+    let tag = referrers_tag(subject);
+    let index = referrers_index(sigs, &[m]);
+    set_tag(sigs, &tag, &index);
+    skopeo_push(sigs, &tag, &format!("{host}/demo:{tag}"), None, true);
+}
+
+#[test]
+fn keyless_bundles_agree_with_python_sigstore() {
+    let test = "keyless_bundles_agree_with_python_sigstore";
+    if !require(test, TOOLS) || !python_ready(test) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let tmp = tempdir("keyless");
+    let reg = demo_registry(tmp.path());
+    let host = reg.host();
+    let sigs = tmp.path().join("signatures");
+    empty_layout(&sigs);
+    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
+    let out = tmp.path().join("fixture");
+    let made: Value = serde_json::from_str(&python(&["make", &out.display().to_string(), &d1, &d2])).expect("json");
+    let names: Vec<&str> = made["cases"].as_array().expect("cases").iter().filter_map(Value::as_str).collect();
+    assert_eq!(names, CASES.iter().map(|c| c.name).collect::<Vec<_>>(), "the fixture makes every case");
+    let root = out.join("trusted_root.json");
+
+    let mut table = vec![format!("{:<22} | {:<9} | python-sigstore", "case", "stagehand")];
+    for case in CASES {
+        let bundle_path = out.join(format!("{}.json", case.name));
+        publish(&sigs, &host, &d1, &std::fs::read(&bundle_path).expect("bundle"));
+
+        let sb = Sandbox::at(&tmp.path().join(format!("sb-{}", case.name)));
+        let before = (sb.world(), sb.run(&["list", "--json"]).ok().json());
+        let r = sb.run(&sb.demo_args(
+            &format!("{host}/demo:v1"),
+            &keyless_args(&root, case.regexp).iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        let stagehand = if r.success() {
+            assert_eq!(sb.world(), demo_world("v1"), "{}: the world is v1's", case.name);
+            let list = sb.run(&["list", "--json"]).ok().json();
+            let expected = if case.regexp {
+                format!("identity matching {WORKFLOW_REGEXP} (issuer {ISSUER})")
+            } else {
+                format!("identity {IDENTITY} (issuer {ISSUER})")
+            };
+            assert_eq!(list[0]["signed_by"], json!(expected), "{}: list --json names the keyless signer", case.name);
+            "accept".to_string()
+        } else {
+            r.fails_with(case.needles);
+            assert!(r.stderr.contains("Nothing was changed"), "{}: {}", case.name, r.describe());
+            assert_eq!(
+                (sb.world(), sb.run(&["list", "--json"]).ok().json()),
+                before,
+                "{}: a refusal changed something",
+                case.name
+            );
+            "refuse".to_string()
+        };
+
+        let identity = if case.regexp { WORKFLOW_REGEXP } else { IDENTITY };
+        let root_s = root.display().to_string();
+        let bundle_s = bundle_path.display().to_string();
+        let regexp = if case.regexp { "1" } else { "0" };
+        let py = python(&["verify", &root_s, &d1, identity, ISSUER, regexp, &bundle_s]);
+        let py = py.trim();
+        let python_says = py.split_whitespace().next().unwrap_or_default().to_string();
+
+        let why = if r.success() { String::new() } else { r.stderr.lines().last().unwrap_or_default().to_string() };
+        table.push(format!("{:<22} | {stagehand:<9} | {py}", case.name));
+        eprintln!("{}: stagehand {stagehand} {why}", case.name);
+        let expected = if case.accept { "accept" } else { "refuse" };
+        assert_eq!(stagehand, expected, "{}: stagehand says {stagehand}: {}", case.name, r.describe());
+        assert_eq!(python_says, stagehand, "{}: python-sigstore disagrees: {py}", case.name);
+    }
+    println!("{}", table.join("\n"));
+    println!("({} cases in {:.1} s)", CASES.len(), started.elapsed().as_secs_f64());
+}
