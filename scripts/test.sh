@@ -35,6 +35,10 @@ command -v htpasswd >/dev/null 2>&1 || registry_pkgs+=(apache2-utils)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || registry_pkgs+=(qemu-system-x86)
 command -v busybox >/dev/null 2>&1 || registry_pkgs+=(busybox-static)
 command -v mkfs.btrfs >/dev/null 2>&1 || registry_pkgs+=(btrfs-progs)
+# BLOCK-REPLAY TEST (tests/blockreplay.rs, scripts/blockreplay.sh): dmsetup
+# goes into the guest (dm-log-writes), xfsprogs makes the XFS images.
+command -v dmsetup >/dev/null 2>&1 || registry_pkgs+=(dmsetup)
+command -v mkfs.xfs >/dev/null 2>&1 || registry_pkgs+=(xfsprogs)
 # HOSTILE-SERVER TESTS (tests/hostile.rs, tests/client_safety.rs): python3 runs the hostile loopback
 # server, openssl makes its TLS certificate, setpriv (util-linux) runs the
 # binary as uid 65534 for the state-dir cases.
