@@ -256,9 +256,13 @@ fn rollback_refuses_when_a_cached_layer_is_damaged_or_missing() {
     for e in fs::read_dir(layout.join("blobs/sha256")).unwrap() {
         chmod(&e.unwrap().path(), 0o664);
     }
-    let source = |tag: &str| format!("oci-layout:{}:{tag}", layout.display());
-    sb.run(&demo_install_args(&sb.dest, &source("v1"))).ok();
-    sb.run(&demo_install_args(&sb.dest, &source("v2"))).ok();
+    let install = |tag: &str| {
+        let mut args = demo_install_args(&sb.dest, &format!("oci-layout:{}:{tag}", layout.display()));
+        args.extend(["--name".into(), DEMO.into()]);
+        sb.run(&args).ok();
+    };
+    install("v1");
+    install("v2");
 
     let manifest = |tag: &str| -> serde_json::Value {
         let d = layout_tag_digest(&layout, tag);
