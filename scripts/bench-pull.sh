@@ -18,7 +18,10 @@
 #              loopback limit
 # and prints the medians and the ratios stagehand/baseline, for a fresh
 # install and for an upgrade (goals: skopeo <= 1.0, skopeo+tar <= 0.7,
-# curl <= 2). Then installs one BIG_MIB artifact (default 1024 MiB, 1 MiB
+# curl <= 2). Then times one `stagehand apply` of 10 packages (each a tenth
+# of FILES, gzip layers) against `skopeo copy` of the same 10, one after
+# the other and all at once (goal: registry install / skopeo copy <= 0.75).
+# Then installs one BIG_MIB artifact (default 1024 MiB, 1 MiB
 # files) once, to report stagehand's peak RSS (goal <= 64 MiB).
 # `uptime` is printed before and after: the machine may be shared.
 #
@@ -70,7 +73,7 @@ if [ -n "${BIN:-}" ]; then
   bin=$BIN
 else
   (cd "$repo" && cargo build --release --quiet)
-  bin="$repo/target/release/stagehand"
+  bin="${CARGO_TARGET_DIR:-$repo/target}/release/stagehand"
 fi
 [ -x "$bin" ] || die "no stagehand binary at $bin"
 
@@ -137,6 +140,13 @@ for v in ("v1", "v2"):
             dst.write(chunk)
     tag(f"tar-{v}", dict(mediaType="application/vnd.oci.image.layer.v1.tar", **put_file(tar_path)))
     tag(f"gz-{v}", dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip", **put_file(gz_path)))
+for k in range(10):
+    tar_path = os.path.join(work, f"layer-pkg{k}.tar")
+    make_tar(tar_path, max(1, files // 10), size, True)
+    with open(tar_path, "rb") as src, gzip.GzipFile(tar_path + ".gz", "wb", compresslevel=6, mtime=0) as dst:
+        dst.write(src.read())
+    os.remove(tar_path)
+    tag(f"pkg{k}", dict(mediaType="application/vnd.oci.image.layer.v1.tar+gzip", **put_file(tar_path + ".gz")))
 big_path = os.path.join(work, "layer-big.tar")
 make_tar(big_path, big_mib, 1 << 20, False)
 tag("big", dict(mediaType="application/vnd.oci.image.layer.v1.tar", **put_file(big_path)))
@@ -147,7 +157,7 @@ with open(os.path.join(layout, "oci-layout"), "w") as f:
 EOF
 
 reg=$("$repo/scripts/registry.sh" start "$work/registry")
-for t in tar-v1 tar-v2 gz-v1 gz-v2 big; do
+for t in tar-v1 tar-v2 gz-v1 gz-v2 big pkg0 pkg1 pkg2 pkg3 pkg4 pkg5 pkg6 pkg7 pkg8 pkg9; do
   "$repo/scripts/registry.sh" push "$work/registry" "$work/layout" "$t" "bench:$t" >/dev/null
 done
 echo "==> pushed to $reg/bench"
@@ -248,6 +258,40 @@ for kind in $kinds; do
   done
 done
 
+# One apply of 10 packages against skopeo copy of the same 10, one after
+# the other and all at once, each timed command on a fresh $run.
+cat >"$work/skopeo-10.sh" <<'EOF'
+#!/usr/bin/env bash
+# skopeo-10.sh REG OCI seq|par: copies bench:pkg0..9 into OCI-0..9.
+set -euo pipefail
+pids=()
+for k in 0 1 2 3 4 5 6 7 8 9; do
+  if [ "$3" = par ]; then
+    skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$1/bench:pkg$k" "oci:$2-$k:pkg$k" &
+    pids+=($!)
+  else
+    skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$1/bench:pkg$k" "oci:$2-$k:pkg$k"
+  fi
+done
+for p in "${pids[@]}"; do wait "$p"; done
+EOF
+chmod +x "$work/skopeo-10.sh"
+for f in apply10 skopeo10seq skopeo10par; do : >"$work/$f.txt"; done
+for i in $(seq 1 "$runs"); do
+  new_run "$run_mib"
+  {
+    printf '[defaults]\nplain-http = true\n\n'
+    for k in 0 1 2 3 4 5 6 7 8 9; do printf '[package.p%s]\nref = "%s/bench:pkg%s"\nto = "%s/dest/p%s"\n\n' "$k" "$reg" "$k" "$run" "$k"; done
+  } >"$run/stagehand.toml"
+  sync
+  timed "$work/apply10.txt" "$bin" --state-dir "$run/state" -q apply --file "$run/stagehand.toml"
+  new_run "$run_mib"
+  timed "$work/skopeo10seq.txt" "$work/skopeo-10.sh" "$reg" "$run/oci" seq
+  new_run "$run_mib"
+  timed "$work/skopeo10par.txt" "$work/skopeo-10.sh" "$reg" "$run/oci" par
+  echo "    10 packages run $i: apply $(tail -1 "$work/apply10.txt" | cut -d' ' -f1)s, skopeo x10 one by one $(tail -1 "$work/skopeo10seq.txt" | cut -d' ' -f1)s, at once $(tail -1 "$work/skopeo10par.txt" | cut -d' ' -f1)s; load $(cut -d' ' -f1 /proc/loadavg)"
+done
+
 new_run "$((big_mib * 3))"
 : >"$work/big.txt"
 timed "$work/big.txt" "$bin" --state-dir "$run/state" -q install "$reg/bench:big" --to "$run/dest/big" --plain-http
@@ -266,5 +310,8 @@ for kind in $kinds; do
   fi
   echo "[$kind]   peak RSS: stagehand $(($(maxrss "$work/$kind-fresh.txt" "$work/$kind-upgrade.txt") / 1024)) MiB, skopeo $(($(maxrss "$work/$kind-skopeo.txt") / 1024)) MiB"
 done
+ap=$(med "$work/apply10.txt") sq=$(med "$work/skopeo10seq.txt") sp=$(med "$work/skopeo10par.txt")
+echo "[10 packages] stagehand apply ${ap}s; skopeo copy x10 one by one ${sq}s, all at once ${sp}s"
+echo "[10 packages]   apply / skopeo one by one $(ratio "$ap" "$sq")x, / skopeo at once $(ratio "$ap" "$sp")x (goal <= 0.75)"
 echo "[big] ${big_mib} MiB install: $(med "$work/big.txt")s, peak RSS $(($(maxrss "$work/big.txt") / 1024)) MiB (goal <= 64 MiB)"
 echo "==> uptime after: $(uptime)"

@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::fs;
+
 use common::*;
 
 /// Opens STATE/journal, finds the `packages` record of `name`, replaces its
@@ -236,4 +238,85 @@ fn unopenable_journal_is_set_aside() {
     // Asked again, with a journal that opens: refused, nothing moved.
     let again = sb.run(&["repair", "--set-aside-journal"]);
     assert_eq!(again.code, Some(1), "{}", again.describe());
+}
+
+/// A layout whose blobs only we can write is hard-linked into the cache;
+/// others' (here: group-writable) are copied, and that copy is made after
+/// the commit point without an fsync (its partial file, promoted by a
+/// later rollback). After v1 → v2 from such a layout, v1's layer is
+/// damaged, then deleted: `rollback` refuses each time, saying the blob is
+/// missing or damaged and how to reinstall, and changes nothing (DEST,
+/// `list`, `history`). With the copy restored, the same rollback works and
+/// the blob is in the cache's store, promoted.
+#[test]
+fn rollback_refuses_when_a_cached_layer_is_damaged_or_missing() {
+    let sb = Sandbox::new();
+    let layout = sb.root.join("shared-layout");
+    copy_tree(&demo_layout(), &layout);
+    for e in fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        chmod(&e.unwrap().path(), 0o664);
+    }
+    let install = |tag: &str| {
+        let mut args = demo_install_args(&sb.dest, &format!("oci-layout:{}:{tag}", layout.display()));
+        args.extend(["--name".into(), DEMO.into()]);
+        sb.run(&args).ok();
+    };
+    install("v1");
+    install("v2");
+
+    let manifest = |tag: &str| -> serde_json::Value {
+        let d = layout_tag_digest(&layout, tag);
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap()).unwrap()
+    };
+    let layers = |tag: &str| -> Vec<String> {
+        manifest(tag)["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+    };
+    let v2_layers = layers("v2");
+    let victim = layers("v1").into_iter().find(|d| !v2_layers.contains(d)).expect("v1 has a layer v2 does not share");
+    let hex = &victim[7..];
+    let stored = sb.state.join("blobs/sha256").join(hex);
+    let partial = sb.state.join("blobs/partial").join(hex);
+    assert!(!stored.exists(), "a copied blob entered the store before anything promoted it");
+    assert!(partial.is_file(), "v1's layer was not copied into the cache at {}", partial.display());
+    let saved = fs::read(&partial).unwrap();
+
+    let world = sb.world();
+    let list = sb.list_json();
+    let history_len = |sb: &Sandbox| sb.run(&["history", "--json"]).ok().json().as_array().expect("array").len();
+    let hist = history_len(&sb);
+    let mut damaged = saved.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x55;
+    for (what, bytes) in [("damaged", Some(&damaged)), ("deleted", None)] {
+        match bytes {
+            Some(b) => fs::write(&partial, b).unwrap(),
+            None => remove_if_exists(&partial),
+        }
+        let run = sb.run(&["rollback", DEMO]);
+        run.expect_clean_failure();
+        let msg = run.stderr.to_lowercase();
+        assert!(
+            msg.contains("missing or damaged") && msg.contains(&victim) && msg.contains("nothing was changed"),
+            "a rollback over a {what} cached layer does not say so:\n{}",
+            run.describe()
+        );
+        assert!(run.stderr.contains("stagehand install"), "no way out named:\n{}", run.describe());
+        assert!(sb.world() == world, "the refused rollback ({what}) changed DEST:\n{}", tree_diff(&sb.world(), &world, 20));
+        assert_eq!(sb.list_json(), list, "the refused rollback ({what}) changed the package list");
+        assert_eq!(history_len(&sb), hist, "the refused rollback ({what}) added a history entry");
+        assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());
+        assert!(!stored.exists(), "a {what} copy was promoted into the store");
+    }
+
+    // Control: the copy back, the same rollback works, from the store.
+    fs::write(&partial, &saved).unwrap();
+    sb.run(&["rollback", DEMO]).ok();
+    assert_eq!(sha256_file(&stored), hex, "the promoted blob does not hash to its name");
+    assert!(!partial.exists(), "the promoted partial is still there");
+    let v1 = layout_tag_digest(&layout, "v1");
+    assert!(
+        sb.list_json().iter().any(|p| p.to_string().contains(&v1)),
+        "v1 is not installed after the rollback: {:?}",
+        sb.list_json()
+    );
 }

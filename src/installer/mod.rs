@@ -507,16 +507,19 @@ impl Installer {
             return adopt::restore_put(&self.state_dir, name, version, keep, limits);
         }
         let cache = source::cache::BlobCache::new(&self.state_dir);
-        let pruned = || {
+        let pruned = |what: &str| {
             Error::Refused(format!(
-                "the blobs of {name} {} are no longer in the cache (pruned); reinstall it from its source: stagehand install {} ... Nothing was changed",
+                "the blobs of {name} {} are no longer in the cache ({what} is missing or damaged: pruned, deleted, \
+                 or lost in a crash); reinstall it from its source: stagehand install {} ... Nothing was changed",
                 version.manifest_digest, version.source
             ))
         };
-        let manifest = cache.read_manifest(&version.manifest_digest)?.ok_or_else(pruned)?;
+        let manifest = cache.read_manifest(&version.manifest_digest)?.ok_or_else(|| pruned("its manifest"))?;
+        // A blob copied from a layout is promoted here (re-hashed, fsynced):
+        // its import was left off the install's critical path.
         for desc in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            if !cache.contains(desc)? {
-                return Err(pruned());
+            if !cache.promote(desc)? {
+                return Err(pruned(&format!("blob {}", desc.digest)));
             }
         }
         let artifact = source::ResolvedArtifact {

@@ -5,7 +5,6 @@
 //! Nothing here journals or touches a destination.
 
 use std::borrow::Cow;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use super::planner::PutRequest;
@@ -36,10 +35,16 @@ fn only_we_can_write(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == uid && m.mode() & 0o022 == 0)
 }
 
-/// Puts a layout version's manifest and blobs into the blob cache (a hard
-/// link where the layout is on the same filesystem and its blob is writable
-/// only by us, else a verified copy, so the cache never shares an inode with
-/// a file someone else can write), so `rollback` can reinstall it offline later.
+/// Puts a layout version's manifest and blobs into the blob cache, so
+/// `rollback` can reinstall it offline later. Called after the commit
+/// point: roll-forward needs only the staged tree, so nothing here is on
+/// the transaction's durability path. The manifest is stored (small,
+/// fsynced); a blob is hard-linked where the layout is on the same
+/// filesystem and its blob is writable only by us (the cache never shares
+/// an inode with a file someone else can write), else copied into its
+/// partial file unsynced ([`source::cache::BlobCache::stash`]): a later
+/// rollback promotes it (re-hashed, fsynced) or, if it was lost or
+/// damaged, says so and changes nothing.
 pub(super) fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &source::ResolvedArtifact) -> Result<()> {
     let cache = source::cache::BlobCache::new(state_dir);
     cache.ensure_dirs()?;
@@ -48,6 +53,7 @@ pub(super) fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &so
     let manifest_bytes = std::fs::read(&manifest_path).map_err(io(format!("reading {}", manifest_path.display())))?;
     cache.put_small(&artifact.manifest_digest, &manifest_bytes)?;
     let m = &artifact.manifest;
+    let mut linked = false;
     for desc in std::iter::once(&m.config).chain(&m.layers) {
         if cache.contains(desc)? {
             continue;
@@ -55,37 +61,13 @@ pub(super) fn import_layout_blobs(state_dir: &Path, layout: &Path, artifact: &so
         let dst = cache.blob_path(&desc.digest)?;
         let src = layout.blob_path(&desc.digest)?;
         if only_we_can_write(&src) && fsops::hard_link(&src, &dst, "cache").is_ok() {
-            fsops::fsync_dir(cache.root().join("sha256").as_path(), "cache").map_err(io("syncing the blob cache"))?;
+            linked = true;
             continue;
         }
-        let what = source::verify::blob_label(desc);
-        if let Some(mut w) = cache.begin(desc, &what)? {
-            if w.offset() != 0 {
-                w.restart()?;
-            }
-            let mut r = source::BlobSource::open_blob(&layout, desc)?;
-            let mut buf = vec![0u8; 1 << 20];
-            let copied = loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => n,
-                    Err(e) => break Err(Error::Io { context: format!("reading {what}"), source: e }),
-                };
-                if let Err(e) = w.write(&buf[..n]) {
-                    break Err(e.into());
-                }
-            };
-            if let Err(e) = copied {
-                // A copy from a layout is never resumed (it starts over):
-                // its partial file would only fill the disk. Remove it.
-                let partial = w.abandon()?;
-                return Err(Error::Refused(format!(
-                    "{e}\nThe partial copy {} was removed (a copy from a layout starts over); nothing else was changed",
-                    partial.display()
-                )));
-            }
-            w.finish()?;
-        }
+        cache.stash(desc, &src)?;
+    }
+    if linked {
+        fsops::fsync_dir(cache.root().join("sha256").as_path(), "cache").map_err(io("syncing the blob cache"))?;
     }
     Ok(())
 }

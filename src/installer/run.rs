@@ -22,13 +22,8 @@ impl Installer {
     /// Runs a planned transaction to its end. Returns the finished record.
     pub(super) fn execute(&self, plan: TxnPlan, show_progress: bool) -> Result<TxnRecord> {
         let TxnPlan { mut rec, stage, mut work, total_bytes, space } = plan;
-        for w in &work {
-            if let Some((layout, artifact)) = &w.layout {
-                // Keep the version's blobs in the cache, so a later rollback is offline.
-                import_layout_blobs(&self.state_dir, layout, artifact)?;
-            }
-        }
-        // What staging may write per filesystem, now that the cache took its share.
+        tracing::debug!(txn = rec.id, "executing");
+        // What staging may write per filesystem.
         let budget = space.budget()?;
         self.journal.write_txn(&rec, "planned")?;
         tracing::debug!(txn = rec.id, targets = rec.targets.len(), packages = rec.changes.len(), "planned");
@@ -78,9 +73,27 @@ impl Installer {
         if let Err(e) = self.journal.write_txn(&rec, "commit") {
             return Err(self.commit_failed(rec, e));
         }
+        tracing::debug!(txn = rec.id, "committed");
         let rec = self.finish_committed(rec)?;
+        self.import_layouts(&work);
         self.prune_quietly();
         Ok(rec)
+    }
+
+    /// Keeps each layout version's blobs in the cache, so a later rollback
+    /// is offline. After the transaction finished: no guarantee of this one
+    /// rests on it, so a failure is a warning (a rollback to this version
+    /// would then say its blobs are missing and change nothing).
+    fn import_layouts(&self, work: &[ChangeWork]) {
+        for (layout, artifact) in work.iter().filter_map(|w| w.layout.as_ref()) {
+            if let Err(e) = import_layout_blobs(&self.state_dir, layout, artifact) {
+                tracing::warn!(
+                    error = %e, layout = %layout.display(),
+                    "could not keep this version's blobs in the cache; a rollback to it will need the layout"
+                );
+            }
+        }
+        tracing::debug!("layout blobs kept in the cache");
     }
 
     /// The commit record could not be written (it may or may not be on
@@ -231,6 +244,7 @@ fn stage_all(
         rec.targets.iter().filter(|t| t.new.is_some()).map(|t| PathBuf::from(&t.staging)).collect();
     tracing::debug!(txn = rec.id, "written; making durable");
     stage::make_durable(&staged_paths)?;
+    tracing::debug!(txn = rec.id, "durable");
     // The file lists, durable before the `staged` record that names them.
     let lists: Vec<&[FileEntry]> = installed.iter().flatten().map(|t| t.entries.as_slice()).collect();
     let mut refs = journal.write_file_lists(&lists)?.into_iter();

@@ -260,6 +260,65 @@ impl BlobCache {
         Ok(Some(writer))
     }
 
+    /// Copies the blob file `src` (a layout's, which staging has already
+    /// read and verified) into the partial file of `desc`, with no fsync
+    /// and no hashing: it enters the store only once [`promote`](Self::promote)
+    /// (or [`begin`](Self::begin)) has re-hashed and fsynced it, so the
+    /// store's rule holds while the copy's durability is left to the kernel
+    /// or a later command. A complete partial already there is kept.
+    pub fn stash(&self, desc: &Descriptor, src: &Path) -> Result<(), SourceError> {
+        let path = self.partial_path(&desc.digest)?;
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == desc.size) {
+            return Ok(());
+        }
+        let mut from = File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
+        let mut partial = blobfile::create_partial(&path, ROLE).map_err(io_err(format!("creating {}", path.display())))?;
+        let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        let copied = loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(io_err(format!("reading {}", src.display()))(e)),
+            };
+            if partial.len() + n as u64 > desc.size {
+                let actual = partial.len() + n as u64;
+                break Err(SourceError::SizeMismatch { what: blob_label(desc), expected: desc.size, actual });
+            }
+            if let Err(e) = partial.append(&buf[..n]) {
+                break Err(io_err(format!("writing {}", path.display()))(e));
+            }
+        };
+        let flushed = copied.and_then(|()| partial.flush().map_err(io_err(format!("writing {}", path.display()))));
+        drop(partial);
+        if flushed.is_err() {
+            let _ = fsops::remove_tree(&path, ROLE);
+        }
+        flushed
+    }
+
+    /// True if `desc` is in the store, after promoting a complete partial
+    /// of it (a [`stash`](Self::stash)ed copy, or a download that got every
+    /// byte): re-hashed, fsynced, renamed into the store. A damaged one is
+    /// removed, and `false` returned.
+    pub fn promote(&self, desc: &Descriptor) -> Result<bool, SourceError> {
+        if self.contains(desc)? {
+            return Ok(true);
+        }
+        let path = self.partial_path(&desc.digest)?;
+        if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == desc.size) {
+            return Ok(false);
+        }
+        match self.begin(desc, &blob_label(desc))? {
+            None => Ok(true),
+            Some(w) => {
+                tracing::warn!(blob = %desc.digest, "the cached copy of this blob is damaged; removing it");
+                w.abandon()?;
+                Ok(false)
+            }
+        }
+    }
+
     /// Every complete blob and every partial in the cache, sorted.
     pub fn list(&self) -> Result<CacheContents, SourceError> {
         let mut out = CacheContents::default();
@@ -353,6 +412,10 @@ impl BlobCache {
             report.removed.push(b);
         }
         for p in contents.partials {
+            // A kept version's blob copied from a layout, not yet promoted.
+            if p.digest.as_ref().is_some_and(|d| keep.contains(d)) {
+                continue;
+            }
             if !dry_run {
                 fsops::remove_tree(Path::new(&p.path), ROLE).map_err(io_err(format!("removing {}", p.path)))?;
             }
