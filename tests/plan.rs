@@ -116,7 +116,8 @@ fn a_failing_apply_still_shows_its_plan_and_proc_is_not_a_place_to_install() {
     let sb = Sandbox::new();
     let file = write_file(&sb.root, &demo_entry("q", "v1", Path::new("/proc/stagehand-test-q")));
     let run = apply(&sb, &file, &[]);
-    run.fails_with(&["/proc/stagehand-test-q is not a place to install"]);
+    let at = format!("{}:1: package \"q\"", file.display());
+    run.fails_with(&["/proc/stagehand-test-q is not a place to install", &at]);
     assert!(!run.stderr.contains("not enough free space"), "{}", run.describe());
     assert!(
         run.stdout.contains(&format!("+ q {}", demo_digest("v1"))),

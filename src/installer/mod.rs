@@ -75,6 +75,10 @@ pub enum Error {
     RolledBack { cause: Box<Error>, fresh: bool },
     #[error("interrupted")]
     Interrupted,
+    /// An apply's error, with the desired-state file, lines and packages
+    /// it concerns (`FILE:LINE: package "x": …`); exit code of the cause.
+    #[error("{place}: {cause}")]
+    InFile { place: String, cause: Box<Error> },
     #[error("{cause}\nThe new version is committed but not finished; the next stagehand command (or `stagehand repair`) finishes it.")]
     LeftForRecovery { cause: Box<Error> },
 }
@@ -95,6 +99,7 @@ impl Error {
             Error::Source(SourceError::BadReference { .. })
             | Error::Plan(PlanError::BadMap { .. })
             | Error::Usage(_) => 2,
+            Error::InFile { cause, .. } => cause.exit_code(),
             Error::RolledBack { cause, .. } | Error::LeftForRecovery { cause } => match cause.exit_code() {
                 c @ (5 | interrupt::EXIT_INTERRUPTED) => c,
                 _ => 1,
