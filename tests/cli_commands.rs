@@ -1173,7 +1173,13 @@ fn locked_state_dir_exits_4_and_lock_timeout_waits() {
     let pid = std::process::id().to_string();
     let lock = hold_lock(&sb);
 
-    for args in [vec!["list"], vec!["status"], vec!["history"], vec!["rollback", DEMO]] {
+    // Readers do not wait (they read a copy, naming the holder); writers exit 4.
+    for args in [vec!["list"], vec!["status"], vec!["history"]] {
+        let run = sb.run(&args);
+        run.ok();
+        assert!(run.stderr.contains(&pid) && run.stderr.contains("in progress"), "{}", run.describe());
+    }
+    for args in [vec!["rollback", DEMO], vec!["uninstall", DEMO]] {
         let run = sb.run(&args);
         run.expect_code(4);
         assert!(
@@ -1182,14 +1188,14 @@ fn locked_state_dir_exits_4_and_lock_timeout_waits() {
             run.describe()
         );
     }
-    check_json_error(&sb.run(&["list", "--json"]), 4, &pid);
+    check_json_error(&sb.run(&["uninstall", DEMO, "--json"]), 4, &pid);
     let run = sb.install_demo("v1");
     run.expect_code(4);
     assert!(sb.world().is_empty(), "an install that lost the lock changed DEST");
 
     // A timeout that expires: waits about that long, says so, then exit 4.
     let t0 = Instant::now();
-    let run = sb.run(&["--lock-timeout", "1", "list"]);
+    let run = sb.run(&["--lock-timeout", "1", "uninstall", DEMO]);
     let waited = t0.elapsed();
     run.expect_code(4);
     assert!(waited >= Duration::from_millis(900), "--lock-timeout 1 gave up after {waited:?}");

@@ -116,7 +116,8 @@ fn a_failing_apply_still_shows_its_plan_and_proc_is_not_a_place_to_install() {
     let sb = Sandbox::new();
     let file = write_file(&sb.root, &demo_entry("q", "v1", Path::new("/proc/stagehand-test-q")));
     let run = apply(&sb, &file, &[]);
-    run.fails_with(&["/proc/stagehand-test-q is not a place to install"]);
+    let at = format!("{}:1: package \"q\"", file.display());
+    run.fails_with(&["/proc/stagehand-test-q is not a place to install", &at]);
     assert!(!run.stderr.contains("not enough free space"), "{}", run.describe());
     assert!(
         run.stdout.contains(&format!("+ q {}", demo_digest("v1"))),
@@ -167,4 +168,67 @@ fn read_only_commands_as_nobody_create_nothing() {
         assert!(!stderr.contains("Permission denied"), "{cmd} as nobody tried to create something: {stderr}");
     }
     assert!(!home.join(".local").exists(), "a read-only command created state");
+}
+
+/// Sends SIGCONT to a stopped writer when dropped, so a failing assertion
+/// does not leave it stopped.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
+
+/// Waits until process `pid` is stopped (state `T` in /proc/PID/stat).
+fn wait_stopped(pid: u32) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        if state == Some(Some('T')) {
+            return;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "the writer never stopped at its kill point: {stat}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A writer stopped (SIGSTOP, `STAGEHAND_STOP_AT`) after its commit point,
+/// before its swaps, holding the state dir: `list`, `status`, `history`,
+/// `verify` and `journal` succeed at once, say a transaction is in progress,
+/// and show the state as of its last journal write (v1 installed, the
+/// upgrade pending); once it resumes, it finishes and readers see v2.
+#[test]
+fn readers_work_while_a_writer_is_stopped_mid_transaction() {
+    let sb = Sandbox::new();
+    sb.install_demo("v1").ok();
+    let stop = [("STAGEHAND_STOP_AT", OsStr::new("journal.swapping"))];
+    let (child, argv) = spawn_bin(&sb.state, &sb.root, &sb.install_demo_args("v2"), &stop);
+    let resume = Resume(child.id());
+    wait_stopped(child.id());
+    // The readers' scratch copies go under TMPDIR, and must not stay.
+    let tmp = sb.root.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    for cmd in ["list", "status", "history", "verify", "journal"] {
+        let t0 = std::time::Instant::now();
+        let run = sb.run_env(&[cmd], &[("TMPDIR", tmp.as_os_str())]);
+        run.ok();
+        assert!(run.stderr.contains("a transaction is in progress"), "{}", run.describe());
+        assert!(t0.elapsed().as_secs() < 20, "{cmd} took {:?} beside a stopped writer", t0.elapsed());
+    }
+    let status = sb.status_json();
+    assert_eq!(status["in_progress"], true, "{status}");
+    assert_eq!(status["writer_pid"], child.id(), "{status}");
+    assert_eq!(pending_of(&status).len(), 1, "the upgrade is journaled and pending: {status}");
+    let listed = sb.listed(DEMO).expect("demo is listed");
+    assert_eq!(listed.digest, demo_digest("v1"), "before the writer's last record, v1 is installed");
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "a reader left its copy of the journal");
+    drop(resume);
+    finish(child, argv).ok();
+    let status = sb.status_json();
+    assert_eq!(status["in_progress"], false, "{status}");
+    assert!(pending_of(&status).is_empty(), "{status}");
+    assert_eq!(sb.listed(DEMO).expect("demo is listed").digest, demo_digest("v2"));
 }

@@ -200,6 +200,8 @@ pub(super) fn run_command(
                     "packages": packages,
                     "last_txn": last_txn,
                     "served_by": served,
+                    "in_progress": inst.in_progress().is_some(),
+                    "writer_pid": inst.in_progress().flatten(),
                 }));
             } else if !cli.quiet {
                 println!("state dir:  {}", shown_path(inst.state_dir()));
@@ -209,6 +211,10 @@ pub(super) fn run_command(
                     if pending.is_empty() { "none".to_string() } else { pending.len().to_string() }
                 );
                 println!("last txn:   {}", last_txn.map(|t| t.to_string()).unwrap_or_else(|| "none".into()));
+                if let Some(pid) = inst.in_progress() {
+                    let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                    println!("in progress: yes: a transaction is in progress (another stagehand process{who} holds the state dir)");
+                }
             }
             Ok(EXIT_OK)
         }

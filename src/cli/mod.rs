@@ -210,8 +210,13 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
     }
     let dry_run = matches!(cli.command, Command::Repair { dry_run: true, .. });
     let quiet = cli.quiet;
+    // Readers never wait for a writer: they read a copy instead.
+    let reader = matches!(
+        cli.command,
+        Command::List | Command::Status | Command::History { .. } | Command::Verify { .. } | Command::Journal
+    );
     let opts = OpenOptions {
-        lock_timeout: Duration::from_secs(cli.lock_timeout),
+        lock_timeout: Duration::from_secs(if reader { 0 } else { cli.lock_timeout }),
         recover: !dry_run,
         tolerate_refusal: matches!(
             cli.command,
@@ -258,7 +263,20 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
         }
         return Ok(EXIT_OK);
     }
-    let (mut inst, recovered) = Installer::open(&state_dir, &opts)?;
+    let (mut inst, recovered) = match Installer::open(&state_dir, &opts) {
+        Err(installer::Error::Locked { pid, .. }) if reader => {
+            let inst = Installer::open_read_view(&state_dir, pid)?;
+            if !cli.json && !cli.quiet {
+                let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                eprintln!(
+                    "stagehand: a transaction is in progress: another stagehand process{who} holds the state dir; \
+                     showing the state as of its last journal write"
+                );
+            }
+            (inst, Vec::new())
+        }
+        r => r?,
+    };
     inst.set_discard_local_files(cli.discard_local_files);
     if !cli.json && !cli.quiet {
         for r in recovered.iter().filter(|r| r.reason.is_none()) {

@@ -10,6 +10,8 @@
 //! - `STAGEHAND_FAIL_AT=POINT[:N]=EIO|ENOSPC|EACCES`: return that error from
 //!   the Nth hit instead of performing the operation.
 //! - `STAGEHAND_SIGNAL_AT=POINT[:N]`: raise SIGINT at the Nth hit (tests of Ctrl-C).
+//! - `STAGEHAND_STOP_AT=POINT[:N]`: raise SIGSTOP at the Nth hit: a writer
+//!   held mid-transaction, for tests of readers (SIGCONT resumes it).
 //!
 //! With none of these set, [`hit`] is a counter increment and a comparison.
 //! This module never touches anything but the trace file.
@@ -26,6 +28,8 @@ pub const ENV_CRASH: &str = "STAGEHAND_CRASH_AT";
 pub const ENV_FAIL: &str = "STAGEHAND_FAIL_AT";
 /// Environment variable (tests): raise SIGINT at `POINT[:N]`, to test Ctrl-C deterministically.
 pub const ENV_SIGNAL: &str = "STAGEHAND_SIGNAL_AT";
+/// Environment variable (tests): stop the process (SIGSTOP) at `POINT[:N]`.
+pub const ENV_STOP: &str = "STAGEHAND_STOP_AT";
 
 #[derive(Debug)]
 struct Trigger {
@@ -38,6 +42,7 @@ struct Config {
     trace: Option<std::fs::File>,
     crash: Option<Trigger>,
     signal: Option<Trigger>,
+    stop: Option<Trigger>,
     fail: Option<(Trigger, i32)>,
     active: bool,
 }
@@ -83,6 +88,9 @@ fn config() -> &'static Config {
         if let Ok(spec) = std::env::var(ENV_SIGNAL) {
             cfg.signal = parse_trigger(&spec);
         }
+        if let Ok(spec) = std::env::var(ENV_STOP) {
+            cfg.stop = parse_trigger(&spec);
+        }
         if let Ok(spec) = std::env::var(ENV_FAIL) {
             if let Some((trigger, errno)) = spec.rsplit_once('=') {
                 if let (Some(t), Some(e)) = (parse_trigger(trigger), parse_errno(errno)) {
@@ -90,7 +98,11 @@ fn config() -> &'static Config {
                 }
             }
         }
-        cfg.active = cfg.trace.is_some() || cfg.crash.is_some() || cfg.fail.is_some() || cfg.signal.is_some();
+        cfg.active = cfg.trace.is_some()
+            || cfg.crash.is_some()
+            || cfg.fail.is_some()
+            || cfg.signal.is_some()
+            || cfg.stop.is_some();
         cfg
     })
 }
@@ -135,6 +147,12 @@ pub fn hit(name: &str) -> io::Result<()> {
         if t.point == name && t.nth == count {
             // SAFETY: raise only sends a signal to this process.
             unsafe { libc::raise(libc::SIGINT) };
+        }
+    }
+    if let Some(t) = &cfg.stop {
+        if t.point == name && t.nth == count {
+            // SAFETY: raise only sends a signal to this process.
+            unsafe { libc::raise(libc::SIGSTOP) };
         }
     }
     if let Some((t, errno)) = &cfg.fail {

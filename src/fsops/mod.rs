@@ -509,14 +509,14 @@ pub fn birth_time(m: &fs::Metadata) -> Option<BirthTime> {
 /// ordinary user (`statvfs` `f_bavail`). Read-only.
 pub fn free_space(path: &Path) -> io::Result<(u64, u64)> {
     let (dev, v) = statvfs_of(path)?;
-    Ok((dev, (v.f_bavail as u64).saturating_mul(v.f_frsize as u64)))
+    Ok((dev, v.f_bavail.saturating_mul(v.f_frsize)))
 }
 
 /// The total size in bytes of the filesystem that holds `path` (or would
 /// hold it): 0 for a pseudo filesystem such as `/proc`. Read-only.
 pub fn total_space(path: &Path) -> io::Result<u64> {
     let (_, v) = statvfs_of(path)?;
-    Ok((v.f_blocks as u64).saturating_mul(v.f_frsize as u64))
+    Ok(v.f_blocks.saturating_mul(v.f_frsize))
 }
 
 /// `statvfs` of the nearest existing ancestor of `path`, with its device.

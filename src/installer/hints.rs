@@ -10,7 +10,9 @@ pub fn permission_denied(e: &Error) -> bool {
     use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
     match e {
         Error::Io { source, .. } => matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem),
-        Error::RolledBack { cause, .. } | Error::LeftForRecovery { cause } => permission_denied(cause),
+        Error::RolledBack { cause, .. } | Error::LeftForRecovery { cause } | Error::InFile { cause, .. } => {
+            permission_denied(cause)
+        }
         // Errors of the lower layers carry the io::Error as text.
         other => {
             let text = other.to_string();
@@ -55,6 +57,7 @@ fn not_permitted() -> String {
 /// looked at). Errors that carry their advice already get none.
 pub fn next_step(e: &Error) -> Option<String> {
     match e {
+        Error::InFile { cause, .. } => next_step(cause),
         Error::RolledBack { .. } | Error::Refused(_) | Error::Usage(_) => None,
         e if permission_denied(e) => Some(not_permitted()),
         _ => None,

@@ -76,6 +76,10 @@ pub enum Error {
     RolledBack { cause: Box<Error>, fresh: bool },
     #[error("interrupted")]
     Interrupted,
+    /// An apply's error, with the desired-state file, lines and packages
+    /// it concerns (`FILE:LINE: package "x": …`); exit code of the cause.
+    #[error("{place}: {cause}")]
+    InFile { place: String, cause: Box<Error> },
     #[error("{cause}\nThe new version is committed but not finished; the next stagehand command (or `stagehand repair`) finishes it.")]
     LeftForRecovery { cause: Box<Error> },
 }
@@ -96,6 +100,7 @@ impl Error {
             Error::Source(SourceError::BadReference { .. })
             | Error::Plan(PlanError::BadMap { .. })
             | Error::Usage(_) => 2,
+            Error::InFile { cause, .. } => cause.exit_code(),
             Error::RolledBack { cause, .. } | Error::LeftForRecovery { cause } => match cause.exit_code() {
                 c @ (5 | interrupt::EXIT_INTERRUPTED) => c,
                 _ => 1,
@@ -238,7 +243,13 @@ pub struct TxnReport {
 pub struct Installer {
     state_dir: PathBuf,
     journal: Journal,
-    _lock: lock::StateLock,
+    /// Held for the life of a writer; `None` for a read view.
+    _lock: Option<lock::StateLock>,
+    /// A read view's scratch copy of the journal (dropped after `journal`).
+    _read_copy: Option<crate::journal::readcopy::ReadCopy>,
+    /// A read view ([`Installer::open_read_view`]): another process holds
+    /// the state dir (its pid, if it wrote one); a transaction is in progress.
+    writer: Option<Option<u32>>,
     /// `--discard-local-files`: let a transaction delete entries a user put
     /// inside a directory target it replaces or removes.
     discard_local_files: bool,
@@ -339,7 +350,14 @@ impl Installer {
     pub fn open(state_dir: &Path, opts: &OpenOptions) -> Result<(Installer, Vec<RecoveryReport>)> {
         let lock = lock_state_dir(state_dir, opts)?;
         let journal = Journal::open(&state_dir.join("journal"))?;
-        let inst = Installer { state_dir: state_dir.to_path_buf(), journal, _lock: lock, discard_local_files: false };
+        let inst = Installer {
+            state_dir: state_dir.to_path_buf(),
+            journal,
+            _lock: Some(lock),
+            _read_copy: None,
+            writer: None,
+            discard_local_files: false,
+        };
         let reports = if opts.recover { exec::recover_all(&inst.journal)? } else { Vec::new() };
         if !opts.tolerate_refusal {
             if let Some(r) = reports.iter().find(|r| r.reason.is_some()) {
@@ -351,6 +369,29 @@ impl Installer {
             }
         }
         Ok((inst, reports))
+    }
+
+    /// A read-only view of a state dir another process holds (`pid`, if
+    /// known): the journal as of one instant, read from a copy
+    /// (`journal::readcopy`); no lock, no recovery, nothing written to
+    /// the state dir. For `list`, `status`, `history`, `verify`, `journal`.
+    pub fn open_read_view(state_dir: &Path, pid: Option<u32>) -> Result<Installer> {
+        statedir::check_for_reading(state_dir)?;
+        let (journal, copy) = crate::journal::readcopy::open(&state_dir.join("journal"))?;
+        Ok(Installer {
+            state_dir: state_dir.to_path_buf(),
+            journal,
+            _lock: None,
+            _read_copy: Some(copy),
+            writer: Some(pid),
+            discard_local_files: false,
+        })
+    }
+
+    /// For a read view: another process holds the state dir (its pid, if
+    /// known), so a transaction may be in progress.
+    pub fn in_progress(&self) -> Option<Option<u32>> {
+        self.writer
     }
 
     pub fn state_dir(&self) -> &Path {

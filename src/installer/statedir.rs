@@ -105,6 +105,23 @@ pub fn is_missing(state_dir: &Path) -> Result<bool> {
     }
 }
 
+/// For a read view while another process writes (it holds the lock, so it
+/// passed [`prepare`]): the state dir itself and the directories above it
+/// are checked, not every entry (which the writer may be adding or removing).
+pub fn check_for_reading(state_dir: &Path) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if let Some(e) = unsafe_ancestor(state_dir, uid) {
+        return Err(e);
+    }
+    let meta = std::fs::symlink_metadata(state_dir)
+        .map_err(|source| Error::Io { context: format!("checking {}", state_dir.display()), source })?;
+    match untrusted(state_dir, &meta, uid) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Creates `state_dir` (0700) if it is missing, then checks that it and
 /// everything in it belong to the current user and nobody else can write them.
 pub fn prepare(state_dir: &Path) -> Result<()> {

@@ -27,6 +27,7 @@ pub mod filelist;
 pub mod leftovers;
 pub mod places;
 pub mod probe;
+pub mod readcopy;
 pub mod salvage;
 pub mod seal;
 pub mod sledlock;

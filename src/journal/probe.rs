@@ -76,7 +76,7 @@ fn is_resource(e: &io::Error) -> bool {
     matches!(e.kind(), StorageFull | QuotaExceeded | PermissionDenied | ReadOnlyFilesystem | FileTooLarge)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
     fsops::create_dir(to, 0o700, ROLE)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;

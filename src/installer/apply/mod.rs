@@ -22,6 +22,7 @@ pub mod pins;
 
 use super::planner::{self, ChangeRequest};
 use super::{interrupt, Error, Installer, Result};
+use crate::source::SourceError;
 use crate::txn::{Op, Outcome, PackageRecord, TxnId};
 use desired::DesiredSet;
 use lockfile::LockFile;
@@ -276,12 +277,54 @@ fn check_removals(set: &DesiredSet, remove: &[String], installed: &[PackageRecor
 /// errors and interruptions keep their own form and exit code).
 fn at_line(set: &DesiredSet, p: &desired::DesiredPackage, e: Error) -> Error {
     match e {
-        Error::Plan(crate::plan::PlanError::BadMap { .. }) | Error::Usage(_) | Error::Interrupted => e,
-        Error::Plan(_) | Error::Refused(_) | Error::Source(_) | Error::Unsafe(_) => {
-            Error::Refused(format!("{}:{}: package {:?}: {e}", set.path.display(), p.line, p.name))
-        }
-        e => e,
+        Error::Plan(crate::plan::PlanError::BadMap { .. })
+        | Error::Usage(_)
+        | Error::Interrupted
+        | Error::InFile { .. }
+        | Error::Source(SourceError::Interrupted | SourceError::BadReference { .. }) => e,
+        e => Error::InFile {
+            place: format!("{}:{}: package {:?}", set.path.display(), p.line, p.name),
+            cause: Box::new(e),
+        },
     }
+}
+
+/// `e` of the transaction that makes `changes`, placed in the file: the
+/// changed packages whose targets or names it mentions (all of them if it
+/// mentions none), with their lines. Usage errors and interruptions keep
+/// their own form.
+fn in_file(set: &DesiredSet, changes: &[PlannedChange], e: Error) -> Error {
+    if matches!(e, Error::Usage(_) | Error::Interrupted | Error::InFile { .. }) {
+        return e;
+    }
+    let text = e.to_string();
+    let mentions = |c: &PlannedChange| {
+        text.contains(&format!("{:?}", c.name))
+            || c.new_targets.iter().chain(&c.old_targets).any(|t| text.contains(t.as_str()))
+    };
+    let mut named: Vec<&PlannedChange> = changes.iter().filter(|c| mentions(c)).collect();
+    if named.is_empty() {
+        named = changes.iter().collect();
+    }
+    let line = |c: &PlannedChange| set.packages.iter().find(|p| p.name == c.name).map(|p| p.line);
+    let file = set.path.display();
+    let place = match named.as_slice() {
+        [one] => match line(one) {
+            Some(l) => format!("{file}:{l}: package {:?}", one.name),
+            None => format!("{file}: package {:?}", one.name),
+        },
+        many => {
+            let each: Vec<String> = many
+                .iter()
+                .map(|c| match line(c) {
+                    Some(l) => format!("{:?} (line {l})", c.name),
+                    None => format!("{:?}", c.name),
+                })
+                .collect();
+            format!("{file}: packages {}", each.join(", "))
+        }
+    };
+    Error::InFile { place, cause: Box::new(e) }
 }
 
 /// "db, demo and plugin".
@@ -420,7 +463,8 @@ impl Installer {
                     Op::Apply,
                     changes,
                     self.discard_local_files,
-                )?;
+                )
+                .map_err(|e| in_file(set, &report.changes, e))?;
             }
             return Ok(report);
         }
@@ -432,14 +476,15 @@ impl Installer {
             // The changed packages' blobs, fetched by the digests pinned above.
             let mut changes = Vec::new();
             for (p, req) in to_fetch {
-                let (source_ref, artifact, blobs) = self.fetch(&req)?;
-                let mut put = self.put_request(&source_ref, artifact, blobs, &req)?;
+                let (source_ref, artifact, blobs) = self.fetch(&req).map_err(|e| at_line(set, p, e))?;
+                let mut put = self.put_request(&source_ref, artifact, blobs, &req).map_err(|e| at_line(set, p, e))?;
                 put.source = p.request.source.clone();
                 put.managed_by = Some(me.clone());
                 changes.push(ChangeRequest::Put(Box::new(put)));
             }
             changes.extend(removes);
-            let rec = self.run_changes(Op::Apply, changes, opts.progress)?;
+            let rec =
+                self.run_changes(Op::Apply, changes, opts.progress).map_err(|e| in_file(set, &report.changes, e))?;
             report.txn = Some(rec.id);
             report.interrupted = interrupt::requested();
         }
