@@ -17,8 +17,9 @@ pub const APPLY_HELP: &str = "\
 The desired-state file: --file, else $STAGEHAND_FILE, else the first
 stagehand.toml in this directory or one above it. It lists packages; keys are
 the install flags' long names (ref, name, to, map, adopt, profile, install-dir,
-db-version, platform, plain-http, verify-key, require-signature,
-request-timeout, max-entries, max-layer-bytes, max-path-bytes, keep-versions,
+db-version, platform, plain-http, verify-key, certificate-identity,
+certificate-identity-regexp, certificate-oidc-issuer, trusted-root,
+require-signature, request-timeout, max-entries, max-layer-bytes, max-path-bytes, keep-versions,
 and username with password-env, the environment variable holding the
 password: never a password in the file). [defaults] sets keys for every
 package that does not set them. Relative paths are relative to the file:
