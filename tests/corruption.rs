@@ -301,7 +301,11 @@ fn rollback_refuses_when_a_cached_layer_is_damaged_or_missing() {
             run.describe()
         );
         assert!(run.stderr.contains("stagehand install"), "no way out named:\n{}", run.describe());
-        assert!(sb.world() == world, "the refused rollback ({what}) changed DEST:\n{}", tree_diff(&sb.world(), &world, 20));
+        assert!(
+            sb.world() == world,
+            "the refused rollback ({what}) changed DEST:\n{}",
+            tree_diff(&sb.world(), &world, 20)
+        );
         assert_eq!(sb.list_json(), list, "the refused rollback ({what}) changed the package list");
         assert_eq!(history_len(&sb), hist, "the refused rollback ({what}) added a history entry");
         assert!(sb.leftovers().is_empty(), "leftovers: {:?}", sb.leftovers());

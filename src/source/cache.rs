@@ -272,7 +272,8 @@ impl BlobCache {
             return Ok(());
         }
         let mut from = File::open(src).map_err(io_err(format!("opening {}", src.display())))?;
-        let mut partial = blobfile::create_partial(&path, ROLE).map_err(io_err(format!("creating {}", path.display())))?;
+        let mut partial =
+            blobfile::create_partial(&path, ROLE).map_err(io_err(format!("creating {}", path.display())))?;
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
         let copied = loop {
             let n = match from.read(&mut buf) {
