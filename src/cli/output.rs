@@ -97,6 +97,9 @@ pub(super) fn print_without_state_dir(cli: &Cli, state_dir: &std::path::Path) ->
             "recovered": [],
             "packages": 0,
             "last_txn": null,
+            "served_by": {},
+            "in_progress": false,
+            "writer_pid": null,
         })),
         Command::Status if !cli.quiet => {
             println!("state dir:  {} (not created yet)", shown_path(state_dir));
