@@ -159,6 +159,17 @@ fn keyless_bundles_agree_with_python_sigstore() {
                 format!("identity {IDENTITY} (issuer {ISSUER})")
             };
             assert_eq!(list[0]["signed_by"], json!(expected), "{}: list --json names the keyless signer", case.name);
+            // The keyless signer in every report is what docs/schemas/ admits.
+            if common::schema::validator_or_skip(test) {
+                let mut s = common::schema::Schemas::new();
+                for (name, args) in
+                    [("list", ["list", "--json"]), ("history", ["history", "--json"]), ("verify", ["verify", "--json"])]
+                {
+                    s.check_run(name, sb.run(&args).ok());
+                }
+                s.check_run("journal", sb.run(&["journal", "--json"]).ok());
+                s.finish();
+            }
             "accept".to_string()
         } else {
             r.fails_with(case.needles);
