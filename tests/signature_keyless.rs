@@ -201,3 +201,76 @@ fn keyless_bundles_agree_with_python_sigstore() {
     println!("{}", table.join("\n"));
     println!("({} cases in {:.1} s)", CASES.len(), started.elapsed().as_secs_f64());
 }
+
+/// Rollback under a keyless policy: v1 and v2 installed with the same
+/// keyless policy (v2's signature is the fixture's bundle over v2's digest,
+/// "wrong-subject" for v1), then `rollback` reads the cache, where no
+/// signature can be checked again, and goes by what the history shows:
+/// refused under another identity and, with `STATE/require-signature`,
+/// without a policy; allowed under the policy that verified v1. Each
+/// refusal changes nothing.
+#[test]
+fn rollback_under_a_keyless_policy_goes_by_the_verified_history() {
+    let test = "rollback_under_a_keyless_policy_goes_by_the_verified_history";
+    if !require(test, TOOLS) || !python_ready(test) {
+        return;
+    }
+    let tmp = tempdir("keyless-rb");
+    let reg = demo_registry(tmp.path());
+    let host = reg.host();
+    let sigs = tmp.path().join("signatures");
+    empty_layout(&sigs);
+    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
+    let out = tmp.path().join("fixture");
+    python(&["make", &out.display().to_string(), &d1, &d2]);
+    let root = out.join("trusted_root.json");
+    publish(&sigs, &host, &d1, &std::fs::read(out.join("valid.json")).expect("bundle"));
+    // A valid signature of v2 by the same signer under the same root.
+    publish(&sigs, &host, &d2, &std::fs::read(out.join("wrong-subject.json")).expect("bundle"));
+
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let policy = keyless_args(&root, false);
+    let policy: Vec<&str> = policy.iter().map(String::as_str).collect();
+    sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &policy)).ok();
+    sb.run(&sb.demo_args(&format!("{host}/demo:v2"), &policy)).ok();
+    assert_eq!(sb.world(), demo_world("v2"));
+    let history = sb.run(&["history", "--json"]).ok().json();
+    let signer = format!("identity {IDENTITY} (issuer {ISSUER})");
+    for row in history.as_array().expect("rows") {
+        assert_eq!(row["signed_by"], json!(signer), "history names the keyless signer: {row}");
+    }
+
+    let unchanged = |what: &str, r: &common::Run| {
+        assert!(!r.success(), "{what}: a rollback was allowed:\n{}", r.describe());
+        assert!(r.stderr.contains("Nothing was changed"), "{what}: {}", r.describe());
+        assert_eq!(sb.world(), demo_world("v2"), "{what}: a refused rollback changed DEST");
+    };
+    let root_s = root.display().to_string();
+    let other = [
+        "rollback",
+        "demo",
+        "--certificate-identity",
+        "mallory@example.com",
+        "--certificate-oidc-issuer",
+        ISSUER,
+        "--trusted-root",
+        &root_s,
+    ];
+    let r = sb.run(&other);
+    unchanged("another identity", &r);
+    r.fails_with(&["the keyless policy (trusted root", "verified by keyless identity signer@example.com"]);
+    std::fs::write(sb.state.join("require-signature"), "").expect("require-signature");
+    let r = sb.run(&["rollback", "demo"]);
+    unchanged("require-signature without a policy", &r);
+    r.fails_with(&[
+        "require-signature",
+        "pass --certificate-identity ID --certificate-oidc-issuer URL --trusted-root FILE",
+    ]);
+
+    let mut same = vec!["rollback", "demo"];
+    same.extend(&policy);
+    sb.run(&same).ok();
+    assert_eq!(sb.world(), demo_world("v1"), "the rollback under the verifying policy");
+    let list = sb.run(&["list", "--json"]).ok().json();
+    assert_eq!(list[0]["signed_by"], json!(signer), "the rolled-back version keeps its keyless signer");
+}

@@ -520,7 +520,13 @@ impl Installer {
             } else {
                 None
             },
-            key: flags.verify_key.as_ref().map(|k| (k.path().to_string(), k.fingerprint().to_string())),
+            key: flags.verify_key.as_ref().map(|k| {
+                let named = match k.keyless_policy() {
+                    Some(_) => format!("the keyless policy (trusted root {})", k.path()),
+                    None => format!("--verify-key {}", k.path()),
+                };
+                (named, k.fingerprint().to_string())
+            }),
         }
     }
 

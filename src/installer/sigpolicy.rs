@@ -33,7 +33,9 @@ impl Required {
 pub struct Policy {
     /// Set where a signature is required.
     pub required: Option<Required>,
-    /// The key the user named (`--verify-key`): its file and fingerprint.
+    /// The key or keyless policy the user named: how (`--verify-key PATH`,
+    /// or the keyless policy and its trusted root), and its fingerprint or
+    /// keyless signer, as the history records it.
     pub key: Option<(String, String)>,
 }
 
@@ -75,18 +77,30 @@ pub fn decide_rollback(
     source: &str,
     signers: &[String],
 ) -> Result<RollbackSignature, String> {
+    // A keyless signer is recorded as `identity ID (issuer URL)`, a key by
+    // its fingerprint; the words and the flags to name follow the record.
+    let keyless = signers.iter().any(|s| s.starts_with("identity "));
     let evidence = if signers.is_empty() {
-        "its history shows no verified signature (it was installed without --verify-key, or adopted)".to_string()
+        "its history shows no verified signature (it was installed without --verify-key or a keyless policy, or adopted)"
+            .to_string()
     } else {
-        format!("its history shows a signature verified by key {}", signers.join(", key "))
+        let named: Vec<String> = signers
+            .iter()
+            .map(|s| if s.starts_with("identity ") { format!("keyless {s}") } else { format!("key {s}") })
+            .collect();
+        format!("its history shows a signature verified by {}", named.join(", "))
     };
-    let reinstall = format!(
-        "reinstall it from its source, which checks its signature now: stagehand install {source} --verify-key PATH"
-    );
+    let flags = if keyless {
+        "--certificate-identity ID --certificate-oidc-issuer URL --trusted-root FILE (the policy that verified it)"
+    } else {
+        "--verify-key PATH (the signer's cosign.pub)"
+    };
+    let reinstall =
+        format!("reinstall it from its source, which checks its signature now: stagehand install {source} {flags}");
     match &policy.key {
-        Some((path, fp)) if signers.iter().any(|s| s == fp) => Ok(RollbackSignature::VerifiedBy(fp.clone())),
-        Some((path, fp)) => Err(format!(
-            "cannot roll {name} back to {digest} with --verify-key {path} ({fp}): {evidence}, and a rollback reads \
+        Some((_, fp)) if signers.iter().any(|s| s == fp) => Ok(RollbackSignature::VerifiedBy(fp.clone())),
+        Some((named, fp)) => Err(format!(
+            "cannot roll {name} back to {digest} with {named} ({fp}): {evidence}, and a rollback reads \
              the blob cache, where no signature can be checked again; {reinstall}. Nothing was changed"
         )),
         None => match &policy.required {
@@ -96,8 +110,7 @@ pub fn decide_rollback(
                 req.why()
             )),
             Some(req) => Err(format!(
-                "{}: pass --verify-key PATH (the signer's cosign.pub) to roll {name} back to {digest}; {evidence}. \
-                 Nothing was changed",
+                "{}: pass {flags} to roll {name} back to {digest}; {evidence}. Nothing was changed",
                 req.why()
             )),
         },
@@ -113,7 +126,7 @@ mod tests {
     fn policy(required: bool, key: Option<&str>) -> Policy {
         Policy {
             required: required.then(|| Required::StateFile("/s/require-signature".into())),
-            key: key.map(|fp| ("k.pub".to_string(), fp.to_string())),
+            key: key.map(|fp| ("--verify-key k.pub".to_string(), fp.to_string())),
         }
     }
 
@@ -140,5 +153,30 @@ mod tests {
         assert!(e.contains("require-signature exists") && e.contains("pass --verify-key"), "{e}");
         let e = decide_rollback(&policy(true, None), "p", D, "s", &none).unwrap_err();
         assert!(e.contains("no verified signature") && e.contains("Nothing was changed"), "{e}");
+    }
+
+    #[test]
+    fn a_keyless_record_names_the_keyless_flags() {
+        let signer = "identity a@example.com (issuer https://i.example)";
+        let keyless = vec![signer.to_string()];
+        assert_eq!(
+            decide_rollback(&policy(true, Some(signer)), "p", D, "s", &keyless),
+            Ok(RollbackSignature::VerifiedBy(signer.into()))
+        );
+        let e = decide_rollback(
+            &policy(false, Some("identity b@example.com (issuer https://i.example)")),
+            "p",
+            D,
+            "s",
+            &keyless,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("verified by keyless identity a@example.com") && e.contains("--certificate-identity"),
+            "{e}"
+        );
+        assert!(!e.contains("--verify-key PATH"), "{e}");
+        let e = decide_rollback(&policy(true, None), "p", D, "s", &keyless).unwrap_err();
+        assert!(e.contains("pass --certificate-identity ID --certificate-oidc-issuer URL --trusted-root FILE"), "{e}");
     }
 }
