@@ -274,3 +274,64 @@ fn rollback_under_a_keyless_policy_goes_by_the_verified_history() {
     let list = sb.run(&["list", "--json"]).ok().json();
     assert_eq!(list[0]["signed_by"], json!(signer), "the rolled-back version keeps its keyless signer");
 }
+
+/// A keyless policy in the desired-state file: `apply` verifies it as
+/// `install` does, the lock records the signer's identity and issuer,
+/// `apply --locked` checks the pin again, and the same file naming another
+/// identity is refused, naming the file, and changes nothing.
+#[test]
+fn apply_with_a_keyless_policy_in_the_file_pins_the_signer() {
+    let test = "apply_with_a_keyless_policy_in_the_file_pins_the_signer";
+    if !require(test, TOOLS) || !python_ready(test) {
+        return;
+    }
+    let tmp = tempdir("keyless-apply");
+    let reg = demo_registry(tmp.path());
+    let host = reg.host();
+    let sigs = tmp.path().join("signatures");
+    empty_layout(&sigs);
+    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
+    let out = tmp.path().join("fixture");
+    python(&["make", &out.display().to_string(), &d1, &d2]);
+    publish(&sigs, &host, &d1, &std::fs::read(out.join("valid.json")).expect("bundle"));
+
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let d = sb.dest.display();
+    let file = tmp.path().join("web.toml");
+    let write = |identity: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[package.demo]\nref = \"{host}/demo:v1\"\nto = \"{d}/app\"\n\
+                 map = [\"*.so={d}/lib\", \"*.control={d}/ext\", \"*.sql={d}/ext\"]\nplain-http = true\n\
+                 certificate-identity = \"{identity}\"\ncertificate-oidc-issuer = \"{ISSUER}\"\n\
+                 trusted-root = \"fixture/trusted_root.json\"\n"
+            ),
+        )
+        .expect("write web.toml");
+    };
+    write(IDENTITY);
+    let file_s = file.display().to_string();
+    sb.run(&["apply", "--file", &file_s, "--yes"]).ok();
+    assert_eq!(sb.world(), demo_world("v1"));
+    let list = sb.run(&["list", "--json"]).ok().json();
+    assert_eq!(list[0]["signed_by"], json!(format!("identity {IDENTITY} (issuer {ISSUER})")));
+    let lock = std::fs::read_to_string(tmp.path().join("web.lock")).expect("web.lock");
+    assert!(lock.contains(&d1), "the lock pins v1:\n{lock}");
+    assert!(
+        lock.contains(&format!("identity = \"{IDENTITY}\"")) && lock.contains(&format!("issuer = \"{ISSUER}\"")),
+        "the lock records the keyless signer:\n{lock}"
+    );
+    // The pin is checked again, signature included.
+    let r = sb.run(&["apply", "--file", &file_s, "--locked", "--yes", "--json"]).ok().json();
+    assert_eq!(r["result"]["changes"], json!([]), "nothing to do: {r}");
+
+    // Another identity: refused before anything changes, naming the file.
+    write("mallory@example.com");
+    sb.run(&["uninstall", "demo"]).ok();
+    let before = (sb.world(), sb.run(&["list", "--json"]).ok().json());
+    let r = sb.run(&["apply", "--file", &file_s, "--yes"]);
+    r.fails_with(&["web.toml", "not \"mallory@example.com\"", "Nothing was changed"]);
+    assert_eq!((sb.world(), sb.run(&["list", "--json"]).ok().json()), before, "a refused apply changed something");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("web.lock")).expect("web.lock"), lock, "the lock moved");
+}
