@@ -30,6 +30,25 @@ fn apply(sb: &Sandbox, file: &Path, extra: &[&str]) -> Run {
     sb.run(&args)
 }
 
+/// What an independent walk of DEST saw change between two trees: files
+/// and symlinks added, removed, and with other content (modes aside), as
+/// the plan's `files` counts them.
+fn files_changed(before: &Tree, after: &Tree) -> serde_json::Value {
+    let content = |n: &Node| match n {
+        Node::File { sha256, .. } => Some(format!("file {sha256}")),
+        Node::Symlink { target } => Some(format!("link {target}")),
+        _ => None,
+    };
+    let files = |t: &Tree| -> std::collections::BTreeMap<String, String> {
+        t.iter().filter_map(|(k, n)| content(n).map(|c| (k.clone(), c))).collect()
+    };
+    let (b, a) = (files(before), files(after));
+    let added = a.keys().filter(|k| !b.contains_key(*k)).count();
+    let removed = b.keys().filter(|k| !a.contains_key(*k)).count();
+    let changed = a.iter().filter(|(k, v)| b.get(*k).is_some_and(|old| old != *v)).count();
+    serde_json::json!({"added": added, "removed": removed, "changed": changed})
+}
+
 /// The one change of `apply --dry-run --json`.
 #[track_caller]
 fn only_change(run: &Run) -> serde_json::Value {
@@ -63,7 +82,12 @@ fn the_plan_shows_install_upgrade_move_and_removal_with_detailed_exit_codes() {
     assert_eq!(c["reference"], src.as_str());
     assert_eq!(c["new_targets"], serde_json::json!([a.display().to_string()]));
     assert!(c["fetch_bytes"].as_u64().is_some_and(|n| n > 0), "nothing to fetch for a new layout package: {c}");
+    let empty = sb.world();
     apply(&sb, &file, &[]).ok();
+    let v1 = sb.world();
+    // The files the dry run counted (read from the layout) are the ones the apply wrote.
+    assert_eq!(c["files"], files_changed(&empty, &v1), "the plan's file counts for the install: {c}");
+    assert!(dry.stdout.contains(&format!("    files = +{} -0 ~0 files", c["files"]["added"])), "{}", dry.describe());
     // Nothing to do: exit 0.
     apply(&sb, &file, &["--dry-run", "--detailed-exitcode"]).expect_code(0);
 
@@ -80,6 +104,19 @@ fn the_plan_shows_install_upgrade_move_and_removal_with_detailed_exit_codes() {
     let c = only_change(&apply(&sb, &file, &["--dry-run", "--json"]));
     assert_eq!(c["action"], "upgrade");
     assert_eq!(c["old_targets"], c["new_targets"]);
+    apply(&sb, &file, &[]).ok();
+    let v2 = sb.world();
+    let seen = files_changed(&v1, &v2);
+    assert!(
+        seen["added"] != 0 && seen["removed"] != 0 && seen["changed"] != 0,
+        "the demo's v2 adds, removes and changes files: {seen}"
+    );
+    assert_eq!(c["files"], seen, "the plan's file counts for the upgrade: {c}");
+    // Back to v1 (its blobs are cached: counted from the cache).
+    write_file(&sb.root, &demo_entry("demo", "v1", &a));
+    let c = only_change(&apply(&sb, &file, &["--dry-run", "--json"]));
+    assert_eq!(c["files"], files_changed(&v2, &v1), "the plan's file counts for the way back: {c}");
+    apply(&sb, &file, &[]).ok();
 
     // Move (same digest): its own action, with the old and new `to`.
     write_file(&sb.root, &demo_entry("demo", "v1", &b));
@@ -99,6 +136,8 @@ fn the_plan_shows_install_upgrade_move_and_removal_with_detailed_exit_codes() {
     let dry = apply(&sb, &file, &["--dry-run", "--prune", "--detailed-exitcode"]);
     dry.expect_code(10);
     assert!(dry.stdout.contains("- demo"), "{}", dry.describe());
+    let c = only_change(&apply(&sb, &file, &["--dry-run", "--prune", "--json"]));
+    assert_eq!(c["files"], files_changed(&sb.world(), &Tree::new()), "the plan's file counts for the removal: {c}");
     assert!(
         dry.stdout.contains(&format!("    targets = {:?} (removed)", a.display().to_string())),
         "{}",

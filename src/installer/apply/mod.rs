@@ -16,6 +16,7 @@
 
 pub mod desired;
 pub mod desired_keys;
+pub mod filediff;
 pub mod lockfile;
 pub mod outdated;
 pub mod pins;
@@ -83,6 +84,9 @@ pub struct PlannedChange {
     /// Bytes of its layers not yet in the blob cache: downloaded from a
     /// registry, or copied from an OCI layout, before the transaction.
     pub fetch_bytes: u64,
+    /// Files added, removed and changed: counted by a dry run from layers
+    /// on this machine ([`filediff`]); `None` otherwise.
+    pub files: Option<filediff::FileCounts>,
 }
 
 impl PlannedChange {
@@ -133,6 +137,9 @@ impl PlannedChange {
         }
         if self.new_digest.is_some() {
             out.push(format!("    fetch = {}", human_bytes(self.fetch_bytes)));
+        }
+        if let Some(f) = &self.files {
+            out.push(format!("    files = {}", f.human()));
         }
         out
     }
@@ -394,6 +401,7 @@ impl Installer {
             }
             let moved = old.and_then(|o| planner::placement_move(o, &put));
             let cache = crate::source::cache::BlobCache::new(&self.state_dir);
+            let files = if opts.dry_run { filediff::for_change(&self.journal, &cache, old, Some(&put)) } else { None };
             let fetch_bytes = put
                 .artifact
                 .manifest
@@ -417,6 +425,7 @@ impl Installer {
                 old_targets: old.map(|o| o.targets.iter().map(|t| t.path.clone()).collect()).unwrap_or_default(),
                 new_targets: put.planned.iter().map(|t| t.path.to_string_lossy().into_owned()).collect(),
                 fetch_bytes,
+                files,
             });
             puts.push(ChangeRequest::Put(Box::new(put)));
             to_fetch.push((p, req));
@@ -429,6 +438,12 @@ impl Installer {
                     action: "uninstall",
                     old_digest: Some(i.manifest_digest.clone()),
                     old_targets: i.targets.iter().map(|t| t.path.clone()).collect(),
+                    files: if opts.dry_run {
+                        let cache = crate::source::cache::BlobCache::new(&self.state_dir);
+                        filediff::for_change(&self.journal, &cache, Some(i), None)
+                    } else {
+                        None
+                    },
                     ..Default::default()
                 });
                 removes.push(i.name.clone());
