@@ -189,7 +189,8 @@ fn apply_errors_name_file_line_and_package() {
 }
 
 /// `list` and `status` as uid 65534 whose HOME is not its own: no state
-/// dir, nothing created, exit 0.
+/// dir, nothing created, exit 0. With a HOME it may not search: a clear
+/// error naming `--state-dir`, exit 1.
 #[test]
 fn read_only_commands_as_nobody_create_nothing() {
     if !root_or_skip("read_only_commands_as_nobody_create_nothing (runs as uid 65534)") {
@@ -207,6 +208,24 @@ fn read_only_commands_as_nobody_create_nothing() {
         assert!(!stderr.contains("Permission denied"), "{cmd} as nobody tried to create something: {stderr}");
     }
     assert!(!home.join(".local").exists(), "a read-only command created state");
+
+    // A HOME it may not even search (root's, mode 0700): not "nothing
+    // installed" and no attempt to create; it says what to pass instead.
+    let closed = home.join("closed");
+    fs::create_dir(&closed).unwrap();
+    fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for cmd in ["list", "status", "history"] {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN, cmd]);
+        c.env_clear().env("HOME", &closed).env("PATH", "/usr/bin:/bin").env("NO_COLOR", "1");
+        let out = c.output().expect("setpriv");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd} as nobody, HOME closed: {stderr}");
+        for needle in ["cannot look at the state dir", "--state-dir DIR", "Nothing was changed"] {
+            assert!(stderr.contains(needle), "{cmd} as nobody, HOME closed: no {needle:?} in {stderr}");
+        }
+        assert!(!stderr.contains("cannot create"), "{cmd} tried to create the state dir: {stderr}");
+    }
 }
 
 /// Sends SIGCONT to a stopped writer when dropped, so a failing assertion

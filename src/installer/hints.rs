@@ -64,6 +64,18 @@ pub fn next_step(e: &Error) -> Option<String> {
     }
 }
 
+/// The text for a state dir this user may not look at (a directory above
+/// it refuses the search permission).
+pub fn state_dir_not_visible(state_dir: &std::path::Path, source: &std::io::Error) -> String {
+    format!(
+        "cannot look at the state dir {}: {source}. stagehand runs as uid {} and may not search a directory above \
+         it (another user's HOME?): pass --state-dir DIR (a directory you own), or set STAGEHAND_STATE_DIR. \
+         Nothing was changed",
+        state_dir.display(),
+        euid()
+    )
+}
+
 /// The text for a state dir that cannot be created.
 pub fn state_dir_not_created(state_dir: &std::path::Path, source: &std::io::Error) -> String {
     format!(

@@ -101,6 +101,11 @@ pub fn is_missing(state_dir: &Path) -> Result<bool> {
                 None => Ok(true),
             }
         }
+        // A state dir above which this user may not even look (another
+        // user's HOME): neither "nothing installed" nor an attempt to create it.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(Error::Refused(super::hints::state_dir_not_visible(state_dir, &e)))
+        }
         _ => Ok(false),
     }
 }
