@@ -47,22 +47,12 @@ fn run_script(fs: &str, layout: &str, samples: &str, skips: &str, json: &std::pa
 #[test]
 fn every_flush_point_and_sampled_reordering_keeps_every_invariant() {
     const TEST: &str = "every_flush_point_and_sampled_reordering_keeps_every_invariant";
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.as_deref().ok() != Some("0") {
-        return skip_unless_ci(TEST, "needs root (it loop-mounts the disk images)");
-    }
-    let missing: Vec<&str> = ["qemu-system-x86_64", "busybox", "dmsetup", "python3", "apt-get"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
-    if !missing.is_empty() {
-        return skip_unless_ci(
-            TEST,
-            &format!(
-                "{} not installed (Debian packages qemu-system-x86, busybox-static, dmsetup; scripts/test.sh installs them)",
-                missing.join(", ")
-            ),
-        );
+    if !guest_test_ready(
+        TEST,
+        &["qemu-system-x86_64", "busybox", "dmsetup", "python3", "apt-get"],
+        "qemu-system-x86, busybox-static, dmsetup",
+    ) {
+        return;
     }
     let samples = std::env::var("BLOCKREPLAY_SAMPLES").unwrap_or_else(|_| "10".into());
     let dir = tempdir();

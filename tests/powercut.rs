@@ -23,22 +23,12 @@ use common::*;
 #[test]
 fn power_cuts_of_a_qemu_guest_keep_every_invariant() {
     const TEST: &str = "power_cuts_of_a_qemu_guest_keep_every_invariant";
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if uid.as_deref().ok() != Some("0") {
-        return skip_unless_ci(TEST, "needs root (it loop-mounts the guest's disk images)");
-    }
-    let missing: Vec<&str> = ["qemu-system-x86_64", "busybox", "mkfs.btrfs", "python3", "apt-get"]
-        .into_iter()
-        .filter(|t| !on_path(t))
-        .collect();
-    if !missing.is_empty() {
-        return skip_unless_ci(
-            TEST,
-            &format!(
-                "{} not installed (Debian packages qemu-system-x86, busybox-static, btrfs-progs; scripts/test.sh installs them)",
-                missing.join(", ")
-            ),
-        );
+    if !guest_test_ready(
+        TEST,
+        &["qemu-system-x86_64", "busybox", "mkfs.btrfs", "python3", "apt-get"],
+        "qemu-system-x86, busybox-static, btrfs-progs",
+    ) {
+        return;
     }
     let cuts = std::env::var("POWERCUT_CUTS").unwrap_or_else(|_| "12".into());
     let budget = std::env::var("POWERCUT_BUDGET").unwrap_or_else(|_| "600".into());

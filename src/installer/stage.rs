@@ -55,7 +55,8 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
-fn tar_kind(t: tar::EntryType) -> TarKind {
+/// How staging (and the dry run's file count) reads a tar entry's type.
+pub(crate) fn tar_kind(t: tar::EntryType) -> TarKind {
     use tar::EntryType as E;
     match t {
         E::Regular | E::Continuous => TarKind::File,

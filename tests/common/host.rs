@@ -32,6 +32,29 @@ pub fn skip_unless_ci(test: &str, why: &str) {
     let _ = std::io::stderr().write_all(format!("\n{bar}\n!!! SKIPPED {test}: {why}\n{bar}\n\n").as_bytes());
 }
 
+/// For a test that boots a qemu guest and loop-mounts its disks: true if
+/// it runs as root with every tool of `tools` on PATH; else skips loudly
+/// (a failure when CI is set), naming the Debian `packages` to install.
+pub fn guest_test_ready(test: &str, tools: &[&str], packages: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip_unless_ci(test, "needs root (it loop-mounts the disk images)");
+        return false;
+    }
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if !missing.is_empty() {
+        skip_unless_ci(
+            test,
+            &format!(
+                "{} not installed (Debian packages {packages}; scripts/test.sh installs them)",
+                missing.join(", ")
+            ),
+        );
+        return false;
+    }
+    true
+}
+
 /// Whether `tool` is an executable file on `PATH`.
 pub fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")

@@ -20,6 +20,7 @@ use std::io::Read;
 use sha2::{Digest as _, Sha256};
 
 use crate::installer::planner::PutRequest;
+use crate::installer::stage::tar_kind;
 use crate::journal::Journal;
 use crate::plan::limits::Limits;
 use crate::plan::tar_guard::{Admitted, TarGuard, TarKind};
@@ -156,18 +157,6 @@ fn hash(src: &mut dyn Read, cap: u64) -> Option<String> {
         h.update(&buf[..n]);
     }
     Some(hex::encode(h.finalize()))
-}
-
-fn tar_kind(t: tar::EntryType) -> TarKind {
-    use tar::EntryType as E;
-    match t {
-        E::Regular | E::Continuous => TarKind::File,
-        E::Directory => TarKind::Dir,
-        E::Symlink => TarKind::Symlink,
-        E::Link => TarKind::HardLink,
-        E::XGlobalHeader | E::XHeader | E::GNULongName | E::GNULongLink => TarKind::Metadata,
-        _ => TarKind::Special,
-    }
 }
 
 /// Lists one tar layer into `here` (paths relative to the target), as
