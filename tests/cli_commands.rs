@@ -39,6 +39,17 @@ fn sandbox_with_unrelated() -> (Sandbox, Tree) {
     (sb, base)
 }
 
+/// A copy of the demo layout in the sandbox, owned by whoever runs the test:
+/// its blobs enter STATE/blobs/sha256 by hard link, as a user's own layout
+/// does (a layout another user owns, as the checkout is for uid 65534,
+/// waits in blobs/partial instead: tests/corruption.rs covers that).
+fn own_demo_layout(sb: &Sandbox) -> PathBuf {
+    let copy = sb.root.join("layout").join("demo");
+    fs::create_dir(sb.root.join("layout")).unwrap();
+    copy_tree(&demo_layout(), &copy);
+    copy
+}
+
 /// Installs tag `tag` of the OCI layout at `layout` with the demo placement.
 fn install_from(sb: &Sandbox, layout: &Path, tag: &str, extra: &[&str]) -> Run {
     let mut args = demo_install_args(&sb.dest, &format!("oci-layout:{}:{tag}", layout.display()));
@@ -355,8 +366,9 @@ fn rollback_restores_the_replaced_version_offline() {
 fn rollback_refuses_when_the_old_blobs_were_pruned() {
     let (sb, base) = sandbox_with_unrelated();
     let (v1, v2) = (demo_digest("v1"), demo_digest("v2"));
-    sb.install_demo("v1").ok();
-    sb.install_demo("v2").ok();
+    let layout = own_demo_layout(&sb);
+    install_from(&sb, &layout, "v1", &[]).ok();
+    install_from(&sb, &layout, "v2", &[]).ok();
 
     // A layer only v1 uses (read from examples/demo/index.json → manifest).
     let v1_manifest = manifest_of(&demo_layout(), "v1");
@@ -386,9 +398,10 @@ fn rollback_refuses_when_the_old_blobs_were_pruned() {
             run.describe()
         );
         assert!(
-            run.stderr.contains("stagehand install") && run.stderr.contains(&demo_source("v1")),
+            run.stderr.contains("stagehand install")
+                && run.stderr.contains(&format!("oci-layout:{}:v1", layout.display())),
             "the message does not say how to reinstall v1 ({}):\n{}",
-            demo_source("v1"),
+            layout.display(),
             run.describe()
         );
         assert!(sb.world() == world, "a refused rollback changed DEST:\n{}", tree_diff(&sb.world(), &world, 20));
@@ -408,10 +421,9 @@ fn rollback_refuses_when_the_old_blobs_were_pruned() {
     // --keep-versions 1: only the installed version is kept.
     let sb2 = Sandbox::new();
     let base2 = sb2.world();
-    sb2.install_demo("v1").ok();
-    let mut args = sb2.install_demo_args("v2");
-    args.extend(["--keep-versions".into(), "1".into()]);
-    sb2.run(&args).ok();
+    let layout2 = own_demo_layout(&sb2);
+    install_from(&sb2, &layout2, "v1", &[]).ok();
+    install_from(&sb2, &layout2, "v2", &["--keep-versions", "1"]).ok();
     let cached = cached_digests(&sb2);
     assert!(!cached.contains(&v1), "--keep-versions 1 left v1's manifest in the cache: {cached:?}");
     assert!(!cached.contains(&victim), "--keep-versions 1 left v1's layer in the cache: {cached:?}");
@@ -718,8 +730,10 @@ fn json_outputs_carry_the_documented_fields() {
     let start = now_secs();
     let (sb, base) = sandbox_with_unrelated();
     let (v1, v2) = (demo_digest("v1"), demo_digest("v2"));
+    let layout = own_demo_layout(&sb);
+    let source = |tag: &str| format!("oci-layout:{}:{tag}", layout.display());
     let json_args = |tag: &str| {
-        let mut a = sb.install_demo_args(tag);
+        let mut a = demo_install_args(&sb.dest, &source(tag));
         a.push("--json".into());
         a
     };
@@ -805,7 +819,7 @@ fn json_outputs_carry_the_documented_fields() {
     let p = &list[0];
     assert_eq!(str_of(p, "name"), DEMO);
     assert_eq!(digest_of(p, "digest"), v2);
-    assert_eq!(str_of(p, "source"), demo_source("v2"));
+    assert_eq!(str_of(p, "source"), source("v2"));
     let installed_at = u64_of(p, "installed_at");
     assert!(
         (start.saturating_sub(2)..=after_upgrade + 2).contains(&installed_at),
@@ -999,7 +1013,8 @@ fn json_outputs_carry_the_documented_fields() {
     assert_listed_digest(&sb, &v1, "after status rolled the crashed rollback forward");
 
     // A crashed upgrade, recovered first by `uninstall --json`.
-    let crash = sb.run_env(&sb.install_demo_args("v2"), &[("STAGEHAND_CRASH_AT", os("journal.swapping:2"))]);
+    let crash =
+        sb.run_env(&demo_install_args(&sb.dest, &source("v2")), &[("STAGEHAND_CRASH_AT", os("journal.swapping:2"))]);
     assert_eq!(crash.signal, Some(libc::SIGABRT), "{}", crash.describe());
     let run = sb.run(&["uninstall", DEMO, "--json"]);
     run.ok();
