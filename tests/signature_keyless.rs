@@ -112,6 +112,40 @@ fn keyless_args(root: &Path, regexp: bool) -> Vec<String> {
 
 /// Makes `bundle` the one referrer of `subject` in the registry, under the
 /// referrers tag schema's `sha256-<hex>` tag, as cosign 3 pushes it.
+/// A registry holding demo v1 and v2, an empty layout for signatures and
+/// the Python fixture's private trust root and bundles for v1 and v2.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    _reg: Registry,
+    host: String,
+    sigs: PathBuf,
+    out: PathBuf,
+    d1: String,
+    d2: String,
+    /// What `keyless_fixture.py make` printed (its cases, as JSON).
+    made: String,
+}
+
+impl Fixture {
+    fn new(prefix: &str) -> Fixture {
+        let tmp = tempdir(prefix);
+        let reg = demo_registry(tmp.path());
+        let host = reg.host();
+        let sigs = tmp.path().join("signatures");
+        empty_layout(&sigs);
+        let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
+        let out = tmp.path().join("fixture");
+        let made = python(&["make", &out.display().to_string(), &d1, &d2]);
+        Fixture { tmp, _reg: reg, host, sigs, out, d1, d2, made }
+    }
+
+    /// Publishes the fixture's bundle `name` as a referrer of `subject`.
+    fn publish(&self, subject: &str, name: &str) {
+        let bundle = std::fs::read(self.out.join(format!("{name}.json"))).expect("bundle");
+        publish(&self.sigs, &self.host, subject, &bundle);
+    }
+}
+
 fn publish(sigs: &Path, host: &str, subject: &str, bundle: &[u8]) {
     let m = bundle_referrer(sigs, MT_BUNDLE_V03, bundle, subject);
     let tag = referrers_tag(subject);
@@ -127,14 +161,9 @@ fn keyless_bundles_agree_with_python_sigstore() {
         return;
     }
     let started = std::time::Instant::now();
-    let tmp = tempdir("keyless");
-    let reg = demo_registry(tmp.path());
-    let host = reg.host();
-    let sigs = tmp.path().join("signatures");
-    empty_layout(&sigs);
-    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
-    let out = tmp.path().join("fixture");
-    let made: Value = serde_json::from_str(&python(&["make", &out.display().to_string(), &d1, &d2])).expect("json");
+    let fx = Fixture::new("keyless");
+    let (tmp, host, sigs, out, d1) = (&fx.tmp, &fx.host, &fx.sigs, &fx.out, &fx.d1);
+    let made: Value = serde_json::from_str(&fx.made).expect("json");
     let names: Vec<&str> = made["cases"].as_array().expect("cases").iter().filter_map(Value::as_str).collect();
     assert_eq!(names, CASES.iter().map(|c| c.name).collect::<Vec<_>>(), "the fixture makes every case");
     let root = out.join("trusted_root.json");
@@ -215,18 +244,12 @@ fn rollback_under_a_keyless_policy_goes_by_the_verified_history() {
     if !require(test, TOOLS) || !python_ready(test) {
         return;
     }
-    let tmp = tempdir("keyless-rb");
-    let reg = demo_registry(tmp.path());
-    let host = reg.host();
-    let sigs = tmp.path().join("signatures");
-    empty_layout(&sigs);
-    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
-    let out = tmp.path().join("fixture");
-    python(&["make", &out.display().to_string(), &d1, &d2]);
-    let root = out.join("trusted_root.json");
-    publish(&sigs, &host, &d1, &std::fs::read(out.join("valid.json")).expect("bundle"));
+    let fx = Fixture::new("keyless-rb");
+    let (tmp, host) = (&fx.tmp, &fx.host);
+    let root = fx.out.join("trusted_root.json");
+    fx.publish(&fx.d1, "valid");
     // A valid signature of v2 by the same signer under the same root.
-    publish(&sigs, &host, &d2, &std::fs::read(out.join("wrong-subject.json")).expect("bundle"));
+    fx.publish(&fx.d2, "wrong-subject");
 
     let sb = Sandbox::at(&tmp.path().join("sb"));
     let policy = keyless_args(&root, false);
@@ -285,15 +308,9 @@ fn apply_with_a_keyless_policy_in_the_file_pins_the_signer() {
     if !require(test, TOOLS) || !python_ready(test) {
         return;
     }
-    let tmp = tempdir("keyless-apply");
-    let reg = demo_registry(tmp.path());
-    let host = reg.host();
-    let sigs = tmp.path().join("signatures");
-    empty_layout(&sigs);
-    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
-    let out = tmp.path().join("fixture");
-    python(&["make", &out.display().to_string(), &d1, &d2]);
-    publish(&sigs, &host, &d1, &std::fs::read(out.join("valid.json")).expect("bundle"));
+    let fx = Fixture::new("keyless-apply");
+    let (tmp, host, d1) = (&fx.tmp, &fx.host, &fx.d1);
+    fx.publish(d1, "valid");
 
     let sb = Sandbox::at(&tmp.path().join("sb"));
     let d = sb.dest.display();
@@ -317,7 +334,7 @@ fn apply_with_a_keyless_policy_in_the_file_pins_the_signer() {
     let list = sb.run(&["list", "--json"]).ok().json();
     assert_eq!(list[0]["signed_by"], json!(format!("identity {IDENTITY} (issuer {ISSUER})")));
     let lock = std::fs::read_to_string(tmp.path().join("web.lock")).expect("web.lock");
-    assert!(lock.contains(&d1), "the lock pins v1:\n{lock}");
+    assert!(lock.contains(d1.as_str()), "the lock pins v1:\n{lock}");
     assert!(
         lock.contains(&format!("identity = \"{IDENTITY}\"")) && lock.contains(&format!("issuer = \"{ISSUER}\"")),
         "the lock records the keyless signer:\n{lock}"
