@@ -171,7 +171,7 @@ fn keyless_bundles_agree_with_python_sigstore() {
     let mut table = vec![format!("{:<22} | {:<9} | python-sigstore", "case", "stagehand")];
     for case in CASES {
         let bundle_path = out.join(format!("{}.json", case.name));
-        publish(&sigs, &host, &d1, &std::fs::read(&bundle_path).expect("bundle"));
+        publish(sigs, host, d1, &std::fs::read(&bundle_path).expect("bundle"));
 
         let sb = Sandbox::at(&tmp.path().join(format!("sb-{}", case.name)));
         let before = (sb.world(), sb.run(&["list", "--json"]).ok().json());
@@ -216,7 +216,7 @@ fn keyless_bundles_agree_with_python_sigstore() {
         let root_s = root.display().to_string();
         let bundle_s = bundle_path.display().to_string();
         let regexp = if case.regexp { "1" } else { "0" };
-        let py = python(&["verify", &root_s, &d1, identity, ISSUER, regexp, &bundle_s]);
+        let py = python(&["verify", &root_s, d1, identity, ISSUER, regexp, &bundle_s]);
         let py = py.trim();
         let python_says = py.split_whitespace().next().unwrap_or_default().to_string();
 
