@@ -30,6 +30,10 @@ const TOOLS: &[&str] = &["docker-registry", "skopeo", "python3"];
 const IDENTITY: &str = "signer@example.com";
 const ISSUER: &str = "https://issuer.example";
 const WORKFLOW_REGEXP: &str = r"https://ci\.example/org/repo/\.github/workflows/.*@refs/tags/v.*";
+/// The identity of the fixture's regexp-signed bundles, and another one the
+/// regexp accepts too (`keyless_fixture.py`).
+const WORKFLOW: &str = "https://ci.example/org/repo/.github/workflows/release.yml@refs/tags/v1";
+const OTHER_WORKFLOW: &str = "https://ci.example/org/repo/.github/workflows/hotfix.yml@refs/tags/v1";
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/keyless_fixture.py")
@@ -182,11 +186,8 @@ fn keyless_bundles_agree_with_python_sigstore() {
         let stagehand = if r.success() {
             assert_eq!(sb.world(), demo_world("v1"), "{}: the world is v1's", case.name);
             let list = sb.run(&["list", "--json"]).ok().json();
-            let expected = if case.regexp {
-                format!("identity matching {WORKFLOW_REGEXP} (issuer {ISSUER})")
-            } else {
-                format!("identity {IDENTITY} (issuer {ISSUER})")
-            };
+            // The certificate's own identity, also where a regexp matched it.
+            let expected = format!("identity {} (issuer {ISSUER})", if case.regexp { WORKFLOW } else { IDENTITY });
             assert_eq!(list[0]["signed_by"], json!(expected), "{}: list --json names the keyless signer", case.name);
             // The keyless signer in every report is what docs/schemas/ admits.
             if common::schema::validator_or_skip(test) {
@@ -351,4 +352,79 @@ fn apply_with_a_keyless_policy_in_the_file_pins_the_signer() {
     r.fails_with(&["web.toml", "not \"mallory@example.com\"", "Nothing was changed"]);
     assert_eq!((sb.world(), sb.run(&["list", "--json"]).ok().json()), before, "a refused apply changed something");
     assert_eq!(std::fs::read_to_string(tmp.path().join("web.lock")).expect("web.lock"), lock, "the lock moved");
+}
+
+/// `--certificate-identity-regexp` records the identity that matched, not
+/// the pattern: `rollback` under the same regexp finds it in the history
+/// and one that does not match it refuses; the lock pins it, and
+/// `apply --locked` refuses a new signer even though the regexp accepts it.
+#[test]
+fn a_regexp_policy_records_the_identity_that_matched() {
+    let test = "a_regexp_policy_records_the_identity_that_matched";
+    if !require(test, TOOLS) || !python_ready(test) {
+        return;
+    }
+    let fx = Fixture::new("keyless-regexp");
+    let (tmp, host) = (&fx.tmp, &fx.host);
+    let root = fx.out.join("trusted_root.json");
+    let root_s = root.display().to_string();
+    fx.publish(&fx.d1, "identity-regexp");
+    fx.publish(&fx.d2, "regexp-v2");
+    let signer = |id: &str| json!(format!("identity {id} (issuer {ISSUER})"));
+
+    let sb = Sandbox::at(&tmp.path().join("sb"));
+    let policy = keyless_args(&root, true);
+    let policy: Vec<&str> = policy.iter().map(String::as_str).collect();
+    sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &policy)).ok();
+    sb.run(&sb.demo_args(&format!("{host}/demo:v2"), &policy)).ok();
+    let history = sb.run(&["history", "--json"]).ok().json();
+    for row in history.as_array().expect("rows") {
+        assert_eq!(row["signed_by"], signer(WORKFLOW), "history names the identity that matched: {row}");
+    }
+    let elsewhere = r"https://ci\.example/org/other/.*";
+    let r = sb.run(&[
+        "rollback",
+        "demo",
+        "--certificate-identity-regexp",
+        elsewhere,
+        "--certificate-oidc-issuer",
+        ISSUER,
+        "--trusted-root",
+        &root_s,
+    ]);
+    assert!(!r.success(), "a regexp that does not match the recorded signer rolled back:\n{}", r.describe());
+    r.fails_with(&[WORKFLOW, "Nothing was changed"]);
+    assert_eq!(sb.world(), demo_world("v2"), "a refused rollback changed DEST");
+    let mut same = vec!["rollback", "demo"];
+    same.extend(&policy);
+    sb.run(&same).ok();
+    assert_eq!(sb.world(), demo_world("v1"), "the rollback under the regexp that matched");
+    assert_eq!(sb.run(&["list", "--json"]).ok().json()[0]["signed_by"], signer(WORKFLOW));
+
+    let sb2 = Sandbox::at(&tmp.path().join("sb2"));
+    let d = sb2.dest.display();
+    let file = tmp.path().join("ci.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[package.demo]\nref = \"{host}/demo:v1\"\nto = \"{d}/app\"\n\
+             map = [\"*.so={d}/lib\", \"*.control={d}/ext\", \"*.sql={d}/ext\"]\nplain-http = true\n\
+             certificate-identity-regexp = '{WORKFLOW_REGEXP}'\ncertificate-oidc-issuer = \"{ISSUER}\"\n\
+             trusted-root = \"fixture/trusted_root.json\"\n"
+        ),
+    )
+    .expect("write ci.toml");
+    let file_s = file.display().to_string();
+    sb2.run(&["apply", "--file", &file_s, "--yes"]).ok();
+    let lock_path = tmp.path().join("ci.lock");
+    let lock = std::fs::read_to_string(&lock_path).expect("ci.lock");
+    assert!(lock.contains(&format!("identity = \"{WORKFLOW}\"")), "the lock pins the identity that matched:\n{lock}");
+
+    // Another workflow signs v1 now; the regexp accepts it, the lock does not.
+    fx.publish(&fx.d1, "regexp-other-workflow");
+    let before = (sb2.world(), sb2.run(&["list", "--json"]).ok().json());
+    let r = sb2.run(&["apply", "--file", &file_s, "--locked", "--yes"]);
+    r.fails_with(&["the signer changed", WORKFLOW, OTHER_WORKFLOW, "nothing was changed"]);
+    assert_eq!((sb2.world(), sb2.run(&["list", "--json"]).ok().json()), before, "a refused apply changed something");
+    assert_eq!(std::fs::read_to_string(&lock_path).expect("ci.lock"), lock, "the lock moved");
 }

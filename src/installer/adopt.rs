@@ -379,6 +379,7 @@ pub fn restore_put(
         manifest_digest: version.manifest_digest.clone(),
         manifest,
         index_digest: None,
+        signer: None,
     };
     Ok(PutRequest {
         name: name.to_string(),

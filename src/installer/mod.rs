@@ -509,8 +509,11 @@ impl Installer {
         Ok(TxnReport::of(&rec))
     }
 
-    /// The signature policy in force now, for a command given `flags`.
-    fn signature_policy(&self, flags: &SignatureFlags) -> sigpolicy::Policy {
+    /// The signature policy in force now, for a command given `flags`, as
+    /// it meets the signers the history `recorded` for a version: a keyless
+    /// policy names the recorded signer it accepts (for a regexp, the
+    /// identity that matched when it was installed), or itself.
+    fn signature_policy(&self, flags: &SignatureFlags, recorded: &[String]) -> sigpolicy::Policy {
         let state_file = self.state_dir.join(REQUIRE_SIGNATURE_FILE);
         sigpolicy::Policy {
             required: if flags.require_signature {
@@ -520,12 +523,12 @@ impl Installer {
             } else {
                 None
             },
-            key: flags.verify_key.as_ref().map(|k| {
-                let named = match k.keyless_policy() {
-                    Some(_) => format!("the keyless policy (trusted root {})", k.path()),
-                    None => format!("--verify-key {}", k.path()),
-                };
-                (named, k.fingerprint().to_string())
+            key: flags.verify_key.as_ref().map(|k| match k.keyless_policy() {
+                Some(p) => (
+                    format!("the keyless policy (trusted root {})", k.path()),
+                    recorded.iter().find(|s| p.accepts_recorded(s)).cloned().unwrap_or_else(|| p.describe()),
+                ),
+                None => (format!("--verify-key {}", k.path()), k.fingerprint().to_string()),
             }),
         }
     }
@@ -542,8 +545,8 @@ impl Installer {
         limits: plan::limits::Limits,
         flags: &SignatureFlags,
     ) -> Result<planner::PutRequest> {
-        let policy = self.signature_policy(flags);
         let signers = sigpolicy::verified_signers(&self.journal.history()?, name, &version.manifest_digest);
+        let policy = self.signature_policy(flags, &signers);
         let signed_by =
             match sigpolicy::decide_rollback(&policy, name, &version.manifest_digest, &version.source, &signers) {
                 Ok(sigpolicy::RollbackSignature::Unchecked) => None,
@@ -574,6 +577,7 @@ impl Installer {
             manifest_digest: version.manifest_digest.clone(),
             manifest,
             index_digest: None,
+            signer: None,
         };
         let mut req = InstallRequest {
             source: version.source.clone(),

@@ -298,9 +298,9 @@ impl Installer {
             SourceRef::Layout { path, selector } => {
                 let layout = source::OciLayout::open(path)?;
                 let platform = req.registry.platform.clone().unwrap_or_else(source::layout::host_platform);
-                let artifact = layout.resolve_for_platform(selector, &req.source, &platform)?;
+                let mut artifact = layout.resolve_for_platform(selector, &req.source, &platform)?;
                 if let Some(key) = &req.verify_key {
-                    source::signature::verify_layout(&layout, &artifact, &req.source, key)?;
+                    source::signature::verify_layout(&layout, &mut artifact, &req.source, key)?;
                 }
                 (artifact, Box::new(layout))
             }
@@ -365,6 +365,13 @@ impl Installer {
             )));
         }
         let (planned, placement) = place(source_ref, &artifact, req)?;
+        // Whoever resolved it verified the signature a key or keyless
+        // policy asks for, and said by whom.
+        debug_assert!(
+            req.verify_key.is_none() || artifact.signer.is_some(),
+            "a signature was asked for but not checked"
+        );
+        let signed_by = artifact.signer.clone();
         let layout = match source_ref {
             SourceRef::Layout { path, .. } if !req.rollback => Some(path.clone()),
             _ => None,
@@ -380,7 +387,7 @@ impl Installer {
             adopt: req.adopt,
             allow_move: req.move_placement,
             keep_versions: req.keep_versions,
-            signed_by: req.verify_key.as_ref().map(|k| k.fingerprint().to_string()),
+            signed_by,
             managed_by: None,
             layout,
             limits: req.limits,

@@ -230,10 +230,11 @@ pub fn check_statement(statement: &[u8], digest: &str) -> Result<(), String> {
 }
 
 /// Checks a bundle's bytes: a DSSE signature by `key` over an in-toto
-/// statement that is cosign's image signature of `digest`.
-pub fn check(key: &VerifyKey, digest: &str, bytes: &[u8]) -> Result<(), String> {
+/// statement that is cosign's image signature of `digest`. Returns the
+/// signer as history records it (`ResolvedArtifact::signer`).
+pub fn check(key: &VerifyKey, digest: &str, bytes: &[u8]) -> Result<String, String> {
     if let Some(policy) = key.keyless_policy() {
-        return policy.check(digest, bytes).map(|_| ());
+        return policy.check(digest, bytes).map(|san| policy.signer(&san));
     }
     let b = parse(bytes)?;
     match &b.signed {
@@ -254,7 +255,8 @@ pub fn check(key: &VerifyKey, digest: &str, bytes: &[u8]) -> Result<(), String> 
             if payload_type != PAYLOAD_TYPE_IN_TOTO {
                 return Err(format!("its DSSE payloadType is {payload_type:?}, not {PAYLOAD_TYPE_IN_TOTO:?}"));
             }
-            check_statement(payload, digest)
+            check_statement(payload, digest)?;
+            Ok(key.fingerprint().to_string())
         }
         // An image signature names the image in a statement; a bare message
         // signature signs a blob's bytes, which are not at hand here.
@@ -336,7 +338,7 @@ mod tests {
     fn check_accepts_only_the_keys_signature_of_the_digest() {
         let st = statement(STATEMENT_TYPES[0], PREDICATE_COSIGN_SIGN, &D[7..]);
         let (good, key) = signed_bundle(7, &st, false);
-        assert_eq!(check(&key, D, &good), Ok(()));
+        assert_eq!(check(&key, D, &good), Ok(key.fingerprint().to_string()));
         let (tampered, key) = signed_bundle(7, &st, true);
         assert!(check(&key, D, &tampered).unwrap_err().contains("does not verify"));
         let (_, other_key) = signed_bundle(8, &st, false);

@@ -120,6 +120,22 @@ impl KeylessPolicy {
         }
     }
 
+    /// How history and the lock record a signature this policy verified,
+    /// whose certificate names `san`: `identity SAN (issuer URL)`. For an
+    /// exact identity that is [`describe`](Self::describe); for a regexp,
+    /// the identity that matched, so a later signer who also matches is
+    /// told apart.
+    pub fn signer(&self, san: &str) -> String {
+        format!("identity {san} (issuer {})", self.issuer)
+    }
+
+    /// Whether a signer recorded by [`signer`](Self::signer) (in history)
+    /// is one this policy accepts: its issuer, and its identity equal to or
+    /// matching the policy's in full.
+    pub fn accepts_recorded(&self, recorded: &str) -> bool {
+        recorded_matches(&self.identity, &self.issuer, recorded)
+    }
+
     /// Checks a bundle's bytes against the policy as a signature of `digest`;
     /// returns the certificate's identity (its SAN).
     pub fn check(&self, digest: &str, bytes: &[u8]) -> Result<String, String> {
@@ -200,6 +216,27 @@ impl KeylessPolicy {
     }
 }
 
+/// The SAN and issuer of a keyless signer as [`KeylessPolicy::signer`]
+/// records it; `None` for a key's fingerprint.
+pub fn parse_recorded(recorded: &str) -> Option<(&str, &str)> {
+    recorded.strip_prefix("identity ")?.strip_suffix(')')?.rsplit_once(" (issuer ")
+}
+
+/// Whether `recorded`, `identity SAN (issuer URL)`, has `issuer` and a SAN
+/// that `identity` accepts. A record written before the actual SAN was
+/// kept (`identity matching REGEXP (issuer …)`) names no identity, so no
+/// policy accepts it.
+fn recorded_matches(identity: &Identity, issuer: &str, recorded: &str) -> bool {
+    let Some((san, recorded_issuer)) = parse_recorded(recorded) else {
+        return false;
+    };
+    recorded_issuer == issuer
+        && match identity {
+            Identity::Exact(i) => san == i,
+            Identity::Regexp { anchored, .. } => !san.starts_with("matching ") && anchored.is_match(san),
+        }
+}
+
 /// Loads a policy for tests and tools from a trusted root file.
 pub fn policy_for(identity: Identity, issuer: &str, trusted_root: &Path) -> Result<KeylessPolicy, String> {
     Ok(KeylessPolicy::new(identity, issuer.to_string(), TrustRoot::load(trusted_root)?))
@@ -228,5 +265,23 @@ mod tests {
         assert!(e.contains("not a regular expression"), "{e}");
         let e = KeylessPolicy::from_options(&o(Some("a"), None, Some("i"))).unwrap_err();
         assert!(e.contains("--trusted-root /nonexistent/trusted_root.json: cannot read it"), "{e}");
+    }
+
+    #[test]
+    fn recorded_signers_match_by_identity_and_issuer() {
+        let exact = Identity::Exact("me@example.org".into());
+        let re = Identity::Regexp {
+            pattern: "https://ci/org/.*".into(),
+            anchored: regex::Regex::new("^(?:https://ci/org/.*)$").expect("regex"),
+        };
+        let i = "https://issuer";
+        assert!(recorded_matches(&exact, i, "identity me@example.org (issuer https://issuer)"));
+        assert!(!recorded_matches(&exact, i, "identity me@example.org (issuer https://other)"));
+        assert!(!recorded_matches(&exact, i, "identity you@example.org (issuer https://issuer)"));
+        assert!(!recorded_matches(&exact, i, "sha256:12ab"));
+        assert!(recorded_matches(&re, i, "identity https://ci/org/release.yml@refs/tags/v1 (issuer https://issuer)"));
+        assert!(!recorded_matches(&re, i, "identity https://ci/other/release.yml (issuer https://issuer)"));
+        // The pattern as an older version recorded it names nobody.
+        assert!(!recorded_matches(&re, i, "identity matching https://ci/org/.* (issuer https://issuer)"));
     }
 }

@@ -137,6 +137,7 @@ impl OciLayout {
             manifest_digest: manifest_desc.digest,
             manifest,
             index_digest,
+            signer: None,
         })
     }
 

@@ -92,6 +92,12 @@ pub struct ResolvedArtifact {
     /// `sha256:…` of the image index the manifest was picked from (a
     /// multi-arch tag), if any: a signature over it covers the manifest.
     pub index_digest: Option<String>,
+    /// Who signed it, when a signature was verified while resolving it: a
+    /// key's fingerprint (`sha256:…`), or a keyless certificate's actual
+    /// identity and issuer, `identity SAN (issuer URL)` (for a regexp
+    /// policy, the SAN that matched, not the pattern). `None`: no
+    /// signature was asked for.
+    pub signer: Option<String>,
 }
 
 /// A manifest or blob a registry pull fetched, and the host that served it

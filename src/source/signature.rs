@@ -275,8 +275,9 @@ pub struct Found {
 const MAX_REASONS_SHOWN: usize = 8;
 
 /// Accepts if one candidate names `digest` and verifies with `key`;
-/// returns the accepted candidate's index.
-pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Result<usize, SignatureError> {
+/// returns the accepted candidate's index and its signer as history
+/// records it (`ResolvedArtifact::signer`).
+pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Result<(usize, String), SignatureError> {
     if found.candidates.is_empty() {
         let mut looked = found.looked.join(", ");
         if !found.problems.is_empty() {
@@ -290,11 +291,13 @@ pub fn decide(key: &VerifyKey, digest: &str, display: &str, found: &Found) -> Re
             if bundle::is_bundle(c) {
                 bundle::check(key, digest, p)
             } else {
-                key.check_signature(p, &c.signature).and_then(|()| check_payload(p, digest))
+                key.check_signature(p, &c.signature)
+                    .and_then(|()| check_payload(p, digest))
+                    .map(|()| key.fingerprint.clone())
             }
         });
         match outcome {
-            Ok(()) => return Ok(i),
+            Ok(signer) => return Ok((i, signer)),
             Err(why) => reasons.push(format!("{}: {why}", c.origin)),
         }
     }
@@ -322,17 +325,17 @@ pub fn signed_subjects(artifact: &super::ResolvedArtifact) -> Vec<String> {
 
 /// Accepts if a signature found for one of the subjects (each digest with
 /// what was found for it, the manifest's first) names that digest and
-/// verifies with `key`; returns which subject and which candidate.
+/// verifies with `key`; returns which subject, which candidate and its signer.
 pub fn decide_subjects(
     key: &VerifyKey,
     display: &str,
     subjects: &[(String, Found)],
-) -> Result<(usize, usize), SignatureError> {
+) -> Result<(usize, usize, String), SignatureError> {
     let mut unsigned = Vec::new();
     let mut rejected = Vec::new();
     for (s, (digest, found)) in subjects.iter().enumerate() {
         match decide(key, digest, display, found) {
-            Ok(i) => return Ok((s, i)),
+            Ok((i, signer)) => return Ok((s, i, signer)),
             Err(SignatureError::Unsigned { looked, .. }) => unsigned.push(format!("{digest}: {looked}")),
             Err(SignatureError::Rejected { reasons, .. }) => rejected.push(format!("{digest}: {reasons}")),
             Err(e) => return Err(e),
@@ -493,10 +496,10 @@ pub fn subject_of(bytes: &[u8]) -> Option<String> {
 }
 
 /// Finds and checks the signatures of an artifact in a layout: over its
-/// manifest's digest, or the index it was picked from.
+/// manifest's digest, or the index it was picked from; sets its `signer`.
 pub fn verify_layout(
     layout: &OciLayout,
-    artifact: &super::ResolvedArtifact,
+    artifact: &mut super::ResolvedArtifact,
     display: &str,
     key: &VerifyKey,
 ) -> Result<(), SourceError> {
@@ -505,9 +508,10 @@ pub fn verify_layout(
         let found = find_in_layout(layout, &digest)?;
         subjects.push((digest, found));
     }
-    let (s, i) = decide_subjects(key, display, &subjects)?;
+    let (s, i, signer) = decide_subjects(key, display, &subjects)?;
     let (digest, found) = &subjects[s];
-    tracing::info!(origin = %found.candidates[i].origin, signed = %digest, key = %key.fingerprint, "cosign signature verified");
+    tracing::info!(origin = %found.candidates[i].origin, signed = %digest, signer = %signer, "cosign signature verified");
+    artifact.signer = Some(signer);
     Ok(())
 }
 

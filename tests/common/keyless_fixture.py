@@ -6,7 +6,9 @@ tests/signature_keyless.rs; and the independent verifier (Python `sigstore`
     keyless_fixture.py make OUT DIGEST OTHER_DIGEST
         writes OUT/trusted_root.json and OUT/<case>.json (Sigstore bundles
         v0.3, DSSE over cosign's in-toto statement of DIGEST), and
-        OUT/cases.json naming each case's expected identity.
+        OUT/cases.json naming each case's expected identity; also
+        OUT/regexp-v2.json (the regexp's signer, over OTHER_DIGEST) and
+        OUT/regexp-other-workflow.json (another identity the regexp accepts).
     keyless_fixture.py verify ROOT DIGEST IDENTITY_OR_REGEXP ISSUER REGEXP(0|1) BUNDLE...
         prints one line per bundle: "accept <identity>" or "refuse <why>".
 
@@ -44,6 +46,9 @@ BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IDENTITY = "signer@example.com"
 ISSUER = "https://issuer.example"
 WORKFLOW = "https://ci.example/org/repo/.github/workflows/release.yml@refs/tags/v1"
+# Another workflow the same identity regexp accepts: a signer the lock must
+# tell apart from WORKFLOW.
+OTHER_WORKFLOW = "https://ci.example/org/repo/.github/workflows/hotfix.yml@refs/tags/v1"
 
 
 def der_len(n):
@@ -249,7 +254,13 @@ def make(out, digest, other_digest):
         "other-ca": bundle(*leaf(ca_pair=(other_ca_key, other_ca)), log_key, digest, signed_at),
         "identity-regexp": bundle(*leaf(identity=WORKFLOW), log_key, digest, signed_at),
     }
-    for name, b in cases.items():
+    # Not in the table: the regexp's signer of v2, and another signer the
+    # regexp accepts, for the rollback and lock tests.
+    extras = {
+        "regexp-v2": bundle(*leaf(identity=WORKFLOW), log_key, other_digest, signed_at),
+        "regexp-other-workflow": bundle(*leaf(identity=OTHER_WORKFLOW), log_key, digest, signed_at),
+    }
+    for name, b in {**cases, **extras}.items():
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(b, f)
     print(json.dumps({"identity": IDENTITY, "issuer": ISSUER, "workflow": WORKFLOW, "cases": list(cases)}))

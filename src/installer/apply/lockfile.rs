@@ -21,7 +21,9 @@
 //! manifest within it is checked against `digest`), so a signature over the
 //! index is found and checked again by `apply --locked`. `signer` is the
 //! key (its fingerprint) whose signature was verified; a keyless signer is
-//! written `{ identity = "…", issuer = "…" }`.
+//! written `{ identity = "…", issuer = "…" }`, the identity the
+//! certificate names (under a regexp policy too, so a new signer the
+//! pattern also accepts is a change).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -68,21 +68,16 @@ pub fn platform_of(req: &InstallRequest) -> String {
     format!("{}/{}", p.os, p.architecture)
 }
 
-/// Whose signature resolving `req` verified: its key's fingerprint, or a
-/// keyless policy's identity and issuer (for a regexp policy, the pattern
-/// the certificate's identity matched in full). `None`: no signature was
-/// asked for, so none was checked.
-pub fn signer_of(req: &InstallRequest) -> Option<Signer> {
-    let k = req.verify_key.as_ref()?;
-    Some(match k.keyless_policy() {
-        None => Signer::Key { key: k.fingerprint().to_string() },
-        Some(p) => Signer::Identity {
-            identity: match p.identity() {
-                source::keyless::Identity::Exact(i) => i.clone(),
-                source::keyless::Identity::Regexp { pattern, .. } => format!("matching {pattern}"),
-            },
-            issuer: p.issuer().to_string(),
-        },
+/// Whose signature resolving `artifact` verified: its key's fingerprint,
+/// or the keyless certificate's identity and issuer (for a regexp policy,
+/// the identity that matched, so `--locked` tells a new signer apart even
+/// when the pattern accepts both). `None`: no signature was asked for, so
+/// none was checked.
+pub fn signer_of(artifact: &source::ResolvedArtifact) -> Option<Signer> {
+    let s = artifact.signer.as_deref()?;
+    Some(match source::keyless::parse_recorded(s) {
+        None => Signer::Key { key: s.to_string() },
+        Some((identity, issuer)) => Signer::Identity { identity: identity.to_string(), issuer: issuer.to_string() },
     })
 }
 
@@ -154,7 +149,7 @@ impl Installer {
                 digest: artifact.manifest_digest.clone(),
                 platform: platform_of(&p.request),
                 index: artifact.index_digest.clone(),
-                signer: signer_of(&req),
+                signer: signer_of(&artifact),
             };
             let before = old.and_then(|l| l.package.get(&p.name));
             if before != Some(&pin) {

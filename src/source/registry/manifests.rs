@@ -218,6 +218,7 @@ pub(super) async fn resolve_async(
     let what = format!("manifest {digest} of {display}");
     let manifest = parse_manifest(&bytes, &what)?;
     let index_digest = index_doc.as_ref().map(|(d, _)| d.clone());
+    let mut signer = None;
     if let Some(key) = &opts.verify_key {
         // Before a single layer is downloaded: over the manifest's digest,
         // or the index it was picked from.
@@ -225,9 +226,10 @@ pub(super) async fn resolve_async(
         for d in std::iter::once(&digest).chain(index_digest.as_ref()) {
             subjects.push((d.clone(), ctx.find_signatures(d).await?));
         }
-        let (s, i) = crate::source::signature::decide_subjects(key, display, &subjects)?;
+        let (s, i, who) = crate::source::signature::decide_subjects(key, display, &subjects)?;
         let (signed, found) = &subjects[s];
-        tracing::info!(origin = %found.candidates[i].origin, signed = %signed, key = %key.fingerprint(), "cosign signature verified");
+        tracing::info!(origin = %found.candidates[i].origin, signed = %signed, signer = %who, "cosign signature verified");
+        signer = Some(who);
     }
     if keep {
         if let Some((d, b)) = &index_doc {
@@ -259,7 +261,10 @@ pub(super) async fn resolve_async(
         };
         jobs.push(Job { desc: desc.clone(), what: label });
     }
-    Ok((ResolvedArtifact { display: display.to_string(), manifest_digest: digest, manifest, index_digest }, jobs))
+    Ok((
+        ResolvedArtifact { display: display.to_string(), manifest_digest: digest, manifest, index_digest, signer },
+        jobs,
+    ))
 }
 
 #[cfg(test)]
