@@ -5,7 +5,7 @@
 //! Fulcio's role (leaf certificates with the SAN, Fulcio's issuer extensions
 //! and an embedded SCT by a CT log of the root), a log key in Rekor's role
 //! (a `dsse` entry with an inclusion proof, a signed checkpoint and a signed
-//! entry timestamp). The v0.3 bundles are pushed as cosign 3 pushes them, as
+//! entry timestamp) and a timestamp authority (RFC 3161 tokens). The v0.3 bundles are pushed as cosign 3 pushes them, as
 //! referrers (the referrers tag schema) of the demo's manifest in a real
 //! `docker-registry` on loopback.
 //!
@@ -15,7 +15,9 @@
 //! tampered payload, wrong subject, wrong identity, wrong issuer, expired
 //! certificate without a timestamp, expired but timestamped (the signed
 //! entry timestamp falls within its validity), a certificate from another
-//! CA, and an identity regexp.
+//! CA, an identity regexp, and an expired certificate with no log promise
+//! whose signing time an RFC 3161 timestamp proves (by the root's timestamp
+//! authority, accepted; by another, refused).
 
 mod common;
 
@@ -99,6 +101,11 @@ const CASES: &[Case] = &[
         needles: &["certificate does not verify against the trusted root"],
     },
     Case { name: "identity-regexp", regexp: true, accept: true, needles: &[] },
+    // An expired certificate, no log promise: an RFC 3161 timestamp of the
+    // root's timestamp authority proves the signing time, one of another
+    // authority does not.
+    Case { name: "expired-tsa-timestamp", regexp: false, accept: true, needles: &[] },
+    Case { name: "tsa-not-in-root", regexp: false, accept: false, needles: &["signing time"] },
 ];
 
 fn keyless_args(root: &Path, regexp: bool) -> Vec<String> {

@@ -19,7 +19,12 @@ Roles, all generated here with `cryptography` (nothing is fetched):
     from a CT log whose key is in the root;
   - a log key in Rekor's role: a `dsse` 0.0.1 entry with an inclusion proof
     in a two-leaf tree, a signed checkpoint, and (unless the case says not)
-    a signed entry timestamp (the "promise") carrying the integrated time.
+    a signed entry timestamp (the "promise") carrying the integrated time;
+  - a timestamp authority (its own root and a leaf with the critical
+    timeStamping EKU): RFC 3161 TimeStampTokens over the DSSE signature,
+    in a TimeStampResp, a CMS SignedData written here in DER (signed attributes contentType,
+    messageDigest and signingCertificateV2), for the cases that prove the
+    signing time by a timestamp instead of a log promise.
 """
 
 import base64
@@ -129,6 +134,94 @@ def make_leaf(ca_key, ca_cert, ct_key, identity, issuer, start, minutes=10):
     return key, cert.sign(ca_key, hashes.SHA256())
 
 
+def oid(dotted):
+    parts = [int(x) for x in dotted.split(".")]
+    body = bytes([40 * parts[0] + parts[1]])
+    for n in parts[2:]:
+        chunk = [n & 0x7F]
+        n >>= 7
+        while n:
+            chunk.append(0x80 | (n & 0x7F))
+            n >>= 7
+        body += bytes(reversed(chunk))
+    return der(0x06, body)
+
+
+def der_int(n):
+    return der(0x02, n.to_bytes(n.bit_length() // 8 + 1, "big"))
+
+
+def seq(*parts):
+    return der(0x30, b"".join(parts))
+
+
+def der_set(*parts):
+    # DER orders a SET OF by the encodings of its elements.
+    return der(0x31, b"".join(sorted(parts)))
+
+
+SHA256_ALG = seq(oid("2.16.840.1.101.3.4.2.1"))
+
+
+def make_tsa(start):
+    """A timestamp authority: (leaf key, leaf cert, root cert)."""
+    root_key, root = make_ca("tsa-root.stagehand.test", start)
+    key = new_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "stagehand-test"),
+                                 x509.NameAttribute(NameOID.COMMON_NAME, "tsa.stagehand.test")]))
+        .issuer_name(root.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(start + dt.timedelta(days=3650))
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
+        .sign(root_key, hashes.SHA256())
+    )
+    return key, cert, root
+
+
+def timestamp_response(tsa, data, when):
+    """An RFC 3161 TimeStampResp (status granted, and a TimeStampToken: a CMS
+    ContentInfo) by `tsa` over `data` at `when`, as a bundle carries it."""
+    key, cert, _ = tsa
+    tst_info = seq(
+        der_int(1),
+        oid("1.3.6.1.4.1.57264.2"),
+        seq(SHA256_ALG, der(0x04, hashlib.sha256(data).digest())),
+        der_int(x509.random_serial_number()),
+        der(0x18, when.strftime("%Y%m%d%H%M%SZ").encode()),
+        der_int(int.from_bytes(os.urandom(8), "big")),
+    )
+    cert_der = cert.public_bytes(serialization.Encoding.DER)
+    attrs = [
+        seq(oid("1.2.840.113549.1.9.3"), der_set(oid("1.2.840.113549.1.9.16.1.4"))),
+        seq(oid("1.2.840.113549.1.9.4"), der_set(der(0x04, hashlib.sha256(tst_info).digest()))),
+        seq(oid("1.2.840.113549.1.9.16.2.47"),
+            der_set(seq(seq(seq(der(0x04, hashlib.sha256(cert_der).digest())))))),
+    ]
+    signed_attrs = b"".join(sorted(attrs))
+    signer_info = seq(
+        der_int(1),
+        seq(cert.issuer.public_bytes(), der_int(cert.serial_number)),
+        SHA256_ALG,
+        der(0xA0, signed_attrs),
+        seq(oid("1.2.840.10045.4.3.2")),
+        der(0x04, sign(key, der(0x31, signed_attrs))),
+    )
+    signed_data = seq(
+        der_int(3),
+        der_set(SHA256_ALG),
+        seq(oid("1.2.840.113549.1.9.16.1.4"), der(0xA0, der(0x04, tst_info))),
+        der(0xA0, cert_der),
+        der_set(signer_info),
+    )
+    token = seq(oid("1.2.840.113549.1.7.2"), der(0xA0, signed_data))
+    return seq(seq(der_int(0)), token)
+
+
 def statement(digest):
     algo, hexd = digest.split(":", 1)
     return json.dumps({
@@ -185,9 +278,13 @@ def tlog_entry(log_key, cert, payload, sig, integrated, promise):
     return entry
 
 
-def bundle(leaf_key, cert, log_key, digest, integrated, promise=True, tamper=False):
+def bundle(leaf_key, cert, log_key, digest, integrated, promise=True, tamper=False, tsa=None):
     payload = statement(digest)
     sig = sign(leaf_key, pae(PAYLOAD_TYPE, payload))
+    stamps = {}
+    if tsa:
+        when = dt.datetime.fromtimestamp(integrated, dt.timezone.utc)
+        stamps = {"rfc3161Timestamps": [{"signedTimestamp": B64(timestamp_response(tsa, sig, when))}]}
     if tamper:
         payload = payload.replace(b'"predicate":{}', b'"predicate":{"x":1}')
     return {
@@ -195,7 +292,7 @@ def bundle(leaf_key, cert, log_key, digest, integrated, promise=True, tamper=Fal
         "verificationMaterial": {
             "certificate": {"rawBytes": B64(cert.public_bytes(serialization.Encoding.DER))},
             "tlogEntries": [tlog_entry(log_key, cert, payload, sig, integrated, promise)],
-            "timestampVerificationData": {},
+            "timestampVerificationData": stamps,
         },
         "dsseEnvelope": {"payload": B64(payload), "payloadType": PAYLOAD_TYPE,
                          "signatures": [{"sig": B64(sig), "keyid": ""}]},
@@ -217,6 +314,7 @@ def make(out, digest, other_digest):
     ca_key, ca = make_ca("fulcio.stagehand.test", epoch)
     other_ca_key, other_ca = make_ca("fulcio.stagehand.test", epoch)
     ct_key, log_key = new_key(), new_key()
+    tsa, other_tsa = make_tsa(epoch), make_tsa(epoch)
     root = {
         "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
         "tlogs": [log_json(log_key, epoch)],
@@ -227,7 +325,13 @@ def make(out, digest, other_digest):
             "validFor": {"start": epoch.strftime("%Y-%m-%dT%H:%M:%SZ")},
         }],
         "ctlogs": [log_json(ct_key, epoch)],
-        "timestampAuthorities": [],
+        "timestampAuthorities": [{
+            "subject": {"organization": "stagehand-test", "commonName": "tsa.stagehand.test"},
+            "uri": "https://tsa.stagehand.invalid",
+            "certChain": {"certificates": [{"rawBytes": B64(c.public_bytes(serialization.Encoding.DER))}
+                                           for c in (tsa[1], tsa[2])]},
+            "validFor": {"start": epoch.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        }],
     }
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "trusted_root.json"), "w") as f:
@@ -253,6 +357,9 @@ def make(out, digest, other_digest):
         "expired-timestamped": bundle(*expired, log_key, digest, old_signed_at),
         "other-ca": bundle(*leaf(ca_pair=(other_ca_key, other_ca)), log_key, digest, signed_at),
         "identity-regexp": bundle(*leaf(identity=WORKFLOW), log_key, digest, signed_at),
+        # The signing time proven by an RFC 3161 timestamp alone (no promise).
+        "expired-tsa-timestamp": bundle(*expired, log_key, digest, old_signed_at, promise=False, tsa=tsa),
+        "tsa-not-in-root": bundle(*expired, log_key, digest, old_signed_at, promise=False, tsa=other_tsa),
     }
     # Not in the table: the regexp's signer of v2, and another signer the
     # regexp accepts, for the rollback and lock tests.
