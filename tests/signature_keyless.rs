@@ -435,3 +435,59 @@ fn a_regexp_policy_records_the_identity_that_matched() {
     assert_eq!((sb2.world(), sb2.run(&["list", "--json"]).ok().json()), before, "a refused apply changed something");
     assert_eq!(std::fs::read_to_string(&lock_path).expect("ci.lock"), lock, "the lock moved");
 }
+
+/// A bundle real Sigstore tooling made on the public-good instance (a DSSE
+/// SLSA provenance statement signed by the sigstore-conformance beacon
+/// workflow, Rekor SET), with the public-good trusted root: both from the
+/// sigstore-rust crates' published fixtures (`tests/fixtures/sigstore-real/`).
+/// stagehand's keyless check, offline, goes through the real Fulcio chain,
+/// SCT, Rekor entry and identity, and refuses only at the statement, which
+/// is an attestation, not cosign's image signature; Python sigstore, with
+/// the same root, gets as far and says the same. Another identity or issuer
+/// is refused by both before that.
+#[test]
+fn a_public_good_bundle_verifies_up_to_its_statement() {
+    let test = "a_public_good_bundle_verifies_up_to_its_statement";
+    if !python_ready(test) {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sigstore-real");
+    let (root, bundle) = (dir.join("trusted_root.json"), dir.join("happy-path.json"));
+    let bytes = std::fs::read(&bundle).expect("bundle");
+    let subject = "sha256:a0cfc71271d6e278e57cd332ff957c3f7043fdda354c4cbb190a30d56efa01bf";
+    let beacon = "https://github.com/sigstore-conformance/extremely-dangerous-public-oidc-beacon/.github/workflows/extremely-dangerous-oidc-beacon.yml@refs/heads/main";
+    let actions = "https://token.actions.githubusercontent.com";
+    let check = |identity: &str, issuer: &str| {
+        let policy = stagehand::source::keyless::policy_for(
+            stagehand::source::keyless::Identity::Exact(identity.into()),
+            issuer,
+            &root,
+        )
+        .expect("the public-good trusted root loads");
+        let stagehand = policy.check(subject, &bytes).expect_err("an attestation is not an image signature");
+        let py = python(&[
+            "verify",
+            &root.display().to_string(),
+            subject,
+            identity,
+            issuer,
+            "0",
+            &bundle.display().to_string(),
+        ]);
+        (stagehand, py.trim().to_string())
+    };
+    let (stagehand, py) = check(beacon, actions);
+    assert!(
+        stagehand.contains("\"https://slsa.dev/provenance/v1\"")
+            && stagehand.contains("an attestation is not a signature"),
+        "stagehand refused before the statement: {stagehand}"
+    );
+    assert_eq!(py, "refuse ValueError: not a cosign signature", "python-sigstore refused before the statement");
+    let (stagehand, py) = check("mallory@example.com", actions);
+    assert!(stagehand.contains(&format!("identity is {beacon:?}")), "{stagehand}");
+    assert!(py.starts_with("refuse VerificationError: Certificate's SANs do not match"), "{py}");
+    let (stagehand, py) = check(beacon, "https://issuer.example");
+    assert!(stagehand.contains("OIDC issuer is \"https://token.actions.githubusercontent.com\""), "{stagehand}");
+    assert!(py.starts_with("refuse VerificationError: Certificate's OIDCIssuer does not match"), "{py}");
+    eprintln!("public-good bundle: stagehand and python-sigstore verify it up to its statement: {stagehand}");
+}

@@ -204,19 +204,34 @@ struct Subject {
     digest: std::collections::BTreeMap<String, String>,
 }
 
-/// Checks that an in-toto statement is cosign's image signature of exactly `digest`.
-pub fn check_statement(statement: &[u8], digest: &str) -> Result<(), String> {
+fn parse_statement(statement: &[u8]) -> Result<Statement, String> {
     let s: Statement =
         serde_json::from_slice(statement).map_err(|e| format!("its DSSE payload is not an in-toto statement ({e})"))?;
     if !STATEMENT_TYPES.contains(&s.kind.as_str()) {
         return Err(format!("its statement's _type is {:?}, not an in-toto statement", s.kind));
     }
+    Ok(s)
+}
+
+/// Checks that an in-toto statement is cosign's image signature of exactly `digest`.
+pub fn check_statement(statement: &[u8], digest: &str) -> Result<(), String> {
+    let s = parse_statement(statement)?;
     if s.predicate_type != PREDICATE_COSIGN_SIGN {
         return Err(format!(
             "its predicate type is {:?}, not cosign's image signature {PREDICATE_COSIGN_SIGN:?} (an attestation is not a signature)",
             s.predicate_type
         ));
     }
+    subject_is(&s, digest)
+}
+
+/// Checks that an in-toto statement names `digest` among its subjects,
+/// whatever its predicate.
+pub fn check_subject(statement: &[u8], digest: &str) -> Result<(), String> {
+    subject_is(&parse_statement(statement)?, digest)
+}
+
+fn subject_is(s: &Statement, digest: &str) -> Result<(), String> {
     let (algo, hex) = digest.split_once(':').ok_or_else(|| format!("{digest} is not a digest"))?;
     if s.subject.iter().any(|sub| sub.digest.get(algo).is_some_and(|h| h.eq_ignore_ascii_case(hex))) {
         return Ok(());

@@ -163,8 +163,9 @@ impl KeylessPolicy {
             Ok(r) => r,
             Err(e) => {
                 // A statement over another artifact is the clearer reason,
-                // whatever else failed.
-                bundle::check_statement(payload, digest)?;
+                // whatever else failed (the verifier also refuses it, in
+                // its own words).
+                bundle::check_subject(payload, digest)?;
                 return Err(self.explain(e));
             }
         };
