@@ -23,6 +23,7 @@
 
 pub mod clean;
 pub mod codec;
+mod error;
 pub mod filelist;
 pub mod leftovers;
 pub mod places;
@@ -42,95 +43,10 @@ use crate::fsops::{self, killpoint};
 use crate::txn::{
     ChangeSummary, FileEntry, FileListRef, HistoryEntry, Outcome, PackageRecord, ServedRecord, TxnId, TxnRecord,
 };
-use codec::{DecodeError, RecordKind, FORMAT_VERSION};
+use codec::{RecordKind, FORMAT_VERSION};
 
 pub use codec::MAX_RECORD_BYTES;
-
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("cannot open the journal at {path}: {source}. Nothing was changed. If it stays unreadable, `stagehand repair --set-aside-journal` moves it, the journal.seal and the filelists directory beside it aside (deleting nothing) and lists the staging and backup paths it names; installed files are left as they are, but stagehand then forgets what it installed")]
-    Open { path: PathBuf, source: sled::Error },
-    #[error("cannot check a copy of the journal at {path} before opening it ({copy}): {source}. The journal was not opened and nothing was changed; fix the cause (a full disk, permissions) and rerun")]
-    Probe { path: PathBuf, copy: PathBuf, source: std::io::Error },
-    #[error("the journal at {path} is locked by {} although the state-dir lock is free (a stagehand process still exiting, or a child it forked); waited {waited_ms} ms. The journal is not damaged and nothing was changed: wait for that process to end and rerun", sledlock::describe(pids))]
-    SledLocked { path: PathBuf, pids: Vec<u32>, waited_ms: u64 },
-    #[error("{source}\nWhile refusing it, sled rewrote part of the journal's files at {path} (it does so at every open); copy the state dir aside before trying anything else")]
-    Rewritten { path: PathBuf, source: Box<JournalError> },
-    #[error("journal record {key} is corrupt: {reason}. Nothing was changed or deleted; `stagehand journal` shows the records, and restoring the state dir from a backup is the safe fix")]
-    Corrupt { key: String, reason: DecodeError },
-    #[error("the journal was written by a newer stagehand (format {found}, this one reads {FORMAT_VERSION}); use a newer stagehand. Nothing was changed")]
-    NewerFormat { found: u8 },
-    #[error("the journal at {path} was written by an older stagehand (format {found}, this one reads {FORMAT_VERSION}) and is not converted. Nothing was changed. Finish any pending transaction with the older stagehand (`stagehand repair`), then move {path}, the journal.seal and the filelists directory beside it aside and install the packages again with --adopt (installed files stay where they are)")]
-    OlderFormat { path: PathBuf, found: u8 },
-    #[error("the journal at {path} is behind its seal: {detail} ({path_seal}). sled's files were damaged or replaced, and what was installed may be forgotten. Nothing was changed; restore the state dir from a backup. To start over with an empty registry instead (installed files stay where they are), `stagehand repair --set-aside-journal` moves both {path} and {path_seal} aside")]
-    BehindSeal { path: PathBuf, path_seal: PathBuf, detail: String },
-    #[error("the journal seal {path} is unreadable ({reason}). Nothing was changed; if the journal is intact, delete the seal and rerun; else `stagehand repair --set-aside-journal` moves the journal, its seal and its file lists aside")]
-    BadSeal { path: PathBuf, reason: String },
-    #[error("cannot prepare the journal at {path} for opening: {source}. Nothing else was changed; fix the cause (permissions, a full disk) and rerun")]
-    Prepare { path: PathBuf, source: std::io::Error },
-    #[error("journal write failed: {0}")]
-    Storage(#[from] sled::Error),
-    #[error("cannot make the journal durable at {point}: {source}")]
-    Sync { point: String, source: std::io::Error },
-    #[error("journal write failed at {point}: {source}")]
-    Injected { point: String, source: std::io::Error },
-    #[error("cannot encode a journal record: {0}")]
-    Encode(String),
-    #[error("cannot record where staging paths go, in {path}: {source}. Nothing of the transaction was written; fix the cause (permissions, a full disk) and rerun")]
-    Places { path: PathBuf, source: std::io::Error },
-    #[error("cannot write the file lists under {path}: {source}")]
-    WriteFileList { path: PathBuf, source: std::io::Error },
-    #[error("{package}: {source}. Nothing was changed; `stagehand repair --dry-run` shows the state, and restoring the state dir from a backup (or reinstalling the package) is the fix")]
-    FileList { package: String, source: filelist::FileListError },
-}
-
-impl JournalError {
-    /// True when the journal as a whole cannot be opened (as opposed to one
-    /// record or one write failing, or sled's lock being held):
-    /// `repair --set-aside-journal` applies.
-    pub fn is_unopenable(&self) -> bool {
-        match self {
-            JournalError::Open { .. }
-            | JournalError::Prepare { .. }
-            | JournalError::BehindSeal { .. }
-            | JournalError::BadSeal { .. } => true,
-            JournalError::Rewritten { source, .. } => source.is_unopenable(),
-            _ => false,
-        }
-    }
-
-    /// True when sled's own lock on `db` is held by another process.
-    pub fn is_locked(&self) -> bool {
-        matches!(self, JournalError::SledLocked { .. })
-    }
-
-    /// The same error naming `real` where it names the journal directory
-    /// (errors of the probe copy name the copy).
-    fn for_path(self, real: &Path) -> Self {
-        let real = real.to_path_buf();
-        match self {
-            JournalError::Open { source, .. } => JournalError::Open { path: real, source },
-            JournalError::OlderFormat { found, .. } => JournalError::OlderFormat { path: real, found },
-            JournalError::BehindSeal { path_seal, detail, .. } => {
-                JournalError::BehindSeal { path: real, path_seal, detail }
-            }
-            JournalError::Prepare { source, .. } => JournalError::Prepare { path: real, source },
-            other => other,
-        }
-    }
-}
-
-impl From<sled::transaction::TransactionError<()>> for JournalError {
-    fn from(e: sled::transaction::TransactionError<()>) -> Self {
-        // (sled's transaction errors: storage, or our own abort.)
-        match e {
-            sled::transaction::TransactionError::Storage(s) => JournalError::Storage(s),
-            sled::transaction::TransactionError::Abort(()) => {
-                JournalError::Storage(sled::Error::Unsupported("transaction aborted".into()))
-            }
-        }
-    }
-}
+pub use error::JournalError;
 
 pub type Result<T> = std::result::Result<T, JournalError>;
 
@@ -184,6 +100,10 @@ impl Journal {
     /// exactly as the last clean close left them, opens and checks a copy
     /// first ([`probe`]), so a journal that is refused keeps every byte.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_unclassified(dir).map_err(|e| e.disk_error(dir))
+    }
+
+    fn open_unclassified(dir: &Path) -> Result<Self> {
         Self::wait_for_sled_lock(dir)?;
         let prep = |source| JournalError::Prepare { path: dir.to_path_buf(), source };
         // No `db` yet: nothing to keep, sled creates it; unless a seal
