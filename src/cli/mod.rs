@@ -105,8 +105,12 @@ fn init_tracing(verbose: u8, quiet: bool) {
     };
     // -vv also shows the HTTP client's own request log.
     let client_level = if verbose >= 2 && !quiet { "debug" } else { "warn" };
+    // sled's own log only with -v: its failures reach the user as
+    // stagehand's errors, and it logs at ERROR things that are not (a cache
+    // capped by a cgroup's memory limit).
+    let sled_level = if verbose >= 1 && !quiet { "warn" } else { "off" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("stagehand={level},reqwest={client_level},warn"))
+        tracing_subscriber::EnvFilter::new(format!("stagehand={level},reqwest={client_level},sled={sled_level},warn"))
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

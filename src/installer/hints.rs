@@ -4,19 +4,27 @@
 
 use super::Error;
 
-/// The cause (or what it wraps) is a refused permission (EACCES/EPERM) or a
-/// read-only filesystem.
+/// The cause (or what it wraps) is a refused permission (EACCES/EPERM).
 pub fn permission_denied(e: &Error) -> bool {
-    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    caused_by(e, &[std::io::ErrorKind::PermissionDenied], &["(os error 13)", "(os error 1)"])
+}
+
+/// The cause (or what it wraps) is a read-only file system (EROFS): mounted
+/// so, or remounted so by the kernel after the disk failed writes.
+pub fn read_only(e: &Error) -> bool {
+    caused_by(e, &[std::io::ErrorKind::ReadOnlyFilesystem], &["(os error 30)"])
+}
+
+fn caused_by(e: &Error, kinds: &[std::io::ErrorKind], codes: &[&str]) -> bool {
     match e {
-        Error::Io { source, .. } => matches!(source.kind(), PermissionDenied | ReadOnlyFilesystem),
+        Error::Io { source, .. } => kinds.contains(&source.kind()),
         Error::RolledBack { cause, .. } | Error::LeftForRecovery { cause } | Error::InFile { cause, .. } => {
-            permission_denied(cause)
+            caused_by(cause, kinds, codes)
         }
         // Errors of the lower layers carry the io::Error as text.
         other => {
             let text = other.to_string();
-            ["(os error 13)", "(os error 1)", "(os error 30)"].iter().any(|code| text.contains(code))
+            codes.iter().any(|code| text.contains(code))
         }
     }
 }
@@ -36,12 +44,27 @@ pub fn rolled_back(cause: &Error, fresh: bool) -> String {
         "The transaction was rolled back: every destination still holds the old version."
     };
     let mut text = format!("{cause}\n{state}");
-    if permission_denied(cause) {
+    if let Some(hint) = fixable(cause) {
         text.push('\n');
-        text.push_str(&not_permitted());
+        text.push_str(&hint);
     }
     text
 }
+
+/// What to do about a refused permission or a read-only file system.
+fn fixable(e: &Error) -> Option<String> {
+    if read_only(e) {
+        Some(READ_ONLY.to_string())
+    } else if permission_denied(e) {
+        Some(not_permitted())
+    } else {
+        None
+    }
+}
+
+const READ_ONLY: &str = "The file system is read-only: mounted so, or remounted so by the kernel after the disk \
+     failed writes (see `dmesg`). Once it is writable again (fsck, remount), rerun: the next stagehand command \
+     finishes whatever this one left.";
 
 /// What to do about a destination the user may not write or read.
 fn not_permitted() -> String {
@@ -59,8 +82,7 @@ pub fn next_step(e: &Error) -> Option<String> {
     match e {
         Error::InFile { cause, .. } => next_step(cause),
         Error::RolledBack { .. } | Error::Refused(_) | Error::Usage(_) => None,
-        e if permission_denied(e) => Some(not_permitted()),
-        _ => None,
+        e => fixable(e),
     }
 }
 
@@ -84,4 +106,25 @@ pub fn state_dir_not_created(state_dir: &std::path::Path, source: &std::io::Erro
         state_dir.display(),
         euid()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> Error {
+        Error::Io { context: "staging x".into(), source: std::io::Error::from(kind) }
+    }
+
+    #[test]
+    fn a_read_only_file_system_is_not_a_permission_problem() {
+        let ro = io(std::io::ErrorKind::ReadOnlyFilesystem);
+        assert!(read_only(&ro) && !permission_denied(&ro));
+        assert!(next_step(&ro).is_some_and(|h| h.contains("read-only") && h.contains("dmesg")));
+        let text = rolled_back(&ro, false);
+        assert!(text.contains("dmesg") && !text.contains("may not write there"), "{text}");
+        let denied = io(std::io::ErrorKind::PermissionDenied);
+        assert!(next_step(&denied).is_some_and(|h| h.contains("may not write there")));
+        assert_eq!(next_step(&io(std::io::ErrorKind::NotFound)), None);
+    }
 }

@@ -51,6 +51,10 @@ pub struct Staged {
     pub entries: Vec<FileEntry>,
 }
 
+/// The context of a failed fsync or syncfs of staged content (fsops's
+/// error already names the call and the path).
+const DURABLE: &str = "making the staged files durable";
+
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
@@ -388,7 +392,7 @@ impl DirBuilder {
         }
         if per_file {
             for f in &self.files {
-                fsops::fsync_file(f, ROLE).map_err(io_err(format!("fsync {}", f.display())))?;
+                fsops::fsync_file(f, ROLE).map_err(io_err(DURABLE.into()))?;
             }
         }
         self.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
@@ -397,11 +401,11 @@ impl DirBuilder {
                 fsops::set_mode(d, *mode, ROLE).map_err(io_err(format!("chmod {}", d.display())))?;
             }
             if per_file {
-                fsops::fsync_dir(d, ROLE).map_err(io_err(format!("fsync {}", d.display())))?;
+                fsops::fsync_dir(d, ROLE).map_err(io_err(DURABLE.into()))?;
             }
         }
         if per_file {
-            fsops::fsync_dir(&self.root, ROLE).map_err(io_err(format!("fsync {}", self.root.display())))?;
+            fsops::fsync_dir(&self.root, ROLE).map_err(io_err(DURABLE.into()))?;
         }
         Ok(())
     }
@@ -465,7 +469,7 @@ pub fn make_durable(staging_paths: &[PathBuf]) -> Result<(), Error> {
         let id = identity_of(p)?;
         if !seen.contains(&id.dev) {
             seen.push(id.dev);
-            fsops::syncfs(parent(p), ROLE).map_err(io_err(format!("syncfs {}", parent(p).display())))?;
+            fsops::syncfs(parent(p), ROLE).map_err(io_err(DURABLE.into()))?;
         }
     }
     Ok(())
@@ -512,7 +516,7 @@ pub fn stage_dir(
     b.entries.truncate(own_entries);
     b.sync()?;
     if fsops::sync_mode() == fsops::SyncMode::PerFile {
-        fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
+        fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(DURABLE.into()))?;
     }
     let identity = identity_of(staging)?;
     b.entries.sort_by(|x, y| x.rel.cmp(&y.rel));
@@ -574,8 +578,8 @@ pub fn stage_file(
     };
     verify::drain(&mut raw).map_err(io_err(format!("layer {}", desc.digest)))?;
     if fsops::sync_mode() == fsops::SyncMode::PerFile {
-        fsops::fsync_file(staging, ROLE).map_err(io_err(format!("fsync {}", staging.display())))?;
-        fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(format!("fsync {}", parent(staging).display())))?;
+        fsops::fsync_file(staging, ROLE).map_err(io_err(DURABLE.into()))?;
+        fsops::fsync_dir(parent(staging), ROLE).map_err(io_err(DURABLE.into()))?;
     }
     let identity = identity_of(staging)?;
     let entry = FileEntry {
