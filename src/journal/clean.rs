@@ -132,6 +132,11 @@ impl CloseMark {
     pub(super) fn spoil(&self) {
         self.healthy.store(false, Ordering::SeqCst);
     }
+
+    /// Whether a write failed since the journal was opened.
+    pub(super) fn spoiled(&self) -> bool {
+        !self.healthy.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for CloseMark {

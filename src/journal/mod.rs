@@ -76,6 +76,22 @@ pub struct Journal {
     sealed: Mutex<seal::Seal>,
 }
 
+impl Drop for Journal {
+    /// After a failed write (the disk returned an error), sled is not closed:
+    /// its close flushes and then `sync_all().unwrap()`s its file
+    /// (`pagecache/logger.rs`), which panics when the disk fails the fsync
+    /// again. A clone kept forever keeps sled's page cache from dropping;
+    /// nothing is lost, since everything a record needs was made durable by
+    /// our own fsyncs before the write that failed, and the process (or the
+    /// caller) is about to report that failure.
+    fn drop(&mut self) {
+        if self.close.spoiled() {
+            tracing::debug!(journal = %self.dir.display(), "a journal write failed: sled is left unclosed");
+            std::mem::forget(self.db.clone());
+        }
+    }
+}
+
 fn txn_key(id: TxnId) -> [u8; 8] {
     id.to_be_bytes()
 }
