@@ -19,7 +19,14 @@
 #   br.sectors=N    512-byte sectors of each file system
 #   br.layout=same|split
 #   br.skip=POINT   STAGEHAND_SKIP_FSYNC for every stagehand run ("" none)
-# It prints BLOCKREPLAY-OP <op> <exit code> after each operation and
+#   br.fault=a|b    instead of recording (scripts/blockfault.py): no log;
+#                   after the install, dm device a (targets) or b (state dir)
+#                   becomes dm-flakey with error_writes, failing every write
+#                   from br.up=SECONDS after its table was loaded; the
+#                   upgrade runs into it, then the linear table comes back
+#                   (the disk returns) and the file systems are unmounted
+# It prints BLOCKREPLAY-OP <op> <exit code> after each operation (and
+# BLOCKREPLAY-ERR <line> for the last lines a failing one printed) and
 # BLOCKREPLAY-END once the log is complete, then powers off.
 /bin/busybox mkdir -p /bin /sbin /proc /sys /dev /tmp /root
 /bin/busybox --install -s /bin
@@ -35,7 +42,7 @@ fail() {
 }
 
 set -f # the skip may hold a *
-mnt= state= fs=ext4 sectors= layout=same skip=
+mnt= state= fs=ext4 sectors= layout=same skip= fault= up=0
 for w in $(cat /proc/cmdline); do
     case "$w" in
         br.mnt=*) mnt="${w#br.mnt=}" ;;
@@ -44,21 +51,26 @@ for w in $(cat /proc/cmdline); do
         br.sectors=*) sectors="${w#br.sectors=}" ;;
         br.layout=*) layout="${w#br.layout=}" ;;
         br.skip=*) skip="${w#br.skip=}" ;;
+        br.fault=*) fault="${w#br.fault=}" ;;
+        br.up=*) up="${w#br.up=}" ;;
     esac
 done
 
-for m in crc32c_generic virtio_pci virtio_blk dm_mod dm_log_writes "$fs"; do
+for m in crc32c_generic virtio_pci virtio_blk dm_mod dm_log_writes dm_flakey "$fs"; do
     modprobe "$m" || fail "modprobe $m"
 done
 i=0
-while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ $i -lt 100 ]; do
+while { [ ! -b /dev/vda ] || { [ -z "$fault" ] && [ ! -b /dev/vdb ]; }; } && [ $i -lt 100 ]; do
     sleep 0.1
     i=$((i + 1))
 done
 
 dm() { /dmsetup/dmsetup --noudevsync "$@" || fail "dmsetup $*"; }
-mark() { dm message lw 0 mark "$1"; }
-if [ "$layout" = split ]; then
+mark() { if [ -z "$fault" ]; then dm message lw 0 mark "$1"; fi; }
+if [ -n "$fault" ]; then
+    dm create a --table "0 $sectors linear /dev/vda 0"
+    if [ "$layout" = split ]; then dm create b --table "0 $sectors linear /dev/vda $sectors"; fi
+elif [ "$layout" = split ]; then
     dm create lw --table "0 $((sectors * 2)) log-writes /dev/vda /dev/vdb"
     dm create a --table "0 $sectors linear /dev/mapper/lw 0"
     dm create b --table "0 $sectors linear /dev/mapper/lw $sectors"
@@ -82,16 +94,44 @@ run_op() { # OP [TAG]
         uninstall) /stagehand/stagehand --state-dir "$state" --quiet uninstall p ;;
     esac
 }
-for op in install:v1 upgrade:v2 uninstall:; do
+# The device under the fault: dm-flakey over the same sectors, every write
+# failing from $up seconds on; then linear again.
+offset=0
+if [ "$fault" = b ]; then offset=$sectors; fi
+flakey() {
+    dm suspend "$fault"
+    dm reload "$fault" --table "0 $sectors flakey /dev/vda $offset $up 3600 1 error_writes"
+    dm resume "$fault"
+}
+restore() {
+    dm suspend --nolockfs "$fault"
+    dm reload "$fault" --table "0 $sectors linear /dev/vda $offset"
+    dm resume "$fault"
+}
+ops="install:v1 upgrade:v2 uninstall:"
+if [ -n "$fault" ]; then ops="install:v1 upgrade:v2"; fi
+for op in $ops; do
     name="${op%%:*}"
     mark "$name-start"
+    if [ -n "$fault" ] && [ "$name" = upgrade ]; then flakey; fi
     rc=0
-    run_op "$name" "${op#*:}" || rc=$?
+    run_op "$name" "${op#*:}" 2> /tmp/err || rc=$?
+    if [ "$rc" != 0 ]; then tail -n 3 /tmp/err | while read -r l; do say "ERR $l"; done; fi
     # Marked only when stagehand reported success: the replay holds every
     # state whose durable part reaches past this point to the new version.
     if [ "$rc" = 0 ]; then mark "$name-ok"; fi
     say "OP $name $rc"
 done
+if [ -n "$fault" ]; then
+    # The disk is back; unmount as a reboot would (a file system that shut
+    # itself down on the errors unmounts without writing).
+    restore
+    umount "$mnt/a" || say "UMOUNT-FAILED a"
+    if [ "$layout" = split ]; then umount "$mnt/b" || say "UMOUNT-FAILED b"; fi
+    sync
+    say "END"
+    poweroff -f
+fi
 # A clean unmount and the removal of the targets complete the log (the
 # log-writes target writes its last entries and super block on removal).
 umount "$mnt/a" || fail "umount a"

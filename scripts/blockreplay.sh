@@ -22,6 +22,12 @@
 #   BLOCKREPLAY_STOP=1        stop replaying a recording at its first violation
 #   BLOCKREPLAY_JSON=FILE     every recording's summary, as JSON
 #   BLOCKREPLAY_ACCEL=tcg     or kvm where it boots
+#   BLOCKFAULT=1              instead of recording and replaying, write errors
+#                             (scripts/blockfault.py): the upgrade runs into
+#                             dm-flakey error_writes under the targets or the
+#                             state dir; LAYOUT and SAMPLES are not used
+#   BLOCKFAULT_UPS=0,1,2,3,4,6   seconds of healthy writes before the errors
+#   BLOCKFAULT_PLACES=same:a,split:a,split:b   LAYOUT:DEVICE (a targets, b state dir)
 #   STAGEHAND_BIN=PATH        binary under test (default target/release/stagehand)
 #   KEEP=1                    keep the work directory
 # Needs root (loop mounts). Exits 1 if a recording without a skipped fsync
@@ -62,11 +68,17 @@ extra=()
 if [ "${BLOCKREPLAY_SKIPS_ONLY:-0}" = 1 ]; then extra+=(--no-clean); fi
 if [ "${BLOCKREPLAY_STOP:-0}" = 1 ]; then extra+=(--stop-at-first); fi
 rc=0
-python3 "$repo/scripts/blockreplay.py" --bin "$bin" --work "$work" \
-    --fs "${1:-ext4,xfs,btrfs}" --layout "${2:-same,split}" --samples "${3:-50}" --seed "${4:-1}" \
-    --skips "${BLOCKREPLAY_SKIPS:-}" --files "${BLOCKREPLAY_FILES:-2000}" --mib "${BLOCKREPLAY_MIB:-4}" \
-    --accel "${BLOCKREPLAY_ACCEL:-tcg}" --cache "${POWERCUT_CACHE:-${HOME:-/root}/.cache/stagehand-powercut}" \
-    ${BLOCKREPLAY_JSON:+--json "$BLOCKREPLAY_JSON"} "${extra[@]}" || rc=$?
+common=(--bin "$bin" --work "$work" --files "${BLOCKREPLAY_FILES:-2000}" --mib "${BLOCKREPLAY_MIB:-4}"
+    --accel "${BLOCKREPLAY_ACCEL:-tcg}" --cache "${POWERCUT_CACHE:-${HOME:-/root}/.cache/stagehand-powercut}"
+    ${BLOCKREPLAY_JSON:+--json "$BLOCKREPLAY_JSON"})
+if [ "${BLOCKFAULT:-0}" = 1 ]; then
+    python3 "$repo/scripts/blockfault.py" "${common[@]}" --fs "${1:-ext4,xfs,btrfs}" \
+        --ups "${BLOCKFAULT_UPS:-0,1,2,3,4,6}" --places "${BLOCKFAULT_PLACES:-same:a,split:a,split:b}" || rc=$?
+else
+    python3 "$repo/scripts/blockreplay.py" "${common[@]}" \
+        --fs "${1:-ext4,xfs,btrfs}" --layout "${2:-same,split}" --samples "${3:-50}" --seed "${4:-1}" \
+        --skips "${BLOCKREPLAY_SKIPS:-}" "${extra[@]}" || rc=$?
+fi
 # Never leave a mount behind, whatever happened.
 for m in "$work"/*/mnt/b "$work"/*/mnt/a; do
     if mountpoint -q "$m" 2> /dev/null; then umount "$m" || true; fi

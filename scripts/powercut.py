@@ -238,7 +238,7 @@ class Guest:
                 for t, ln in self.lines:
                     if ln is None:
                         raise RuntimeError(f"guest exited before '{prefix}':\n{self.console()}")
-                    if "POWERCUT-FAIL" in ln:
+                    if "POWERCUT-FAIL" in ln or "BLOCKREPLAY-FAIL" in ln:
                         raise RuntimeError(f"guest failed: {ln}\n{self.console()}")
                     if ln.startswith(prefix):
                         return t, ln
