@@ -86,11 +86,13 @@ fn every_flush_point_and_sampled_reordering_keeps_every_invariant() {
 }
 
 /// Write errors at the block level (`BLOCKFAULT=1`, `scripts/blockfault.py`):
-/// the upgrade runs into dm-flakey failing every write, under the state dir
-/// (journal and blob cache) and under the targets, at once and two seconds
-/// in. Each failing upgrade exits 1 with an error (no panic), and after the
-/// disk returns, recovery leaves all-old or all-new, nothing pending,
-/// `verify` clean and no leftovers.
+/// the upgrade runs into dm-flakey failing every write from its start, under
+/// the state dir (journal and blob cache), under the targets, and under both.
+/// Each upgrade exits 1 with an error (no panic), and after the disk
+/// returns, recovery leaves all-old, nothing pending, `verify` clean and no
+/// leftovers. (Errors that start later, at seconds the campaign varies, land
+/// before or after the commit point by timing; they are the campaign's, in
+/// docs/proofs.md, not CI's.)
 #[test]
 fn write_errors_fail_cleanly_and_the_next_command_recovers() {
     const TEST: &str = "write_errors_fail_cleanly_and_the_next_command_recovers";
@@ -107,8 +109,8 @@ fn write_errors_fail_cleanly_and_the_next_command_recovers() {
         .arg("ext4")
         .env("STAGEHAND_BIN", BIN)
         .env("BLOCKFAULT", "1")
-        .env("BLOCKFAULT_UPS", "0,2")
-        .env("BLOCKFAULT_PLACES", "split:b,split:a")
+        .env("BLOCKFAULT_UPS", "0")
+        .env("BLOCKFAULT_PLACES", "split:b,split:a,same:a")
         .env("BLOCKREPLAY_FILES", "200")
         .env("BLOCKREPLAY_MIB", "1")
         .env("BLOCKREPLAY_JSON", &json)
@@ -120,13 +122,12 @@ fn write_errors_fail_cleanly_and_the_next_command_recovers() {
     let runs: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("BLOCKREPLAY_JSON")).expect("JSON");
     let runs = runs.as_array().expect("a list of runs");
-    assert_eq!(runs.len(), 4, "{runs:?}");
+    assert_eq!(runs.len(), 3, "{runs:?}");
     for r in runs {
         assert_eq!(r["violations"], serde_json::json!([]), "{r}");
-        let world = r["world"].as_str().unwrap_or("none");
-        assert!(world == "v1" || world == "v2", "{r}");
+        // Errors from the start: the upgrade meets them, fails, and the old
+        // version is what recovery finds.
+        assert_eq!(r["upgrade_exit"], 1, "{r}");
+        assert_eq!(r["world"], "v1", "{r}");
     }
-    // Errors from the start must fail the upgrade: the harness reaches them.
-    let failed = runs.iter().filter(|r| r["upgrade_exit"] == 1).count();
-    assert!(failed >= 2, "fewer than two upgrades met the errors: {runs:?}");
 }
