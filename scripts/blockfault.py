@@ -28,7 +28,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import blockreplay as br  # noqa: E402
-import powercut  # noqa: E402
 
 # (layout, device): the device a under the targets (and, in the same layout,
 # the state dir), or b under the state dir alone.
@@ -38,17 +37,7 @@ PLACES = [("same", "a"), ("split", "a"), ("split", "b")]
 def boot(cfg, args, kernel, initrd, dev, up):
     """Boots the guest on a copy of the pristine image; returns the image
     and what the guest reported: ({op: exit code}, error lines, console)."""
-    img = os.path.join(cfg.dir, "guest.img")
-    br.run(["cp", "--sparse=always", cfg.pristine, img])
-    cmdline = (f"br.mnt={cfg.mnt} br.state={cfg.state} br.fs={cfg.fs} br.sectors={cfg.size // 512} "
-               f"br.layout={cfg.layout} br.skip= br.fault={dev} br.up={up}")
-    g = powercut.Guest(args, kernel, initrd, [img], cmdline)
-    try:
-        g.wait_for("BLOCKREPLAY-END", args.guest_timeout)
-        g.wait_exit(60)
-    finally:
-        if g.proc.poll() is None:
-            g.kill()
+    img, g = br.boot(cfg, args, kernel, initrd, [], f"br.skip= br.fault={dev} br.up={up}")
     lines = [ln for _, ln in g.lines if ln]
     ops = {ln.split()[1]: int(ln.split()[2]) for ln in lines if ln.startswith("BLOCKREPLAY-OP ")}
     errs = [ln[len("BLOCKREPLAY-ERR "):] for ln in lines if ln.startswith("BLOCKREPLAY-ERR ")]

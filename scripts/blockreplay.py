@@ -171,22 +171,30 @@ def prepare(cfg):
         cfg.umount()
 
 
-def record(cfg, args, kernel, initrd):
-    """Boots the guest on a copy of the pristine image; returns the console."""
+def boot(cfg, args, kernel, initrd, extra_images, extra_cmdline):
+    """Boots the guest on a copy of CFG's pristine image (plus EXTRA_IMAGES)
+    until it reports BLOCKREPLAY-END and powers off; returns the copy's path
+    and the finished powercut.Guest (its console lines)."""
     img = os.path.join(cfg.dir, "guest.img")
     run(["cp", "--sparse=always", cfg.pristine, img])
-    with open(cfg.logimg, "wb") as f:
-        f.truncate(args.log_mib << 20)
     cmdline = (f"br.mnt={cfg.mnt} br.state={cfg.state} br.fs={cfg.fs} br.sectors={cfg.size // 512} "
-               f"br.layout={cfg.layout} br.skip={cfg.skip or ''}")
-    t = time.monotonic()
-    g = powercut.Guest(args, kernel, initrd, [img, cfg.logimg], cmdline)
+               f"br.layout={cfg.layout} {extra_cmdline}")
+    g = powercut.Guest(args, kernel, initrd, [img] + extra_images, cmdline)
     try:
         g.wait_for("BLOCKREPLAY-END", args.guest_timeout)
         g.wait_exit(60)
     finally:
         if g.proc.poll() is None:
             g.kill()
+    return img, g
+
+
+def record(cfg, args, kernel, initrd):
+    """Boots the guest on a copy of the pristine image; returns the console."""
+    with open(cfg.logimg, "wb") as f:
+        f.truncate(args.log_mib << 20)
+    t = time.monotonic()
+    img, g = boot(cfg, args, kernel, initrd, [cfg.logimg], f"br.skip={cfg.skip or ''}")
     os.remove(img)
     ops = [ln.split()[1:] for _, ln in g.lines if ln and ln.startswith("BLOCKREPLAY-OP")]
     return g.console(), ops, time.monotonic() - t
