@@ -70,23 +70,41 @@ pub struct Journal {
     places: places::Places,
     /// The probe's scratch copy: no clean mark, no power-loss recorder snapshot.
     scratch: bool,
+    /// A reader's view, opened `temporary` in sled (see [`Opened`]).
+    temporary: bool,
     /// Declared last, so it drops after sled's handles above.
     close: clean::CloseMark,
     /// The seal as this process last read or wrote it (see [`seal`]).
     sealed: Mutex<seal::Seal>,
 }
 
+/// Which journal [`Journal::open_here`] opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// The state dir's own.
+    Real,
+    /// The probe's copy (`STATE/journal.probe`), to see whether sled opens it.
+    Probe,
+    /// A reader's private copy ([`readcopy`]).
+    ReadView,
+}
+
 impl Drop for Journal {
-    /// After a failed write (the disk returned an error), sled is not closed:
-    /// its close flushes and then `sync_all().unwrap()`s its file
-    /// (`pagecache/logger.rs`), which panics when the disk fails the fsync
-    /// again. A clone kept forever keeps sled's page cache from dropping;
-    /// nothing is lost, since everything a record needs was made durable by
-    /// our own fsyncs before the write that failed, and the process (or the
-    /// caller) is about to report that failure.
+    /// sled's close flushes and then `sync_all().unwrap()`s its file
+    /// (`pagecache/logger.rs`), which panics when the disk fails that fsync.
+    /// So a journal whose write failed, or whose file the disk no longer
+    /// syncs, is not closed: a clone kept forever keeps sled's page cache
+    /// from dropping. Nothing is lost: everything a record needs was made
+    /// durable by our own fsyncs before, and the failure is reported by
+    /// whoever met it. (A reader's view is `temporary` to sled: its close
+    /// neither syncs nor keeps the copy.)
     fn drop(&mut self) {
-        if self.close.spoiled() {
-            tracing::debug!(journal = %self.dir.display(), "a journal write failed: sled is left unclosed");
+        if self.temporary {
+            return;
+        }
+        if self.close.spoiled() || fsops::sync_check(&self.dir.join("db")).is_err() {
+            self.close.spoil();
+            tracing::debug!(journal = %self.dir.display(), "the disk failed the journal: sled is left unclosed");
             std::mem::forget(self.db.clone());
         }
     }
@@ -127,14 +145,14 @@ impl Journal {
         // refused before sled writes a byte into its directory.
         if !dir.join("db").exists() {
             Self::refuse_if_sealed(dir, "its files are gone (no `db`)")?;
-            return Self::open_here(dir, false);
+            return Self::open_here(dir, Opened::Real);
         }
         let before = clean::fingerprint(dir).map_err(prep)?;
         let probed = !before.as_deref().is_some_and(|fp| clean::matches(dir, fp));
         if probed {
             probe::check(dir)?;
         }
-        match Self::open_here(dir, false) {
+        match Self::open_here(dir, Opened::Real) {
             Ok(j) => Ok(j),
             Err(e) if e.is_locked() => Err(e),
             Err(e) => {
@@ -192,16 +210,21 @@ impl Journal {
     }
 
     /// Opens the journal in `dir` itself: leftovers, sled, format, seal.
-    fn open_here(dir: &Path, scratch: bool) -> Result<Self> {
+    fn open_here(dir: &Path, which: Opened) -> Result<Self> {
+        let scratch = which != Opened::Real;
         let fixed =
             leftovers::prepare(dir).map_err(|source| JournalError::Prepare { path: dir.to_path_buf(), source })?;
         for what in &fixed {
             tracing::warn!(journal = %dir.display(), "{what}");
         }
+        // A reader's view is `temporary` to sled: no write of it is synced,
+        // and sled deletes it when it closes (its directory is the view's
+        // own, so that may come late; not for the probe's fixed path).
         let db = sled::Config::new()
             .path(dir)
             .segment_size(leftovers::SEGMENT_SIZE)
             .flush_every_ms(None)
+            .temporary(which == Opened::ReadView)
             .open()
             .map_err(|source| JournalError::Open { path: dir.to_path_buf(), source })?;
         let open =
@@ -218,6 +241,7 @@ impl Journal {
             filelists: filelist::root(dir),
             places: places::Places::new(dir),
             scratch,
+            temporary: which == Opened::ReadView,
             close: clean::CloseMark::new(dir, !scratch),
             sealed: Mutex::new(seal::Seal::default()),
         };

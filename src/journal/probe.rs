@@ -47,7 +47,7 @@ pub fn check(journal_dir: &Path) -> Result<()> {
         let _ = fsops::remove_tree(&copy, ROLE);
         return Err(probe(e));
     }
-    let verdict = Journal::open_here(&copy, true).and_then(|j| {
+    let verdict = Journal::open_here(&copy, super::Opened::Probe).and_then(|j| {
         j.pending()?;
         j.packages()?;
         Ok(())

@@ -63,7 +63,7 @@ pub fn open(real: &Path) -> Result<(Journal, ReadCopy)> {
     } else {
         fsops::create_dir(&copy, 0o700, ROLE).map_err(prep)?;
     }
-    let mut j = Journal::open_here(&copy, true)?;
+    let mut j = Journal::open_here(&copy, super::Opened::ReadView)?;
     j.filelists = filelist::root(real);
     Ok((j, scratch))
 }
