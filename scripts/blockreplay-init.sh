@@ -109,14 +109,19 @@ restore() {
     dm resume "$fault"
 }
 ops="install:v1 upgrade:v2 uninstall:"
-if [ -n "$fault" ]; then ops="install:v1 upgrade:v2"; fi
+if [ -n "$fault" ]; then
+    ops="install:v1 upgrade:v2"
+    # A panic shows where; the host keeps the whole tail.
+    export RUST_BACKTRACE=1
+    BR_ERR_LINES=60
+fi
 for op in $ops; do
     name="${op%%:*}"
     mark "$name-start"
     if [ -n "$fault" ] && [ "$name" = upgrade ]; then flakey; fi
     rc=0
     run_op "$name" "${op#*:}" 2> /tmp/err || rc=$?
-    if [ "$rc" != 0 ]; then tail -n 3 /tmp/err | while read -r l; do say "ERR $l"; done; fi
+    if [ "$rc" != 0 ]; then tail -n "${BR_ERR_LINES:-3}" /tmp/err | while read -r l; do say "ERR $l"; done; fi
     # Marked only when stagehand reported success: the replay holds every
     # state whose durable part reaches past this point to the new version.
     if [ "$rc" = 0 ]; then mark "$name-ok"; fi
