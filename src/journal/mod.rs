@@ -68,10 +68,9 @@ pub struct Journal {
     filelists: PathBuf,
     /// `STATE/places`: see [`places`].
     places: places::Places,
-    /// The probe's scratch copy: no clean mark, no power-loss recorder snapshot.
-    scratch: bool,
-    /// A reader's view, opened `temporary` in sled (see [`Opened`]).
-    temporary: bool,
+    /// The real journal or a scratch copy of it (no clean mark, no
+    /// power-loss recorder snapshot; a reader's view is `temporary` to sled).
+    opened: Opened,
     /// Declared last, so it drops after sled's handles above.
     close: clean::CloseMark,
     /// The seal as this process last read or wrote it (see [`seal`]).
@@ -99,7 +98,7 @@ impl Drop for Journal {
     /// whoever met it. (A reader's view is `temporary` to sled: its close
     /// neither syncs nor keeps the copy.)
     fn drop(&mut self) {
-        if self.temporary {
+        if self.opened == Opened::ReadView {
             return;
         }
         if self.close.spoiled() || fsops::sync_check(&self.dir.join("db")).is_err() {
@@ -240,8 +239,7 @@ impl Journal {
             synced: Mutex::new(None),
             filelists: filelist::root(dir),
             places: places::Places::new(dir),
-            scratch,
-            temporary: which == Opened::ReadView,
+            opened: which,
             close: clean::CloseMark::new(dir, !scratch),
             sealed: Mutex::new(seal::Seal::default()),
         };
@@ -523,7 +521,7 @@ impl Journal {
         self.db.flush()?;
         let skipped = crate::fsops::record::skipped_fsyncs();
         self.sync_files()?;
-        if !self.scratch && crate::fsops::record::skipped_fsyncs() == skipped {
+        if self.opened == Opened::Real && crate::fsops::record::skipped_fsyncs() == skipped {
             crate::fsops::record::journal_flushed(&self.dir, what);
         }
         Ok(())
