@@ -94,6 +94,19 @@ fi
 # ---------------------------------------------------------------------------
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# One build from scratch gains nothing from cargo's incremental cache, which
+# costs gigabytes of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# The build and the tests' scratch files need disk: say so up front when it is
+# short, so a "No space left on device" later is not a mystery.
+need_gib=12
+for d in target "${TMPDIR:-/tmp}"; do
+    [ -d "$d" ] || d=.
+    free_gib=$(($(df -Pk "$d" | awk 'NR == 2 { print $4 }') / 1048576))
+    if [ "$free_gib" -lt "$need_gib" ]; then
+        echo "test.sh: warning: only ${free_gib} GiB free on the file system of ${d}; the build and the tests need about ${need_gib} GiB: free some space if a step fails with 'No space left on device'" >&2
+    fi
+done
 # Crash tests abort the binary thousands of times: never write core files.
 ulimit -c 0 || true
 
