@@ -1250,3 +1250,44 @@ fn verify_mismatch_exits_3() {
     fs::write(&conf, &original).unwrap();
     sb.run(&["verify"]).ok();
 }
+
+/// A staging copy of a finished upgrade that came back beside its target
+/// (a failing disk undid its removal: the block-level write-error campaign
+/// saw it on btrfs) is named by `verify` as a `leftover`, which nothing else
+/// would remove; the same name of a transaction that has not finished
+/// (a live one's) is not.
+#[test]
+fn verify_names_a_copy_a_finished_transaction_left_beside_a_target() {
+    let (sb, _base) = sandbox_with_unrelated();
+    let layout = own_demo_layout(&sb);
+    install_from(&sb, &layout, "v1", &[]).ok();
+    install_from(&sb, &layout, "v2", &[]).ok();
+    let last = history_json(&sb).last().map(|h| u64_of(h, "id")).expect("a history");
+    let finished = sb.dest.join(format!(".app.stagehand-{last}.staging"));
+    let live = sb.dest.join(format!(".app.stagehand-{}.staging", last + 1));
+    for d in [&finished, &live] {
+        fs::create_dir_all(d.join("bin")).unwrap();
+        fs::write(d.join("bin/demo"), b"the old version\n").unwrap();
+    }
+
+    let run = sb.run(&["verify", "--json"]);
+    run.expect_code(3);
+    let doc = run.json();
+    let got: Vec<(String, String)> = array_of(&array_of(&doc, "packages")[0], "mismatches")
+        .iter()
+        .map(|m| (str_of(m, "path"), str_of(m, "problem")))
+        .collect();
+    assert_eq!(got, vec![(path_str(&finished).to_string(), "leftover".to_string())], "{doc}");
+    let human = sb.run(&["verify"]);
+    human.expect_code(3);
+    assert!(
+        human.stdout.contains(&format!("leftover   {}", path_str(&finished))) && human.stdout.contains("rm -rf"),
+        "{}",
+        human.describe()
+    );
+    assert!(finished.exists() && live.exists(), "verify changes nothing");
+
+    fs::remove_dir_all(&finished).unwrap();
+    fs::remove_dir_all(&live).unwrap();
+    sb.run(&["verify"]).ok();
+}

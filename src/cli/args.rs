@@ -265,7 +265,12 @@ pub enum Command {
     #[command(after_long_help = "Example:\n  stagehand list --json")]
     List,
     /// Re-hash installed files against the registry (exit 3 on differences).
-    #[command(after_long_help = "Example:\n  stagehand verify demo")]
+    #[command(
+        after_long_help = "Differences: missing, modified, unexpected (a file put inside a package's directory), \
+                           kind, mode, and leftover (a copy `.NAME.stagehand-N.staging` or `.backup` beside a \
+                           target that finished transaction N made and did not see removed: remove it by hand).\n\n\
+                           Example:\n  stagehand verify demo"
+    )]
     Verify { name: Option<String> },
     /// Past transactions: when, what, old -> new digest, outcome.
     #[command(after_long_help = "Example:\n  stagehand history demo")]

@@ -265,6 +265,13 @@ pub(super) fn run_command(
                         }
                     }
                 }
+                if reports.iter().flat_map(|r| &r.mismatches).any(|m| m.problem == "leftover") {
+                    println!(
+                        "a leftover is a copy a finished transaction made beside a target and could not see \
+                         removed (a failing disk can undo a removal); it holds nothing stagehand needs: \
+                         remove it with `rm -rf PATH`"
+                    );
+                }
             }
             Ok(if bad { EXIT_MISMATCH } else { EXIT_OK })
         }

@@ -437,6 +437,7 @@ impl Installer {
             None => self.journal.packages()?,
         };
         let all = self.journal.packages()?;
+        let finished: BTreeSet<_> = self.journal.history()?.iter().map(|h| h.id).collect();
         pkgs.iter()
             .map(|p| {
                 let foreign: BTreeSet<String> = all
@@ -444,7 +445,7 @@ impl Installer {
                     .filter(|o| o.name != p.name)
                     .flat_map(|o| o.targets.iter().map(|t| t.path.clone()))
                     .collect();
-                verify::verify_package(&self.journal, p, &foreign)
+                verify::verify_package(&self.journal, p, &foreign, &finished)
             })
             .collect()
     }

@@ -8,13 +8,15 @@ use std::path::Path;
 use super::{Error, Result};
 use crate::fsops;
 use crate::journal::Journal;
-use crate::txn::{EntryKind, FileEntry, PackageRecord};
+use crate::txn::{EntryKind, FileEntry, PackageRecord, TxnId};
 
 /// One difference between the registry and the disk.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Mismatch {
     pub path: String,
-    /// `missing`, `modified`, `unexpected`, `kind`, `mode`.
+    /// `missing`, `modified`, `unexpected`, `kind`, `mode`, or `leftover`:
+    /// a staging or backup copy beside a target, named for a transaction
+    /// that has finished (its removal was lost, or could not be done).
     pub problem: String,
 }
 
@@ -93,14 +95,51 @@ fn compare(want: &FileEntry, got: Option<FileEntry>, shown: &str, out: &mut Vec<
     }
 }
 
+/// The staging and backup copies beside `target` that name a transaction of
+/// `finished`: stagehand made them, and the transaction that made them has
+/// ended, so nothing will remove them. (A live transaction's copies name an
+/// id not yet in the history, and are not reported.)
+fn leftovers_beside(target: &Path, finished: &BTreeSet<TxnId>) -> Result<Vec<String>> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name().and_then(|n| n.to_str())) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!(".{name}.stagehand-");
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Io { context: format!("reading {}", dir.display()), source }),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|source| Error::Io { context: format!("reading {}", dir.display()), source })?;
+        let file = entry.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else { continue };
+        let id = rest.strip_suffix(".staging").or_else(|| rest.strip_suffix(".backup"));
+        if id.and_then(|i| i.parse::<TxnId>().ok()).is_some_and(|i| finished.contains(&i)) {
+            out.push(dir.join(&file).display().to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Verifies one package against the disk. Paths in `foreign` (targets of
 /// other packages nested inside this one's directories) and their parent
-/// directories are not this package's business.
-pub fn verify_package(journal: &Journal, pkg: &PackageRecord, foreign: &BTreeSet<String>) -> Result<VerifyReport> {
+/// directories are not this package's business. `finished` holds the ids of
+/// the finished transactions, whose copies left beside a target are reported.
+pub fn verify_package(
+    journal: &Journal,
+    pkg: &PackageRecord,
+    foreign: &BTreeSet<String>,
+    finished: &BTreeSet<TxnId>,
+) -> Result<VerifyReport> {
     let mut mismatches = Vec::new();
     let mut checked = 0;
     for t in &pkg.targets {
         let root = Path::new(&t.path);
+        for path in leftovers_beside(root, finished)? {
+            mismatches.push(Mismatch { path, problem: "leftover".into() });
+        }
         let entries = journal.file_list(&pkg.name, &t.file_list)?;
         match t.kind {
             EntryKind::Dir => {
