@@ -99,12 +99,12 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # The build and the tests' scratch files need disk: say so up front when it is
 # short, so a "No space left on device" later is not a mystery.
-need_gib=12
+need_gib=6
 for d in target "${TMPDIR:-/tmp}"; do
     [ -d "$d" ] || d=.
     free_gib=$(($(df -Pk "$d" | awk 'NR == 2 { print $4 }') / 1048576))
     if [ "$free_gib" -lt "$need_gib" ]; then
-        echo "test.sh: warning: only ${free_gib} GiB free on the file system of ${d}; the build and the tests need about ${need_gib} GiB: free some space if a step fails with 'No space left on device'" >&2
+        echo "test.sh: warning: only ${free_gib} GiB free on the file system of ${d}; a clean run needs about ${need_gib} GiB: free some space if a step fails with 'No space left on device'" >&2
     fi
 done
 # Crash tests abort the binary thousands of times: never write core files.
