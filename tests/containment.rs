@@ -352,17 +352,28 @@ fn a_cleanup_that_cannot_remove_keeps_every_command_usable() {
     let w = normalize(&without_prefix_leftovers(&sb.world()));
     let want = normalize(&demo_world(&base, Some("v2")));
     assert!(w == want, "after the upgrade:\n{}", tree_diff(&w, &want, 20));
-    sb.run(&["verify", DEMO]).ok();
+    // `verify` names it too, as a leftover of the finished transaction.
+    let leftover_named = |what: &str| {
+        let v = sb.run(&["verify", DEMO]);
+        v.expect_code(3);
+        assert!(
+            v.stdout.contains(&format!("leftover   {}", path.display())),
+            "{what}: verify does not name the leftover:\n{}",
+            v.describe()
+        );
+    };
+    leftover_named("after the upgrade");
     let history = sb.run(&["history"]).ok().stdout.clone();
     assert!(history.contains(&*path.to_string_lossy()), "history does not record the leftover:\n{history}");
     // Unrelated and related commands alike still work, and nothing retries it.
     sb.run(&["list"]).ok();
     sb.run(&["rollback", DEMO]).ok();
-    sb.run(&["verify", DEMO]).ok();
+    leftover_named("after a rollback");
     assert_eq!(sb.leftovers(), left, "a later command touched the leftover");
     // The fix the message gives.
     remove_if_exists(&path);
     assert!(sb.leftovers().is_empty());
+    sb.run(&["verify", DEMO]).ok();
 }
 
 /// The world without `.stagehand-` paths (what `leftovers` lists).

@@ -110,6 +110,40 @@ fn power_loss_uninstall() {
     check_scenario(Scenario::Uninstall);
 }
 
+/// A step retried after a failed fsync finds its work done, but done only in
+/// the page cache: the old tree's removal, whose directory fsync failed (as
+/// btrfs's did when the disk failed the transaction it forced), is found
+/// gone by the retry. The transaction must not be finished before that
+/// absence is durable (the write-error campaign saw the old tree come back
+/// beside a finished upgrade on btrfs). Without the settling fsync before
+/// `done`, this checker finds the `.staging` name back in a state after the
+/// reported success.
+#[test]
+fn a_retried_cleanup_makes_the_removal_it_finds_durable() {
+    for sync in [Sync::Syncfs, Sync::PerFile] {
+        let how = Setup { fail_at: Some("fsops.fsync_dir.cleanup:1=EIO"), ..Setup::default() };
+        let c = setup_with(Scenario::Upgrade, sync, &how);
+        let o = c.run(false);
+        println!(
+            "retried cleanup [{}]: {} distinct crash states, {} violations",
+            sync.env(),
+            o.checked,
+            o.violations.len()
+        );
+        assert!(o.checked > 0 && o.ended_new > 0, "the checker checked too little: {o:?}");
+        assert!(o.violations.is_empty(), "[{}] first violation: {}", sync.env(), o.violations[0]);
+    }
+    // The same run without the settling fsync: the checker must see it.
+    let how = Setup {
+        fail_at: Some("fsops.fsync_dir.cleanup:1=EIO"),
+        skip_fsync: Some("fsops.fsync_dir.settle:*"),
+        ..Setup::default()
+    };
+    let o = setup_with(Scenario::Upgrade, Sync::Syncfs, &how).run(true);
+    println!("retried cleanup without the settling fsync: {:?}", o.violations.first());
+    assert!(!o.violations.is_empty(), "the checker missed a removal that was never made durable");
+}
+
 /// Removing a needed barrier must be caught. Each candidate removes one the
 /// design relies on; every one must produce violations.
 #[test]

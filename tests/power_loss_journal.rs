@@ -359,6 +359,7 @@ fn blob_setup(skip_fsync: Option<&str>) -> Checker {
         dest_rel: format!("{long}/dest"),
         others: (0..OTHERS).map(|i| format!("{long}/o{i}")).collect(),
         interrupt_last_other: Some("journal.cleaning"),
+        ..Setup::default()
     };
     setup_with(Scenario::Upgrade, Sync::Syncfs, &how)
 }

@@ -119,6 +119,31 @@ fn clean(actions: &[Action]) -> Result<Vec<String>, Error> {
     Ok(left)
 }
 
+/// Makes durable, before the transaction is finished, what its moves and
+/// removals left in every directory it touched, whoever did them. An action
+/// skips what it finds already done, but "found done" may be only in the
+/// page cache: a retry after a failed fsync, or recovery after a kill in the
+/// same boot, finds a removal done whose fsync never succeeded. (The
+/// write-error campaign saw that on btrfs: the first fsync failed with the
+/// transaction it forced, the retry found the tree gone and wrote `done`,
+/// and the tree came back at the next mount.) One fsync per directory; on
+/// an unchanged one it costs no journal commit.
+fn settle(rec: &TxnRecord) -> Result<(), Error> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for t in &rec.targets {
+        if let Some(d) = Path::new(&t.path).ancestors().skip(1).find(|d| d.is_dir()) {
+            dirs.insert(d.to_path_buf());
+        }
+    }
+    for d in &dirs {
+        fsops::fsync_dir(d, "settle").map_err(|source| Error::Io {
+            context: format!("making the changes in {} durable", d.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -171,6 +196,7 @@ pub fn drive(
             }
             tracing::debug!(txn = rec.id, "swapped; cleaning");
             let left = clean(&cleanup)?;
+            settle(rec)?;
             let outcome = if rec.recovered { Outcome::RolledForwardByRecovery } else { Outcome::Done };
             tracing::debug!(txn = rec.id, "cleaned");
             let note = (!left.is_empty()).then(|| left.join("; "));
@@ -188,6 +214,7 @@ pub fn drive(
                 act(a)?;
             }
             let left = clean(&cleanup)?;
+            settle(rec)?;
             let outcome = if rec.recovered { Outcome::RolledBackByRecovery } else { Outcome::RolledBack };
             let why = error.or_else(|| rec.recovered.then(|| "interrupted; rolled back by recovery".to_string()));
             let why = match (why, left.is_empty()) {

@@ -101,6 +101,9 @@ pub struct CrashState {
 pub struct Setup<'a> {
     /// `STAGEHAND_SKIP_FSYNC` for the recorded run.
     pub skip_fsync: Option<&'a str>,
+    /// `STAGEHAND_FAIL_AT` for the recorded run (an error it must survive
+    /// and still report success, as a retried step).
+    pub fail_at: Option<&'a str>,
     /// DEST relative to the sandbox root (`dest` if empty).
     pub dest_rel: String,
     /// Demo v1 is installed first as packages `o0`, `o1`, … (one per entry)
@@ -220,6 +223,9 @@ pub fn setup_with(sc: Scenario, sync: Sync, how: &Setup) -> Checker {
     let mut env: Vec<(&str, &OsStr)> = vec![("STAGEHAND_RECORD_OPS", rec_dir.as_os_str()), sync_env[0]];
     if let Some(s) = skip_fsync {
         env.push(("STAGEHAND_SKIP_FSYNC", OsStr::new(s)));
+    }
+    if let Some(f) = how.fail_at {
+        env.push(("STAGEHAND_FAIL_AT", OsStr::new(f)));
     }
     run_bin(&state, &root, &args, &env).ok();
     let new = hash_tree(&dest);
