@@ -68,7 +68,12 @@ def one(fs, layout, dev, up, args, work, kernel, initrd, worlds, digests):
     out = {"config": cfg.name, "fs": fs, "layout": layout, "device": dev, "up": up, "upgrade_exit": rc,
            "error": error[:400], "stderr_tail": errs, "world": r.get("world"),
            "noted_leftovers": r.get("noted_leftovers", 0), "violations": r["violations"]}
-    if not r["violations"] and not os.environ.get("KEEP"):
+    if r["violations"]:
+        # The evidence: the kernel's messages and stagehand's log, with the
+        # time the errors started.
+        with open(os.path.join(cfg.dir, "console.txt"), "w") as f:
+            f.write(console)
+    elif not os.environ.get("KEEP"):
         shutil.rmtree(cfg.dir, ignore_errors=True)
     return out
 

@@ -42,7 +42,7 @@ fail() {
 }
 
 set -f # the skip may hold a *
-mnt= state= fs=ext4 sectors= layout=same skip= fault= up=0
+mnt= state= fs=ext4 sectors= layout=same skip= fault= up=0 verbose=
 for w in $(cat /proc/cmdline); do
     case "$w" in
         br.mnt=*) mnt="${w#br.mnt=}" ;;
@@ -88,7 +88,7 @@ run_op() { # OP [TAG]
     if [ -n "$skip" ]; then export STAGEHAND_SKIP_FSYNC="$skip"; fi
     case "$1" in
         install | upgrade)
-            /stagehand/stagehand --state-dir "$state" --quiet install "oci-layout:/payload/layout:$2" \
+            /stagehand/stagehand $verbose --state-dir "$state" --quiet install "oci-layout:/payload/layout:$2" \
                 --name p --to "$dest/app" --map "*.so=$dest/lib" --map "*.control=$dest/ext" --map "*.sql=$dest/ext"
             ;;
         uninstall) /stagehand/stagehand --state-dir "$state" --quiet uninstall p ;;
@@ -118,10 +118,21 @@ fi
 for op in $ops; do
     name="${op%%:*}"
     mark "$name-start"
-    if [ -n "$fault" ] && [ "$name" = upgrade ]; then flakey; fi
+    verbose=
+    if [ -n "$fault" ] && [ "$name" = upgrade ]; then
+        flakey
+        # The clocks of the kernel's messages and of stagehand's log, side
+        # by side, so a finding can be placed against the errors' start.
+        say "CLOCK flakey loaded at uptime $(cut -d' ' -f1 /proc/uptime), $(date -u +%H:%M:%S) UTC, errors after ${up} s"
+        verbose=-v
+    fi
     rc=0
     run_op "$name" "${op#*:}" 2> /tmp/err || rc=$?
     if [ "$rc" != 0 ]; then tail -n "${BR_ERR_LINES:-3}" /tmp/err | while read -r l; do say "ERR $l"; done; fi
+    if [ -n "$verbose" ]; then
+        say "CLOCK upgrade ended at uptime $(cut -d' ' -f1 /proc/uptime)"
+        grep ' DEBUG ' /tmp/err | tail -n 40 | while read -r l; do say "LOG $l"; done
+    fi
     # Marked only when stagehand reported success: the replay holds every
     # state whose durable part reaches past this point to the new version.
     if [ "$rc" = 0 ]; then mark "$name-ok"; fi
