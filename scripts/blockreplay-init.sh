@@ -88,7 +88,7 @@ run_op() { # OP [TAG]
     if [ -n "$skip" ]; then export STAGEHAND_SKIP_FSYNC="$skip"; fi
     case "$1" in
         install | upgrade)
-            /stagehand/stagehand $verbose --state-dir "$state" --quiet install "oci-layout:/payload/layout:$2" \
+            /stagehand/stagehand ${verbose:---quiet} --state-dir "$state" install "oci-layout:/payload/layout:$2" \
                 --name p --to "$dest/app" --map "*.so=$dest/lib" --map "*.control=$dest/ext" --map "*.sql=$dest/ext"
             ;;
         uninstall) /stagehand/stagehand --state-dir "$state" --quiet uninstall p ;;
