@@ -31,6 +31,7 @@ nothing that the guest asked for.
 """
 import argparse
 import concurrent.futures
+import fcntl
 import hashlib
 import json
 import lzma
@@ -67,8 +68,17 @@ def run(cmd, **kw):
 # The guest: kernel, modules, initramfs
 # ---------------------------------------------------------------------------
 def fetch_kernel(cache):
-    """Debian's linux-image-amd64 kernel, extracted (dpkg -x) into CACHE."""
+    """Debian's linux-image-amd64 kernel, extracted (dpkg -x) into CACHE.
+    Tests that boot the guest run in parallel: the first one fetches and
+    extracts while the others wait on CACHE/.lock (on a fresh machine two
+    extractions into one directory broke each other)."""
     os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return fetch_kernel_locked(cache)
+
+
+def fetch_kernel_locked(cache):
     deps = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], check=True,
                           capture_output=True, text=True).stdout
     pkg = next((ln.split()[1] for ln in deps.splitlines()
