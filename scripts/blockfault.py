@@ -6,7 +6,8 @@ targets, under the state dir (journal and blob cache), or under both.
 Each run boots the guest of scripts/blockreplay.py with br.fault: it
 installs v1 on healthy disks, turns device a (targets) or b (the state dir,
 split layout) into dm-flakey that fails every write from UP seconds after
-its table was loaded, upgrades to v2, then gives the device its linear
+its table was loaded (or from the moment stagehand reaches a named kill
+point, `@POINT[:N]`), upgrades to v2, then gives the device its linear
 table back (the disk returns) and unmounts. The host then mounts the image
 (the file system replays its journal), runs stagehand's recovery and checks
 what scripts/blockreplay.py checks of a replayed state. Besides:
@@ -37,7 +38,7 @@ PLACES = [("same", "a"), ("split", "a"), ("split", "b")]
 def boot(cfg, args, kernel, initrd, dev, up):
     """Boots the guest on a copy of the pristine image; returns the image
     and what the guest reported: ({op: exit code}, error lines, console)."""
-    img, g = br.boot(cfg, args, kernel, initrd, [], f"br.skip= br.fault={dev} br.up={up}")
+    img, g = br.boot(cfg, args, kernel, initrd, [], f"br.skip={args.skip} br.fault={dev} br.up={up}")
     lines = [ln for _, ln in g.lines if ln]
     ops = {ln.split()[1]: int(ln.split()[2]) for ln in lines if ln.startswith("BLOCKREPLAY-OP ")}
     errs = [ln[len("BLOCKREPLAY-ERR "):] for ln in lines if ln.startswith("BLOCKREPLAY-ERR ")]
@@ -46,7 +47,8 @@ def boot(cfg, args, kernel, initrd, dev, up):
 
 def one(fs, layout, dev, up, args, work, kernel, initrd, worlds, digests):
     cfg = br.Config(fs, layout, work, None, args.image_mib)
-    cfg.name = f"{fs}-{layout}-{dev}-up{up}"
+    when = f"at-{up[1:].replace(':', '-')}" if up.startswith("@") else f"up{up}"
+    cfg.name = f"{fs}-{layout}-{dev}-{when}"
     cfg.dir = os.path.join(work, cfg.name)
     cfg.pristine = os.path.join(cfg.dir, "pristine.img")
     br.prepare(cfg)
@@ -55,6 +57,8 @@ def one(fs, layout, dev, up, args, work, kernel, initrd, worlds, digests):
         raise RuntimeError(f"{cfg.name}: the guest's operations {ops}:\n{console[-3000:]}")
     rc = ops["upgrade"]
     v = []
+    if any(ln.startswith("BLOCKREPLAY-CLOCK never reached") for ln in console.splitlines()):
+        v.append(f"the upgrade never reached {up[1:]}: no errors were injected (a point that no longer exists?)")
     if rc not in (0, 1):
         v.append(f"the upgrade exited {rc}, not 0 or 1 (a panic or a signal): {errs}")
     if rc == 1 and not any("stagehand: error:" in e for e in errs):
@@ -62,6 +66,10 @@ def one(fs, layout, dev, up, args, work, kernel, initrd, worlds, digests):
     if any("panicked" in e for e in errs):
         v.append(f"the upgrade panicked: {errs}")
     allowed = {"v2"} if rc == 0 else {"v1", "v2"}
+    # The disk as the guest left it, before the host's mount replays the
+    # file systems' journals into it: kept beside a violating run.
+    raw = os.path.join(cfg.dir, "as-left.img")
+    shutil.copyfile(img, raw)
     r = br.inspect(cfg, args, worlds, digests, img, allowed, "v2")
     r["violations"] = v + r["violations"]
     error = next((e for e in errs if "stagehand: error:" in e), errs[-1] if errs else "")
@@ -70,17 +78,22 @@ def one(fs, layout, dev, up, args, work, kernel, initrd, worlds, digests):
            "noted_leftovers": r.get("noted_leftovers", 0), "violations": r["violations"]}
     if r["violations"]:
         # The evidence: the kernel's messages and stagehand's log, with the
-        # time the errors started.
+        # time the errors started, and the disk as the guest left it.
         with open(os.path.join(cfg.dir, "console.txt"), "w") as f:
             f.write(console)
     elif not os.environ.get("KEEP"):
         shutil.rmtree(cfg.dir, ignore_errors=True)
+    else:
+        os.remove(raw)
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ups", default="0,1,2,3,4,6", help="seconds of healthy writes before the errors start")
+    ap.add_argument("--ups", default="0,1,2,3,4,6",
+                    help="when the errors start: seconds of healthy writes, or @POINT[:N], where stagehand "
+                         "reaches that kill point")
+    ap.add_argument("--skip", default="", help="STAGEHAND_SKIP_FSYNC in the guest (to show what a fix changes)")
     ap.add_argument("--places", default="same:a,split:a,split:b", help="LAYOUT:DEVICE pairs (device a or b)")
     args = br.guest_args(ap)
     t0 = time.monotonic()
@@ -90,7 +103,7 @@ def main():
     summary, bad = [], 0
     for fs in args.fs.split(","):
         for layout, dev in places:
-            for up in [int(u) for u in args.ups.split(",")]:
+            for up in args.ups.split(","):
                 t = time.monotonic()
                 s = one(fs, layout, dev, up, args, work, kernel, initrd, worlds, digests)
                 summary.append(s)

@@ -24,7 +24,11 @@
 #                   becomes dm-flakey with error_writes, failing every write
 #                   from br.up=SECONDS after its table was loaded; the
 #                   upgrade runs into it, then the linear table comes back
-#                   (the disk returns) and the file systems are unmounted
+#                   (the disk returns) and the file systems are unmounted.
+#                   br.up=@POINT[:N] starts the errors where stagehand
+#                   reaches its kill point POINT instead: it stops itself
+#                   there (STAGEHAND_STOP_AT), the table is loaded without
+#                   freezing the file system, and it goes on into the errors
 # It prints BLOCKREPLAY-OP <op> <exit code> after each operation (and
 # BLOCKREPLAY-ERR <line> for the last lines a failing one printed) and
 # BLOCKREPLAY-END once the log is complete, then powers off.
@@ -55,6 +59,12 @@ for w in $(cat /proc/cmdline); do
         br.up=*) up="${w#br.up=}" ;;
     esac
 done
+at=
+case "$up" in @*)
+    at="${up#@}"
+    up=0
+    ;;
+esac
 
 for m in crc32c_generic virtio_pci virtio_blk dm_mod dm_log_writes dm_flakey "$fs"; do
     modprobe "$m" || fail "modprobe $m"
@@ -84,6 +94,25 @@ if [ "$layout" = split ]; then mount -t "$fs" /dev/mapper/b "$mnt/b" || fail "mo
 mark mounted
 
 dest="$mnt/a/dest"
+# The pid of a stagehand that stopped itself (state T), while the job BG
+# runs; empty once BG has ended without one.
+stopped_stagehand() {
+    set +f
+    while kill -0 "$1" 2> /dev/null; do
+        for st in /proc/[0-9]*/stat; do
+            line=$(cat "$st" 2> /dev/null) || continue
+            case "$line" in *"(stagehand) T "*)
+                p="${st#/proc/}"
+                echo "${p%/stat}"
+                set -f
+                return
+                ;;
+            esac
+        done
+        sleep 0.05
+    done
+    set -f
+}
 run_op() { # OP [TAG]
     if [ -n "$skip" ]; then export STAGEHAND_SKIP_FSYNC="$skip"; fi
     case "$1" in
@@ -98,8 +127,8 @@ run_op() { # OP [TAG]
 # failing from $up seconds on; then linear again.
 offset=0
 if [ "$fault" = b ]; then offset=$sectors; fi
-flakey() {
-    dm suspend "$fault"
+flakey() { # [--nolockfs]
+    dm suspend "$@" "$fault"
     dm reload "$fault" --table "0 $sectors flakey /dev/vda $offset $up 3600 1 error_writes"
     dm resume "$fault"
 }
@@ -120,14 +149,35 @@ for op in $ops; do
     mark "$name-start"
     verbose=
     if [ -n "$fault" ] && [ "$name" = upgrade ]; then
-        flakey
-        # The clocks of the kernel's messages and of stagehand's log, side
-        # by side, so a finding can be placed against the errors' start.
-        say "CLOCK flakey loaded at uptime $(cut -d' ' -f1 /proc/uptime), $(date -u +%H:%M:%S) UTC, errors after ${up} s"
+        if [ -z "$at" ]; then
+            flakey
+            # The clocks of the kernel's messages and of stagehand's log, side
+            # by side, so a finding can be placed against the errors' start.
+            say "CLOCK flakey loaded at uptime $(cut -d' ' -f1 /proc/uptime), $(date -u +%H:%M:%S) UTC, errors after ${up} s"
+        fi
         verbose=-v
     fi
     rc=0
-    run_op "$name" "${op#*:}" 2> /tmp/err || rc=$?
+    if [ -n "$verbose" ] && [ -n "$at" ]; then
+        (
+            export STAGEHAND_STOP_AT="$at"
+            run_op "$name" "${op#*:}"
+        ) 2> /tmp/err &
+        bg=$!
+        spid=$(stopped_stagehand "$bg")
+        if [ -n "$spid" ]; then
+            # Not frozen: what the file system holds in memory at the point
+            # meets the failing disk as it is.
+            flakey --nolockfs
+            say "CLOCK stopped at $at; flakey loaded at uptime $(cut -d' ' -f1 /proc/uptime), errors from now"
+            kill -CONT "$spid"
+        else
+            say "CLOCK never reached $at: no errors"
+        fi
+        wait "$bg" || rc=$?
+    else
+        run_op "$name" "${op#*:}" 2> /tmp/err || rc=$?
+    fi
     if [ "$rc" != 0 ]; then tail -n "${BR_ERR_LINES:-3}" /tmp/err | while read -r l; do say "ERR $l"; done; fi
     if [ -n "$verbose" ]; then
         say "CLOCK upgrade ended at uptime $(cut -d' ' -f1 /proc/uptime)"

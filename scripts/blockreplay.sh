@@ -27,7 +27,10 @@
 #                             dm-flakey error_writes under the targets or the
 #                             state dir; LAYOUT and SAMPLES are not used
 #   BLOCKFAULT_UPS=0,1,2,3,4,6   seconds of healthy writes before the errors
+#                             start, or @POINT[:N]: where stagehand reaches
+#                             that kill point (e.g. @fsops.fsync_dir.cleanup:1)
 #   BLOCKFAULT_PLACES=same:a,split:a,split:b   LAYOUT:DEVICE (a targets, b state dir)
+#   BLOCKFAULT_SKIP=POINT:*   STAGEHAND_SKIP_FSYNC in the guest (a fix's control)
 #   STAGEHAND_BIN=PATH        binary under test (default target/release/stagehand)
 #   KEEP=1                    keep the work directory
 # Needs root (loop mounts). Exits 1 if a recording without a skipped fsync
@@ -73,7 +76,8 @@ common=(--bin "$bin" --work "$work" --files "${BLOCKREPLAY_FILES:-2000}" --mib "
     ${BLOCKREPLAY_JSON:+--json "$BLOCKREPLAY_JSON"})
 if [ "${BLOCKFAULT:-0}" = 1 ]; then
     python3 "$repo/scripts/blockfault.py" "${common[@]}" --fs "${1:-ext4,xfs,btrfs}" \
-        --ups "${BLOCKFAULT_UPS:-0,1,2,3,4,6}" --places "${BLOCKFAULT_PLACES:-same:a,split:a,split:b}" || rc=$?
+        --ups "${BLOCKFAULT_UPS:-0,1,2,3,4,6}" --places "${BLOCKFAULT_PLACES:-same:a,split:a,split:b}" \
+        --skip "${BLOCKFAULT_SKIP:-}" || rc=$?
 else
     python3 "$repo/scripts/blockreplay.py" "${common[@]}" \
         --fs "${1:-ext4,xfs,btrfs}" --layout "${2:-same,split}" --samples "${3:-50}" --seed "${4:-1}" \
