@@ -90,7 +90,8 @@ fn every_flush_point_and_sampled_reordering_keeps_every_invariant() {
 /// the state dir (journal and blob cache), under the targets, and under both.
 /// Each upgrade exits 1 with an error (no panic), and after the disk
 /// returns, recovery leaves all-old, nothing pending, `verify` clean and no
-/// leftovers. (Errors that start later, at seconds the campaign varies, land
+/// leftovers; then errors from a kill point inside the cleanup (below).
+/// (Errors that start later, at seconds the campaign varies, land
 /// before or after the commit point by timing; they are the campaign's, in
 /// docs/proofs.md, not CI's.)
 #[test]
@@ -130,4 +131,43 @@ fn write_errors_fail_cleanly_and_the_next_command_recovers() {
         assert_eq!(r["upgrade_exit"], 1, "{r}");
         assert_eq!(r["world"], "v1", "{r}");
     }
+
+    // Errors from the moment the old tree's removal has begun (after its
+    // first unlink), on ext4 split, targets' disk: ext4 aborts its journal,
+    // the cleanup's fsync fails, and the retry finds the tree gone from the
+    // page cache only. The settling `syncfs` fails there, so the upgrade
+    // exits 1 and recovery, after the disk returns, finishes it: v2 and no
+    // leftover. Without it (skipped: the control) the upgrade reports
+    // success and the old tree comes back at the next mount.
+    let point = "@fsops.remove.cleanup.partial:1";
+    let mut seen = Vec::new();
+    for skip in ["", "fsops.syncfs.settle:*"] {
+        let out = Command::new(repo_root().join("scripts/blockreplay.sh"))
+            .arg("ext4")
+            .env("STAGEHAND_BIN", BIN)
+            .env("BLOCKFAULT", "1")
+            .env("BLOCKFAULT_UPS", point)
+            .env("BLOCKFAULT_PLACES", "split:a")
+            .env("BLOCKFAULT_SKIP", skip)
+            .env("BLOCKREPLAY_FILES", "200")
+            .env("BLOCKREPLAY_MIB", "1")
+            .env("BLOCKREPLAY_JSON", &json)
+            .output()
+            .expect("run scripts/blockreplay.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("skip {skip:?}: {stdout}");
+        let runs: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("BLOCKREPLAY_JSON")).expect("JSON");
+        let r = runs.as_array().and_then(|a| a.first()).cloned().expect("one run");
+        seen.push((out.status.success(), r));
+    }
+    let (ok, r) = &seen[0];
+    assert!(ok, "errors from {point}: {r}");
+    assert_eq!(
+        (&r["upgrade_exit"], &r["world"], &r["violations"]),
+        (&serde_json::json!(1), &serde_json::json!("v2"), &serde_json::json!([])),
+        "{r}"
+    );
+    let (ok, r) = &seen[1];
+    assert!(!ok && r["upgrade_exit"] == 0, "without the settling syncfs the harness must see the tree come back: {r}");
 }

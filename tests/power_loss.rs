@@ -133,10 +133,10 @@ fn a_retried_cleanup_makes_the_removal_it_finds_durable() {
         assert!(o.checked > 0 && o.ended_new > 0, "the checker checked too little: {o:?}");
         assert!(o.violations.is_empty(), "[{}] first violation: {}", sync.env(), o.violations[0]);
     }
-    // The same run without the settling fsync: the checker must see it.
+    // The same run without the settling fsyncs: the checker must see it.
     let how = Setup {
         fail_at: Some("fsops.fsync_dir.cleanup:1=EIO"),
-        skip_fsync: Some("fsops.fsync_dir.settle:*"),
+        skip_fsync: Some("fsops.fsync_dir.settle:*+fsops.syncfs.settle:*"),
         ..Setup::default()
     };
     let o = setup_with(Scenario::Upgrade, Sync::Syncfs, &how).run(true);

@@ -15,7 +15,7 @@
 //!
 //! `STAGEHAND_SKIP_FSYNC=POINT[:N]` skips the Nth fsync passing kill point
 //! POINT (`POINT:*`: every one), so a test can prove the checker notices a
-//! missing barrier. The journal's copy is taken after our own fsyncs of
+//! missing barrier; `P1:*+P2:*` skips at both points, each counted apart. The journal's copy is taken after our own fsyncs of
 //! sled's files, and not at all across a skipped one: sled's `flush()` alone
 //! counts for nothing.
 //! Neither variable has any effect when unset.
@@ -127,28 +127,31 @@ pub fn skipped_fsyncs() -> u64 {
 }
 
 /// Whether the fsync at kill point `point` (its `count`th hit) is to be
-/// skipped. `POINT:*` skips every hit of POINT.
+/// skipped. `POINT:*` skips every hit of POINT; `A+B` joins specs.
 pub fn skip_fsync(point: &str) -> bool {
-    static SPEC: OnceLock<Option<(String, Option<u64>)>> = OnceLock::new();
-    static COUNT: Mutex<u64> = Mutex::new(0);
+    type Spec = Vec<(String, Option<u64>)>;
+    static SPEC: OnceLock<Spec> = OnceLock::new();
+    static COUNTS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
     let spec = SPEC.get_or_init(|| {
-        let s = std::env::var(ENV_SKIP_FSYNC).ok()?;
-        match s.rsplit_once(':') {
-            Some((p, "*")) => Some((p.to_string(), None)),
-            Some((p, n)) => Some((p.to_string(), Some(n.parse().ok()?))),
-            None => Some((s, Some(1))),
-        }
+        let Ok(s) = std::env::var(ENV_SKIP_FSYNC) else { return Vec::new() };
+        s.split('+')
+            .filter_map(|one| match one.rsplit_once(':') {
+                Some((p, "*")) => Some((p.to_string(), None)),
+                Some((p, n)) => Some((p.to_string(), Some(n.parse().ok()?))),
+                None => Some((one.to_string(), Some(1))),
+            })
+            .collect()
     });
-    let Some((p, n)) = spec else { return false };
-    if p != point {
-        return false;
-    }
-    let mut c = match COUNT.lock() {
+    let Some(i) = spec.iter().position(|(p, _)| p == point) else { return false };
+    let mut counts = match COUNTS.lock() {
         Ok(g) => g,
         Err(e) => e.into_inner(),
     };
-    *c += 1;
-    let skip = n.is_none_or(|n| *c == n);
+    if counts.len() < spec.len() {
+        counts.resize(spec.len(), 0);
+    }
+    counts[i] += 1;
+    let skip = spec[i].1.is_none_or(|n| counts[i] == n);
     if skip {
         SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }

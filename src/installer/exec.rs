@@ -128,16 +128,33 @@ fn clean(actions: &[Action]) -> Result<Vec<String>, Error> {
 /// transaction it forced, the retry found the tree gone and wrote `done`,
 /// and the tree came back at the next mount.) One fsync per directory; on
 /// an unchanged one it costs no journal commit.
+///
+/// Then one `syncfs` of each file system holding those directories, because
+/// a directory's fsync returning 0 is not enough once the file system has
+/// failed: ext4 (Debian's 6.1), whose journal aborted on the write errors
+/// that failed the cleanup's first fsync, returns 0 from every later fsync,
+/// and the retry wrote `done` for a removal that was in the page cache only.
+/// Its `syncfs` waits on the journal and returns EIO. (XFS there also
+/// returned 0 from both fsync and `syncfs` for a removal whose log write
+/// then failed, milliseconds later: no check at this point can see that,
+/// and `verify` names the copy that comes back a `leftover`.)
 fn settle(rec: &TxnRecord) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
     let mut dirs = std::collections::BTreeSet::new();
     for t in &rec.targets {
         if let Some(d) = Path::new(&t.path).ancestors().skip(1).find(|d| d.is_dir()) {
             dirs.insert(d.to_path_buf());
         }
     }
+    let mut file_systems = std::collections::BTreeMap::new();
     for d in &dirs {
-        fsops::fsync_dir(d, "settle").map_err(|source| Error::Io {
-            context: format!("making the changes in {} durable", d.display()),
+        let io = |source| Error::Io { context: format!("making the changes in {} durable", d.display()), source };
+        fsops::fsync_dir(d, "settle").map_err(io)?;
+        file_systems.entry(std::fs::metadata(d).map_err(io)?.dev()).or_insert(d);
+    }
+    for d in file_systems.values() {
+        fsops::syncfs(d, "settle").map_err(|source| Error::Io {
+            context: format!("making the changes on the file system of {} durable", d.display()),
             source,
         })?;
     }
