@@ -106,25 +106,33 @@ fn write_errors_fail_cleanly_and_the_next_command_recovers() {
     }
     let dir = tempdir();
     let json = dir.path().join("fault.json");
-    let out = Command::new(repo_root().join("scripts/blockreplay.sh"))
-        .arg("ext4")
-        .env("STAGEHAND_BIN", BIN)
-        .env("BLOCKFAULT", "1")
-        .env("BLOCKFAULT_UPS", "0")
-        .env("BLOCKFAULT_PLACES", "split:b,split:a,same:a")
-        .env("BLOCKREPLAY_FILES", "200")
-        .env("BLOCKREPLAY_MIB", "1")
-        .env("BLOCKREPLAY_JSON", &json)
-        .output()
-        .expect("run scripts/blockreplay.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}");
-    assert!(out.status.success(), "{}:\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    let runs: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("BLOCKREPLAY_JSON")).expect("JSON");
-    let runs = runs.as_array().expect("a list of runs");
+    // One `scripts/blockreplay.sh ext4` write-error campaign (200 files):
+    // whether it passed, and its runs.
+    let campaign = |ups: &str, places: &str, skip: &str| {
+        let out = Command::new(repo_root().join("scripts/blockreplay.sh"))
+            .arg("ext4")
+            .env("STAGEHAND_BIN", BIN)
+            .env("BLOCKFAULT", "1")
+            .env("BLOCKFAULT_UPS", ups)
+            .env("BLOCKFAULT_PLACES", places)
+            .env("BLOCKFAULT_SKIP", skip)
+            .env("BLOCKREPLAY_FILES", "200")
+            .env("BLOCKREPLAY_MIB", "1")
+            .env("BLOCKREPLAY_JSON", &json)
+            .output()
+            .expect("run scripts/blockreplay.sh");
+        eprintln!("{ups} {places} skip {skip:?}:\n{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let runs: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("BLOCKREPLAY_JSON")).expect("JSON");
+        (out.status.success(), runs.as_array().cloned().expect("a list of runs"))
+    };
+    let (ok, runs) = campaign("0", "split:b,split:a,same:a", "");
+    assert!(ok, "{runs:?}");
     assert_eq!(runs.len(), 3, "{runs:?}");
-    for r in runs {
+    for r in &runs {
         assert_eq!(r["violations"], serde_json::json!([]), "{r}");
         // Errors from the start: the upgrade meets them, fails, and the old
         // version is what recovery finds.
@@ -140,27 +148,13 @@ fn write_errors_fail_cleanly_and_the_next_command_recovers() {
     // leftover. Without it (skipped: the control) the upgrade reports
     // success and the old tree comes back at the next mount.
     let point = "@fsops.remove.cleanup.partial:1";
-    let mut seen = Vec::new();
-    for skip in ["", "fsops.syncfs.settle:*"] {
-        let out = Command::new(repo_root().join("scripts/blockreplay.sh"))
-            .arg("ext4")
-            .env("STAGEHAND_BIN", BIN)
-            .env("BLOCKFAULT", "1")
-            .env("BLOCKFAULT_UPS", point)
-            .env("BLOCKFAULT_PLACES", "split:a")
-            .env("BLOCKFAULT_SKIP", skip)
-            .env("BLOCKREPLAY_FILES", "200")
-            .env("BLOCKREPLAY_MIB", "1")
-            .env("BLOCKREPLAY_JSON", &json)
-            .output()
-            .expect("run scripts/blockreplay.sh");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        eprintln!("skip {skip:?}: {stdout}");
-        let runs: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&json).expect("BLOCKREPLAY_JSON")).expect("JSON");
-        let r = runs.as_array().and_then(|a| a.first()).cloned().expect("one run");
-        seen.push((out.status.success(), r));
-    }
+    let seen: Vec<_> = ["", "fsops.syncfs.settle:*"]
+        .iter()
+        .map(|skip| {
+            let (ok, runs) = campaign(point, "split:a", skip);
+            (ok, runs.first().cloned().expect("one run"))
+        })
+        .collect();
     let (ok, r) = &seen[0];
     assert!(ok, "errors from {point}: {r}");
     assert_eq!(
