@@ -21,9 +21,10 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::cosign::{empty_layout, fingerprint, keypair, layout_blob, openssl, referrers_tag, set_tag};
+use common::cosign::{
+    empty_layout, fingerprint, keypair, layout_blob, multi_arch_index, openssl, referrers_tag, set_tag,
+};
 use common::registry::*;
 use serde_json::{json, Value};
 
@@ -433,31 +434,6 @@ fn every_cosign_key_algorithm() {
 }
 
 /// The descriptor `tag` has in a layout's index.json (without annotations).
-fn tag_descriptor(layout: &Path, tag: &str) -> Value {
-    let index: Value = serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index.json")).expect("json");
-    let mut d = index["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("no tag {tag}"))
-        .clone();
-    d.as_object_mut().expect("object").remove("annotations");
-    d
-}
-
-/// A multi-arch image index: linux/amd64 is the demo's v1, linux/arm64 its v2.
-fn multi_arch_index(layout: &Path) -> Value {
-    let entry = |tag: &str, arch: &str| {
-        let mut d = tag_descriptor(layout, tag);
-        d["platform"] = json!({"os": "linux", "architecture": arch});
-        d
-    };
-    let index =
-        json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [entry("v1", "amd64"), entry("v2", "arm64")]});
-    layout_blob(layout, MT_INDEX, &serde_json::to_vec(&index).expect("json"))
-}
-
 /// `cosign sign repo:tag` on a multi-arch tag signs the index digest: that
 /// signature covers the platform manifest the index pins. A refused check
 /// leaves nothing behind, not even the index in the blob cache.
@@ -519,12 +495,7 @@ fn multi_arch_tag_signed_on_its_index() {
     let host = reg.host();
     skopeo_push(&layout, "multi", &format!("{host}/demo:multi"), None, true);
     // skopeo writes the index anew: its digest there is not the layout's.
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{host}/demo:multi")])
-        .output()
-        .expect("run skopeo");
-    assert!(out.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&out.stderr));
-    let index_digest = format!("sha256:{}", sha256_hex(&out.stdout));
+    let index_digest = registry_digest(&format!("{host}/demo:multi"));
     let sig_layout = tmp.path().join("signatures");
     empty_layout(&sig_layout);
     let sb = Sandbox::at(&tmp.path().join("sb-registry"));

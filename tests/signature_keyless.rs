@@ -491,3 +491,87 @@ fn a_public_good_bundle_verifies_up_to_its_statement() {
     assert!(py.starts_with("refuse VerificationError: Certificate's OIDCIssuer does not match"), "{py}");
     eprintln!("public-good bundle: stagehand and python-sigstore verify it up to its statement: {stagehand}");
 }
+
+/// The two cases of the issue's list that need more than one bundle or
+/// another subject, each judged by stagehand and by Python sigstore with
+/// the same root: a multi-arch tag signed keyless on its index (the
+/// linux/amd64 manifest it pins installs; the bundle names the index), and
+/// a valid bundle behind 64 whose signatures do not verify (the flood
+/// refused alone, the valid one found behind it; Python refuses each junk
+/// bundle and accepts the valid one).
+#[test]
+fn keyless_index_and_junk_flood_agree_with_python_sigstore() {
+    let test = "keyless_index_and_junk_flood_agree_with_python_sigstore";
+    if !require(test, TOOLS) || !python_ready(test) {
+        return;
+    }
+    let tmp = tempdir("keyless-index");
+    let layout = tmp.path().join("demo");
+    copy_tree(&demo_layout(), &layout);
+    set_tag(&layout, "multi", &multi_arch_index(&layout));
+    let reg = demo_registry(tmp.path());
+    let host = reg.host();
+    skopeo_push(&layout, "multi", &format!("{host}/demo:multi"), None, true);
+    let index = registry_digest(&format!("{host}/demo:multi"));
+    let sigs = tmp.path().join("signatures");
+    empty_layout(&sigs);
+    let (d1, d2) = (layout_tag_digest(&demo_layout(), "v1"), layout_tag_digest(&demo_layout(), "v2"));
+    let out = tmp.path().join("fixture");
+    python(&["make", &out.display().to_string(), &d1, &d2, &index]);
+    let root = out.join("trusted_root.json");
+    let bundle = |name: &str| std::fs::read(out.join(format!("{name}.json"))).expect("bundle");
+    let py = |subject: &str, names: &[String]| {
+        let paths: Vec<String> = names.iter().map(|n| out.join(format!("{n}.json")).display().to_string()).collect();
+        let mut args = vec!["verify", root.to_str().expect("utf-8"), subject, IDENTITY, ISSUER, "0"];
+        args.extend(paths.iter().map(String::as_str));
+        python(&args).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let keyless = keyless_args(&root, false);
+    let keyless: Vec<&str> = keyless.iter().map(String::as_str).collect();
+    let mut table = vec![format!("{:<22} | {:<9} | python-sigstore", "case", "stagehand")];
+
+    // Signed on the index: the platform manifest it pins installs.
+    publish(&sigs, &host, &index, &bundle("index-signed"));
+    let sb = Sandbox::at(&tmp.path().join("sb-index"));
+    let mut args = vec!["--platform", "linux/amd64"];
+    args.extend(&keyless);
+    sb.run(&sb.demo_args(&format!("{host}/demo:multi"), &args)).ok();
+    assert_eq!(sb.world(), demo_world("v1"), "the index's linux/amd64 manifest");
+    let verdict = py(&index, &["index-signed".to_string()]);
+    assert!(verdict[0].starts_with("accept"), "python-sigstore on the index-signed bundle: {verdict:?}");
+    table.push(format!("{:<22} | {:<9} | {}", "index-signed", "accept", verdict[0]));
+
+    // 64 junk bundles alone: refused, counted; then the valid one appended
+    // after them (the newest): installs.
+    let junk: Vec<String> = (0..64).map(|n| format!("junk-{n:02}")).collect();
+    let referrer = |name: &str| bundle_referrer(&sigs, MT_BUNDLE_V03, &bundle(name), &d1);
+    let mut referrers: Vec<Value> = junk.iter().map(|n| referrer(n)).collect();
+    let push = |referrers: &[Value]| {
+        let tag = referrers_tag(&d1);
+        set_tag(&sigs, &tag, &referrers_index(&sigs, referrers));
+        skopeo_push(&sigs, &tag, &format!("{host}/demo:{tag}"), None, true);
+    };
+    push(&referrers);
+    let sb = Sandbox::at(&tmp.path().join("sb-junk"));
+    let r = sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &keyless));
+    r.fails_with(&["no signature verifies with the keyless policy", "more", "Nothing was changed"]);
+    assert_eq!(sb.world(), Tree::new(), "junk alone changed nothing");
+    eprintln!("junk alone: {}", r.stderr.trim());
+    referrers.push(referrer("valid"));
+    push(&referrers);
+    sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &keyless)).ok();
+    assert_eq!(sb.world(), demo_world("v1"), "the valid bundle behind the junk");
+    let mut names = junk.clone();
+    names.push("valid".to_string());
+    let verdicts = py(&d1, &names);
+    let refused = verdicts.iter().filter(|v| v.starts_with("refuse")).count();
+    assert_eq!((refused, verdicts.last().map(|v| v.starts_with("accept"))), (64, Some(true)), "{verdicts:?}");
+    table.push(format!(
+        "{:<22} | {:<9} | 64 refuse ({}), then {}",
+        "junk-flood (64+valid)",
+        "accept",
+        verdicts[0].trim_start_matches("refuse "),
+        verdicts[64]
+    ));
+    println!("{}", table.join("\n"));
+}

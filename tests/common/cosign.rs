@@ -265,3 +265,29 @@ pub fn legacy_sig_manifest(layout: &Path, private: &Path, digest: &str) -> Value
     let m = json!({"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": config, "layers": [layer]});
     layout_blob(layout, MT_MANIFEST, &serde_json::to_vec(&m).expect("json"))
 }
+
+/// The descriptor `tag` names in a layout's `index.json`, without its annotations.
+pub fn tag_descriptor(layout: &Path, tag: &str) -> Value {
+    let index: Value = serde_json::from_slice(&fs::read(layout.join("index.json")).expect("index.json")).expect("json");
+    let mut d = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag}"))
+        .clone();
+    d.as_object_mut().expect("object").remove("annotations");
+    d
+}
+
+/// A multi-arch image index: linux/amd64 is the demo's v1, linux/arm64 its v2.
+pub fn multi_arch_index(layout: &Path) -> Value {
+    let entry = |tag: &str, arch: &str| {
+        let mut d = tag_descriptor(layout, tag);
+        d["platform"] = json!({"os": "linux", "architecture": arch});
+        d
+    };
+    let index =
+        json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": [entry("v1", "amd64"), entry("v2", "arm64")]});
+    layout_blob(layout, MT_INDEX, &serde_json::to_vec(&index).expect("json"))
+}

@@ -308,7 +308,7 @@ def log_json(key, start):
     }
 
 
-def make(out, digest, other_digest):
+def make(out, digest, other_digest, index_digest=None):
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     epoch = now - dt.timedelta(days=400)
     ca_key, ca = make_ca("fulcio.stagehand.test", epoch)
@@ -367,6 +367,13 @@ def make(out, digest, other_digest):
         "regexp-v2": bundle(*leaf(identity=WORKFLOW), log_key, other_digest, signed_at),
         "regexp-other-workflow": bundle(*leaf(identity=OTHER_WORKFLOW), log_key, digest, signed_at),
     }
+    if index_digest:
+        # A multi-arch tag signed on its index (as `cosign sign repo:tag`
+        # signs it), and 64 bundles whose signatures do not verify, for the
+        # junk flood in front of a valid one.
+        extras["index-signed"] = bundle(*good, log_key, index_digest, signed_at)
+        for n in range(64):
+            extras[f"junk-{n:02}"] = bundle(*good, log_key, digest, signed_at + n, tamper=True)
     for name, b in {**cases, **extras}.items():
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(b, f)
@@ -409,7 +416,7 @@ def verify(root_path, digest, identity, issuer, regexp, paths):
 
 if __name__ == "__main__":
     if sys.argv[1] == "make":
-        make(sys.argv[2], sys.argv[3], sys.argv[4])
+        make(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)
     elif sys.argv[1] == "verify":
         verify(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6] == "1", sys.argv[7:])
     else:

@@ -219,6 +219,17 @@ pub fn skopeo_push(src_layout: &Path, src_tag: &str, dest: &str, creds: Option<&
     );
 }
 
+/// The digest of `REFERENCE` (`HOST/REPO:TAG`) as the registry serves it
+/// (skopeo writes an index anew when it pushes one).
+pub fn registry_digest(reference: &str) -> String {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{reference}")])
+        .output()
+        .expect("run skopeo");
+    assert!(out.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&out.stderr));
+    format!("sha256:{}", sha256_hex(&out.stdout))
+}
+
 /// Writes an htpasswd file with one bcrypt user (via `htpasswd -Bbn`).
 pub fn write_htpasswd(path: &Path, user: &str, pass: &str) {
     let out = Command::new("htpasswd").args(["-Bbn", user, pass]).output().expect("run htpasswd");
