@@ -15,9 +15,10 @@
 //!
 //! `STAGEHAND_SKIP_FSYNC=POINT[:N]` skips the Nth fsync passing kill point
 //! POINT (`POINT:*`: every one), so a test can prove the checker notices a
-//! missing barrier; `P1:*+P2:*` skips at both points, each counted apart. The journal's copy is taken after our own fsyncs of
-//! sled's files, and not at all across a skipped one: sled's `flush()` alone
-//! counts for nothing.
+//! missing barrier; `P1:*+P2:*` skips at both points, each counted apart.
+//! The journal's copy is taken after our own fsyncs of sled's files, and
+//! not at all across a skipped one: sled's `flush()` alone counts for
+//! nothing.
 //! Neither variable has any effect when unset.
 
 use std::collections::HashSet;
