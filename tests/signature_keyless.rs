@@ -158,10 +158,14 @@ impl Fixture {
 }
 
 fn publish(sigs: &Path, host: &str, subject: &str, bundle: &[u8]) {
-    let m = bundle_referrer(sigs, MT_BUNDLE_V03, bundle, subject);
+    publish_referrers(sigs, host, subject, &[bundle_referrer(sigs, MT_BUNDLE_V03, bundle, subject)]);
+}
+
+/// Makes `referrers` (manifests in `sigs`) the referrers of `subject` in the
+/// registry, under the referrers tag schema's `sha256-<hex>` tag.
+fn publish_referrers(sigs: &Path, host: &str, subject: &str, referrers: &[Value]) {
     let tag = referrers_tag(subject);
-    let index = referrers_index(sigs, &[m]);
-    set_tag(sigs, &tag, &index);
+    set_tag(sigs, &tag, &referrers_index(sigs, referrers));
     skopeo_push(sigs, &tag, &format!("{host}/demo:{tag}"), None, true);
 }
 
@@ -546,19 +550,14 @@ fn keyless_index_and_junk_flood_agree_with_python_sigstore() {
     let junk: Vec<String> = (0..64).map(|n| format!("junk-{n:02}")).collect();
     let referrer = |name: &str| bundle_referrer(&sigs, MT_BUNDLE_V03, &bundle(name), &d1);
     let mut referrers: Vec<Value> = junk.iter().map(|n| referrer(n)).collect();
-    let push = |referrers: &[Value]| {
-        let tag = referrers_tag(&d1);
-        set_tag(&sigs, &tag, &referrers_index(&sigs, referrers));
-        skopeo_push(&sigs, &tag, &format!("{host}/demo:{tag}"), None, true);
-    };
-    push(&referrers);
+    publish_referrers(&sigs, &host, &d1, &referrers);
     let sb = Sandbox::at(&tmp.path().join("sb-junk"));
     let r = sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &keyless));
     r.fails_with(&["no signature verifies with the keyless policy", "more", "Nothing was changed"]);
     assert_eq!(sb.world(), Tree::new(), "junk alone changed nothing");
     eprintln!("junk alone: {}", r.stderr.trim());
     referrers.push(referrer("valid"));
-    push(&referrers);
+    publish_referrers(&sigs, &host, &d1, &referrers);
     sb.run(&sb.demo_args(&format!("{host}/demo:v1"), &keyless)).ok();
     assert_eq!(sb.world(), demo_world("v1"), "the valid bundle behind the junk");
     let mut names = junk.clone();
