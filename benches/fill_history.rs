@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let state = PathBuf::from(state);
     let n: u64 = n.parse()?;
     std::fs::create_dir_all(&state)?;
-    let _lock = lock::acquire(&state.join("lock"), Duration::from_secs(10), None)
+    let _lock = lock::acquire(&state.join("lock"), Duration::from_secs(10), true, None)
         .map_err(|e| anyhow::anyhow!("cannot lock {}: {e:?}", state.display()))?;
     let journal = Journal::open(&state.join("journal"))?;
     for _ in 0..n {

@@ -143,6 +143,9 @@ if [ -n "$fault" ]; then
     # A panic shows where; the host keeps the whole tail.
     export RUST_BACKTRACE=1
     BR_ERR_LINES=60
+    # The upgrade's own process removes v1 (a fault point there stops it,
+    # and its exit code says how the removal ended).
+    export STAGEHAND_CLEANUP=wait
 fi
 for op in $ops; do
     name="${op%%:*}"
@@ -198,8 +201,11 @@ if [ -n "$fault" ]; then
     say "END"
     poweroff -f
 fi
-# A clean unmount and the removal of the targets complete the log (the
-# log-writes target writes its last entries and super block on removal).
+# What the last command left to its process behind (the removal of what it
+# replaced) ends first: a writer waits for it. Then a clean unmount and the
+# removal of the targets complete the log (the log-writes target writes its
+# last entries and super block on removal).
+/stagehand/stagehand --state-dir "$state" --quiet repair || say "ERR repair after the last op"
 umount "$mnt/a" || fail "umount a"
 if [ "$layout" = split ]; then
     umount "$mnt/b" || fail "umount b"

@@ -228,31 +228,6 @@ fn read_only_commands_as_nobody_create_nothing() {
     }
 }
 
-/// Sends SIGCONT to a stopped writer when dropped, so a failing assertion
-/// does not leave it stopped.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        // SAFETY: kill only sends a signal to our own child.
-        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
-    }
-}
-
-/// Waits until process `pid` is stopped (state `T` in /proc/PID/stat).
-fn wait_stopped(pid: u32) {
-    let t0 = std::time::Instant::now();
-    loop {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
-        if state == Some(Some('T')) {
-            return;
-        }
-        assert!(t0.elapsed().as_secs() < 60, "the writer never stopped at its kill point: {stat}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 /// A writer stopped (SIGSTOP, `STAGEHAND_STOP_AT`) after its commit point,
 /// before its swaps, holding the state dir: `list`, `status`, `history`,
 /// `verify` and `journal` succeed at once, say a transaction is in progress,

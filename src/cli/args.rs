@@ -261,6 +261,17 @@ pub enum Command {
     /// Show unfinished transactions (after recovery) and counts.
     #[command(after_long_help = "Example:\n  stagehand status --json")]
     Status,
+    /// Internal: remove what the last transaction replaced, holding the
+    /// state-dir lock the command that started this process handed over.
+    #[command(hide = true)]
+    FinishCleanup {
+        /// The inherited descriptor that holds the lock.
+        #[arg(long, value_name = "FD")]
+        lock_fd: i32,
+        /// A layout whose manifest DIGEST's blobs to keep in the cache.
+        #[arg(long, value_name = "DIGEST=PATH")]
+        layout_blobs: Vec<std::ffi::OsString>,
+    },
     /// List installed packages.
     #[command(after_long_help = "Example:\n  stagehand list --json")]
     List,

@@ -178,6 +178,7 @@ pub(super) fn run_command(
         }
         Command::Status => {
             let pending = inst.pending()?;
+            let cleanups = inst.cleanups_pending()?;
             let installed = inst.list()?;
             let packages = installed.len();
             let last_txn = inst.journal().last_finished_txn()?;
@@ -196,6 +197,7 @@ pub(super) fn run_command(
                 print_json(&json!({
                     "state_dir": inst.state_dir().display().to_string(),
                     "pending": p,
+                    "cleanup_pending": cleanups.iter().map(|c| json!({"id": c.txn, "name": c.package, "paths": c.paths})).collect::<Vec<_>>(),
                     "recovered": recovered,
                     "packages": packages,
                     "last_txn": last_txn,
@@ -211,9 +213,22 @@ pub(super) fn run_command(
                     if pending.is_empty() { "none".to_string() } else { pending.len().to_string() }
                 );
                 println!("last txn:   {}", last_txn.map(|t| t.to_string()).unwrap_or_else(|| "none".into()));
+                for c in &cleanups {
+                    let (txn, package, left) = (c.txn, printable(&c.package), counted(c.paths.len(), "path"));
+                    match inst.in_progress() {
+                        Some(_) => println!("cleanup:    txn {txn} ({package}): what it replaced is being removed ({left} left)"),
+                        None => println!(
+                            "cleanup:    txn {txn} ({package}): what it replaced is still on disk ({left}): recovery refused to remove it (see above)"
+                        ),
+                    }
+                }
                 if let Some(pid) = inst.in_progress() {
                     let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                    println!("in progress: yes: a transaction is in progress (another stagehand process{who} holds the state dir)");
+                    if cleanups.is_empty() {
+                        println!("in progress: yes: a transaction is in progress (another stagehand process{who} holds the state dir)");
+                    } else {
+                        println!("in progress: yes: stagehand{who} is removing what the last transaction replaced");
+                    }
                 }
             }
             Ok(EXIT_OK)
@@ -279,7 +294,10 @@ pub(super) fn run_command(
             super::history::print_history(cli, inst, name.as_deref())?;
             Ok(EXIT_OK)
         }
-        Command::Completions { .. } | Command::Man { .. } | Command::Outdated { .. } => Ok(EXIT_OK),
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Outdated { .. }
+        | Command::FinishCleanup { .. } => Ok(EXIT_OK),
         Command::Cache { action: CacheAction::List } => {
             let listing = inst.cache_list()?;
             print_cache_listing(cli, &listing);

@@ -46,6 +46,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("DOCKER_CONFIG", "Where Docker's config.json (registry credentials) is read (default: ~/.docker)."),
     ("SSL_CERT_FILE", "CA certificates used instead of the system's, as in OpenSSL."),
     ("STEAMPIPE_INSTALL_DIR", "Steampipe's install dir for --profile (default: ~/.steampipe)."),
+    (
+        "STAGEHAND_CLEANUP",
+        "background (default): what a transaction replaced is removed by a process the command leaves behind, \
+         after it reports success; wait: the command removes it before it exits.",
+    ),
     ("NO_COLOR", "When set and not empty, no colour, even on a terminal (see --color)."),
     ("RUST_LOG", "Log filter on stderr, overriding -v (e.g. stagehand=debug)."),
 ];
@@ -53,7 +58,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
 /// The files stagehand reads and writes.
 pub const FILES: &[(&str, &str)] = &[
     ("STATE/journal/", "The write-ahead journal (sled); STATE is the state directory."),
-    ("STATE/lock", "Taken by every command that opens the journal; a second one waits (--lock-timeout) or exits 4."),
+    (
+        "STATE/lock",
+        "Taken by every command that opens the journal; a second one waits (--lock-timeout) or exits 4, \
+         and waits as long as the holder is a cleanup (`PID cleanup` in the file).",
+    ),
     ("STATE/blobs/sha256/", "The blob cache: every installed and kept version's blobs, for an offline rollback."),
     ("STATE/filelists/", "The file list of each installed target, for verify."),
     ("STATE/require-signature", "When it exists, install and rollback refuse what no --verify-key checked."),

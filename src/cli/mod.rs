@@ -7,6 +7,7 @@
 
 mod apply;
 mod args;
+mod cleanup;
 mod colour;
 mod commands;
 mod history;
@@ -178,6 +179,10 @@ pub fn main() -> i32 {
 fn run(cli: &Cli) -> Result<i32, installer::Error> {
     // Commands that need no state dir.
     match &cli.command {
+        Command::FinishCleanup { lock_fd, layout_blobs } => {
+            let state_dir = installer::abspath::normalise(&cli.state_dir.clone().unwrap_or_else(default_state_dir));
+            return cleanup::finish_handed_over(&state_dir, *lock_fd, layout_blobs);
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "stagehand", &mut std::io::stdout());
@@ -222,14 +227,21 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
     let opts = OpenOptions {
         lock_timeout: Duration::from_secs(if reader { 0 } else { cli.lock_timeout }),
         recover: !dry_run,
+        wait_for_cleanup: !reader,
         tolerate_refusal: matches!(
             cli.command,
             Command::Status | Command::List | Command::Journal | Command::History { .. } | Command::Repair { .. }
         ),
-        on_lock_wait: Some(Box::new(move |pid: Option<u32>| {
+        on_lock_wait: Some(Box::new(move |holder: installer::lock::Holder| {
             if !quiet {
-                let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                eprintln!("stagehand: waiting for another stagehand process{who} to release the state dir…");
+                let who = holder.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                if holder.cleanup {
+                    eprintln!(
+                        "stagehand: waiting for stagehand{who} to finish removing what the last transaction replaced…"
+                    );
+                } else {
+                    eprintln!("stagehand: waiting for another stagehand process{who} to release the state dir…");
+                }
             }
         })),
     };
@@ -272,22 +284,32 @@ fn run(cli: &Cli) -> Result<i32, installer::Error> {
             let inst = Installer::open_read_view(&state_dir, pid)?;
             if !cli.json && !cli.quiet {
                 let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                eprintln!(
-                    "stagehand: a transaction is in progress: another stagehand process{who} holds the state dir; \
-                     showing the state as of its last journal write"
-                );
+                if installer::lock::holder(&state_dir.join("lock")).cleanup {
+                    eprintln!(
+                        "stagehand: stagehand{who} is removing what the last transaction replaced; \
+                         showing the state as of its last journal write"
+                    );
+                } else {
+                    eprintln!(
+                        "stagehand: a transaction is in progress: another stagehand process{who} holds the state dir; \
+                         showing the state as of its last journal write"
+                    );
+                }
             }
             (inst, Vec::new())
         }
         r => r?,
     };
     inst.set_discard_local_files(cli.discard_local_files);
+    inst.set_cleanup_later(true);
     if !cli.json && !cli.quiet {
         for r in recovered.iter().filter(|r| r.reason.is_none()) {
             eprintln!("stagehand: recovered transaction {} ({} of {}): {}", r.txn, r.op, r.package, r.outcome);
         }
     }
     let code = commands::run_command(cli, &mut inst, &recovered, placement)?;
+    // The command has reported; now remove what its transaction replaced.
+    cleanup::after_report(cli, inst, recovered.iter().any(|r| r.reason.is_some()))?;
     // A transaction recovery could not decide: the command showed what it
     // could; now say what blocks and exit 5.
     if let Some(r) = recovered.iter().find(|r| r.reason.is_some()) {

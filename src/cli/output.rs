@@ -94,6 +94,7 @@ pub(super) fn print_without_state_dir(cli: &Cli, state_dir: &std::path::Path) ->
         Command::Status if cli.json => print_json(&json!({
             "state_dir": shown_dir,
             "pending": [],
+            "cleanup_pending": [],
             "recovered": [],
             "packages": 0,
             "last_txn": null,

@@ -207,6 +207,21 @@ pub fn drive(
             for t in rec.targets.iter_mut() {
                 t.progress = TargetProgress::Swapped;
             }
+            // A live transaction ends here, once its swaps are durable: what
+            // it replaced is removed after the command reports success, by
+            // `finish_cleanups` (run by the command, a process it leaves
+            // behind, or the next command's recovery).
+            let removes = cleanup.iter().any(|a| match a {
+                Action::Remove { path } => std::fs::symlink_metadata(path).is_ok(),
+                _ => false,
+            });
+            if !by_recovery && rec.step != Step::Cleaning && removes {
+                settle(rec)?;
+                rec.step = Step::Cleaning;
+                journal.finish_txn_leaving_cleanup(rec, now())?;
+                tracing::debug!(txn = rec.id, "finished; its cleanup is left to run");
+                return Ok(Outcome::Done);
+            }
             if rec.step != Step::Cleaning {
                 rec.step = Step::Cleaning;
                 journal.write_txn(rec, "cleaning")?;
@@ -245,9 +260,10 @@ pub fn drive(
     }
 }
 
-/// Recovers every unfinished transaction, oldest first. A transaction
-/// recovery cannot decide is left untouched and reported as "refused"; the
-/// others are still recovered.
+/// Recovers every unfinished transaction, oldest first, then finishes every
+/// cleanup left to run ([`finish_cleanups`]). A transaction recovery cannot
+/// decide is left untouched and reported as "refused"; the others are still
+/// recovered.
 pub fn recover_all(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> {
     let mut reports = Vec::new();
     for mut rec in journal.pending()? {
@@ -282,6 +298,47 @@ pub fn recover_all(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> {
             reason: None,
         });
     }
+    reports.extend(finish_cleanups(journal)?);
+    Ok(reports)
+}
+
+/// Removes what finished transactions replaced (`Journal::cleanups`),
+/// oldest first: observed and decided as a transaction at step `cleaning`,
+/// so only paths whose identity the record holds are removed; made durable
+/// (`settle`) before the entry goes. One recovery cannot decide is left
+/// untouched and reported as "refused".
+pub fn finish_cleanups(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> {
+    let mut reports = Vec::new();
+    for rec in journal.cleanups()? {
+        let mut report = RecoveryReport {
+            txn: rec.id,
+            package: rec.package_names(),
+            op: format!("{:?}", rec.op).to_lowercase(),
+            outcome: "cleaned up".into(),
+            step_found: rec.step.name().to_string(),
+            reason: None,
+        };
+        match decide(&rec, &observe(&rec)?) {
+            RecoveryDecision::RollForward { swaps, cleanup } if swaps.is_empty() => {
+                let left = clean(&cleanup)?;
+                settle(&rec)?;
+                journal.finish_cleanup(rec.id, (!left.is_empty()).then(|| left.join("; ")))?;
+                tracing::debug!(txn = rec.id, "cleaned");
+            }
+            RecoveryDecision::Refuse { reason } => {
+                tracing::error!(txn = rec.id, package = %rec.package_names(), %reason, "cleanup refused");
+                report.outcome = "refused".into();
+                report.reason = Some(reason);
+            }
+            other => {
+                // `decide` at step cleaning only rolls forward with no swap, or refuses.
+                report.outcome = "refused".into();
+                report.reason =
+                    Some(format!("its cleanup found the disk unlike the record ({other:?}); nothing was changed"));
+            }
+        }
+        reports.push(report);
+    }
     Ok(reports)
 }
 
@@ -290,6 +347,7 @@ pub fn preview_all(journal: &Journal) -> Result<Vec<(TxnRecord, RecoveryDecision
     journal
         .pending()?
         .into_iter()
+        .chain(journal.cleanups()?)
         .map(|rec| {
             let obs = observe(&rec)?;
             let d = decide(&rec, &obs);

@@ -121,8 +121,11 @@ pub struct OpenOptions {
     pub lock_timeout: Duration,
     /// Run recovery (always, except `repair --dry-run`).
     pub recover: bool,
-    /// Called once, with the holder's pid, when the lock is busy and we wait.
-    pub on_lock_wait: Option<Box<dyn Fn(Option<u32>)>>,
+    /// Wait, whatever `lock_timeout`, while the holder is only finishing a
+    /// cleanup a command left behind (writers; readers read a copy instead).
+    pub wait_for_cleanup: bool,
+    /// Called once, with who holds it, when the lock is busy and we wait.
+    pub on_lock_wait: Option<Box<dyn Fn(lock::Holder)>>,
     /// Open even if recovery refuses a transaction (read-only commands, so
     /// the user can inspect it); the refusal is in the returned reports.
     pub tolerate_refusal: bool,
@@ -130,7 +133,13 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { lock_timeout: Duration::ZERO, recover: true, on_lock_wait: None, tolerate_refusal: false }
+        OpenOptions {
+            lock_timeout: Duration::ZERO,
+            recover: true,
+            wait_for_cleanup: true,
+            on_lock_wait: None,
+            tolerate_refusal: false,
+        }
     }
 }
 
@@ -239,6 +248,16 @@ pub struct TxnReport {
     pub interrupted: bool,
 }
 
+/// A finished transaction whose cleanup is still to run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PendingCleanup {
+    pub txn: u64,
+    /// The packages it changed, comma-separated.
+    pub package: String,
+    /// Its staging and backup paths that exist now.
+    pub paths: Vec<String>,
+}
+
 /// An open state dir: the lock is held and recovery has run.
 pub struct Installer {
     state_dir: PathBuf,
@@ -253,6 +272,13 @@ pub struct Installer {
     /// `--discard-local-files`: let a transaction delete entries a user put
     /// inside a directory target it replaces or removes.
     discard_local_files: bool,
+    /// Leave the cleanup of a finished transaction (removing what it
+    /// replaced) to the caller ([`Installer::finish_cleanups`]) instead of
+    /// running it before the transaction's call returns.
+    cleanup_later: bool,
+    /// With `cleanup_later`: layouts (and the manifest digest installed from
+    /// each) whose blobs the caller keeps in the cache after reporting.
+    layouts_later: std::sync::Mutex<Vec<(PathBuf, String)>>,
 }
 
 fn now() -> u64 {
@@ -271,9 +297,11 @@ fn path_str(p: &Path) -> Result<String> {
 fn lock_state_dir(state_dir: &Path, opts: &OpenOptions) -> Result<lock::StateLock> {
     statedir::prepare(state_dir)?;
     let lock_path = state_dir.join("lock");
-    lock::acquire(&lock_path, opts.lock_timeout, opts.on_lock_wait.as_deref()).map_err(|e| match e {
-        lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
-        lock::LockError::Io(e) => Error::Io { context: format!("locking {}", lock_path.display()), source: e },
+    lock::acquire(&lock_path, opts.lock_timeout, opts.wait_for_cleanup, opts.on_lock_wait.as_deref()).map_err(|e| {
+        match e {
+            lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
+            lock::LockError::Io(e) => Error::Io { context: format!("locking {}", lock_path.display()), source: e },
+        }
     })
 }
 
@@ -349,6 +377,16 @@ impl Installer {
     /// and recovers every unfinished transaction.
     pub fn open(state_dir: &Path, opts: &OpenOptions) -> Result<(Installer, Vec<RecoveryReport>)> {
         let lock = lock_state_dir(state_dir, opts)?;
+        Self::open_locked(state_dir, lock, opts)
+    }
+
+    /// As [`Installer::open`], with the lock already held (handed over by
+    /// the command that started this process: [`lock::adopt`]).
+    pub fn open_locked(
+        state_dir: &Path,
+        lock: lock::StateLock,
+        opts: &OpenOptions,
+    ) -> Result<(Installer, Vec<RecoveryReport>)> {
         let journal = Journal::open(&state_dir.join("journal"))?;
         let inst = Installer {
             state_dir: state_dir.to_path_buf(),
@@ -357,6 +395,8 @@ impl Installer {
             _read_copy: None,
             writer: None,
             discard_local_files: false,
+            cleanup_later: false,
+            layouts_later: Default::default(),
         };
         let reports = if opts.recover { exec::recover_all(&inst.journal)? } else { Vec::new() };
         if !opts.tolerate_refusal {
@@ -385,6 +425,8 @@ impl Installer {
             _read_copy: Some(copy),
             writer: Some(pid),
             discard_local_files: false,
+            cleanup_later: false,
+            layouts_later: Default::default(),
         })
     }
 
@@ -403,6 +445,53 @@ impl Installer {
     /// Off by default: such a transaction is refused, naming the entries.
     pub fn set_discard_local_files(&mut self, discard: bool) {
         self.discard_local_files = discard;
+    }
+
+    /// Leave what a transaction replaced on disk when its call returns, for
+    /// [`Installer::finish_cleanups`] (or the next recovery) to remove: the
+    /// command line reports success first. Off by default.
+    pub fn set_cleanup_later(&mut self, later: bool) {
+        self.cleanup_later = later;
+    }
+
+    /// Finished transactions whose replaced content is still to be removed,
+    /// with what of it is on disk now.
+    pub fn cleanups_pending(&self) -> Result<Vec<PendingCleanup>> {
+        Ok(self
+            .journal
+            .cleanups()?
+            .into_iter()
+            .map(|rec| PendingCleanup {
+                txn: rec.id,
+                package: rec.package_names(),
+                paths: rec
+                    .targets
+                    .iter()
+                    .flat_map(|t| [&t.staging, &t.backup])
+                    .filter(|p| std::fs::symlink_metadata(p).is_ok())
+                    .cloned()
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Removes what finished transactions replaced (what recovery does too),
+    /// retrying once, as a transaction's finish is: the journal holds how
+    /// far it got, and what a retry finds removed is made durable first.
+    pub fn finish_cleanups(&self) -> Result<Vec<RecoveryReport>> {
+        exec::finish_cleanups(&self.journal).or_else(|first| {
+            tracing::warn!(error = %first, "removing what the transaction replaced failed; retrying once");
+            exec::finish_cleanups(&self.journal).map_err(|_| first)
+        })
+    }
+
+    /// Closes the journal and hands over the state-dir lock, still held
+    /// (`None` for a read view): for a process that goes on with the
+    /// cleanup after this one exits.
+    pub fn into_lock(self) -> Option<lock::StateLock> {
+        let Installer { journal, _lock, .. } = self;
+        drop(journal);
+        _lock
     }
 
     /// Unfinished transactions (empty after a successful open).
@@ -437,7 +526,11 @@ impl Installer {
             None => self.journal.packages()?,
         };
         let all = self.journal.packages()?;
-        let finished: BTreeSet<_> = self.journal.history()?.iter().map(|h| h.id).collect();
+        // A finished transaction whose cleanup is still to run (a process
+        // it left behind is removing its copies) has no leftovers yet.
+        let cleaning: BTreeSet<_> = self.journal.cleanups()?.iter().map(|r| r.id).collect();
+        let finished: BTreeSet<_> =
+            self.journal.history()?.iter().map(|h| h.id).filter(|id| !cleaning.contains(id)).collect();
         pkgs.iter()
             .map(|p| {
                 let foreign: BTreeSet<String> = all
@@ -467,11 +560,31 @@ impl Installer {
     /// Plans and runs one transaction over `changes` (the planner decides
     /// every refusal first; the executor then stages, commits and finishes).
     fn run_changes(&mut self, op: Op, changes: Vec<ChangeRequest>, progress: bool) -> Result<TxnRecord> {
+        // An earlier transaction's cleanup first, as recovery would.
+        self.finish_cleanups_before_planning()?;
         let installed = self.journal.packages()?;
         let id = self.journal.new_txn_id()?;
         let plan =
             planner::plan(&self.state_dir, &self.journal, &installed, id, op, changes, self.discard_local_files)?;
-        self.execute(plan, progress)
+        let rec = self.execute(plan, progress)?;
+        if !self.cleanup_later {
+            // The transaction is done: a cleanup that fails is left for recovery.
+            if let Err(e) = self.finish_cleanups() {
+                tracing::warn!(error = %e, "removing what the transaction replaced failed; the next command finishes it");
+            }
+        }
+        Ok(rec)
+    }
+
+    fn finish_cleanups_before_planning(&self) -> Result<()> {
+        if let Some(r) = self.finish_cleanups()?.into_iter().find(|r| r.reason.is_some()) {
+            return Err(Error::RecoveryRefused {
+                txn: r.txn,
+                package: r.package.clone(),
+                reason: r.reason.clone().unwrap_or_default(),
+            });
+        }
+        Ok(())
     }
 
     /// Switches a package back to an earlier version — the one it replaced,

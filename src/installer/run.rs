@@ -75,7 +75,15 @@ impl Installer {
         }
         tracing::debug!(txn = rec.id, "committed");
         let rec = self.finish_committed(rec)?;
-        self.import_layouts(&work);
+        if self.cleanup_later {
+            // For the caller to keep after it reports (`Installer::keep_layout_blobs`).
+            let mut later = self.layouts_later.lock().unwrap_or_else(|p| p.into_inner());
+            later.extend(
+                work.iter().filter_map(|w| w.layout.as_ref()).map(|(l, a)| (l.clone(), a.manifest_digest.clone())),
+            );
+        } else {
+            self.import_layouts(&work);
+        }
         self.prune_quietly();
         Ok(rec)
     }
@@ -86,14 +94,27 @@ impl Installer {
     /// would then say its blobs are missing and change nothing).
     fn import_layouts(&self, work: &[ChangeWork]) {
         for (layout, artifact) in work.iter().filter_map(|w| w.layout.as_ref()) {
-            if let Err(e) = import_layout_blobs(&self.state_dir, layout, artifact) {
-                tracing::warn!(
-                    error = %e, layout = %layout.display(),
-                    "could not keep this version's blobs in the cache; a rollback to it will need the layout"
-                );
-            }
+            keep_or_warn(layout, import_layout_blobs(&self.state_dir, layout, artifact));
         }
         tracing::debug!("layout blobs kept in the cache");
+    }
+
+    /// What [`Installer::set_cleanup_later`] left to keep: each layout and
+    /// the manifest digest a transaction installed from it.
+    pub fn layouts_to_keep(&self) -> Vec<(PathBuf, String)> {
+        self.layouts_later.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Keeps the blobs of manifest `digest` of `layout` in the cache (as a
+    /// transaction does before it returns, unless its caller keeps them
+    /// after reporting). The manifest is found in the layout by its digest
+    /// again; a failure is a warning, as there.
+    pub fn keep_layout_blobs(&self, layout: &Path, digest: &str) {
+        let kept = crate::source::OciLayout::open(layout)
+            .and_then(|l| l.resolve(&crate::source::reference::Selector::Digest(digest.to_string()), digest))
+            .map_err(Error::from)
+            .and_then(|artifact| import_layout_blobs(&self.state_dir, layout, &artifact));
+        keep_or_warn(layout, kept);
     }
 
     /// The commit record could not be written (it may or may not be on
@@ -141,6 +162,15 @@ impl Installer {
                 Err(_) => Err(Error::LeftForRecovery { cause: Box::new(first) }),
             },
         }
+    }
+}
+
+fn keep_or_warn(layout: &Path, kept: Result<()>) {
+    if let Err(e) = kept {
+        tracing::warn!(
+            error = %e, layout = %layout.display(),
+            "could not keep this version's blobs in the cache; a rollback to it will need the layout"
+        );
     }
 }
 

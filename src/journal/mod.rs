@@ -3,7 +3,9 @@
 //! This module owns the sled database under `STATE/journal` and is the only
 //! code that opens it. Trees: `meta` (format version), `txns` (transactions
 //! in flight, key = txn id as u64 big-endian), `history` (finished
-//! transactions, same keys) and `packages` (key = package name). Every value
+//! transactions, same keys), `cleanups` (finished transactions whose
+//! replaced content is still to be removed, same keys) and `packages` (key =
+//! package name). Every value
 //! is a record encoded by [`codec`]. Every write is followed by sled's
 //! `flush()` and then our own fsyncs of sled's files and directories (sled's
 //! flush is no fsync on Linux), before the caller may run the step it
@@ -41,7 +43,7 @@ use sled::Transactional;
 
 use crate::fsops::{self, killpoint};
 use crate::txn::{
-    ChangeSummary, FileEntry, FileListRef, HistoryEntry, Outcome, PackageRecord, ServedRecord, TxnId, TxnRecord,
+    ChangeSummary, FileEntry, FileListRef, HistoryEntry, Outcome, PackageRecord, ServedRecord, Step, TxnId, TxnRecord,
 };
 use codec::{RecordKind, FORMAT_VERSION};
 
@@ -61,6 +63,10 @@ pub struct Journal {
     /// Which host served what each transaction fetched (`ServedRecord`).
     served: sled::Tree,
     packages: sled::Tree,
+    /// Finished transactions whose replaced content is still to be removed:
+    /// the record at step `cleaning`, as in `txns` (see
+    /// [`Journal::finish_txn_leaving_cleanup`]).
+    cleanups: sled::Tree,
     /// sled's files (relative names, `blobs/<lsn>` for blobs) as of our last
     /// fsync of the directory: see [`Journal::sync_files`].
     synced: Mutex<Option<BTreeSet<String>>>,
@@ -235,6 +241,7 @@ impl Journal {
             history: open("history")?,
             packages: open("packages")?,
             served: open("served")?,
+            cleanups: open("cleanups")?,
             db,
             synced: Mutex::new(None),
             filelists: filelist::root(dir),
@@ -409,7 +416,8 @@ impl Journal {
     /// the transactions in flight.
     pub fn referenced_file_lists(&self) -> Result<BTreeSet<[u8; 32]>> {
         let mut out = BTreeSet::new();
-        let in_flight = self.pending()?.into_iter().flat_map(|r| r.changes).filter_map(|c| c.new_package);
+        let in_flight =
+            self.pending()?.into_iter().chain(self.cleanups()?).flat_map(|r| r.changes).filter_map(|c| c.new_package);
         for p in self.packages()?.into_iter().chain(in_flight) {
             out.extend(p.targets.iter().map(|t| t.file_list.sha256));
         }
@@ -427,6 +435,64 @@ impl Journal {
     /// change), and for a completed (not rolled back) txn writes or removes
     /// every changed package's entry. Then flushes.
     pub fn finish_txn(&self, rec: &TxnRecord, outcome: Outcome, error: Option<String>, now: u64) -> Result<()> {
+        self.finish(rec, outcome, error, now, false)
+    }
+
+    /// Ends a completed transaction whose every target holds its new
+    /// content, durably, but whose replaced content (backups, what staging
+    /// left) is still on disk: as [`Journal::finish_txn`], and in the same
+    /// sled transaction the record, at step `cleaning`, goes into
+    /// `cleanups`. Recovery removes what it names ([`Journal::cleanups`],
+    /// [`Journal::finish_cleanup`]), so a crash before that leaves nothing
+    /// behind for good. Kill points `journal.done`, `journal.done.flush`.
+    pub fn finish_txn_leaving_cleanup(&self, rec: &TxnRecord, now: u64) -> Result<()> {
+        assert_eq!(rec.step, Step::Cleaning, "a cleanup is recorded at step cleaning");
+        self.finish(rec, Outcome::Done, None, now, true)
+    }
+
+    /// Finished transactions whose cleanup is still to run, oldest first.
+    pub fn cleanups(&self) -> Result<Vec<TxnRecord>> {
+        self.scan(&self.cleanups, "cleanups", RecordKind::Txn)
+    }
+
+    /// Ends the cleanup of transaction `id`, once what it removed is
+    /// durable: removes its `cleanups` entry and, with `note` (what it had
+    /// to leave behind and why), adds that to its history entry. Kill
+    /// points `journal.cleaned`, `journal.cleaned.flush`.
+    pub fn finish_cleanup(&self, id: TxnId, note: Option<String>) -> Result<()> {
+        let key = txn_key(id);
+        let history = match (&note, self.history.get(key)?) {
+            (Some(note), Some(v)) => {
+                let mut entry: HistoryEntry = codec::decode(RecordKind::History, &v)
+                    .map_err(|reason| JournalError::Corrupt { key: display_key("history", &key), reason })?;
+                entry.error = Some(match entry.error.take() {
+                    Some(e) => format!("{e}; {note}"),
+                    None => note.clone(),
+                });
+                Some(codec::encode(RecordKind::History, &entry).map_err(JournalError::Encode)?)
+            }
+            _ => None,
+        };
+        point("journal.cleaned")?;
+        (&self.cleanups, &self.history).transaction(|(c, h)| {
+            c.remove(&key)?;
+            if let Some(bytes) = &history {
+                h.insert(&key, bytes.as_slice())?;
+            }
+            Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+        })?;
+        point("journal.cleaned.flush")?;
+        self.flush("cleaned")
+    }
+
+    fn finish(
+        &self,
+        rec: &TxnRecord,
+        outcome: Outcome,
+        error: Option<String>,
+        now: u64,
+        leave_cleanup: bool,
+    ) -> Result<()> {
         let completed = matches!(outcome, Outcome::Done | Outcome::RolledForwardByRecovery);
         let entry = HistoryEntry {
             id: rec.id,
@@ -460,10 +526,17 @@ impl Journal {
             }
         }
         let key = txn_key(rec.id);
+        let cleanup = match leave_cleanup {
+            true => Some(codec::encode(RecordKind::Txn, rec).map_err(JournalError::Encode)?),
+            false => None,
+        };
         point(if completed { "journal.done" } else { "journal.rolled_back" })?;
-        (&self.txns, &self.history, &self.packages).transaction(|(t, h, p)| {
+        (&self.txns, &self.history, &self.packages, &self.cleanups).transaction(|(t, h, p, c)| {
             t.remove(&key)?;
             h.insert(&key, hist.as_slice())?;
+            if let Some(bytes) = &cleanup {
+                c.insert(&key, bytes.as_slice())?;
+            }
             for (name, bytes) in &pkgs {
                 match bytes {
                     Some(bytes) => {
@@ -606,9 +679,13 @@ impl Journal {
     /// Raw records for debugging: (key, bytes) per tree, undecoded.
     pub fn raw(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        for (name, tree) in
-            [("txns", &self.txns), ("history", &self.history), ("packages", &self.packages), ("served", &self.served)]
-        {
+        for (name, tree) in [
+            ("txns", &self.txns),
+            ("history", &self.history),
+            ("packages", &self.packages),
+            ("served", &self.served),
+            ("cleanups", &self.cleanups),
+        ] {
             for kv in tree.iter() {
                 let (k, v) = kv?;
                 out.push((display_key(name, &k), v.to_vec()));
@@ -632,7 +709,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::txn::{Op, PackageChange, Step};
+    use crate::txn::{Op, PackageChange};
 
     fn rec(id: TxnId) -> TxnRecord {
         TxnRecord {

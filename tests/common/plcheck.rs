@@ -353,7 +353,7 @@ impl Checker {
 
     /// Puts the unmodelled parts of STATE in place: the lock file, the seal,
     /// and the journal of snapshot `snap` (the pristine one if none) with its
-    /// pending records' identities remapped to `new_ino`.
+    /// pending records' and pending cleanups' identities remapped to `new_ino`.
     pub fn materialize_state(&self, snap: Option<u64>, new_ino: &HashMap<Ino, (u64, Option<BirthTime>)>) {
         fs::create_dir_all(&self.state).unwrap();
         // The seal (rewritten after each finished txn, outside the model) is
@@ -370,7 +370,6 @@ impl Checker {
             None => {}
         }
         let db = sled::open(&journal).expect("open journal snapshot");
-        let txns = db.open_tree("txns").unwrap();
         let mut unknown = 0u64;
         let mut remap = |id: &mut Identity| {
             match self.rec_ino.get(&id.ino).and_then(|m| new_ino.get(m)) {
@@ -385,21 +384,24 @@ impl Checker {
                 }
             }
         };
-        for kv in txns.iter() {
-            let (k, v) = kv.unwrap();
-            let mut rec: TxnRecord = codec::decode(RecordKind::Txn, &v).expect("snapshot txn record decodes");
-            for t in rec.targets.iter_mut() {
-                if let Some(o) = t.old.as_mut() {
-                    remap(o);
+        // Transactions in flight, and finished ones whose cleanup is to run.
+        for name in ["txns", "cleanups"] {
+            let tree = db.open_tree(name).unwrap();
+            for kv in tree.iter() {
+                let (k, v) = kv.unwrap();
+                let mut rec: TxnRecord = codec::decode(RecordKind::Txn, &v).expect("snapshot txn record decodes");
+                for t in rec.targets.iter_mut() {
+                    if let Some(o) = t.old.as_mut() {
+                        remap(o);
+                    }
+                    if let Some(id) = t.new.as_mut().and_then(|n| n.identity.as_mut()) {
+                        remap(id);
+                    }
                 }
-                if let Some(id) = t.new.as_mut().and_then(|n| n.identity.as_mut()) {
-                    remap(id);
-                }
+                tree.insert(k, codec::encode(RecordKind::Txn, &rec).unwrap()).unwrap();
             }
-            txns.insert(k, codec::encode(RecordKind::Txn, &rec).unwrap()).unwrap();
         }
         db.flush().unwrap();
-        drop(txns);
         drop(db);
         wait_sled_unlocked(&journal);
     }

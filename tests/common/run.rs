@@ -28,6 +28,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "STAGEHAND_RECORD_OPS",
     "STAGEHAND_SKIP_FSYNC",
     "STAGEHAND_SYNC",
+    "STAGEHAND_CLEANUP",
     "STAGEHAND_DEFAULT_REGISTRY",
     "DOCKER_CONFIG",
     "RUST_LOG",
@@ -147,6 +148,10 @@ fn scrub(cmd: &mut Command, env: &[(&str, &OsStr)]) {
     // A reference without a registry must never reach the internet from a
     // test: point the default registry at a closed local port.
     cmd.env("STAGEHAND_DEFAULT_REGISTRY", "127.0.0.1:9");
+    // What a command replaced is removed before it exits, so a test reads
+    // the disk as the command left it; `tests/cleanup.rs` tests the default
+    // (a process of its own removes it) by setting `background`.
+    cmd.env("STAGEHAND_CLEANUP", "wait");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -228,6 +233,31 @@ pub fn spawn_bin<S: AsRef<OsStr>>(state: &Path, cwd: &Path, args: &[S], env: &[(
 pub fn finish(child: Child, argv: String) -> Run {
     let out = child.wait_with_output().expect("wait");
     Run::of(argv, String::new(), &out)
+}
+
+/// Sends SIGCONT to a stopped writer when dropped, so a failing assertion
+/// does not leave it stopped.
+pub struct Resume(pub u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
+
+/// Waits until process `pid` is stopped (state `T` in /proc/PID/stat).
+pub fn wait_stopped(pid: u32) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        if state == Some(Some('T')) {
+            return;
+        }
+        assert!(t0.elapsed().as_secs() < 60, "the writer never stopped at its kill point: {stat}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// How [`run_bin_opts`] runs the binary, beyond [`run_bin`].
