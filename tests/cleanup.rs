@@ -192,3 +192,17 @@ fn the_process_left_behind_keeps_a_layouts_blobs_for_rollback() {
     assert_eq!(sb.listed(DEMO).expect("demo is listed").digest, demo_digest("v1"));
     assert!(sb.leftovers().is_empty(), "left behind: {:?}", sb.leftovers());
 }
+
+/// A mistyped `STAGEHAND_CLEANUP` is named in a warning, and the default
+/// (a process left behind) is used: the upgrade still succeeds.
+#[test]
+fn a_mistyped_cleanup_setting_is_named_and_the_default_used() {
+    let sb = Sandbox::new();
+    sb.install_demo("v1").ok();
+    let typo = ("STAGEHAND_CLEANUP", OsStr::new("wiat"));
+    let run = sb.run_env(&sb.install_demo_args("v2"), &[typo]);
+    run.ok();
+    assert!(run.stderr.contains("STAGEHAND_CLEANUP=\"wiat\" is neither"), "{}", run.describe());
+    wait_gone(left_behind(&sb));
+    assert!(sb.leftovers().is_empty(), "left behind: {:?}", sb.leftovers());
+}

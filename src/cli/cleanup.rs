@@ -16,9 +16,22 @@ use std::process::Stdio;
 use super::Cli;
 use crate::installer::{self, lock, Installer, OpenOptions};
 
-/// `STAGEHAND_CLEANUP`: `background` (the default) or `wait`.
-fn wait_asked() -> bool {
-    std::env::var("STAGEHAND_CLEANUP").is_ok_and(|v| v == "wait")
+/// `STAGEHAND_CLEANUP`: `background` (the default) or `wait`; another
+/// value is named in a warning and taken as the default.
+fn wait_asked(cli: &Cli) -> bool {
+    match std::env::var("STAGEHAND_CLEANUP").as_deref() {
+        Ok("wait") => true,
+        Ok("background" | "") | Err(_) => false,
+        Ok(other) => {
+            if !cli.quiet {
+                eprintln!(
+                    "stagehand: warning: STAGEHAND_CLEANUP={other:?} is neither `background` nor `wait`; \
+                     removing what the transaction replaced in the background"
+                );
+            }
+            false
+        }
+    }
 }
 
 pub(super) fn after_report(cli: &Cli, inst: Installer, refused: bool) -> Result<(), installer::Error> {
@@ -30,7 +43,7 @@ pub(super) fn after_report(cli: &Cli, inst: Installer, refused: bool) -> Result<
     if layouts.is_empty() && inst.cleanups_pending()?.is_empty() {
         return Ok(());
     }
-    if wait_asked() {
+    if wait_asked(cli) {
         return finish_here(cli, &inst, &layouts);
     }
     let state_dir = inst.state_dir().to_path_buf();
