@@ -574,7 +574,7 @@ fn spawn_bin(state: &Path, cwd: &Path, args: &[OsString], env: &[(&str, &OsStr)]
             cmd.env_remove(k);
         }
     }
-    cmd.env("NO_COLOR", "1").env("STAGEHAND_DEFAULT_REGISTRY", "127.0.0.1:9");
+    cmd.env("NO_COLOR", "1").env("STAGEHAND_DEFAULT_REGISTRY", "127.0.0.1:9").env("STAGEHAND_CLEANUP", "wait");
     for (k, v) in env {
         cmd.env(k, v);
     }

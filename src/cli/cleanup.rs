@@ -43,6 +43,7 @@ pub(super) fn after_report(cli: &Cli, inst: Installer, refused: bool) -> Result<
     if layouts.is_empty() && inst.cleanups_pending()?.is_empty() {
         return Ok(());
     }
+    tracing::debug!("reported");
     if wait_asked(cli) {
         return finish_here(cli, &inst, &layouts);
     }

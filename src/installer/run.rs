@@ -115,6 +115,7 @@ impl Installer {
             .map_err(Error::from)
             .and_then(|artifact| import_layout_blobs(&self.state_dir, layout, &artifact));
         keep_or_warn(layout, kept);
+        tracing::debug!("layout blobs kept in the cache");
     }
 
     /// The commit record could not be written (it may or may not be on
