@@ -11,6 +11,9 @@ root=${1:-$(mktemp -d -t stagehand-demo.XXXXXX)}
 state=$root/state
 dest=$root/dest
 mkdir -p "$dest"
+# Each command removes what it replaced before it exits (by default a process
+# it leaves behind does, after it reports), so the tree listed at the end is final.
+export STAGEHAND_CLEANUP=wait
 sh() { echo "+ stagehand $*"; "$bin" --state-dir "$state" "$@"; }
 maps=(--to "$dest/app" --map "*.so=$dest/lib" --map "*.control=$dest/share/extension" --map "*.sql=$dest/share/extension")
 
