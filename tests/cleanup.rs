@@ -43,16 +43,33 @@ fn left_behind(sb: &Sandbox) -> u32 {
     }
 }
 
+/// Whether `pid` still runs: a zombie (or no process) has closed its
+/// descriptors, so it holds no lock any more. (`/proc/PID/exe` goes before
+/// the descriptors do, while the process exits.)
 fn alive(pid: u32) -> bool {
-    // A zombie has no /proc/PID/exe target; it has stopped running.
-    fs::read_link(format!("/proc/{pid}/exe")).is_ok()
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
 }
 
-fn wait_gone(pid: u32) {
+/// Waits until `pid` has ended and the state-dir lock is free: a killed
+/// process's main thread turns zombie before its other threads have
+/// closed the descriptors they share.
+fn wait_gone(sb: &Sandbox, pid: u32) {
+    use std::os::fd::AsRawFd;
     let t0 = Instant::now();
-    while alive(pid) {
+    let lock = fs::File::open(sb.state.join("lock")).expect("open the lock file");
+    loop {
+        // SAFETY: flock(2) on a descriptor this test owns; released at once.
+        let free = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if free {
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+            if !alive(pid) {
+                return;
+            }
+        }
         assert!(t0.elapsed() < Duration::from_secs(60), "process {pid} never ended");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -109,9 +126,9 @@ fn the_replaced_version_is_removed_after_the_command_returns() {
     done.ok();
     assert!(done.stderr.contains("waiting for stagehand"), "{}", done.describe());
     assert!(done.stderr.contains("to finish removing what the last transaction replaced"), "{}", done.describe());
-    wait_gone(cleaner);
+    wait_gone(&sb, cleaner);
     // The uninstall's own process left behind (it removes the app tree) ends too.
-    wait_gone(left_behind(&sb));
+    wait_gone(&sb, left_behind(&sb));
     assert!(sb.leftovers().is_empty(), "left behind: {:?}", sb.leftovers());
     assert!(sb.listed(DEMO).is_none());
     let status = sb.status_json();
@@ -136,7 +153,7 @@ fn a_cleaner_killed_midway_leaves_the_removal_to_recovery() {
     };
     let crash = ("STAGEHAND_CRASH_AT", OsStr::new("fsops.remove.cleanup.partial"));
     sb.run_env(&sb.install_demo_args("v2"), &[background(), crash]).ok();
-    wait_gone(left_behind(&sb));
+    wait_gone(&sb, left_behind(&sb));
     let left = sb.leftovers();
     assert!(!left.is_empty(), "the cleaner was killed before it removed everything");
     let mut seen = sb.world();
@@ -185,7 +202,7 @@ fn the_process_left_behind_keeps_a_layouts_blobs_for_rollback() {
     let source = |tag: &str| format!("oci-layout:{}:{tag}", layout.display());
     for tag in ["v1", "v2"] {
         sb.run_env(&demo_install_args(&sb.dest, &source(tag)), &[background()]).ok();
-        wait_gone(left_behind(&sb));
+        wait_gone(&sb, left_behind(&sb));
     }
     fs::rename(sb.root.join("layouts"), sb.root.join("layouts.gone")).expect("move the layout away");
     sb.run(&["rollback", DEMO]).ok();
@@ -203,6 +220,44 @@ fn a_mistyped_cleanup_setting_is_named_and_the_default_used() {
     let run = sb.run_env(&sb.install_demo_args("v2"), &[typo]);
     run.ok();
     assert!(run.stderr.contains("STAGEHAND_CLEANUP=\"wiat\" is neither"), "{}", run.describe());
-    wait_gone(left_behind(&sb));
+    wait_gone(&sb, left_behind(&sb));
     assert!(sb.leftovers().is_empty(), "left behind: {:?}", sb.leftovers());
+}
+
+/// SIGKILL of the process left behind at an arbitrary instant, 24 times:
+/// each upgrade or downgrade has reported success, so after the next
+/// command's recovery the disk holds exactly the version it installed
+/// (hashed here) and no `.stagehand-` name, and `list` agrees.
+#[test]
+fn the_process_left_behind_killed_at_random_instants() {
+    let sb = Sandbox::new();
+    let base = sb.world();
+    sb.install_demo("v1").ok();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let (mut left_work, mut after_the_end) = (0, 0);
+    for round in 0..24u64 {
+        let tag = if round % 2 == 0 { "v2" } else { "v1" };
+        sb.run_env(&sb.install_demo_args(tag), &[background()]).ok();
+        let cleaner = left_behind(&sb);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // From at once to well after the removal (a few ms), 2 ms apart, jittered.
+        std::thread::sleep(Duration::from_micros(round * 2_000 + seed % 2_000));
+        // SAFETY: kill(2) of a process this test's command started; if it
+        // has ended, its pid is not reused within the round.
+        unsafe { libc::kill(cleaner as libc::pid_t, libc::SIGKILL) };
+        wait_gone(&sb, cleaner);
+        match sb.leftovers().is_empty() {
+            false => left_work += 1,
+            true => after_the_end += 1,
+        }
+        let status = sb.run(&["status", "--json"]);
+        status.ok();
+        assert!(sb.leftovers().is_empty(), "round {round}: left behind: {:?}\n{}", sb.leftovers(), status.describe());
+        assert_eq!(normalize(&sb.world()), normalize(&demo_world(&base, Some(tag))), "round {round}");
+        assert_eq!(sb.listed(DEMO).expect("demo is listed").digest, demo_digest(tag), "round {round}");
+    }
+    println!("{left_work} of 24 kills left a removal for recovery, {after_the_end} found it done");
+    assert!(left_work > 0, "no kill landed before the removal ended: the test tested nothing");
 }
