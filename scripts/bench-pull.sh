@@ -210,6 +210,9 @@ fresh=0
 if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then fresh=1; fi
 # new_run MIB: a new, empty $run of at least MIB MiB.
 new_run() {
+  # A process the last command left behind (an upgrade's removal of the old
+  # version) holds the state-dir lock until it ends.
+  if [ -f "$run/state/lock" ]; then flock "$run/state/lock" true; fi
   if mountpoint -q "$run"; then umount "$run"; fi
   rm -rf "$run" "$run.img"
   mkdir -p "$run"
