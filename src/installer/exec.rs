@@ -323,7 +323,7 @@ pub fn finish_cleanups(journal: &Journal) -> Result<Vec<RecoveryReport>, Error> 
                 let left = clean(&cleanup)?;
                 settle(&rec)?;
                 journal.finish_cleanup(rec.id, (!left.is_empty()).then(|| left.join("; ")))?;
-                tracing::debug!(txn = rec.id, "cleaned");
+                tracing::debug!(txn = rec.id, "cleanup finished");
             }
             RecoveryDecision::Refuse { reason } => {
                 tracing::error!(txn = rec.id, package = %rec.package_names(), %reason, "cleanup refused");
