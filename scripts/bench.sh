@@ -312,8 +312,8 @@ PHASES = [
     ("swap (journal: swapping), settle, journal: done", "finished; its cleanup is left to run"),
     ("(an install: swap, journal: done)", "finished"),
     ("prune; the command reports", "reported"),
-    ("after the report: layout blobs into the cache", "layout blobs kept in the cache"),
     ("after the report: removal of the old tree", "cleanup finished"),
+    ("after the report: layout blobs into the cache", "layout blobs kept in the cache"),
 ]
 label, cmd = sys.argv[1], sys.argv[2:]
 t0 = time.time()

@@ -72,10 +72,13 @@ pub(super) fn after_report(cli: &Cli, inst: Installer, refused: bool) -> Result<
 }
 
 fn finish_here(cli: &Cli, inst: &Installer, layouts: &[(PathBuf, String)]) -> Result<(), installer::Error> {
+    // As the process left behind does: the removal (whose `syncfs` then has
+    // no unsynced copy of a blob to write), then the layouts' blobs.
+    let reports = inst.finish_cleanups();
     for (layout, digest) in layouts {
         inst.keep_layout_blobs(layout, digest);
     }
-    let reports = inst.finish_cleanups().map_err(|e| {
+    let reports = reports.map_err(|e| {
         installer::Error::Refused(format!(
             "the transaction is done, but removing what it replaced failed: {e}. The next stagehand command \
              (or `stagehand repair`) finishes the removal"
