@@ -377,7 +377,9 @@ def prepare(cfg, args, layout, hashes):
     cfg.mount("pristine")
     try:
         os.makedirs(cfg.dest)
-        run([args.bin, *install_args(cfg, layout, "v1")])
+        # v1's layout blobs go into the cache before it exits, not in a
+        # process it leaves behind (the file systems are unmounted next).
+        run([args.bin, *install_args(cfg, layout, "v1")], env=dict(os.environ, STAGEHAND_CLEANUP="wait"))
         got = tree_hash(cfg.dest)
     finally:
         cfg.umount()
