@@ -229,6 +229,9 @@ for ((k = 1; k <= N; k++)); do
     else
         die "kill $k: '$op' failed by itself (exit $rc): $(cat "$work/op.log")"
     fi
+    # A finished command may have left a process behind removing what it
+    # replaced (it holds the lock): recovery is checked once it has ended.
+    flock "$state/lock" true
     shd status --json > "$work/status.json" 2> "$work/status.err" ||
         die "kill $k: recovery failed: $(cat "$work/status.err")"
     grep -q '"pending": \[\]' "$work/status.json" || die "kill $k: pending after recovery: $(cat "$work/status.json")"
