@@ -166,19 +166,23 @@ which_world() {
 }
 
 # One clean pass to check the expectations and measure each kind of
-# operation (the kills are spread over the duration of the kind killed).
+# operation (the kills are spread over the duration of the kind killed);
+# each is checked once the process it left behind, if any, has ended.
 ms() { echo $(($(date +%s%N) / 1000000)); }
 t0=$(ms)
 # shellcheck disable=SC2046
 shd $(args_for v1) > /dev/null
 t1=$(ms)
+flock "$state/lock" true
 [ "$(which_world)" = v1 ] || die "a clean install of v1 does not hash as v1 ($(which_world))"
 # shellcheck disable=SC2046
 shd $(args_for v2) > /dev/null
 t2=$(ms)
+flock "$state/lock" true
 [ "$(which_world)" = v2 ] || die "a clean upgrade to v2 does not hash as v2"
 shd uninstall big > /dev/null
 t3=$(ms)
+flock "$state/lock" true
 [ "$(which_world)" = none ] || die "a clean uninstall does not hash as nothing"
 declare -A est=([install]=$((t1 - t0)) [upgrade]=$((t2 - t1)) [uninstall]=$((t3 - t2)))
 echo "stress-kill: install ${est[install]} ms, upgrade ${est[upgrade]} ms, uninstall ${est[uninstall]} ms; killing $N times" >&2
