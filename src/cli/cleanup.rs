@@ -143,13 +143,7 @@ fn parse_layout_arg(arg: &OsStr) -> Option<(PathBuf, String)> {
 /// over the lock, then recovery (which finishes every cleanup left to run),
 /// then keeps each layout's blobs. Exit 5 if recovery refused something.
 pub(super) fn finish_handed_over(state_dir: &Path, fd: i32, layouts: &[OsString]) -> Result<i32, installer::Error> {
-    let path = state_dir.join("lock");
-    let held = lock::adopt(fd, &path).map_err(|e| match e {
-        lock::LockError::Held { pid } => installer::Error::Locked { path: state_dir.display().to_string(), pid },
-        lock::LockError::Io(source) => {
-            installer::Error::Io { context: format!("taking over the lock {}", path.display()), source }
-        }
-    })?;
+    let held = installer::adopt_lock(state_dir, fd)?;
     let opts = OpenOptions { tolerate_refusal: true, ..OpenOptions::default() };
     let (inst, reports) = Installer::open_locked(state_dir, held, &opts)?;
     for (layout, digest) in layouts.iter().filter_map(|a| parse_layout_arg(a)) {

@@ -297,12 +297,22 @@ fn path_str(p: &Path) -> Result<String> {
 fn lock_state_dir(state_dir: &Path, opts: &OpenOptions) -> Result<lock::StateLock> {
     statedir::prepare(state_dir)?;
     let lock_path = state_dir.join("lock");
-    lock::acquire(&lock_path, opts.lock_timeout, opts.wait_for_cleanup, opts.on_lock_wait.as_deref()).map_err(|e| {
-        match e {
-            lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
-            lock::LockError::Io(e) => Error::Io { context: format!("locking {}", lock_path.display()), source: e },
-        }
-    })
+    lock::acquire(&lock_path, opts.lock_timeout, opts.wait_for_cleanup, opts.on_lock_wait.as_deref())
+        .map_err(|e| lock_error(state_dir, &lock_path, e))
+}
+
+/// Takes over the state-dir lock that inherited descriptor `fd` holds
+/// ([`lock::adopt`]), for [`Installer::open_locked`].
+pub fn adopt_lock(state_dir: &Path, fd: i32) -> Result<lock::StateLock> {
+    let lock_path = state_dir.join("lock");
+    lock::adopt(fd, &lock_path).map_err(|e| lock_error(state_dir, &lock_path, e))
+}
+
+fn lock_error(state_dir: &Path, lock_path: &Path, e: lock::LockError) -> Error {
+    match e {
+        lock::LockError::Held { pid } => Error::Locked { path: state_dir.display().to_string(), pid },
+        lock::LockError::Io(e) => Error::Io { context: format!("locking {}", lock_path.display()), source: e },
+    }
 }
 
 /// `repair --set-aside-journal`: under the lock, and only if the journal
